@@ -1,0 +1,102 @@
+//! Configuration: one YAML file. [`yaml`] parses text and locates every node, [`raw`] is the
+//! schema users write (and the source of `docs/config.md`), [`validate`] turns it into the typed
+//! [`Config`] in [`types`], reporting every problem at once with its YAML path and line.
+
+mod docs;
+mod raw;
+mod types;
+mod units;
+mod validate;
+mod yaml;
+
+use std::fmt;
+use std::path::Path;
+
+pub use docs::reference_markdown;
+pub use raw::RawConfig;
+pub use types::*;
+pub use units::{format_duration, parse_duration};
+pub use yaml::ConfigError;
+
+/// The configuration `serve` runs without `--config`: a local fleet of simulated replicas.
+pub const EMBEDDED_DEFAULT: &str = include_str!("../../config/local.yaml");
+
+/// Every problem found in one config source.
+#[derive(Debug)]
+pub struct ConfigErrors {
+    /// The file name, or `<embedded default>`.
+    pub source: String,
+    pub errors: Vec<ConfigError>,
+}
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.errors.len();
+        writeln!(
+            f,
+            "{}: {n} problem{}:",
+            self.source,
+            if n == 1 { "" } else { "s" }
+        )?;
+        for error in &self.errors {
+            writeln!(f, "  {error}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// Parses and validates config text. `source` names it in messages.
+pub fn parse(text: &str, source: &str) -> Result<Config, ConfigErrors> {
+    let fail = |errors| ConfigErrors {
+        source: source.to_string(),
+        errors,
+    };
+    let (value, locations) = yaml::parse(text).map_err(|e| fail(vec![e]))?;
+    let (raw, mut errors) = yaml::deserialize_all::<RawConfig>(value, &locations);
+    let Some(raw) = raw else {
+        return Err(fail(errors));
+    };
+    match validate::validate(raw, &locations) {
+        Ok(config) if errors.is_empty() => return Ok(config),
+        Ok(_) => {}
+        Err(semantic) => {
+            // A node removed for a structural problem falls back to its default; don't also
+            // report what that default breaks under the same path.
+            let reported: Vec<String> = errors.iter().map(|e| e.path.clone()).collect();
+            let already_reported = |path: &str| {
+                reported.iter().any(|r| {
+                    !r.is_empty()
+                        && (path == r
+                            || path.starts_with(&format!("{r}."))
+                            || path.starts_with(&format!("{r}[")))
+                })
+            };
+            errors.extend(semantic.into_iter().filter(|e| !already_reported(&e.path)));
+        }
+    }
+    errors.sort_by_key(|e| e.location);
+    Err(fail(errors))
+}
+
+/// Reads and validates a config file.
+pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    let source = path.display().to_string();
+    match std::fs::read_to_string(path) {
+        Ok(text) => parse(&text, &source),
+        Err(e) => Err(ConfigErrors {
+            source,
+            errors: vec![ConfigError {
+                path: String::new(),
+                location: None,
+                message: format!("cannot read the file: {e}"),
+            }],
+        }),
+    }
+}
+
+/// The embedded default configuration, validated.
+pub fn embedded_default() -> Config {
+    parse(EMBEDDED_DEFAULT, "<embedded default>").expect("the embedded default config is valid")
+}

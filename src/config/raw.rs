@@ -1,0 +1,555 @@
+//! The YAML schema as written by users: serde structs whose doc comments are the configuration
+//! reference (`docs/config.md` is generated from them). Values with units stay strings here
+//! (`250ms`, `32MiB`); [`super::validate`] turns them into typed values and checks ranges and
+//! cross-field rules, reporting every problem at once.
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// A number with a unit (`250ms`, `32MiB`), kept as text until validation parses it. A bare
+/// number is accepted here so that validation can say "no unit" instead of "wrong type".
+#[derive(Debug, Clone, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Quantity(pub String);
+
+impl From<&str> for Quantity {
+    fn from(text: &str) -> Self {
+        Self(text.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for Quantity {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Text {
+            Str(String),
+            Int(i64),
+            Float(f64),
+        }
+        Text::deserialize(deserializer)
+            .map(|t| match t {
+                Text::Str(s) => Quantity(s),
+                Text::Int(i) => Quantity(i.to_string()),
+                Text::Float(f) => Quantity(f.to_string()),
+            })
+            .map_err(|_| serde::de::Error::custom("expected a number with a unit, e.g. `250ms`"))
+    }
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawConfig {
+    /// Addresses the gateway and its admin endpoints listen on, and limits that apply per listener.
+    pub listeners: RawListeners,
+    /// Which request headers carry a session key and a priority class, and the classes.
+    pub classification: RawClassification,
+    /// Leader election among gateway replicas on Kubernetes: every replica routes, only the
+    /// leader resizes pools.
+    pub leader_election: RawLeaderElection,
+    /// The model pools. Each serves a set of model names from a set of replicas. At least one.
+    pub pools: Vec<RawPool>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawListeners {
+    /// Address (host:port) of the OpenAI-compatible gateway. Port 0 picks a free port.
+    pub gateway: String,
+    /// Address (host:port) of `/metrics`, `/healthz`, `/readyz` and `/admin/status`.
+    pub admin: String,
+    /// Largest request body accepted (bytes; `KiB`, `MiB`, `GiB` suffixes allowed). Larger
+    /// bodies get 413.
+    pub max_body_size: Quantity,
+    /// How long a shutdown waits for in-flight answers to finish before closing them (duration).
+    pub drain_timeout: Quantity,
+}
+
+impl Default for RawListeners {
+    fn default() -> Self {
+        Self {
+            gateway: "127.0.0.1:8080".into(),
+            admin: "127.0.0.1:9090".into(),
+            max_body_size: "32MiB".into(),
+            drain_timeout: "30s".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawClassification {
+    /// Request header whose value is the session key (for session affinity). Case-insensitive.
+    pub session_header: String,
+    /// Request header whose value names the priority class. Case-insensitive.
+    pub priority_header: String,
+    /// Priority classes, highest first. Queued requests are released in this order.
+    pub priority_classes: Vec<String>,
+    /// Class of a request without the priority header (must be one of `priority_classes`).
+    pub default_priority: String,
+    /// Classes refused at once with 429 when a pool is saturated, instead of queued.
+    pub sheddable_classes: Vec<String>,
+}
+
+impl Default for RawClassification {
+    fn default() -> Self {
+        Self {
+            session_header: "x-session-id".into(),
+            priority_header: "x-priority".into(),
+            priority_classes: vec!["critical".into(), "standard".into(), "sheddable".into()],
+            default_priority: "standard".into(),
+            sheddable_classes: vec!["sheddable".into()],
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawLeaderElection {
+    /// Elect a leader through a `coordination.k8s.io/v1` Lease (only meaningful on Kubernetes).
+    pub enabled: bool,
+    /// Name of the Lease object.
+    pub lease_name: String,
+    /// Namespace of the Lease; empty means the gateway pod's own namespace.
+    pub namespace: String,
+    /// How long a lease is valid without renewal (duration). A leader that cannot renew stops
+    /// resizing within this time.
+    pub lease_duration: Quantity,
+}
+
+impl Default for RawLeaderElection {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            lease_name: "infergate-leader".into(),
+            namespace: String::new(),
+            lease_duration: "15s".into(),
+        }
+    }
+}
+
+/// One model pool: a set of interchangeable replicas serving the same models.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawPool {
+    /// Unique pool name (used in metrics labels and the admin API). Required.
+    pub name: Option<String>,
+    /// Model names this pool serves, as clients send them in `model`. Required, at least one.
+    pub models: Vec<String>,
+    /// Extra names mapped to one of `models`; the request body is rewritten to the target name.
+    pub aliases: BTreeMap<String, String>,
+    /// Where the pool's replicas come from. Required.
+    pub discovery: Option<RawDiscovery>,
+    /// Protocol spoken to replicas.
+    pub upstream_protocol: UpstreamProtocol,
+    /// How replica load is scraped.
+    pub metrics: RawMetrics,
+    /// How a replica is picked for each request.
+    pub routing: RawRouting,
+    /// When requests wait at the gateway instead of piling into replica queues.
+    pub admission: RawAdmission,
+    /// Timeouts towards replicas.
+    pub timeouts: RawTimeouts,
+    /// Retries and ejection of failing replicas.
+    pub retries: RawRetries,
+    /// Autoscaling of this pool's replica count.
+    pub scaler: RawScaler,
+}
+
+/// Where replicas come from: exactly one of `static`, `local` or `kubernetes`.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub enum RawDiscovery {
+    /// A fixed list of replica base URLs.
+    Static(RawStaticDiscovery),
+    /// Replicas started by infergate as child processes on this machine.
+    Local(RawLocalDiscovery),
+    /// Replicas found through Kubernetes EndpointSlices or a pod label selector.
+    Kubernetes(RawKubernetesDiscovery),
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawStaticDiscovery {
+    /// Base URLs of the replicas, e.g. `http://10.0.0.5:8000`.
+    pub endpoints: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawLocalDiscovery {
+    /// Replicas started at launch (the scaler may change the count later).
+    pub replicas: u32,
+    /// Command that starts one replica. It must print its bound address (`host:port`) on a line
+    /// of its standard output. `{infergate}` is replaced by the path of this binary. The default
+    /// runs the built-in simulator on a free port.
+    pub command: Vec<String>,
+    /// How long a started replica may take to answer `/health` with 200 (duration).
+    pub startup_timeout: Quantity,
+}
+
+impl Default for RawLocalDiscovery {
+    fn default() -> Self {
+        Self {
+            replicas: 2,
+            command: ["{infergate}", "sim", "--port", "0"]
+                .map(String::from)
+                .to_vec(),
+            startup_timeout: "60s".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawKubernetesDiscovery {
+    /// Namespace of the replicas; empty means the gateway pod's own namespace.
+    pub namespace: String,
+    /// Service whose EndpointSlices list the replicas. Set this or `selector`.
+    pub service: Option<String>,
+    /// Pod label selector, as an alternative to `service`.
+    pub selector: BTreeMap<String, String>,
+    /// Target port: a number, or the name of a container port.
+    pub port: Option<PortRef>,
+}
+
+/// A port given by number or by name.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum PortRef {
+    Number(u16),
+    Name(String),
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, JsonSchema, Default, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 with keep-alive.
+    #[default]
+    Http1,
+    /// HTTP/2 over cleartext (prior knowledge).
+    H2c,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, JsonSchema, Default, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum MetricsFormat {
+    /// vLLM (`vllm:*`, current and pre-0.9.2 names).
+    #[default]
+    Vllm,
+    /// SGLang (`sglang:*`).
+    Sglang,
+    /// Hugging Face TGI (`tgi_*`).
+    Tgi,
+    /// Triton with the TensorRT-LLM backend (`nv_trt_llm_*`).
+    Triton,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawMetrics {
+    /// Exposition format of the replicas' metrics.
+    pub format: MetricsFormat,
+    /// HTTP path of the replicas' Prometheus metrics.
+    pub path: String,
+    /// Time between two scrapes of one replica (duration).
+    pub scrape_interval: Quantity,
+    /// Time a scrape may take before it counts as failed (duration).
+    pub scrape_timeout: Quantity,
+    /// Scraped stats older than this are ignored and the replica is routed on the gateway's own
+    /// counts alone (duration).
+    pub stale_after: Quantity,
+    /// Optional GPU-use source (a DCGM exporter).
+    pub gpu: Option<RawGpuMetrics>,
+}
+
+impl Default for RawMetrics {
+    fn default() -> Self {
+        Self {
+            format: MetricsFormat::Vllm,
+            path: "/metrics".into(),
+            scrape_interval: "100ms".into(),
+            scrape_timeout: "1s".into(),
+            stale_after: "1s".into(),
+            gpu: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawGpuMetrics {
+    /// URL of the DCGM exporter's metrics page. Samples are matched to replicas by the `pod`
+    /// (or `exported_pod`) label.
+    pub url: String,
+    /// Metric to read: `DCGM_FI_DEV_GPU_UTIL` (percent) or `DCGM_FI_PROF_GR_ENGINE_ACTIVE`
+    /// (0–1 fraction).
+    pub metric: String,
+    /// Time between two scrapes of the exporter (duration).
+    pub scrape_interval: Quantity,
+}
+
+impl Default for RawGpuMetrics {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            metric: "DCGM_FI_DEV_GPU_UTIL".into(),
+            scrape_interval: "1s".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, JsonSchema, Default, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum RoutingPolicy {
+    /// Fewest requests in flight from this gateway, random tie-break.
+    #[default]
+    LeastInflight,
+    /// Each replica in turn.
+    RoundRobin,
+    /// Uniformly random.
+    Random,
+    /// Least predicted time to first token from scraped queue, batch and KV-cache use.
+    PredictedTtft,
+    /// Prefer the replica that holds the prompt's prefix in cache unless the pool is imbalanced.
+    PrefixAffinity,
+    /// Consistent hashing of the session header onto replicas.
+    SessionAffinity,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawRouting {
+    /// Replica selection policy.
+    pub policy: RoutingPolicy,
+    /// Share of the prompt (0–1) that must be cached on a replica for prefix affinity to apply.
+    pub prefix_min_match: f64,
+    /// Prefix blocks are this many characters of prompt (about 4 characters per token).
+    pub prefix_block_chars: u32,
+    /// Most prefix blocks remembered per pool (bounded memory; least useful entries evicted).
+    pub prefix_cache_entries: u32,
+    /// Affinity is ignored while the busiest and idlest replica differ by more than this many
+    /// requests and by more than `imbalance_ratio`.
+    pub imbalance_requests: u32,
+    /// See `imbalance_requests` (a ratio, e.g. 1.5).
+    pub imbalance_ratio: f64,
+}
+
+impl Default for RawRouting {
+    fn default() -> Self {
+        Self {
+            policy: RoutingPolicy::LeastInflight,
+            prefix_min_match: 0.3,
+            prefix_block_chars: 256,
+            prefix_cache_entries: 100_000,
+            imbalance_requests: 64,
+            imbalance_ratio: 1.5,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawAdmission {
+    /// Most requests waiting at the gateway for this pool; beyond it requests get 429.
+    pub max_queue: u32,
+    /// Longest a request waits at the gateway before it gets 429 with `Retry-After` (duration).
+    pub max_queue_wait: Quantity,
+    /// A replica is saturated when its engine queue holds more than this many requests.
+    pub max_waiting_per_replica: u32,
+    /// A replica is saturated when its KV-cache use (0–1) exceeds this.
+    pub max_kv_cache_usage: f64,
+    /// A replica is saturated when this gateway has more than this many requests in flight to it.
+    pub max_inflight_per_replica: u32,
+}
+
+impl Default for RawAdmission {
+    fn default() -> Self {
+        Self {
+            max_queue: 1000,
+            max_queue_wait: "30s".into(),
+            max_waiting_per_replica: 8,
+            max_kv_cache_usage: 0.95,
+            max_inflight_per_replica: 256,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawTimeouts {
+    /// Time to open a connection to a replica (duration).
+    pub connect: Quantity,
+    /// Time from sending a request until the replica's response headers arrive (duration).
+    pub first_byte: Quantity,
+    /// Longest gap between two chunks of a streamed answer (duration).
+    pub idle_stream: Quantity,
+}
+
+impl Default for RawTimeouts {
+    fn default() -> Self {
+        Self {
+            connect: "1s".into(),
+            first_byte: "120s".into(),
+            idle_stream: "60s".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawRetries {
+    /// Most replicas tried for one request (connect failures only, before any byte is sent back).
+    pub max_attempts: u32,
+    /// Consecutive failures after which a replica is ejected from routing.
+    pub eject_after_failures: u32,
+    /// How long an ejected replica stays out before it is tried again (duration).
+    pub ejection_time: Quantity,
+}
+
+impl Default for RawRetries {
+    fn default() -> Self {
+        Self {
+            max_attempts: 3,
+            eject_after_failures: 3,
+            ejection_time: "10s".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, JsonSchema, Default, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ScalerPolicy {
+    /// Maximum over load signals, counting starting replicas, queue-aware (infergate's own).
+    #[default]
+    Infergate,
+    /// Kubernetes HPA's ratio rule with its tolerance and scale-down stabilisation.
+    Hpa,
+    /// Knative KPA: stable and panic windows over concurrency.
+    Kpa,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawScaler {
+    /// Resize this pool automatically.
+    pub enabled: bool,
+    /// Scaling policy.
+    pub policy: ScalerPolicy,
+    /// Fewest replicas. 0 allows scale to zero (requests are held at the gateway while a replica
+    /// starts).
+    pub min_replicas: u32,
+    /// Most replicas.
+    pub max_replicas: u32,
+    /// Time between two scaling decisions (duration).
+    pub interval: Quantity,
+    /// Per-replica load targets; the replica count is set so that each holds about this much.
+    pub targets: RawScalerTargets,
+    /// Window over which load is averaged for scaling up (duration).
+    pub scale_up_window: Quantity,
+    /// Window over which load is averaged for scaling down (duration).
+    pub scale_down_window: Quantity,
+    /// Scale down only to the highest count recommended during this window (duration).
+    pub scale_down_stabilization: Quantity,
+    /// Changes smaller than this share of the current count are ignored (0–1).
+    pub tolerance: f64,
+    /// Most replicas removed by one decision.
+    pub max_scale_down_step: u32,
+    /// With `min_replicas: 0`, scale to zero after the pool has been idle this long (duration).
+    pub scale_to_zero_after: Quantity,
+    /// Expected time for a new replica to become ready (duration); used to judge whether the
+    /// replicas already starting will be enough.
+    pub cold_start: Quantity,
+    /// Longest wait for a scaled-down replica's in-flight answers before it is stopped anyway
+    /// (duration).
+    pub drain_timeout: Quantity,
+    /// What resizes the pool.
+    pub provider: RawProvider,
+}
+
+impl Default for RawScaler {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            policy: ScalerPolicy::Infergate,
+            min_replicas: 1,
+            max_replicas: 4,
+            interval: "1s".into(),
+            targets: RawScalerTargets::default(),
+            scale_up_window: "10s".into(),
+            scale_down_window: "60s".into(),
+            scale_down_stabilization: "60s".into(),
+            tolerance: 0.1,
+            max_scale_down_step: 1,
+            scale_to_zero_after: "5m".into(),
+            cold_start: "30s".into(),
+            drain_timeout: "5m".into(),
+            provider: RawProvider::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawScalerTargets {
+    /// Requests in flight plus queued per replica (requests).
+    pub concurrency: f64,
+    /// KV-cache use per replica (0–1); omit to ignore this signal.
+    pub kv_cache_usage: Option<f64>,
+    /// GPU use per replica (0–1), for pools with a GPU metrics source; omit to ignore.
+    pub gpu_utilization: Option<f64>,
+    /// Longest acceptable wait in the gateway queue (duration); omit to ignore.
+    pub queue_wait: Option<Quantity>,
+}
+
+impl Default for RawScalerTargets {
+    fn default() -> Self {
+        Self {
+            concurrency: 16.0,
+            kv_cache_usage: Some(0.8),
+            gpu_utilization: None,
+            queue_wait: Some("2s".into()),
+        }
+    }
+}
+
+/// What resizes the pool: `local` (child processes), `static` (only export the recommendation)
+/// or `kubernetes` (the `scale` subresource of a workload).
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, Default)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub enum RawProvider {
+    /// Start and stop local child processes (needs `discovery.local`).
+    #[default]
+    Local,
+    /// Do not act; the recommendation is exported as a metric and in `/admin/status`.
+    Static,
+    /// Patch `spec.replicas` of a workload through its `scale` subresource.
+    Kubernetes(RawScaleTarget),
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawScaleTarget {
+    /// API version of the workload, e.g. `apps/v1`.
+    pub api_version: String,
+    /// Kind of the workload: `Deployment`, `StatefulSet`, or any kind with a `scale` subresource.
+    pub kind: String,
+    /// Name of the workload. Required.
+    pub name: String,
+    /// Namespace; empty means the gateway pod's own namespace.
+    pub namespace: String,
+}
+
+impl Default for RawScaleTarget {
+    fn default() -> Self {
+        Self {
+            api_version: "apps/v1".into(),
+            kind: "Deployment".into(),
+            name: String::new(),
+            namespace: String::new(),
+        }
+    }
+}

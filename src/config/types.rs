@@ -1,0 +1,215 @@
+//! The validated configuration the rest of infergate reads: addresses parsed, durations as
+//! [`Duration`], cross-field rules already checked. Built only by [`super::validate`].
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use http::{HeaderName, Uri};
+
+pub use super::raw::{MetricsFormat, PortRef, RoutingPolicy, ScalerPolicy, UpstreamProtocol};
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listeners: Listeners,
+    pub classification: Classification,
+    pub leader_election: LeaderElection,
+    pub pools: Vec<Pool>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Listeners {
+    pub gateway: SocketAddr,
+    pub admin: SocketAddr,
+    /// Bytes.
+    pub max_body_size: u64,
+    pub drain_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Classification {
+    pub session_header: HeaderName,
+    pub priority_header: HeaderName,
+    /// Highest first.
+    pub priority_classes: Vec<String>,
+    /// Index into `priority_classes`.
+    pub default_priority: usize,
+    /// Indices into `priority_classes`.
+    pub sheddable: Vec<usize>,
+}
+
+#[derive(Debug, Clone)]
+pub struct LeaderElection {
+    pub enabled: bool,
+    pub lease_name: String,
+    pub namespace: Option<String>,
+    pub lease_duration: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Pool {
+    pub name: String,
+    pub models: Vec<String>,
+    /// Alias → the served model name it stands for.
+    pub aliases: BTreeMap<String, String>,
+    pub discovery: Discovery,
+    pub upstream_protocol: UpstreamProtocol,
+    pub metrics: Metrics,
+    pub routing: Routing,
+    pub admission: Admission,
+    pub timeouts: Timeouts,
+    pub retries: Retries,
+    pub scaler: Scaler,
+}
+
+#[derive(Debug, Clone)]
+pub enum Discovery {
+    Static { endpoints: Vec<Uri> },
+    Local(LocalDiscovery),
+    Kubernetes(KubernetesDiscovery),
+}
+
+#[derive(Debug, Clone)]
+pub struct LocalDiscovery {
+    pub replicas: u32,
+    pub command: Vec<String>,
+    pub startup_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct KubernetesDiscovery {
+    pub namespace: Option<String>,
+    pub source: KubernetesSource,
+    pub port: Option<PortRef>,
+}
+
+#[derive(Debug, Clone)]
+pub enum KubernetesSource {
+    Service(String),
+    Selector(BTreeMap<String, String>),
+}
+
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    pub format: MetricsFormat,
+    pub path: String,
+    pub scrape_interval: Duration,
+    pub scrape_timeout: Duration,
+    pub stale_after: Duration,
+    pub gpu: Option<GpuMetrics>,
+}
+
+#[derive(Debug, Clone)]
+pub struct GpuMetrics {
+    pub url: Uri,
+    pub metric: String,
+    pub scrape_interval: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Routing {
+    pub policy: RoutingPolicy,
+    pub prefix_min_match: f64,
+    pub prefix_block_chars: u32,
+    pub prefix_cache_entries: u32,
+    pub imbalance_requests: u32,
+    pub imbalance_ratio: f64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Admission {
+    pub max_queue: u32,
+    pub max_queue_wait: Duration,
+    pub max_waiting_per_replica: u32,
+    pub max_kv_cache_usage: f64,
+    pub max_inflight_per_replica: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct Timeouts {
+    pub connect: Duration,
+    pub first_byte: Duration,
+    pub idle_stream: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Retries {
+    pub max_attempts: u32,
+    pub eject_after_failures: u32,
+    pub ejection_time: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Scaler {
+    pub enabled: bool,
+    pub policy: ScalerPolicy,
+    pub min_replicas: u32,
+    pub max_replicas: u32,
+    pub interval: Duration,
+    pub targets: ScalerTargets,
+    pub scale_up_window: Duration,
+    pub scale_down_window: Duration,
+    pub scale_down_stabilization: Duration,
+    pub tolerance: f64,
+    pub max_scale_down_step: u32,
+    pub scale_to_zero_after: Duration,
+    pub cold_start: Duration,
+    pub drain_timeout: Duration,
+    pub provider: Provider,
+}
+
+#[derive(Debug, Clone)]
+pub struct ScalerTargets {
+    pub concurrency: f64,
+    pub kv_cache_usage: Option<f64>,
+    pub gpu_utilization: Option<f64>,
+    pub queue_wait: Option<Duration>,
+}
+
+#[derive(Debug, Clone)]
+pub enum Provider {
+    Local,
+    Static,
+    Kubernetes(ScaleTarget),
+}
+
+#[derive(Debug, Clone)]
+pub struct ScaleTarget {
+    pub api_version: String,
+    pub kind: String,
+    pub name: String,
+    pub namespace: Option<String>,
+}
+
+impl Config {
+    /// A one-line summary, as `check-config` prints it.
+    pub fn summary(&self) -> String {
+        let pools: Vec<String> = self
+            .pools
+            .iter()
+            .map(|p| {
+                let kind = match &p.discovery {
+                    Discovery::Static { endpoints } => format!("{} static", endpoints.len()),
+                    Discovery::Local(l) => format!("{} local", l.replicas),
+                    Discovery::Kubernetes(_) => "kubernetes".to_string(),
+                };
+                let scaling = if p.scaler.enabled {
+                    format!(
+                        ", scaled {}..{}",
+                        p.scaler.min_replicas, p.scaler.max_replicas
+                    )
+                } else {
+                    String::new()
+                };
+                format!("{} ({} models, {kind}{scaling})", p.name, p.models.len())
+            })
+            .collect();
+        format!(
+            "ok: gateway {}, admin {}, {} pool(s): {}",
+            self.listeners.gateway,
+            self.listeners.admin,
+            self.pools.len(),
+            pools.join(", ")
+        )
+    }
+}

@@ -1,0 +1,25 @@
+//! Logging set-up: `tracing` with a human format by default or JSON lines, level from
+//! `RUST_LOG` (default `info`).
+
+use tracing_subscriber::EnvFilter;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+/// Installs the global subscriber; logs go to standard error so standard output stays free for
+/// what scripts read (bound addresses, reports).
+pub fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let result = match format {
+        LogFormat::Human => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+    // A second call (tests run several commands in one process) keeps the first subscriber.
+    let _ = result;
+}

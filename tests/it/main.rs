@@ -1,0 +1,3 @@
+//! The one integration-test binary (every extra binary costs a full link of the dependency tree).
+
+mod config_files;
