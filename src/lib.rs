@@ -5,5 +5,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod http_server;
+pub mod openai;
 pub mod sim;
 pub mod telemetry;

@@ -2,5 +2,11 @@
 //! timed by an engine model of continuous batching, so tests, demos and benchmarks run without
 //! GPUs. [`engine`] is the pure model, [`profile`] its constants.
 
+mod driver;
 pub mod engine;
+pub mod metrics;
 pub mod profile;
+pub mod server;
+pub mod text;
+
+pub use server::{SimOptions, start};

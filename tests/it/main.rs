@@ -1,3 +1,5 @@
 //! The one integration-test binary (every extra binary costs a full link of the dependency tree).
 
 mod config_files;
+mod sim;
+mod support;

@@ -1,0 +1,128 @@
+//! What the simulator and the gateway agree on about OpenAI-compatible requests: the error body,
+//! how a prompt is read out of a request, and the tokenizer approximation (4 bytes per token)
+//! behind token counts and prefix-block hashes.
+
+use std::hash::{DefaultHasher, Hash, Hasher};
+
+use serde_json::Value;
+
+/// Bytes of text per token: a deterministic stand-in for a real tokenizer (English text under
+/// Llama-3's tokenizer averages about 4 bytes per token).
+pub const BYTES_PER_TOKEN: usize = 4;
+
+/// An OpenAI-style error body: `{"error": {"message", "type", "param", "code"}}`.
+pub fn error_body(message: &str, kind: &str, code: u16) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "error": { "message": message, "type": kind, "param": null, "code": code }
+    }))
+    .expect("a JSON value serializes")
+}
+
+/// Estimated tokens in `bytes` bytes of text (at least 1 for non-empty text).
+pub fn approx_tokens(bytes: usize) -> u32 {
+    u32::try_from(bytes.div_ceil(BYTES_PER_TOKEN)).unwrap_or(u32::MAX)
+}
+
+/// The prompt of a request body as one string: `prompt` for completions and embeddings
+/// (`input`), or for chat the messages' roles and contents in order, each `role\ncontent\n`.
+/// Token-id prompts are rendered as their numbers. None when the body has no prompt.
+pub fn prompt_text(body: &Value) -> Option<String> {
+    if let Some(messages) = body.get("messages").and_then(Value::as_array) {
+        let mut text = String::new();
+        for message in messages {
+            text.push_str(message.get("role").and_then(Value::as_str).unwrap_or(""));
+            text.push('\n');
+            push_content(&mut text, message.get("content").unwrap_or(&Value::Null));
+            text.push('\n');
+        }
+        return Some(text);
+    }
+    let prompt = body.get("prompt").or_else(|| body.get("input"))?;
+    let mut text = String::new();
+    push_content(&mut text, prompt);
+    Some(text)
+}
+
+fn push_content(text: &mut String, content: &Value) {
+    match content {
+        Value::String(s) => text.push_str(s),
+        Value::Array(parts) => {
+            for part in parts {
+                match part {
+                    Value::Object(_) => {
+                        if let Some(t) = part.get("text").and_then(Value::as_str) {
+                            text.push_str(t);
+                        }
+                    }
+                    Value::Number(n) => {
+                        text.push_str(&n.to_string());
+                        text.push(' ');
+                    }
+                    other => push_content(text, other),
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Hashes of each full block of `block_tokens` tokens of `text`, chained so that equal hashes
+/// mean equal prefixes.
+pub fn block_hashes(text: &[u8], block_tokens: usize) -> Vec<u64> {
+    let block_bytes = block_tokens * BYTES_PER_TOKEN;
+    let mut previous = 0u64;
+    text.chunks_exact(block_bytes)
+        .map(|block| {
+            let mut h = DefaultHasher::new();
+            previous.hash(&mut h);
+            block.hash(&mut h);
+            previous = h.finish();
+            previous
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn chat_prompts_concatenate_roles_and_contents() {
+        let body = json!({"messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": [{"type": "text", "text": "Hi"}, {"type": "text", "text": "!"}]}
+        ]});
+        assert_eq!(
+            prompt_text(&body).unwrap(),
+            "system\nBe brief.\nuser\nHi!\n"
+        );
+    }
+
+    #[test]
+    fn completion_prompts_and_inputs() {
+        assert_eq!(prompt_text(&json!({"prompt": "abc"})).unwrap(), "abc");
+        assert_eq!(prompt_text(&json!({"prompt": ["a", "b"]})).unwrap(), "ab");
+        assert_eq!(prompt_text(&json!({"input": "x"})).unwrap(), "x");
+        assert_eq!(prompt_text(&json!({"prompt": [1, 2]})).unwrap(), "1 2 ");
+        assert_eq!(prompt_text(&json!({"model": "m"})), None);
+    }
+
+    #[test]
+    fn block_hashes_identify_prefixes() {
+        let a = "x".repeat(64 * 3 + 10);
+        let mut b = "x".repeat(64 * 2);
+        b.push_str(&"y".repeat(64));
+        let (ha, hb) = (
+            block_hashes(a.as_bytes(), 16),
+            block_hashes(b.as_bytes(), 16),
+        );
+        assert_eq!(ha.len(), 3, "partial blocks are not hashed");
+        assert_eq!(ha[..2], hb[..2]);
+        assert_ne!(ha[2], hb[2]);
+        // Same block content after a different prefix hashes differently (chained).
+        let c = format!("{}{}", "z".repeat(64), "x".repeat(64));
+        assert_ne!(block_hashes(c.as_bytes(), 16)[1], ha[1]);
+        assert_eq!(approx_tokens(9), 3);
+    }
+}

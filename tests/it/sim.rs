@@ -1,0 +1,367 @@
+//! The simulator over real HTTP on 127.0.0.1:0: OpenAI answers, streaming timed by the engine
+//! model, vLLM metrics, errors, start-up delay, graceful shutdown, and real clients (the
+//! official `openai` Python package, `promtool`).
+
+use std::time::Duration;
+
+use infergate::sim::profile::profile;
+use infergate::sim::{SimOptions, start};
+use serde_json::json;
+
+use crate::support::*;
+
+fn options(profile_name: &str) -> SimOptions {
+    let mut opts = SimOptions::new(profile(profile_name).unwrap());
+    opts.models = vec!["m".into()];
+    opts
+}
+
+#[tokio::test]
+async fn chat_completion_has_content_usage_and_finish_reason() {
+    let sim = start(options("llama-8b-h100")).await.unwrap();
+    let base = format!("http://{}", sim.addr);
+    let reply = post(
+        &format!("{base}/v1/chat/completions"),
+        json!({"model": "m", "messages": [{"role": "user", "content": "Say hello in five words."}], "max_tokens": 7, "ignore_eos": true}),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let body = reply.json();
+    assert_eq!(body["object"], "chat.completion");
+    assert_eq!(body["choices"][0]["finish_reason"], "length");
+    assert_eq!(body["choices"][0]["message"]["role"], "assistant");
+    let content = body["choices"][0]["message"]["content"].as_str().unwrap();
+    assert_eq!(
+        content.split_whitespace().count(),
+        7,
+        "one word per token: {content}"
+    );
+    // "user\nSay hello in five words.\n" is 30 bytes: 8 tokens at 4 bytes per token.
+    assert_eq!(body["usage"]["prompt_tokens"], 8);
+    assert_eq!(body["usage"]["completion_tokens"], 7);
+    assert_eq!(body["usage"]["total_tokens"], 15);
+
+    let completion = post(
+        &format!("{base}/v1/completions"),
+        json!({"model": "m", "prompt": "abc", "max_tokens": 2}),
+    )
+    .await;
+    assert_eq!(completion.json()["object"], "text_completion");
+    let models = get(&format!("{base}/v1/models")).await.json();
+    assert_eq!(models["data"][0]["id"], "m");
+    sim.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn tokens_stream_at_engine_step_times() {
+    // The L4 profile's decode step is ~55 ms: five tokens cannot arrive in under ~0.2 s.
+    let sim = start(options("llama-8b-l4")).await.unwrap();
+    let url = format!("http://{}/v1/chat/completions", sim.addr);
+    let (status, chunks) = post_stream(
+        &url,
+        json!({"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5, "ignore_eos": true,
+               "stream": true, "stream_options": {"include_usage": true}}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let events = sse_events(&chunks);
+    assert_eq!(events.last().unwrap(), "[DONE]");
+    let parsed: Vec<serde_json::Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
+    assert_eq!(parsed.len(), 6, "five token chunks and one usage chunk");
+    assert_eq!(parsed[0]["choices"][0]["delta"]["role"], "assistant");
+    assert_eq!(parsed[4]["choices"][0]["finish_reason"], "length");
+    assert!(parsed[3]["choices"][0]["finish_reason"].is_null());
+    assert_eq!(parsed[5]["choices"].as_array().unwrap().len(), 0);
+    assert_eq!(parsed[5]["usage"]["completion_tokens"], 5);
+    // Chunks arrive one engine step apart, not all at once.
+    let p = profile("llama-8b-l4").unwrap();
+    let first = chunks.first().unwrap().0;
+    let last = chunks.last().unwrap().0;
+    assert!(
+        first.as_secs_f64() >= p.t0 * 0.9,
+        "first token after the prefill step: {first:?}"
+    );
+    assert!(
+        (last - first).as_secs_f64() >= 4.0 * p.t0 * 0.9,
+        "four decode steps: {:?}",
+        last - first
+    );
+    assert!(
+        chunks.len() >= 5,
+        "token chunks are flushed separately: {}",
+        chunks.len()
+    );
+    sim.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn errors_are_openai_style_with_vllm_status_codes() {
+    let mut opts = options("llama-8b-l4");
+    opts.max_body_bytes = 1 << 20;
+    let sim = start(opts).await.unwrap();
+    let base = format!("http://{}", sim.addr);
+    let chat = format!("{base}/v1/chat/completions");
+    let cases = [
+        (send(http::Method::POST, &chat, "{\"model\": \"m\", ").await, 400, "malformed JSON"),
+        (post(&chat, json!({"messages": []})).await, 400, "`model` is required"),
+        (post(&chat, json!({"model": "other", "messages": []})).await, 404, "does not exist"),
+        (post(&chat, json!({"model": "m", "messages": [], "stream_options": {"include_usage": true}})).await, 400, "stream=True"),
+        (post(&chat, json!({"model": "m", "messages": [{"role": "user", "content": "x".repeat(40_000)}]})).await, 400, "maximum context length is 8192"),
+        (post(&format!("{base}/v1/embeddings"), json!({"model": "m", "input": "x"})).await, 400, "does not support embeddings"),
+        (send(http::Method::POST, &chat, vec![b' '; 2 << 20]).await, 413, "too large"),
+        (get(&format!("{base}/v2/nothing")).await, 404, "no route"),
+    ];
+    for (reply, status, message) in cases {
+        assert_eq!(reply.status, status, "{}", reply.text());
+        let body = reply.json();
+        assert!(
+            body["error"]["message"].as_str().unwrap().contains(message),
+            "{body}"
+        );
+        assert_eq!(body["error"]["code"], status);
+        assert!(body["error"]["type"].is_string());
+    }
+    sim.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn metrics_report_the_engine_queue_exactly() {
+    let mut opts = options("llama-8b-l4");
+    opts.profile.max_num_seqs = 2;
+    let sim = start(opts).await.unwrap();
+    let base = format!("http://{}", sim.addr);
+    // Five long answers; two fit in the batch, three wait.
+    let mut streams = Vec::new();
+    for _ in 0..5 {
+        let url = format!("{base}/v1/completions");
+        streams.push(tokio::spawn(async move {
+            post_stream(&url, json!({"model": "m", "prompt": "go", "max_tokens": 2000, "ignore_eos": true, "stream": true})).await
+        }));
+    }
+    let mut last = String::new();
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        last = get(&format!("{base}/metrics")).await.text();
+        if metric(&last, "vllm:num_requests_waiting", &[]) == Some(3.0) {
+            break;
+        }
+    }
+    let labels = [("model_name", "m"), ("engine", "0")];
+    assert_eq!(
+        metric(&last, "vllm:num_requests_running", &labels),
+        Some(2.0),
+        "{last}"
+    );
+    assert_eq!(
+        metric(&last, "vllm:num_requests_waiting", &labels),
+        Some(3.0),
+        "{last}"
+    );
+    assert!(metric(&last, "vllm:kv_cache_usage_perc", &labels).unwrap() > 0.0);
+    assert_eq!(
+        metric(
+            &last,
+            "vllm:cache_config_info",
+            &[("num_gpu_blocks", "2400"), ("block_size", "16")]
+        ),
+        Some(1.0)
+    );
+    // Clients going away free the engine: running and waiting return to zero.
+    for s in &streams {
+        s.abort();
+    }
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        last = get(&format!("{base}/metrics")).await.text();
+        if metric(&last, "vllm:num_requests_running", &[]) == Some(0.0) {
+            break;
+        }
+    }
+    assert_eq!(
+        metric(&last, "vllm:num_requests_running", &[]),
+        Some(0.0),
+        "{last}"
+    );
+    assert_eq!(
+        metric(&last, "vllm:num_requests_waiting", &[]),
+        Some(0.0),
+        "{last}"
+    );
+    assert_eq!(
+        metric(&last, "vllm:kv_cache_usage_perc", &[]),
+        Some(0.0),
+        "{last}"
+    );
+    sim.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn health_is_503_until_the_model_has_loaded() {
+    let mut opts = options("llama-8b-h100");
+    opts.startup_delay = Duration::from_millis(300);
+    let sim = start(opts).await.unwrap();
+    let base = format!("http://{}", sim.addr);
+    assert_eq!(get(&format!("{base}/health")).await.status, 503);
+    assert_eq!(
+        post(
+            &format!("{base}/v1/completions"),
+            json!({"model": "m", "prompt": "x"})
+        )
+        .await
+        .status,
+        503
+    );
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(get(&format!("{base}/health")).await.status, 200);
+    sim.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn embeddings_profile_answers_unit_vectors() {
+    let sim = start(options("e5-embedding")).await.unwrap();
+    let reply = post(
+        &format!("http://{}/v1/embeddings", sim.addr),
+        json!({"model": "m", "input": ["a b c", "d"]}),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let body = reply.json();
+    let data = body["data"].as_array().unwrap();
+    assert_eq!(data.len(), 2);
+    let v: Vec<f64> = data[0]["embedding"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect();
+    assert_eq!(v.len(), 1024);
+    let norm: f64 = v.iter().map(|x| x * x).sum::<f64>().sqrt();
+    assert!((norm - 1.0).abs() < 1e-3, "{norm}");
+    sim.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn sglang_metric_names_on_request() {
+    let mut opts = options("llama-8b-h100");
+    opts.metrics_flavor = infergate::sim::metrics::MetricsFlavor::Sglang;
+    let sim = start(opts).await.unwrap();
+    let text = get(&format!("http://{}/metrics", sim.addr)).await.text();
+    assert_eq!(
+        metric(&text, "sglang:num_queue_reqs", &[("model_name", "m")]),
+        Some(0.0),
+        "{text}"
+    );
+    assert!(metric(&text, "sglang:num_running_reqs", &[]).is_some());
+    assert!(metric(&text, "sglang:token_usage", &[]).is_some());
+    assert!(metric(&text, "vllm:num_requests_waiting", &[]).is_none());
+    sim.shutdown(Duration::from_secs(1)).await;
+}
+
+#[test]
+fn sigterm_finishes_running_answers_before_exit() {
+    let (mut child, addr) = spawn_sim(&["--model", "m", "--profile", "llama-8b-l4"]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let url = format!("http://{addr}/v1/completions");
+        let stream = tokio::spawn(async move {
+            post_stream(&url, json!({"model": "m", "prompt": "x", "max_tokens": 20, "ignore_eos": true, "stream": true})).await
+        });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let pid = child.0.id().to_string();
+        assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+        let (status, chunks) = stream.await.unwrap();
+        assert_eq!(status, 200);
+        let events = sse_events(&chunks);
+        assert_eq!(events.last().map(String::as_str), Some("[DONE]"), "the answer ran to its end");
+        assert_eq!(events.len(), 21);
+    });
+    let exit = child.0.wait().unwrap();
+    assert!(exit.success(), "{exit:?}");
+}
+
+#[test]
+fn promtool_accepts_the_metrics_page() {
+    if !tool_available("promtool", &["--version"]) {
+        return;
+    }
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let text = rt.block_on(async {
+        let mut opts = options("llama-8b-h100");
+        opts.loras = vec!["adapter-a".into()];
+        let sim = start(opts).await.unwrap();
+        let base = format!("http://{}", sim.addr);
+        post(
+            &format!("{base}/v1/completions"),
+            json!({"model": "adapter-a", "prompt": "x", "max_tokens": 3}),
+        )
+        .await;
+        let text = get(&format!("{base}/metrics")).await.body;
+        sim.shutdown(Duration::from_secs(1)).await;
+        text
+    });
+    let mut check = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    check.stdin.take().unwrap().write_all(&text).unwrap();
+    let out = check.wait_with_output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Exit 3 means lint findings only (1 would be a parse error). vLLM's real names contain
+    // ':' and the DCGM exporter's real label is `modelName`; promtool's lint flags both, and
+    // nothing else may be flagged.
+    assert!(matches!(out.status.code(), Some(0 | 3)), "promtool: {said}");
+    for line in said.lines().filter(|l| !l.trim().is_empty()) {
+        assert!(
+            line.ends_with("metric names should not contain ':'")
+                || line.contains("'snake_case' not 'camelCase'"),
+            "promtool: {line}"
+        );
+    }
+    assert!(String::from_utf8_lossy(&text).contains("vllm:lora_requests_info"));
+}
+
+#[test]
+fn official_openai_client_streams_a_chat_completion() {
+    if !tool_available("python3", &["-c", "import openai"]) {
+        return;
+    }
+    let (_child, addr) = spawn_sim(&["--model", "m", "--speed", "10"]);
+    let script = format!(
+        r#"
+import openai
+client = openai.OpenAI(base_url="http://{addr}/v1", api_key="unused")
+stream = client.chat.completions.create(model="m", messages=[{{"role": "user", "content": "Hello!"}}],
+    max_tokens=6, stream=True, stream_options={{"include_usage": True}}, extra_body={{"ignore_eos": True}})
+content, finish, usage = "", None, None
+for chunk in stream:
+    if chunk.choices:
+        content += chunk.choices[0].delta.content or ""
+        finish = chunk.choices[0].finish_reason or finish
+    if chunk.usage:
+        usage = chunk.usage
+print(len(content.split()), finish, usage.completion_tokens, usage.prompt_tokens)
+"#
+    );
+    let out = std::process::Command::new("python3")
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // "user\nHello!\n" is 12 bytes = 3 tokens.
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "6 length 6 3");
+}
