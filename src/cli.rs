@@ -194,7 +194,21 @@ fn load_config(path: Option<PathBuf>) -> anyhow::Result<config::Config> {
 fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
     let config = load_config(path)?;
     tracing::info!("{}", config.summary());
-    anyhow::bail!("serving is not built yet")
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let gateway = crate::gateway::start(config).await?;
+        tracing::info!("gateway listening on http://{}", gateway.gateway_addr);
+        tracing::info!(
+            "admin listening on http://{} (/metrics, /healthz, /readyz, /admin/status)",
+            gateway.admin_addr
+        );
+        shutdown_signal().await;
+        tracing::info!("shutting down: draining in-flight answers");
+        gateway.shutdown().await;
+        Ok(())
+    })
 }
 
 fn sim_options(args: SimArgs) -> anyhow::Result<crate::sim::SimOptions> {

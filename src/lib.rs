@@ -3,9 +3,14 @@
 //! The request path reads top-down through the modules: [`config`] describes the fleet, the CLI
 //! in [`cli`] wires the parts together.
 
+pub mod admin;
 pub mod cli;
 pub mod config;
+pub mod discovery;
+pub mod gateway;
 pub mod http_server;
+pub mod load;
 pub mod openai;
+pub mod router;
 pub mod sim;
 pub mod telemetry;

@@ -10,6 +10,13 @@ use serde_json::Value;
 /// Llama-3's tokenizer averages about 4 bytes per token).
 pub const BYTES_PER_TOKEN: usize = 4;
 
+/// Seconds since the Unix epoch (the `created` field of OpenAI objects).
+pub fn unix_seconds() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 /// An OpenAI-style error body: `{"error": {"message", "type", "param", "code"}}`.
 pub fn error_body(message: &str, kind: &str, code: u16) -> Vec<u8> {
     serde_json::to_vec(&serde_json::json!({

@@ -1,0 +1,95 @@
+//! The admin listener: `/metrics` (Prometheus text), `/healthz` (the process is up), `/readyz`
+//! (at least one pool can take a request) and `/admin/status` (pools and replicas as JSON).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+use serde_json::json;
+
+use crate::gateway::body::GatewayBody;
+use crate::gateway::proxy::GatewayState;
+
+pub async fn handle(state: Arc<GatewayState>, req: Request<Incoming>) -> Response<GatewayBody> {
+    if req.method() != Method::GET {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+    }
+    match req.uri().path() {
+        "/metrics" => {
+            let mut r = Response::new(GatewayBody::full(Bytes::from(state.metrics.render())));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4"),
+            );
+            r
+        }
+        "/healthz" => text(StatusCode::OK, "ok\n"),
+        "/readyz" => {
+            let now = Instant::now();
+            let ready: Vec<&str> = state
+                .pools
+                .pools
+                .iter()
+                .filter(|p| p.has_ready_replica(now))
+                .map(|p| p.name())
+                .collect();
+            let status = if ready.is_empty() {
+                StatusCode::SERVICE_UNAVAILABLE
+            } else {
+                StatusCode::OK
+            };
+            json_response(
+                status,
+                &json!({"ready": !ready.is_empty(), "pools_ready": ready}),
+            )
+        }
+        "/admin/status" => json_response(StatusCode::OK, &status(&state)),
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+/// Pools, their replicas, in-flight counts and health.
+pub fn status(state: &GatewayState) -> serde_json::Value {
+    let now = Instant::now();
+    let pools: Vec<serde_json::Value> = state
+        .pools
+        .pools
+        .iter()
+        .map(|pool| {
+            let snapshot = pool.snapshot();
+            let replicas: Vec<serde_json::Value> = snapshot
+                .replicas
+                .iter()
+                .map(|r| json!({"name": r.name, "inflight": r.inflight(), "ejected": r.is_ejected(now)}))
+                .collect();
+            json!({
+                "name": pool.name(),
+                "models": pool.config.models,
+                "policy": pool.config.routing.policy,
+                "inflight": snapshot.replicas.iter().map(|r| r.inflight()).sum::<u64>(),
+                "replicas": replicas,
+            })
+        })
+        .collect();
+    json!({"pools": pools})
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<GatewayBody> {
+    let mut r = Response::new(GatewayBody::full(Bytes::from_static(body.as_bytes())));
+    *r.status_mut() = status;
+    r
+}
+
+fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<GatewayBody> {
+    let mut r = Response::new(GatewayBody::full(Bytes::from(
+        serde_json::to_vec(value).expect("JSON"),
+    )));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}

@@ -1,0 +1,3 @@
+//! Which replicas exist: a static list from the config, or local child processes.
+
+pub mod local;

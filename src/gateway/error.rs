@@ -1,0 +1,77 @@
+//! Every error a client can get from the gateway, and the one place that turns an error into
+//! an OpenAI-style JSON response. Internal details (replica addresses, upstream error text) are
+//! logged, never sent to the client.
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+
+use super::body::GatewayBody;
+use crate::openai;
+
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("malformed JSON in the request body: {0}")]
+    MalformedJson(String),
+    #[error("`model` is required")]
+    MissingModel,
+    #[error("The model `{0}` does not exist.")]
+    UnknownModel(String),
+    #[error("request body is larger than {0} bytes")]
+    BodyTooLarge(u64),
+    #[error("could not read the request body")]
+    BodyRead,
+    #[error("no route for {0}")]
+    NotFound(String),
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    #[error("no replica of the pool is available")]
+    NoReplica,
+    #[error("the model server could not be reached")]
+    UpstreamUnreachable,
+    #[error("the model server failed to answer")]
+    UpstreamFailed,
+    #[error("the model server did not answer in time")]
+    UpstreamTimeout,
+    #[error("the gateway is shutting down")]
+    ShuttingDown,
+}
+
+impl GatewayError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::MalformedJson(_) | Self::MissingModel | Self::BodyRead => StatusCode::BAD_REQUEST,
+            Self::UnknownModel(_) | Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::NoReplica | Self::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            Self::UpstreamUnreachable | Self::UpstreamFailed => StatusCode::BAD_GATEWAY,
+            Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        match self.status() {
+            StatusCode::BAD_REQUEST => "invalid_request_error",
+            StatusCode::NOT_FOUND => "not_found_error",
+            StatusCode::PAYLOAD_TOO_LARGE => "request_too_large",
+            StatusCode::SERVICE_UNAVAILABLE => "service_unavailable",
+            StatusCode::GATEWAY_TIMEOUT => "timeout",
+            _ => "upstream_error",
+        }
+    }
+
+    /// The OpenAI-style body alone (also used for an error event inside a stream).
+    pub fn body(&self) -> Vec<u8> {
+        openai::error_body(&self.to_string(), self.kind(), self.status().as_u16())
+    }
+
+    pub fn into_response(self) -> Response<GatewayBody> {
+        let mut response = Response::new(GatewayBody::full(Bytes::from(self.body())));
+        *response.status_mut() = self.status();
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        response
+    }
+}

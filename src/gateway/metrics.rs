@@ -1,0 +1,161 @@
+//! The gateway's own Prometheus metrics, registered once; per-pool handles are resolved at
+//! start so the request path only touches atomics.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0, 120.0, 300.0,
+];
+const CHUNK_BUCKETS: &[f64] = &[
+    0.0001, 0.0005, 0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0,
+];
+
+pub struct GatewayMetrics {
+    pub registry: Registry,
+    pub requests: IntCounterVec,
+    pub inflight: IntGaugeVec,
+    pub replicas: IntGaugeVec,
+    ttfb: HistogramVec,
+    duration: HistogramVec,
+    stream_ttft: HistogramVec,
+    inter_chunk: HistogramVec,
+    bytes_out: IntCounterVec,
+    bytes_in: IntCounterVec,
+    retries: IntCounterVec,
+    ejections: IntCounterVec,
+}
+
+/// Handles for one pool.
+#[derive(Clone)]
+pub struct PoolMetrics {
+    pub ttfb: Histogram,
+    pub duration: Histogram,
+    pub stream_ttft: Histogram,
+    pub inter_chunk: Histogram,
+    pub bytes_out: IntCounter,
+    pub bytes_in: IntCounter,
+    pub retries: IntCounter,
+    pub ejections: IntCounter,
+    pub replicas: IntGauge,
+}
+
+impl Default for GatewayMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl GatewayMetrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
+            c
+        };
+        let gauge = |name: &str, help: &str, labels: &[&str]| {
+            let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("unique metric");
+            g
+        };
+        let histogram = |name: &str, help: &str, buckets: &[f64]| {
+            let h = HistogramVec::new(
+                HistogramOpts::new(name, help).buckets(buckets.to_vec()),
+                &["pool"],
+            )
+            .expect("valid metric");
+            registry
+                .register(Box::new(h.clone()))
+                .expect("unique metric");
+            h
+        };
+        Self {
+            requests: counter(
+                "infergate_requests_total",
+                "Requests answered, by pool, model and status code.",
+                &["pool", "model", "status"],
+            ),
+            inflight: gauge(
+                "infergate_replica_inflight_requests",
+                "Requests in flight from this gateway to each replica.",
+                &["pool", "replica"],
+            ),
+            replicas: gauge(
+                "infergate_pool_replicas",
+                "Replicas known per pool.",
+                &["pool"],
+            ),
+            ttfb: histogram(
+                "infergate_upstream_first_byte_seconds",
+                "Time from sending a request upstream to its response headers.",
+                LATENCY_BUCKETS,
+            ),
+            duration: histogram(
+                "infergate_request_duration_seconds",
+                "Time from receiving a request to the end of its answer.",
+                LATENCY_BUCKETS,
+            ),
+            stream_ttft: histogram(
+                "infergate_stream_first_chunk_seconds",
+                "For streamed answers, time from the request to the first body chunk (time to first token).",
+                LATENCY_BUCKETS,
+            ),
+            inter_chunk: histogram(
+                "infergate_stream_inter_chunk_seconds",
+                "For streamed answers, time between body chunks (inter-token latency).",
+                CHUNK_BUCKETS,
+            ),
+            bytes_out: counter(
+                "infergate_response_bytes_total",
+                "Answer body bytes sent to clients.",
+                &["pool"],
+            ),
+            bytes_in: counter(
+                "infergate_request_bytes_total",
+                "Request body bytes received from clients.",
+                &["pool"],
+            ),
+            retries: counter(
+                "infergate_retries_total",
+                "Requests retried on another replica after a connect failure.",
+                &["pool"],
+            ),
+            ejections: counter(
+                "infergate_ejections_total",
+                "Replicas ejected from routing after repeated failures.",
+                &["pool"],
+            ),
+            registry,
+        }
+    }
+
+    pub fn pool(&self, pool: &str) -> PoolMetrics {
+        PoolMetrics {
+            ttfb: self.ttfb.with_label_values(&[pool]),
+            duration: self.duration.with_label_values(&[pool]),
+            stream_ttft: self.stream_ttft.with_label_values(&[pool]),
+            inter_chunk: self.inter_chunk.with_label_values(&[pool]),
+            bytes_out: self.bytes_out.with_label_values(&[pool]),
+            bytes_in: self.bytes_in.with_label_values(&[pool]),
+            retries: self.retries.with_label_values(&[pool]),
+            ejections: self.ejections.with_label_values(&[pool]),
+            replicas: self.replicas.with_label_values(&[pool]),
+        }
+    }
+
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16 * 1024);
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("text encoding of gathered metrics cannot fail");
+        out
+    }
+}

@@ -1,0 +1,166 @@
+//! The gateway: an OpenAI-aware reverse proxy on hyper. [`start`] wires a validated config into
+//! running listeners (gateway and admin), pools and their replicas; [`proxy`] is the request
+//! path, [`classify`] reads a request once, [`body`] streams answers, [`error`] maps every
+//! failure to an OpenAI-style response.
+
+pub mod body;
+pub mod classify;
+pub mod error;
+pub mod metrics;
+pub mod pools;
+pub mod proxy;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use http::uri::{Authority, Scheme};
+use tokio::task::JoinSet;
+
+use crate::config::{Config, Discovery};
+use crate::discovery::local::{self, LocalReplica};
+use crate::http_server::{self, Server};
+use proxy::GatewayState;
+
+/// A running gateway: where it listens and how to stop it.
+pub struct RunningGateway {
+    pub gateway_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub state: Arc<GatewayState>,
+    gateway: Server,
+    admin: Server,
+    local_replicas: Vec<LocalReplica>,
+}
+
+/// Checks what this build cannot do yet, so that `serve` fails clearly instead of ignoring a
+/// setting.
+fn check_supported(config: &Config) -> anyhow::Result<()> {
+    for pool in &config.pools {
+        if !crate::router::is_supported(pool.routing.policy) {
+            anyhow::bail!(
+                "pool `{}`: routing policy `{}` is not available in this build yet; use least-inflight, round-robin or random",
+                pool.name,
+                serde_json::to_value(pool.routing.policy)
+                    .expect("an enum serializes")
+                    .as_str()
+                    .unwrap_or("?")
+            );
+        }
+        if matches!(pool.discovery, Discovery::Kubernetes(_)) {
+            anyhow::bail!(
+                "pool `{}`: Kubernetes discovery is not available in this build yet",
+                pool.name
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Binds the listeners, starts local replicas, and serves until [`RunningGateway::shutdown`].
+pub async fn start(config: Config) -> anyhow::Result<RunningGateway> {
+    check_supported(&config)?;
+    let gateway_listener = http_server::bind(config.listeners.gateway)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on {} (listeners.gateway)",
+                config.listeners.gateway
+            )
+        })?;
+    let admin_listener = http_server::bind(config.listeners.admin)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on {} (listeners.admin)",
+                config.listeners.admin
+            )
+        })?;
+    let metrics = Arc::new(metrics::GatewayMetrics::new());
+    let epoch = Instant::now();
+    let pools = pools::Pools::new(&config.pools, &metrics, epoch);
+
+    let mut local_replicas = Vec::new();
+    for (pool, runtime) in config.pools.iter().zip(&pools.pools) {
+        match &pool.discovery {
+            Discovery::Static { endpoints } => {
+                for endpoint in endpoints {
+                    let scheme = endpoint.scheme().cloned().unwrap_or(Scheme::HTTP);
+                    let authority = endpoint
+                        .authority()
+                        .cloned()
+                        .expect("validated URL has a host");
+                    runtime.add_replica(scheme, authority);
+                }
+            }
+            Discovery::Local(local_config) => {
+                let mut starting = JoinSet::new();
+                for _ in 0..local_config.replicas {
+                    let local_config = local_config.clone();
+                    starting.spawn(async move { local::start(&local_config).await });
+                }
+                while let Some(started) = starting.join_next().await {
+                    match started.expect("a start task does not panic") {
+                        Ok(replica) => {
+                            let authority = Authority::try_from(replica.addr.to_string())
+                                .expect("an address is an authority");
+                            tracing::info!(pool = pool.name, replica = %replica.addr, "local replica ready");
+                            runtime.add_replica(Scheme::HTTP, authority);
+                            local_replicas.push(replica);
+                        }
+                        Err(e) => {
+                            tracing::error!(pool = pool.name, "local replica failed to start: {e}")
+                        }
+                    }
+                }
+            }
+            Discovery::Kubernetes(_) => unreachable!("rejected by check_supported"),
+        }
+    }
+
+    let drain = config.listeners.drain_timeout;
+    let state = Arc::new(GatewayState {
+        config,
+        pools,
+        metrics,
+    });
+    let gateway_state = state.clone();
+    let gateway = http_server::serve(gateway_listener, drain, move |req, peer| {
+        proxy::handle(gateway_state.clone(), req, peer)
+    });
+    let admin_state = state.clone();
+    let admin = http_server::serve(admin_listener, Duration::from_secs(1), move |req, _| {
+        crate::admin::handle(admin_state.clone(), req)
+    });
+    Ok(RunningGateway {
+        gateway_addr: gateway.addr,
+        admin_addr: admin.addr,
+        state,
+        gateway,
+        admin,
+        local_replicas,
+    })
+}
+
+impl RunningGateway {
+    /// PIDs of the local replicas (for tests that kill one).
+    pub fn local_replica_pids(&self) -> Vec<(SocketAddr, u32)> {
+        self.local_replicas
+            .iter()
+            .filter_map(|r| Some((r.addr, r.pid()?)))
+            .collect()
+    }
+
+    /// Stops accepting, lets in-flight answers finish (up to `listeners.drain_timeout`), then
+    /// stops local replicas.
+    pub async fn shutdown(self) {
+        let drain = self.state.config.listeners.drain_timeout;
+        self.gateway.shutdown(drain).await;
+        self.admin.shutdown(Duration::from_millis(100)).await;
+        let mut stopping = JoinSet::new();
+        for replica in self.local_replicas {
+            stopping.spawn(replica.stop(drain));
+        }
+        while stopping.join_next().await.is_some() {}
+    }
+}

@@ -1,0 +1,176 @@
+//! The model pools at run time: which pool serves which model name (aliases included), each
+//! pool's replica snapshot behind one `ArcSwap`, its upstream HTTP client and metric handles.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::uri::{Authority, Scheme};
+use http_body_util::Full;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde_json::json;
+
+use super::metrics::{GatewayMetrics, PoolMetrics};
+use crate::config::{self, UpstreamProtocol};
+use crate::load::Replica;
+use crate::router::Snapshot;
+
+pub type UpstreamClient = Client<HttpConnector, Full<Bytes>>;
+
+/// One pool while the gateway runs.
+pub struct PoolRuntime {
+    pub config: config::Pool,
+    snapshot: ArcSwap<Snapshot>,
+    /// Request sequence number, for round robin.
+    sequence: AtomicU64,
+    pub client: UpstreamClient,
+    pub metrics: PoolMetrics,
+    inflight_gauges: prometheus::IntGaugeVec,
+    epoch: Instant,
+}
+
+impl PoolRuntime {
+    pub fn new(config: config::Pool, metrics: &GatewayMetrics, epoch: Instant) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(config.timeouts.connect));
+        connector.set_nodelay(true);
+        connector.enforce_http(true);
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(1024);
+        if config.upstream_protocol == UpstreamProtocol::H2c {
+            builder.http2_only(true);
+        }
+        Self {
+            metrics: metrics.pool(&config.name),
+            inflight_gauges: metrics.inflight.clone(),
+            client: builder.build(connector),
+            snapshot: ArcSwap::from_pointee(Snapshot::default()),
+            sequence: AtomicU64::new(0),
+            config,
+            epoch,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    pub fn snapshot(&self) -> arc_swap::Guard<Arc<Snapshot>> {
+        self.snapshot.load()
+    }
+
+    pub fn next_sequence(&self) -> u64 {
+        self.sequence.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Adds a replica (no-op if it is already there). Called by discovery, off the hot path.
+    pub fn add_replica(&self, scheme: Scheme, authority: Authority) -> Arc<Replica> {
+        let current = self.snapshot.load();
+        if let Some(existing) = current.replicas.iter().find(|r| r.authority == authority) {
+            return existing.clone();
+        }
+        let gauge = self
+            .inflight_gauges
+            .with_label_values(&[&self.config.name, authority.as_str()]);
+        let replica = Arc::new(Replica::new(scheme, authority, gauge, self.epoch));
+        let mut replicas = current.replicas.clone();
+        replicas.push(replica.clone());
+        self.publish(replicas);
+        replica
+    }
+
+    /// Removes a replica from routing; requests already sent to it finish normally.
+    pub fn remove_replica(&self, authority: &Authority) -> Option<Arc<Replica>> {
+        let current = self.snapshot.load();
+        let index = current
+            .replicas
+            .iter()
+            .position(|r| &r.authority == authority)?;
+        let mut replicas = current.replicas.clone();
+        let removed = replicas.remove(index);
+        self.publish(replicas);
+        Some(removed)
+    }
+
+    fn publish(&self, replicas: Vec<Arc<Replica>>) {
+        self.metrics.replicas.set(replicas.len() as i64);
+        self.snapshot.store(Arc::new(Snapshot { replicas }));
+    }
+
+    /// Whether the pool can take a request now.
+    pub fn has_ready_replica(&self, now: Instant) -> bool {
+        self.snapshot
+            .load()
+            .replicas
+            .iter()
+            .any(|r| !r.is_ejected(now))
+    }
+}
+
+/// How a model name resolves.
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub pool: usize,
+    /// For an alias, the served name the request is rewritten to.
+    pub rewrite_to: Option<String>,
+}
+
+/// All pools and the model-name index.
+pub struct Pools {
+    pub pools: Vec<Arc<PoolRuntime>>,
+    by_model: HashMap<String, Route>,
+    /// `GET /v1/models`, rendered once.
+    pub models_json: Bytes,
+}
+
+impl Pools {
+    pub fn new(configs: &[config::Pool], metrics: &GatewayMetrics, epoch: Instant) -> Self {
+        let mut by_model = HashMap::new();
+        let mut data = Vec::new();
+        let created = crate::openai::unix_seconds();
+        for (i, pool) in configs.iter().enumerate() {
+            for model in &pool.models {
+                by_model.insert(
+                    model.clone(),
+                    Route {
+                        pool: i,
+                        rewrite_to: None,
+                    },
+                );
+                data.push(json!({"id": model, "object": "model", "created": created, "owned_by": pool.name}));
+            }
+            for (alias, target) in &pool.aliases {
+                by_model.insert(
+                    alias.clone(),
+                    Route {
+                        pool: i,
+                        rewrite_to: Some(target.clone()),
+                    },
+                );
+                data.push(json!({"id": alias, "object": "model", "created": created, "owned_by": pool.name, "root": target}));
+            }
+        }
+        let models_json = Bytes::from(
+            serde_json::to_vec(&json!({"object": "list", "data": data})).expect("JSON"),
+        );
+        Self {
+            pools: configs
+                .iter()
+                .map(|c| Arc::new(PoolRuntime::new(c.clone(), metrics, epoch)))
+                .collect(),
+            by_model,
+            models_json,
+        }
+    }
+
+    pub fn route(&self, model: &str) -> Option<&Route> {
+        self.by_model.get(model)
+    }
+}

@@ -1,0 +1,276 @@
+//! The request path: read the body (bounded), classify it, find the pool, ask the router for a
+//! replica, forward the same bytes, and stream the answer back. Connect failures are retried on
+//! another replica before any byte reaches the client; nothing is retried after that.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, Uri};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+
+use super::body::{GatewayBody, ProxiedBody};
+use super::classify::{classify, rewrite_model};
+use super::error::GatewayError;
+use super::pools::{PoolRuntime, Pools};
+use crate::config::Config;
+use crate::router::{self, PickContext};
+
+/// Shared by every request.
+pub struct GatewayState {
+    pub config: Config,
+    pub pools: Pools,
+    pub metrics: Arc<super::metrics::GatewayMetrics>,
+}
+
+pub async fn handle(
+    state: Arc<GatewayState>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Response<GatewayBody> {
+    let path = req.uri().path();
+    match (req.method(), path) {
+        (&Method::POST, "/v1/completions" | "/v1/chat/completions" | "/v1/embeddings") => {
+            proxy(state, req, peer)
+                .await
+                .unwrap_or_else(GatewayError::into_response)
+        }
+        (&Method::GET, "/v1/models") => {
+            let mut response = Response::new(GatewayBody::full(state.pools.models_json.clone()));
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            response
+        }
+        (&Method::GET, "/health") => Response::new(GatewayBody::full(Bytes::new())),
+        (_, "/v1/models" | "/v1/completions" | "/v1/chat/completions" | "/v1/embeddings") => {
+            GatewayError::MethodNotAllowed.into_response()
+        }
+        (_, path) => GatewayError::NotFound(path.to_string()).into_response(),
+    }
+}
+
+async fn proxy(
+    state: Arc<GatewayState>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Result<Response<GatewayBody>, GatewayError> {
+    let received = Instant::now();
+    let (parts, body) = req.into_parts();
+    let limit = state.config.listeners.max_body_size;
+    let body = match Limited::new(body, limit as usize).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            return Err(GatewayError::BodyTooLarge(limit));
+        }
+        Err(_) => return Err(GatewayError::BodyRead),
+    };
+    let classified = classify(&body, &parts.headers, &state.config.classification)?;
+    let route = state
+        .pools
+        .route(&classified.model)
+        .ok_or_else(|| GatewayError::UnknownModel(classified.model.clone()))?;
+    let pool = state.pools.pools[route.pool].clone();
+    pool.metrics.bytes_in.inc_by(body.len() as u64);
+    let body = match &route.rewrite_to {
+        Some(target) => Bytes::from(rewrite_model(&body, target)?),
+        None => body,
+    };
+    let result = forward(&pool, &parts, body, peer, &classified.features, received).await;
+    let status = match &result {
+        Ok(response) => response.status(),
+        Err(e) => e.status(),
+    };
+    state
+        .metrics
+        .requests
+        .with_label_values(&[pool.name(), &classified.model, status.as_str()])
+        .inc();
+    result
+}
+
+async fn forward(
+    pool: &Arc<PoolRuntime>,
+    parts: &http::request::Parts,
+    body: Bytes,
+    peer: SocketAddr,
+    features: &router::RequestFeatures,
+    received: Instant,
+) -> Result<Response<GatewayBody>, GatewayError> {
+    let snapshot = pool.snapshot();
+    let retries = &pool.config.retries;
+    let mut tried: Vec<usize> = Vec::new();
+    let mut last_error = GatewayError::NoReplica;
+    for attempt in 0..retries.max_attempts {
+        let now = Instant::now();
+        let ctx = PickContext {
+            now,
+            random: random_u64(),
+            sequence: pool.next_sequence(),
+        };
+        let Some(index) =
+            router::pick(pool.config.routing.policy, &snapshot, features, ctx, &tried)
+        else {
+            break;
+        };
+        let replica = snapshot.replicas[index].clone();
+        let guard = replica.start_request();
+        let upstream = upstream_request(parts, body.clone(), &replica, peer);
+        let sent = Instant::now();
+        match tokio::time::timeout(
+            pool.config.timeouts.first_byte,
+            pool.client.request(upstream),
+        )
+        .await
+        {
+            Ok(Ok(response)) => {
+                pool.metrics.ttfb.observe(sent.elapsed().as_secs_f64());
+                let (mut head, incoming) = response.into_parts();
+                strip_hop_by_hop(&mut head.headers);
+                let sse = head
+                    .headers
+                    .get(header::CONTENT_TYPE)
+                    .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+                let body = ProxiedBody::new(incoming, guard, pool.clone(), sse, received);
+                return Ok(Response::from_parts(
+                    head,
+                    GatewayBody::Proxied(Box::new(body)),
+                ));
+            }
+            Ok(Err(e)) => {
+                let ejected = replica.record_failure(
+                    now,
+                    retries.eject_after_failures,
+                    retries.ejection_time.as_millis() as u64,
+                );
+                if ejected {
+                    pool.metrics.ejections.inc();
+                    tracing::warn!(pool = pool.name(), replica = %replica.name, "replica ejected after repeated failures");
+                }
+                if e.is_connect() {
+                    // Nothing reached the replica: safe to try another.
+                    tracing::debug!(pool = pool.name(), replica = %replica.name, error = %e, attempt, "connect failed, retrying");
+                    if attempt + 1 < retries.max_attempts {
+                        pool.metrics.retries.inc();
+                    }
+                    tried.push(index);
+                    last_error = GatewayError::UpstreamUnreachable;
+                    continue;
+                }
+                tracing::warn!(pool = pool.name(), replica = %replica.name, error = %e, "upstream request failed");
+                return Err(GatewayError::UpstreamFailed);
+            }
+            Err(_) => {
+                tracing::warn!(pool = pool.name(), replica = %replica.name, "no response headers within timeouts.first_byte");
+                return Err(GatewayError::UpstreamTimeout);
+            }
+        }
+    }
+    Err(last_error)
+}
+
+/// The request as sent to the replica: same method, path, query, body and end-to-end headers;
+/// hop-by-hop headers stripped; `X-Forwarded-For` and `-Proto` added.
+fn upstream_request(
+    parts: &http::request::Parts,
+    body: Bytes,
+    replica: &crate::load::Replica,
+    peer: SocketAddr,
+) -> Request<Full<Bytes>> {
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let uri = Uri::builder()
+        .scheme(replica.scheme.clone())
+        .authority(replica.authority.clone())
+        .path_and_query(path)
+        .build()
+        .expect("scheme, authority and path come from valid parts");
+    let mut headers = parts.headers.clone();
+    strip_hop_by_hop(&mut headers);
+    headers.remove(header::HOST);
+    headers.remove(header::CONTENT_LENGTH); // set from the body we send
+    headers.remove(header::EXPECT); // the body has been read already
+    let forwarded_for = match headers.get(FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(previous) => format!("{previous}, {}", peer.ip()),
+        None => peer.ip().to_string(),
+    };
+    if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
+        headers.insert(FORWARDED_FOR, value);
+    }
+    headers.insert(FORWARDED_PROTO, HeaderValue::from_static("http"));
+    let mut request = Request::new(Full::new(body));
+    *request.method_mut() = parts.method.clone();
+    *request.uri_mut() = uri;
+    *request.headers_mut() = headers;
+    request
+}
+
+const FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
+/// Removes the headers that belong to one connection, including those `Connection` names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in [
+        header::CONNECTION,
+        HeaderName::from_static("keep-alive"),
+        header::PROXY_AUTHENTICATE,
+        header::PROXY_AUTHORIZATION,
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+        HeaderName::from_static("proxy-connection"),
+    ] {
+        headers.remove(name);
+    }
+}
+
+/// A random number per pick: a thread-local xorshift seeded from the clock (no syscall, no
+/// lock on the hot path).
+fn random_u64() -> u64 {
+    use std::cell::Cell;
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new(
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0x9E37_79B9, |d| d.as_nanos() as u64) | 1
+        );
+    }
+    STATE.with(|s| {
+        let mut x = s.get();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        s.set(x);
+        x
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_are_stripped() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, "keep-alive, x-secret".parse().unwrap());
+        h.insert("x-secret", "1".parse().unwrap());
+        h.insert("keep-alive", "timeout=5".parse().unwrap());
+        h.insert(header::TRANSFER_ENCODING, "chunked".parse().unwrap());
+        h.insert("authorization", "Bearer t".parse().unwrap());
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("authorization"));
+    }
+}

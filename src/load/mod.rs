@@ -1,0 +1,142 @@
+//! Per-replica load state: the gateway's exact in-flight count (an RAII guard held until the
+//! answer's body ends), consecutive failures and ejection. One [`Replica`] per upstream, shared
+//! by the router (reads) and the proxy (writes) through atomics only.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::Instant;
+
+use http::uri::{Authority, Scheme};
+use prometheus::IntGauge;
+
+/// One upstream replica of a pool.
+#[derive(Debug)]
+pub struct Replica {
+    /// Stable name for logs, metrics and the admin API (its address).
+    pub name: String,
+    pub scheme: Scheme,
+    pub authority: Authority,
+    inflight: IntGauge,
+    consecutive_failures: AtomicU32,
+    /// Milliseconds since `epoch` until which the replica is ejected (0 = not ejected).
+    ejected_until_ms: AtomicU64,
+    epoch: Instant,
+}
+
+impl Replica {
+    /// `inflight` is the labelled gauge that exports this replica's count; the gauge itself is
+    /// the counter, so the exported value is exact.
+    pub fn new(scheme: Scheme, authority: Authority, inflight: IntGauge, epoch: Instant) -> Self {
+        Self {
+            name: authority.to_string(),
+            scheme,
+            authority,
+            inflight,
+            consecutive_failures: AtomicU32::new(0),
+            ejected_until_ms: AtomicU64::new(0),
+            epoch,
+        }
+    }
+
+    /// Requests this gateway has sent to the replica whose answers have not ended.
+    pub fn inflight(&self) -> u64 {
+        self.inflight.get().max(0) as u64
+    }
+
+    /// Counts a request as in flight until the guard is dropped.
+    pub fn start_request(self: &Arc<Self>) -> InflightGuard {
+        self.inflight.inc();
+        InflightGuard {
+            replica: self.clone(),
+        }
+    }
+
+    fn ms_since_epoch(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.epoch).as_millis() as u64
+    }
+
+    /// Whether the replica is out of routing at `now`.
+    pub fn is_ejected(&self, now: Instant) -> bool {
+        self.ms_since_epoch(now) < self.ejected_until_ms.load(Ordering::Relaxed)
+    }
+
+    /// Records a failure; after `eject_after` in a row the replica is ejected for `for_ms`.
+    /// Returns true when this failure ejected it.
+    pub fn record_failure(&self, now: Instant, eject_after: u32, for_ms: u64) -> bool {
+        let failures = self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if failures >= eject_after && !self.is_ejected(now) {
+            self.ejected_until_ms
+                .store(self.ms_since_epoch(now) + for_ms.max(1), Ordering::Relaxed);
+            self.consecutive_failures.store(0, Ordering::Relaxed);
+            return true;
+        }
+        false
+    }
+
+    pub fn record_success(&self) {
+        if self.consecutive_failures.load(Ordering::Relaxed) != 0 {
+            self.consecutive_failures.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Holds one in-flight request on a replica; dropping it (answer ended, client gone, error)
+/// releases it.
+#[derive(Debug)]
+pub struct InflightGuard {
+    replica: Arc<Replica>,
+}
+
+impl InflightGuard {
+    pub fn replica(&self) -> &Arc<Replica> {
+        &self.replica
+    }
+}
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        self.replica.inflight.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn replica() -> Arc<Replica> {
+        let gauge = IntGauge::new("test_inflight", "test").unwrap();
+        Arc::new(Replica::new(
+            Scheme::HTTP,
+            Authority::from_static("127.0.0.1:1"),
+            gauge,
+            Instant::now(),
+        ))
+    }
+
+    #[test]
+    fn guards_count_exactly() {
+        let r = replica();
+        let a = r.start_request();
+        let b = r.start_request();
+        assert_eq!(r.inflight(), 2);
+        drop(a);
+        assert_eq!(r.inflight(), 1);
+        drop(b);
+        assert_eq!(r.inflight(), 0);
+    }
+
+    #[test]
+    fn ejection_after_consecutive_failures_then_return() {
+        let r = replica();
+        let now = Instant::now();
+        assert!(!r.record_failure(now, 3, 1000));
+        r.record_success(); // resets the run
+        assert!(!r.record_failure(now, 3, 1000));
+        assert!(!r.record_failure(now, 3, 1000));
+        assert!(r.record_failure(now, 3, 1000));
+        assert!(r.is_ejected(now));
+        assert!(r.is_ejected(now + Duration::from_millis(999)));
+        assert!(!r.is_ejected(now + Duration::from_millis(1001)));
+    }
+}
