@@ -21,9 +21,13 @@ use super::driver::{self, BusyClock, Command};
 use super::engine::{Engine, EngineRequest, Event, Finished};
 use super::metrics::{MetricsFlavor, SimMetrics};
 use super::profile::Profile;
-use super::text::{Rng, token_text};
+use super::text::{Rng, fnv1a, token_text};
 use crate::http_server::{self, Server};
 use crate::openai;
+
+/// Response headers with the length and FNV-1a hash of the request body as received.
+pub const REQUEST_BYTES_HEADER: &str = "x-sim-request-bytes";
+pub const REQUEST_HASH_HEADER: &str = "x-sim-request-fnv1a";
 
 /// Header that forces an error answer with the given status code (fault injection for tests).
 pub const FORCE_ERROR_HEADER: &str = "x-sim-force-error";
@@ -185,6 +189,11 @@ struct Accepted {
     output_tokens: u32,
     finish_reason: &'static str,
     inputs: usize,
+    /// Seeds the answer's text and length: the same prompt gets the same answer (as with
+    /// greedy decoding), whichever replica serves it.
+    content_seed: u64,
+    /// Prefix-cache identity of the prompt's full blocks.
+    block_hashes: Vec<u64>,
 }
 
 async fn generate(shared: Arc<Shared>, req: Request<Incoming>, kind: Kind) -> Response<SimBody> {
@@ -207,7 +216,17 @@ async fn generate(shared: Arc<Shared>, req: Request<Incoming>, kind: Kind) -> Re
         }
         Err(_) => return error(StatusCode::BAD_REQUEST, "could not read the request body"),
     };
-    let accepted = match accept(&shared, &body, kind) {
+    let fingerprint = (body.len(), fnv1a(&body));
+    let mut response = answer(shared, &body, kind).await;
+    // What arrived, so tests can check a proxy forwarded the body byte for byte.
+    let headers = response.headers_mut();
+    headers.insert(REQUEST_BYTES_HEADER, HeaderValue::from(fingerprint.0));
+    headers.insert(REQUEST_HASH_HEADER, HeaderValue::from(fingerprint.1));
+    response
+}
+
+async fn answer(shared: Arc<Shared>, body: &[u8], kind: Kind) -> Response<SimBody> {
+    let mut accepted = match accept(&shared, body, kind) {
         Ok(a) => a,
         Err((status, message)) => return error(status, &message),
     };
@@ -224,15 +243,10 @@ async fn generate(shared: Arc<Shared>, req: Request<Incoming>, kind: Kind) -> Re
     if shared.opts.instant {
         instant_events(&accepted, &tx);
     } else {
-        let text = openai::prompt_text(&serde_json::from_slice(&body).unwrap_or(Value::Null))
-            .unwrap_or_default();
         let request = EngineRequest {
             id,
             prompt_tokens: accepted.prompt_tokens,
-            block_hashes: openai::block_hashes(
-                text.as_bytes(),
-                shared.opts.profile.block_size as usize,
-            ),
+            block_hashes: std::mem::take(&mut accepted.block_hashes),
             output_tokens: accepted.output_tokens,
             lora: shared
                 .opts
@@ -244,7 +258,7 @@ async fn generate(shared: Arc<Shared>, req: Request<Incoming>, kind: Kind) -> Re
             return error(StatusCode::SERVICE_UNAVAILABLE, "engine stopped");
         }
     }
-    let answer = Answer {
+    let reply = Answer {
         shared: shared.clone(),
         accepted,
         events: rx,
@@ -254,8 +268,8 @@ async fn generate(shared: Arc<Shared>, req: Request<Incoming>, kind: Kind) -> Re
         finished: false,
         pending: std::collections::VecDeque::new(),
     };
-    if answer.accepted.stream {
-        let mut response = Response::new(SimBody::Stream(Box::new(answer)));
+    if reply.accepted.stream {
+        let mut response = Response::new(SimBody::Stream(Box::new(reply)));
         response.headers_mut().insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/event-stream; charset=utf-8"),
@@ -265,7 +279,7 @@ async fn generate(shared: Arc<Shared>, req: Request<Incoming>, kind: Kind) -> Re
             .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
         response
     } else {
-        answer.collect().await
+        reply.collect().await
     }
 }
 
@@ -323,6 +337,7 @@ fn accept(shared: &Shared, body: &[u8], kind: Kind) -> Result<Accepted, (StatusC
         )));
     }
     let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+    let content_seed = opts.seed ^ fnv1a(text.as_bytes()) ^ fnv1a(model.as_bytes());
     let max_tokens = value
         .get("max_completion_tokens")
         .or_else(|| value.get("max_tokens"))
@@ -336,8 +351,7 @@ fn accept(shared: &Shared, body: &[u8], kind: Kind) -> Result<Accepted, (StatusC
     let (output_tokens, finish_reason) = if kind == Kind::Embedding {
         (1, "stop")
     } else {
-        let natural = Rng::new(opts.seed ^ id.wrapping_mul(0x2545_F491_4F6C_DD1D))
-            .answer_length(opts.mean_output_tokens);
+        let natural = Rng::new(content_seed).answer_length(opts.mean_output_tokens);
         let limit = max_tokens.unwrap_or(room).min(room).max(1);
         if ignore_eos || natural >= limit {
             (limit, "length")
@@ -362,6 +376,8 @@ fn accept(shared: &Shared, body: &[u8], kind: Kind) -> Result<Accepted, (StatusC
         output_tokens,
         finish_reason,
         inputs,
+        content_seed,
+        block_hashes: openai::block_hashes(text.as_bytes(), opts.profile.block_size as usize),
     })
 }
 
@@ -458,7 +474,8 @@ impl Answer {
             match event {
                 Event::Token { index, .. } => {
                     self.crash_point(index);
-                    self.text.push_str(token_text(self.accepted.id, index));
+                    self.text
+                        .push_str(token_text(self.accepted.content_seed, index));
                 }
                 Event::Preempted { .. } => {}
                 Event::Finished(f) => {
@@ -518,7 +535,7 @@ impl Answer {
         match event {
             Event::Token { index, .. } => {
                 self.crash_point(index);
-                let text = token_text(self.accepted.id, index);
+                let text = token_text(self.accepted.content_seed, index);
                 let last = index + 1 == self.accepted.output_tokens;
                 let finish = last.then_some(self.accepted.finish_reason);
                 let bytes = self.chunk(Some(text), finish);

@@ -2,6 +2,13 @@
 //! `--seed` reproduces every answer length and word) and words of about four bytes, matching the
 //! 4-bytes-per-token tokenizer approximation.
 
+/// FNV-1a, 64-bit: a stable hash of bytes (same on every platform and run).
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
 /// SplitMix64: tiny, fast, and the same sequence on every platform.
 #[derive(Debug, Clone)]
 pub struct Rng(u64);
@@ -38,9 +45,9 @@ const WORDS: [&str; 16] = [
     " yet", " it", " can", " wait", " now",
 ];
 
-/// The text of token `index` of request `id`: one short word.
-pub fn token_text(id: u64, index: u32) -> &'static str {
-    let mut rng = Rng::new(id.wrapping_mul(31).wrapping_add(u64::from(index)));
+/// The text of token `index` of an answer seeded by `seed`: one short word.
+pub fn token_text(seed: u64, index: u32) -> &'static str {
+    let mut rng = Rng::new(seed.wrapping_mul(31).wrapping_add(u64::from(index)));
     WORDS[(rng.next_u64() % WORDS.len() as u64) as usize]
 }
 

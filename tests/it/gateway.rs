@@ -1,0 +1,555 @@
+//! The gateway over real HTTP on 127.0.0.1:0, in front of real simulators (in-process, or child
+//! processes started by the gateway's local discovery): proxying, streaming, aliases, large and
+//! chunked bodies, errors, failures of replicas and clients, metrics.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use infergate::gateway::{self, RunningGateway};
+use infergate::sim::profile::profile;
+use infergate::sim::text::fnv1a;
+use infergate::sim::{SimOptions, start};
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::support::*;
+
+async fn sim(model: &str, profile_name: &str) -> infergate::http_server::Server {
+    let mut opts = SimOptions::new(profile(profile_name).unwrap());
+    opts.models = vec![model.into()];
+    start(opts).await.unwrap()
+}
+
+async fn gateway_with(yaml: &str) -> RunningGateway {
+    let config = infergate::config::parse(yaml, "test").unwrap_or_else(|e| panic!("{e}"));
+    gateway::start(config).await.unwrap()
+}
+
+/// A gateway in front of static replicas at `endpoints`.
+async fn static_gateway(endpoints: &[SocketAddr], extra: &str) -> RunningGateway {
+    let list: Vec<String> = endpoints
+        .iter()
+        .map(|a| format!("\"http://{a}\""))
+        .collect();
+    gateway_with(&format!(
+        "listeners: {{gateway: 127.0.0.1:0, admin: 127.0.0.1:0, max_body_size: 16MiB, drain_timeout: 5s}}
+pools:
+  - name: p
+    models: [m]
+    aliases: {{short: m}}
+    discovery: {{static: {{endpoints: [{}]}}}}
+    retries: {{max_attempts: 3, eject_after_failures: 2, ejection_time: 30s}}
+{extra}",
+        list.join(", ")
+    ))
+    .await
+}
+
+async fn status(gw: &RunningGateway) -> serde_json::Value {
+    get(&format!("http://{}/admin/status", gw.admin_addr))
+        .await
+        .json()
+}
+
+async fn total_inflight(gw: &RunningGateway) -> u64 {
+    status(gw).await["pools"][0]["inflight"].as_u64().unwrap()
+}
+
+#[tokio::test]
+async fn proxies_plain_and_streamed_answers_like_direct() {
+    let replica = sim("m", "llama-8b-h100").await;
+    let gw = static_gateway(&[replica.addr], "").await;
+    let request = json!({"model": "m", "messages": [{"role": "user", "content": "What is a gateway?"}], "max_tokens": 12});
+    let direct = post(
+        &format!("http://{}/v1/chat/completions", replica.addr),
+        request.clone(),
+    )
+    .await;
+    let proxied = post(
+        &format!("http://{}/v1/chat/completions", gw.gateway_addr),
+        request.clone(),
+    )
+    .await;
+    assert_eq!(proxied.status, 200, "{}", proxied.text());
+    assert_eq!(
+        proxied.json()["choices"][0]["message"]["content"],
+        direct.json()["choices"][0]["message"]["content"],
+        "same prompt, same answer"
+    );
+    let mut streaming = request.clone();
+    streaming["stream"] = json!(true);
+    let (status_code, chunks) = post_stream(
+        &format!("http://{}/v1/chat/completions", gw.gateway_addr),
+        streaming,
+    )
+    .await;
+    assert_eq!(status_code, 200);
+    let events = sse_events(&chunks);
+    assert_eq!(events.last().unwrap(), "[DONE]");
+    let streamed: String = events[..events.len() - 1]
+        .iter()
+        .map(|e| {
+            serde_json::from_str::<serde_json::Value>(e).unwrap()["choices"][0]["delta"]["content"]
+                .as_str()
+                .unwrap_or("")
+                .to_string()
+        })
+        .collect();
+    assert_eq!(
+        streamed,
+        direct.json()["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+    );
+    assert!(
+        chunks.len() > 1,
+        "the stream is not buffered into one chunk"
+    );
+    assert_eq!(total_inflight(&gw).await, 0);
+
+    let models = get(&format!("http://{}/v1/models", gw.gateway_addr))
+        .await
+        .json();
+    let ids: Vec<&str> = models["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, vec!["m", "short"]);
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn aliases_are_rewritten_to_the_served_name() {
+    let replica = sim("m", "llama-8b-h100").await;
+    let gw = static_gateway(&[replica.addr], "").await;
+    let reply = post(
+        &format!("http://{}/v1/completions", gw.gateway_addr),
+        json!({"model": "short", "prompt": "hi", "max_tokens": 2}),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(
+        reply.json()["model"],
+        "m",
+        "the replica saw the served name"
+    );
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn large_prompts_arrive_byte_identical() {
+    // The L4 profile has an 8k context; use the 8B H100 profile (32k) and a 70B-sized KV so an
+    // 8 MB prompt is refused by the replica for length, after the gateway forwarded it intact.
+    let replica = sim("m", "llama-8b-h100").await;
+    let gw = static_gateway(&[replica.addr], "").await;
+    for size in [1usize << 20, 8 << 20] {
+        // `model` after `messages`, as the OpenAI SDKs send it.
+        let body = format!(
+            "{{\"messages\": [{{\"role\": \"user\", \"content\": \"{}\"}}], \"max_tokens\": 1, \"model\": \"m\"}}",
+            "a".repeat(size)
+        );
+        let reply = send(
+            http::Method::POST,
+            &format!("http://{}/v1/chat/completions", gw.gateway_addr),
+            body.clone(),
+        )
+        .await;
+        let got_len: usize = reply.headers["x-sim-request-bytes"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let got_hash: u64 = reply.headers["x-sim-request-fnv1a"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(got_len, body.len());
+        assert_eq!(
+            got_hash,
+            fnv1a(body.as_bytes()),
+            "{size} bytes forwarded unchanged"
+        );
+        // 1 MB is ~262k tokens: over the 32k context, so the replica itself answers 400.
+        assert_eq!(reply.status, 400);
+        assert!(reply.text().contains("maximum context length"));
+    }
+    gw.shutdown().await;
+}
+
+/// Sends raw HTTP/1.1 and returns everything the server wrote until it closed.
+async fn raw_http(addr: SocketAddr, request: &[u8], then: Option<&[u8]>) -> String {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut out = Vec::new();
+    if let Some(rest) = then {
+        // Expect: 100-continue — wait for the interim answer before the body.
+        let mut buf = [0u8; 64];
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        out.extend_from_slice(&buf[..n]);
+        stream.write_all(rest).await.unwrap();
+    }
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut out))
+        .await
+        .unwrap()
+        .unwrap();
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test]
+async fn chunked_uploads_and_expect_continue_are_forwarded() {
+    let replica = sim("m", "llama-8b-h100").await;
+    let gw = static_gateway(&[replica.addr], "").await;
+    let body = r#"{"model": "m", "prompt": "chunked hello", "max_tokens": 2}"#;
+    let (a, b) = body.split_at(20);
+    let chunked = format!(
+        "POST /v1/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n{:x}\r\n{a}\r\n{:x}\r\n{b}\r\n0\r\n\r\n",
+        a.len(),
+        b.len()
+    );
+    let answer = raw_http(gw.gateway_addr, chunked.as_bytes(), None).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        answer.contains(&format!("x-sim-request-fnv1a: {}", fnv1a(body.as_bytes()))),
+        "{answer}"
+    );
+
+    let head = format!(
+        "POST /v1/completions HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\nexpect: 100-continue\r\nconnection: close\r\n\r\n",
+        body.len()
+    );
+    let answer = raw_http(gw.gateway_addr, head.as_bytes(), Some(body.as_bytes())).await;
+    assert!(answer.starts_with("HTTP/1.1 100 Continue"), "{answer}");
+    assert!(answer.contains("HTTP/1.1 200"), "{answer}");
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn client_errors_are_openai_errors() {
+    let replica = sim("m", "llama-8b-h100").await;
+    let gw = static_gateway(&[replica.addr], "").await;
+    let base = format!("http://{}", gw.gateway_addr);
+    let cases = [
+        (
+            post(
+                &format!("{base}/v1/completions"),
+                json!({"model": "secret-internal", "prompt": "x"}),
+            )
+            .await,
+            404,
+            "does not exist",
+        ),
+        (
+            send(
+                http::Method::POST,
+                &format!("{base}/v1/completions"),
+                "{\"model\": ",
+            )
+            .await,
+            400,
+            "malformed JSON",
+        ),
+        (
+            post(&format!("{base}/v1/completions"), json!({"prompt": "x"})).await,
+            400,
+            "`model` is required",
+        ),
+        (
+            send(
+                http::Method::POST,
+                &format!("{base}/v1/completions"),
+                vec![b' '; 17 << 20],
+            )
+            .await,
+            413,
+            "larger than",
+        ),
+        (get(&format!("{base}/v2/unknown")).await, 404, "no route"),
+    ];
+    for (reply, code, message) in cases {
+        assert_eq!(reply.status, code, "{}", reply.text());
+        let body = reply.json();
+        assert!(
+            body["error"]["message"].as_str().unwrap().contains(message),
+            "{body}"
+        );
+        assert!(
+            !reply.text().contains("127.0.0.1"),
+            "no internal address leaks: {}",
+            reply.text()
+        );
+    }
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_dead_replica_at_start_costs_nothing() {
+    let live = sim("m", "llama-8b-h100").await;
+    // A port nothing listens on.
+    let dead = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let gw = static_gateway(&[dead, live.addr], "").await;
+    for i in 0..20 {
+        let reply = post(
+            &format!("http://{}/v1/completions", gw.gateway_addr),
+            json!({"model": "m", "prompt": format!("n{i}"), "max_tokens": 1}),
+        )
+        .await;
+        assert_eq!(reply.status, 200, "request {i}: {}", reply.text());
+    }
+    let s = status(&gw).await;
+    let dead_entry = s["pools"][0]["replicas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == dead.to_string())
+        .unwrap()
+        .clone();
+    assert_eq!(dead_entry["ejected"], true, "{s}");
+    let metrics = get(&format!("http://{}/metrics", gw.admin_addr))
+        .await
+        .text();
+    assert_eq!(
+        metric(&metrics, "infergate_ejections_total", &[("pool", "p")]),
+        Some(1.0)
+    );
+    assert!(metric(&metrics, "infergate_retries_total", &[("pool", "p")]).unwrap() >= 1.0);
+    assert_eq!(
+        metric(&metrics, "infergate_requests_total", &[("status", "200")]),
+        Some(20.0)
+    );
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn client_disconnect_returns_inflight_to_zero() {
+    let replica = sim("m", "llama-8b-l4").await;
+    let gw = static_gateway(&[replica.addr], "").await;
+    let url = format!("http://{}/v1/completions", gw.gateway_addr);
+    let stream = tokio::spawn(async move {
+        post_stream(&url, json!({"model": "m", "prompt": "long", "max_tokens": 5000, "ignore_eos": true, "stream": true})).await
+    });
+    let mut seen = 0;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        seen = total_inflight(&gw).await;
+        if seen == 1 {
+            break;
+        }
+    }
+    assert_eq!(seen, 1, "the stream is in flight");
+    stream.abort();
+    let mut after = 1;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        after = total_inflight(&gw).await;
+        if after == 0 {
+            break;
+        }
+    }
+    assert_eq!(after, 0, "the guard was released when the client went away");
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn graceful_shutdown_lets_streams_finish() {
+    let replica = sim("m", "llama-8b-l4").await;
+    let gw = static_gateway(&[replica.addr], "").await;
+    let url = format!("http://{}/v1/completions", gw.gateway_addr);
+    let stream = tokio::spawn(async move {
+        post_stream(&url, json!({"model": "m", "prompt": "x", "max_tokens": 10, "ignore_eos": true, "stream": true})).await
+    });
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let gateway_addr = gw.gateway_addr;
+    gw.shutdown().await;
+    let (code, chunks) = stream.await.unwrap();
+    assert_eq!(code, 200);
+    assert_eq!(
+        sse_events(&chunks).last().map(String::as_str),
+        Some("[DONE]")
+    );
+    assert!(
+        tokio::net::TcpStream::connect(gateway_addr).await.is_err(),
+        "no longer accepting"
+    );
+}
+
+#[tokio::test]
+async fn gateway_metrics_pass_promtool() {
+    if !tool_available("promtool", &["--version"]) {
+        return;
+    }
+    let replica = sim("m", "llama-8b-h100").await;
+    let gw = static_gateway(&[replica.addr], "").await;
+    post_stream(
+        &format!("http://{}/v1/completions", gw.gateway_addr),
+        json!({"model": "m", "prompt": "x", "max_tokens": 3, "stream": true}),
+    )
+    .await;
+    let text = get(&format!("http://{}/metrics", gw.admin_addr)).await.body;
+    gw.shutdown().await;
+    let mut check = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    check.stdin.take().unwrap().write_all(&text).unwrap();
+    let out = check.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&text);
+    assert!(
+        metric(
+            &text,
+            "infergate_stream_first_chunk_seconds_count",
+            &[("pool", "p")]
+        )
+        .unwrap()
+            >= 1.0
+    );
+}
+
+/// The embedded default's shape with real child processes: the gateway starts two simulators,
+/// one is killed mid-stream, the client gets a clean error event, the replica is ejected and the
+/// next requests succeed on the other.
+#[tokio::test]
+async fn local_replica_killed_mid_stream() {
+    let exe = env!("CARGO_BIN_EXE_infergate");
+    let gw = gateway_with(&format!(
+        "listeners: {{gateway: 127.0.0.1:0, admin: 127.0.0.1:0, drain_timeout: 2s}}
+pools:
+  - name: p
+    models: [m]
+    discovery:
+      local:
+        replicas: 2
+        command: [\"{exe}\", sim, --port, \"0\", --model, m, --profile, llama-8b-l4]
+        startup_timeout: 20s
+    retries: {{max_attempts: 3, eject_after_failures: 1, ejection_time: 60s}}
+"
+    ))
+    .await;
+    let pids = gw.local_replica_pids();
+    assert_eq!(pids.len(), 2, "both local replicas started");
+    let url = format!("http://{}/v1/chat/completions", gw.gateway_addr);
+    let stream = tokio::spawn(async move {
+        post_stream(&url, json!({"model": "m", "messages": [{"role": "user", "content": "long"}], "max_tokens": 2000, "ignore_eos": true, "stream": true})).await
+    });
+    // Find the replica serving it, then kill that process.
+    let mut serving = None;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let s = status(&gw).await;
+        serving = s["pools"][0]["replicas"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["inflight"] == 1)
+            .map(|r| r["name"].as_str().unwrap().to_string());
+        if serving.is_some() {
+            break;
+        }
+    }
+    let serving = serving.expect("one replica has the stream");
+    tokio::time::sleep(Duration::from_millis(200)).await; // let a few tokens through
+    let pid = pids
+        .iter()
+        .find(|(addr, _)| addr.to_string() == serving)
+        .unwrap()
+        .1;
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let (code, chunks) = stream.await.unwrap();
+    assert_eq!(code, 200);
+    let events = sse_events(&chunks);
+    assert!(events.len() >= 2, "some tokens arrived before the kill");
+    let last: serde_json::Value = serde_json::from_str(events.last().unwrap())
+        .expect("the stream ends with a JSON error event");
+    assert!(last["error"]["message"].is_string(), "{last}");
+    // The gateway is up, the dead replica is out, and requests succeed on the other one.
+    for i in 0..5 {
+        let reply = post(
+            &format!("http://{}/v1/completions", gw.gateway_addr),
+            json!({"model": "m", "prompt": format!("after {i}"), "max_tokens": 2}),
+        )
+        .await;
+        assert_eq!(reply.status, 200, "{}", reply.text());
+    }
+    let s = status(&gw).await;
+    let dead = s["pools"][0]["replicas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == serving.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(dead["ejected"], true, "{s}");
+    assert_eq!(total_inflight(&gw).await, 0);
+    gw.shutdown().await;
+}
+
+#[test]
+fn official_openai_client_streams_through_the_gateway() {
+    if !tool_available("python3", &["-c", "import openai"]) {
+        return;
+    }
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (replica, gw) = rt.block_on(async {
+        let replica = sim("m", "llama-8b-h100").await;
+        let gw = static_gateway(&[replica.addr], "").await;
+        (replica, gw)
+    });
+    let run = |addr: SocketAddr| {
+        let script = format!(
+            r#"
+import openai
+client = openai.OpenAI(base_url="http://{addr}/v1", api_key="unused")
+stream = client.chat.completions.create(model="m", messages=[{{"role": "user", "content": "Name three rivers."}}],
+    max_tokens=9, stream=True, stream_options={{"include_usage": True}})
+content, finish, usage = "", None, None
+for chunk in stream:
+    if chunk.choices:
+        content += chunk.choices[0].delta.content or ""
+        finish = chunk.choices[0].finish_reason or finish
+    if chunk.usage:
+        usage = chunk.usage
+print(repr(content), finish, usage.completion_tokens)
+"#
+        );
+        let out = std::process::Command::new("python3")
+            .args(["-c", &script])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let via_gateway = run(gw.gateway_addr);
+    let direct = run(replica.addr);
+    assert_eq!(via_gateway, direct);
+    assert!(via_gateway.contains(' '), "{via_gateway}");
+    rt.block_on(gw.shutdown());
+}
