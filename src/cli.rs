@@ -15,6 +15,7 @@ Examples:
   infergate serve                          # local fleet of simulated replicas, autoscaled
   infergate serve --config gateway.yaml    # your own pools
   infergate check-config config/*.yaml     # validate config files, list every problem
+  infergate load --concurrency 32          # drive load at the running gateway
   infergate config-reference > docs/config.md";
 
 #[derive(Debug, Parser)]
@@ -54,6 +55,8 @@ pub enum Command {
     ConfigReference,
     /// Run a simulated vLLM replica: OpenAI API, vLLM metrics, continuous-batching timing.
     Sim(SimArgs),
+    /// Send a bounded load of chat completions and report throughput and latency.
+    Load(crate::loadgen::LoadArgs),
 }
 
 /// Flags of `infergate sim`.
@@ -86,6 +89,9 @@ pub struct SimArgs {
     /// Override the profile's KV-cache size (blocks of 16 tokens).
     #[arg(long)]
     pub kv_blocks: Option<u32>,
+    /// Override the profile's context window (tokens).
+    #[arg(long)]
+    pub max_model_len: Option<u32>,
     /// Override the profile's fixed step time (seconds).
     #[arg(long)]
     pub step_time: Option<f64>,
@@ -150,6 +156,7 @@ pub fn run(args: impl IntoIterator<Item = impl Into<OsString> + Clone>) -> ExitC
         }
         Command::Serve { config } => report(serve(config)),
         Command::Sim(args) => report(run_sim(args)),
+        Command::Load(args) => report(run_load(args)),
     }
 }
 
@@ -222,6 +229,9 @@ fn sim_options(args: SimArgs) -> anyhow::Result<crate::sim::SimOptions> {
     if let Some(v) = args.kv_blocks {
         profile.kv_blocks = v;
     }
+    if let Some(v) = args.max_model_len {
+        profile.max_model_len = v;
+    }
     if let Some(v) = args.step_time {
         profile.t0 = v;
     }
@@ -291,4 +301,17 @@ pub async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
+}
+
+fn run_load(args: crate::loadgen::LoadArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(args.concurrency > 0, "--concurrency must be at least 1");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let report = runtime.block_on(crate::loadgen::run(args, |done, failed| {
+        eprintln!("  {done} done, {failed} failed");
+    }))?;
+    println!("{}", report.render());
+    anyhow::ensure!(report.failed == 0, "{} requests failed", report.failed);
+    Ok(())
 }

@@ -10,6 +10,7 @@ pub mod discovery;
 pub mod gateway;
 pub mod http_server;
 pub mod load;
+pub mod loadgen;
 pub mod openai;
 pub mod router;
 pub mod sim;

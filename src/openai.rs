@@ -10,6 +10,13 @@ use serde_json::Value;
 /// Llama-3's tokenizer averages about 4 bytes per token).
 pub const BYTES_PER_TOKEN: usize = 4;
 
+/// FNV-1a, 64-bit: a stable hash of bytes (the same on every platform and run).
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
 /// Seconds since the Unix epoch (the `created` field of OpenAI objects).
 pub fn unix_seconds() -> u64 {
     std::time::SystemTime::now()

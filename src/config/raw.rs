@@ -66,6 +66,9 @@ pub struct RawListeners {
     pub max_body_size: Quantity,
     /// How long a shutdown waits for in-flight answers to finish before closing them (duration).
     pub drain_timeout: Quantity,
+    /// Threads serving the gateway listener, each with its own connections and upstream pools
+    /// (thread per core); 0 means one per available core.
+    pub worker_threads: u32,
 }
 
 impl Default for RawListeners {
@@ -75,6 +78,7 @@ impl Default for RawListeners {
             admin: "127.0.0.1:9090".into(),
             max_body_size: "32MiB".into(),
             drain_timeout: "30s".into(),
+            worker_threads: 0,
         }
     }
 }

@@ -24,6 +24,8 @@ pub struct Listeners {
     /// Bytes.
     pub max_body_size: u64,
     pub drain_timeout: Duration,
+    /// Threads serving the gateway listener (0 resolved to the core count).
+    pub worker_threads: usize,
 }
 
 #[derive(Debug, Clone)]

@@ -163,6 +163,10 @@ fn listeners(c: &mut Checker, raw: &RawListeners) -> Listeners {
         admin,
         max_body_size,
         drain_timeout: c.duration("listeners.drain_timeout".into(), &raw.drain_timeout),
+        worker_threads: match raw.worker_threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n as usize,
+        },
     }
 }
 

@@ -37,7 +37,9 @@ pub struct ProxiedBody {
     sse: bool,
     received: Instant,
     last_chunk: Option<Instant>,
-    idle: Pin<Box<Sleep>>,
+    /// Armed the first time the replica makes us wait (most small answers never do), then
+    /// pushed back on every chunk.
+    idle: Option<Pin<Box<Sleep>>>,
     idle_timeout: Duration,
     /// Set once the stream has ended (normally or not).
     ended: bool,
@@ -59,7 +61,7 @@ impl ProxiedBody {
             sse,
             received,
             last_chunk: None,
-            idle: Box::pin(tokio::time::sleep(idle_timeout)),
+            idle: None,
             idle_timeout,
             ended: false,
         }
@@ -136,8 +138,9 @@ impl Body for GatewayBody {
                                 }
                             }
                             body.last_chunk = Some(now);
-                            let deadline = now + body.idle_timeout;
-                            body.idle.as_mut().reset(deadline.into());
+                            if let Some(idle) = body.idle.as_mut() {
+                                idle.as_mut().reset((now + body.idle_timeout).into());
+                            }
                         }
                         Poll::Ready(Some(Ok(frame)))
                     }
@@ -151,7 +154,12 @@ impl Body for GatewayBody {
                         body.finish();
                         Poll::Ready(None)
                     }
-                    Poll::Pending => match body.idle.as_mut().poll(cx) {
+                    Poll::Pending => match body
+                        .idle
+                        .get_or_insert_with(|| Box::pin(tokio::time::sleep(body.idle_timeout)))
+                        .as_mut()
+                        .poll(cx)
+                    {
                         Poll::Ready(()) => {
                             body.broke(GatewayError::UpstreamTimeout, "idle stream timeout")
                         }

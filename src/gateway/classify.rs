@@ -57,6 +57,9 @@ pub fn classify(
                 .position(|c| c.eq_ignore_ascii_case(name.trim()))
         })
         .unwrap_or(classes.default_priority);
+    let session = headers
+        .get(&classes.session_header)
+        .map(|v| crate::openai::fnv1a(v.as_bytes()));
     let max_tokens = probe
         .max_completion_tokens
         .or(probe.max_tokens)
@@ -68,6 +71,7 @@ pub fn classify(
             prompt_tokens,
             max_tokens,
             priority,
+            session,
         },
     })
 }
@@ -94,11 +98,13 @@ mod tests {
         let body = br#"{"messages": [{"role": "user", "content": "hello world, how are you"}], "stream": true, "max_tokens": 50, "model": "m"}"#;
         let mut headers = HeaderMap::new();
         headers.insert("x-priority", "Critical".parse().unwrap());
+        headers.insert("x-session-id", "abc".parse().unwrap());
         let c = classify(body, &headers, &classes()).unwrap();
         assert_eq!(c.model, "m");
         assert!(c.features.stream);
         assert_eq!(c.features.max_tokens, Some(50));
         assert_eq!(c.features.priority, 0);
+        assert_eq!(c.features.session, Some(crate::openai::fnv1a(b"abc")));
         assert!(
             (10..20).contains(&c.features.prompt_tokens),
             "{}",

@@ -60,8 +60,8 @@ fn check_supported(config: &Config) -> anyhow::Result<()> {
 /// Binds the listeners, starts local replicas, and serves until [`RunningGateway::shutdown`].
 pub async fn start(config: Config) -> anyhow::Result<RunningGateway> {
     check_supported(&config)?;
-    let gateway_listener = http_server::bind(config.listeners.gateway)
-        .await
+    let workers = config.listeners.worker_threads;
+    let gateway_listeners = http_server::bind_per_core(config.listeners.gateway, workers)
         .with_context(|| {
             format!(
                 "cannot listen on {} (listeners.gateway)",
@@ -78,7 +78,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningGateway> {
         })?;
     let metrics = Arc::new(metrics::GatewayMetrics::new());
     let epoch = Instant::now();
-    let pools = pools::Pools::new(&config.pools, &metrics, epoch);
+    let pools = pools::Pools::new(&config.pools, &metrics, epoch, workers);
 
     let mut local_replicas = Vec::new();
     for (pool, runtime) in config.pools.iter().zip(&pools.pools) {
@@ -125,9 +125,10 @@ pub async fn start(config: Config) -> anyhow::Result<RunningGateway> {
         metrics,
     });
     let gateway_state = state.clone();
-    let gateway = http_server::serve(gateway_listener, drain, move |req, peer| {
-        proxy::handle(gateway_state.clone(), req, peer)
-    });
+    let gateway = http_server::serve_per_core(gateway_listeners, drain, move |worker| {
+        let state = gateway_state.clone();
+        move |req, peer| proxy::handle(state.clone(), worker, req, peer)
+    })?;
     let admin_state = state.clone();
     let admin = http_server::serve(admin_listener, Duration::from_secs(1), move |req, _| {
         crate::admin::handle(admin_state.clone(), req)

@@ -28,34 +28,37 @@ pub struct PoolRuntime {
     snapshot: ArcSwap<Snapshot>,
     /// Request sequence number, for round robin.
     sequence: AtomicU64,
-    pub client: UpstreamClient,
+    /// One client (connection pool) per gateway worker thread, used only from that thread.
+    clients: Vec<UpstreamClient>,
     pub metrics: PoolMetrics,
     inflight_gauges: prometheus::IntGaugeVec,
     epoch: Instant,
 }
 
 impl PoolRuntime {
-    pub fn new(config: config::Pool, metrics: &GatewayMetrics, epoch: Instant) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(config.timeouts.connect));
-        connector.set_nodelay(true);
-        connector.enforce_http(true);
-        let mut builder = Client::builder(TokioExecutor::new());
-        builder
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(1024);
-        if config.upstream_protocol == UpstreamProtocol::H2c {
-            builder.http2_only(true);
-        }
+    pub fn new(
+        config: config::Pool,
+        metrics: &GatewayMetrics,
+        epoch: Instant,
+        workers: usize,
+    ) -> Self {
+        let clients = (0..workers.max(1))
+            .map(|_| upstream_client(&config))
+            .collect();
         Self {
             metrics: metrics.pool(&config.name),
             inflight_gauges: metrics.inflight.clone(),
-            client: builder.build(connector),
+            clients,
             snapshot: ArcSwap::from_pointee(Snapshot::default()),
             sequence: AtomicU64::new(0),
             config,
             epoch,
         }
+    }
+
+    /// The upstream client of gateway worker `worker`.
+    pub fn client(&self, worker: usize) -> &UpstreamClient {
+        &self.clients[worker % self.clients.len()]
     }
 
     pub fn name(&self) -> &str {
@@ -114,12 +117,31 @@ impl PoolRuntime {
     }
 }
 
+/// A pooled keep-alive client towards one pool's replicas.
+fn upstream_client(config: &config::Pool) -> UpstreamClient {
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(config.timeouts.connect));
+    connector.set_nodelay(true);
+    connector.enforce_http(true);
+    let mut builder = Client::builder(TokioExecutor::new());
+    builder
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(1024);
+    if config.upstream_protocol == UpstreamProtocol::H2c {
+        builder.http2_only(true);
+    }
+    builder.build(connector)
+}
+
 /// How a model name resolves.
 #[derive(Debug, Clone)]
 pub struct Route {
     pub pool: usize,
     /// For an alias, the served name the request is rewritten to.
     pub rewrite_to: Option<String>,
+    /// `infergate_requests_total{pool, model, status="200"}`, resolved once: the common case
+    /// costs one atomic add instead of a labelled lookup.
+    pub ok_requests: prometheus::IntCounter,
 }
 
 /// All pools and the model-name index.
@@ -131,7 +153,12 @@ pub struct Pools {
 }
 
 impl Pools {
-    pub fn new(configs: &[config::Pool], metrics: &GatewayMetrics, epoch: Instant) -> Self {
+    pub fn new(
+        configs: &[config::Pool],
+        metrics: &GatewayMetrics,
+        epoch: Instant,
+        workers: usize,
+    ) -> Self {
         let mut by_model = HashMap::new();
         let mut data = Vec::new();
         let created = crate::openai::unix_seconds();
@@ -142,6 +169,9 @@ impl Pools {
                     Route {
                         pool: i,
                         rewrite_to: None,
+                        ok_requests: metrics
+                            .requests
+                            .with_label_values(&[&pool.name, model, "200"]),
                     },
                 );
                 data.push(json!({"id": model, "object": "model", "created": created, "owned_by": pool.name}));
@@ -152,6 +182,9 @@ impl Pools {
                     Route {
                         pool: i,
                         rewrite_to: Some(target.clone()),
+                        ok_requests: metrics
+                            .requests
+                            .with_label_values(&[&pool.name, alias, "200"]),
                     },
                 );
                 data.push(json!({"id": alias, "object": "model", "created": created, "owned_by": pool.name, "root": target}));
@@ -163,7 +196,7 @@ impl Pools {
         Self {
             pools: configs
                 .iter()
-                .map(|c| Arc::new(PoolRuntime::new(c.clone(), metrics, epoch)))
+                .map(|c| Arc::new(PoolRuntime::new(c.clone(), metrics, epoch, workers)))
                 .collect(),
             by_model,
             models_json,

@@ -26,15 +26,17 @@ pub struct GatewayState {
     pub metrics: Arc<super::metrics::GatewayMetrics>,
 }
 
+/// Answers one request on gateway worker thread `worker`.
 pub async fn handle(
     state: Arc<GatewayState>,
+    worker: usize,
     req: Request<Incoming>,
     peer: SocketAddr,
 ) -> Response<GatewayBody> {
     let path = req.uri().path();
     match (req.method(), path) {
         (&Method::POST, "/v1/completions" | "/v1/chat/completions" | "/v1/embeddings") => {
-            proxy(state, req, peer)
+            proxy(state, worker, req, peer)
                 .await
                 .unwrap_or_else(GatewayError::into_response)
         }
@@ -56,6 +58,7 @@ pub async fn handle(
 
 async fn proxy(
     state: Arc<GatewayState>,
+    worker: usize,
     req: Request<Incoming>,
     peer: SocketAddr,
 ) -> Result<Response<GatewayBody>, GatewayError> {
@@ -80,21 +83,35 @@ async fn proxy(
         Some(target) => Bytes::from(rewrite_model(&body, target)?),
         None => body,
     };
-    let result = forward(&pool, &parts, body, peer, &classified.features, received).await;
+    let result = forward(
+        &pool,
+        worker,
+        &parts,
+        body,
+        peer,
+        &classified.features,
+        received,
+    )
+    .await;
     let status = match &result {
         Ok(response) => response.status(),
         Err(e) => e.status(),
     };
-    state
-        .metrics
-        .requests
-        .with_label_values(&[pool.name(), &classified.model, status.as_str()])
-        .inc();
+    if status == http::StatusCode::OK {
+        route.ok_requests.inc();
+    } else {
+        state
+            .metrics
+            .requests
+            .with_label_values(&[pool.name(), &classified.model, status.as_str()])
+            .inc();
+    }
     result
 }
 
 async fn forward(
     pool: &Arc<PoolRuntime>,
+    worker: usize,
     parts: &http::request::Parts,
     body: Bytes,
     peer: SocketAddr,
@@ -123,7 +140,7 @@ async fn forward(
         let sent = Instant::now();
         match tokio::time::timeout(
             pool.config.timeouts.first_byte,
-            pool.client.request(upstream),
+            pool.client(worker).request(upstream),
         )
         .await
         {

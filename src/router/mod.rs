@@ -24,6 +24,8 @@ pub struct RequestFeatures {
     pub max_tokens: Option<u32>,
     /// Index into the configured priority classes.
     pub priority: usize,
+    /// Hash of the session header's value, when the request has one.
+    pub session: Option<u64>,
 }
 
 /// Inputs that vary per call but must not be read inside the router.

@@ -21,9 +21,9 @@ use super::driver::{self, BusyClock, Command};
 use super::engine::{Engine, EngineRequest, Event, Finished};
 use super::metrics::{MetricsFlavor, SimMetrics};
 use super::profile::Profile;
-use super::text::{Rng, fnv1a, token_text};
+use super::text::{Rng, token_text};
 use crate::http_server::{self, Server};
-use crate::openai;
+use crate::openai::{self, fnv1a};
 
 /// Response headers with the length and FNV-1a hash of the request body as received.
 pub const REQUEST_BYTES_HEADER: &str = "x-sim-request-bytes";

@@ -2,13 +2,6 @@
 //! `--seed` reproduces every answer length and word) and words of about four bytes, matching the
 //! 4-bytes-per-token tokenizer approximation.
 
-/// FNV-1a, 64-bit: a stable hash of bytes (same on every platform and run).
-pub fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
-}
-
 /// SplitMix64: tiny, fast, and the same sequence on every platform.
 #[derive(Debug, Clone)]
 pub struct Rng(u64);

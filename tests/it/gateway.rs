@@ -6,8 +6,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use infergate::gateway::{self, RunningGateway};
+use infergate::openai::fnv1a;
 use infergate::sim::profile::profile;
-use infergate::sim::text::fnv1a;
 use infergate::sim::{SimOptions, start};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -1,0 +1,93 @@
+//! Criterion benchmarks of the per-request work on the gateway's hot path: classifying a request
+//! body (the issue's goal: a 256 KB prompt well under a millisecond) and picking a replica as
+//! pools grow.
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::Instant;
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use http::HeaderMap;
+use http::uri::{Authority, Scheme};
+use infergate::config::RoutingPolicy;
+use infergate::gateway::classify::classify;
+use infergate::load::Replica;
+use infergate::router::{PickContext, RequestFeatures, Snapshot, pick};
+
+fn chat_body(prompt_bytes: usize) -> Vec<u8> {
+    // Natural-ish text with the escapes a real prompt has (quotes, newlines); `model` last, as
+    // the OpenAI SDKs send it.
+    let sentence = r#"The \"gateway\" routes each request to the replica that answers first.\n "#;
+    let content = sentence.repeat(prompt_bytes / sentence.len() + 1);
+    format!(
+        r#"{{"messages": [{{"role": "system", "content": "You are helpful."}}, {{"role": "user", "content": "{content}"}}], "stream": true, "max_tokens": 256, "model": "llama"}}"#
+    )
+    .into_bytes()
+}
+
+fn bench_classify(c: &mut Criterion) {
+    let classes = infergate::config::embedded_default().classification;
+    let headers = HeaderMap::new();
+    let mut group = c.benchmark_group("classify");
+    for size in [1024usize, 256 * 1024, 8 << 20] {
+        let body = chat_body(size);
+        group.throughput(Throughput::Bytes(body.len() as u64));
+        group.bench_with_input(BenchmarkId::from_parameter(size), &body, |b, body| {
+            b.iter(|| classify(black_box(body), &headers, &classes).unwrap())
+        });
+    }
+    group.finish();
+}
+
+fn snapshot(n: usize) -> Snapshot {
+    let epoch = Instant::now();
+    let registry = prometheus::IntGaugeVec::new(prometheus::Opts::new("b", "b"), &["r"]).unwrap();
+    let replicas: Vec<Arc<Replica>> = (0..n)
+        .map(|i| {
+            let authority: Authority = format!("10.0.{}.{}:8000", i / 250, i % 250)
+                .parse()
+                .unwrap();
+            let gauge = registry.with_label_values(&[authority.as_str()]);
+            Arc::new(Replica::new(Scheme::HTTP, authority, gauge, epoch))
+        })
+        .collect();
+    // Uneven load so the scan has something to compare.
+    let mut guards = Vec::new();
+    for (i, r) in replicas.iter().enumerate() {
+        for _ in 0..(i * 7919 % 13) {
+            guards.push(r.start_request());
+        }
+    }
+    std::mem::forget(guards);
+    Snapshot { replicas }
+}
+
+fn bench_pick(c: &mut Criterion) {
+    let features = RequestFeatures::default();
+    let mut group = c.benchmark_group("pick_least_inflight");
+    for n in [8usize, 64, 1000] {
+        let snap = snapshot(n);
+        let mut random = 1u64;
+        group.bench_with_input(BenchmarkId::from_parameter(n), &snap, |b, snap| {
+            b.iter(|| {
+                random = random.wrapping_mul(6364136223846793005).wrapping_add(1);
+                let ctx = PickContext {
+                    now: Instant::now(),
+                    random,
+                    sequence: random,
+                };
+                pick(
+                    RoutingPolicy::LeastInflight,
+                    black_box(snap),
+                    &features,
+                    ctx,
+                    &[],
+                )
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench_classify, bench_pick);
+criterion_main!(benches);
