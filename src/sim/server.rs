@@ -28,6 +28,8 @@ use crate::openai::{self, fnv1a};
 /// Response headers with the length and FNV-1a hash of the request body as received.
 pub const REQUEST_BYTES_HEADER: &str = "x-sim-request-bytes";
 pub const REQUEST_HASH_HEADER: &str = "x-sim-request-fnv1a";
+/// Response header naming the HTTP version the request arrived with (`h2` or `http/1.1`).
+pub const REQUEST_VERSION_HEADER: &str = "x-sim-request-version";
 
 /// Header that forces an error answer with the given status code (fault injection for tests).
 pub const FORCE_ERROR_HEADER: &str = "x-sim-force-error";
@@ -206,6 +208,7 @@ async fn generate(shared: Arc<Shared>, req: Request<Incoming>, kind: Kind) -> Re
     {
         return error(status, "error forced by the x-sim-force-error header");
     }
+    let version = req.version();
     let body = match Limited::new(req.into_body(), shared.opts.max_body_bytes)
         .collect()
         .await
@@ -222,6 +225,12 @@ async fn generate(shared: Arc<Shared>, req: Request<Incoming>, kind: Kind) -> Re
     let headers = response.headers_mut();
     headers.insert(REQUEST_BYTES_HEADER, HeaderValue::from(fingerprint.0));
     headers.insert(REQUEST_HASH_HEADER, HeaderValue::from(fingerprint.1));
+    let version = if version == http::Version::HTTP_2 {
+        "h2"
+    } else {
+        "http/1.1"
+    };
+    headers.insert(REQUEST_VERSION_HEADER, HeaderValue::from_static(version));
     response
 }
 

@@ -553,3 +553,49 @@ print(repr(content), finish, usage.completion_tokens)
     assert!(via_gateway.contains(' '), "{via_gateway}");
     rt.block_on(gw.shutdown());
 }
+
+#[tokio::test]
+async fn h2c_downstream_and_upstream() {
+    use http_body_util::{BodyExt, Full};
+    let replica = sim("m", "llama-8b-h100").await;
+    let gw = static_gateway(&[replica.addr], "    upstream_protocol: h2c\n").await;
+    // A client speaking HTTP/2 with prior knowledge to the gateway, which speaks h2c upstream.
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<Full<bytes::Bytes>>();
+    for stream in [false, true] {
+        let body = json!({"model": "m", "prompt": "over h2", "max_tokens": 3, "ignore_eos": true, "stream": stream});
+        let request = http::Request::post(format!("http://{}/v1/completions", gw.gateway_addr))
+            .header("content-type", "application/json")
+            .body(Full::new(bytes::Bytes::from(
+                serde_json::to_vec(&body).unwrap(),
+            )))
+            .unwrap();
+        let response = client.request(request).await.unwrap();
+        assert_eq!(response.version(), http::Version::HTTP_2);
+        assert_eq!(response.status(), 200);
+        assert_eq!(
+            response.headers()["x-sim-request-version"],
+            "h2",
+            "the pool spoke h2c upstream"
+        );
+        let text = String::from_utf8(
+            response
+                .into_body()
+                .collect()
+                .await
+                .unwrap()
+                .to_bytes()
+                .to_vec(),
+        )
+        .unwrap();
+        if stream {
+            assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
+        } else {
+            let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+            assert_eq!(v["usage"]["completion_tokens"], 3);
+        }
+    }
+    assert_eq!(total_inflight(&gw).await, 0);
+    gw.shutdown().await;
+}
