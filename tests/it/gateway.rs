@@ -131,6 +131,10 @@ async fn aliases_are_rewritten_to_the_served_name() {
     .await;
     assert_eq!(reply.status, 200, "{}", reply.text());
     assert_eq!(
+        reply.headers["x-sim-request-version"], "http/1.1",
+        "HTTP/1.1 upstream by default"
+    );
+    assert_eq!(
         reply.json()["model"],
         "m",
         "the replica saw the served name"

@@ -22,7 +22,6 @@ pub fn client() -> HttpClient {
 
 pub struct Reply {
     pub status: StatusCode,
-    #[allow(dead_code)] // read by gateway tests
     pub headers: HeaderMap,
     pub body: Bytes,
 }
