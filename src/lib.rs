@@ -13,5 +13,6 @@ pub mod load;
 pub mod loadgen;
 pub mod openai;
 pub mod router;
+pub mod scaler;
 pub mod sim;
 pub mod telemetry;

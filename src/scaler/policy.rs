@@ -1,0 +1,599 @@
+//! Scaling policies: pure state machines. Each takes an [`Observation`] with `now` in it and
+//! returns a [`Recommendation`] with its reason; no clock, no I/O, so the same code runs in the
+//! control loop, in virtual time and in tests with exact expectations.
+//!
+//! - `infergate`: the maximum over the enabled signals of what each needs — concurrency
+//!   (in-flight + queued at the gateway) over a per-replica target, KV-cache and GPU use over
+//!   their targets, queue wait over its target — on a short window for scaling up and a long one
+//!   for scaling down. Replicas still starting count as capacity that is coming, so a slow model
+//!   load causes no overshoot; a growing gateway queue scales up at once; scaling down waits for
+//!   the stabilisation window and removes at most `max_scale_down_step` replicas per decision;
+//!   an idle pool with `min_replicas: 0` goes to zero after `scale_to_zero_after`.
+//! - `hpa`: Kubernetes HPA's rule `ceil(current × metric / target)` with its 10 % tolerance and
+//!   scale-down stabilisation (the highest recommendation within the window).
+//! - `kpa`: Knative's KPA: `ceil(average concurrency / target)` over a 60 s stable and a 6 s panic
+//!   window; panic when the panic window wants at least twice the ready replicas, and no scaling
+//!   down while panicking.
+
+use std::collections::VecDeque;
+
+use crate::config::{Scaler, ScalerPolicy};
+
+/// What the control loop saw at one decision.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Observation {
+    /// Seconds on the caller's clock (real or virtual).
+    pub now: f64,
+    /// Replicas taking traffic.
+    pub ready: u32,
+    /// Replicas started but not ready yet (loading).
+    pub starting: u32,
+    /// Requests in flight from the gateway to the pool (exact).
+    pub inflight: u64,
+    /// Requests held in the gateway's queue for the pool (exact).
+    pub queued: u64,
+    /// Mean KV-cache use of ready replicas (0–1), when scraped and fresh.
+    pub kv_cache_usage: Option<f64>,
+    /// Mean GPU use of ready replicas (0–1), when the pool has a GPU source.
+    pub gpu_utilization: Option<f64>,
+    /// Longest current wait in the gateway queue (seconds).
+    pub queue_wait: Option<f64>,
+}
+
+impl Observation {
+    fn load(&self) -> f64 {
+        (self.inflight + self.queued) as f64
+    }
+    fn capacity(&self) -> u32 {
+        self.ready + self.starting
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Recommendation {
+    pub desired: u32,
+    /// Which signal decided, with its numbers.
+    pub reason: String,
+}
+
+/// A scaling policy with its own history.
+pub trait Policy: Send {
+    fn recommend(&mut self, obs: &Observation) -> Recommendation;
+}
+
+/// Builds the configured policy.
+pub fn build(config: &Scaler) -> Box<dyn Policy> {
+    match config.policy {
+        ScalerPolicy::Infergate => Box::new(Infergate::new(config.clone())),
+        ScalerPolicy::Hpa => Box::new(Hpa::new(config.clone())),
+        ScalerPolicy::Kpa => Box::new(Kpa::new(config.clone())),
+    }
+}
+
+/// Samples of load over a sliding time window.
+#[derive(Debug, Default)]
+struct Window {
+    samples: VecDeque<(f64, f64)>,
+}
+
+impl Window {
+    fn push(&mut self, now: f64, value: f64, keep: f64) {
+        self.samples.push_back((now, value));
+        while self.samples.front().is_some_and(|(t, _)| *t < now - keep) {
+            self.samples.pop_front();
+        }
+    }
+    fn mean_since(&self, since: f64) -> Option<f64> {
+        let (sum, n) = self
+            .samples
+            .iter()
+            .filter(|(t, _)| *t >= since)
+            .fold((0.0, 0usize), |(s, n), (_, v)| (s + v, n + 1));
+        (n > 0).then(|| sum / n as f64)
+    }
+    fn max_since(&self, since: f64) -> Option<f64> {
+        self.samples
+            .iter()
+            .filter(|(t, _)| *t >= since)
+            .map(|(_, v)| *v)
+            .reduce(f64::max)
+    }
+}
+
+fn clamp(config: &Scaler, desired: u32) -> u32 {
+    desired.clamp(config.min_replicas, config.max_replicas)
+}
+
+fn ceil_div(load: f64, per_replica: f64) -> u32 {
+    (load / per_replica).ceil().max(0.0) as u32
+}
+
+pub struct Infergate {
+    config: Scaler,
+    load: Window,
+    kv: Window,
+    gpu: Window,
+    /// Past scale-down candidates, for the stabilisation window.
+    down: Window,
+    /// Since when the pool has had no load (for scale to zero).
+    idle_since: Option<f64>,
+}
+
+impl Infergate {
+    pub fn new(config: Scaler) -> Self {
+        Self {
+            config,
+            load: Window::default(),
+            kv: Window::default(),
+            gpu: Window::default(),
+            down: Window::default(),
+            idle_since: None,
+        }
+    }
+
+    /// Replicas each signal needs, averaged since `since`; the largest wins.
+    fn need(&self, obs: &Observation, since: f64) -> (u32, String) {
+        let t = &self.config.targets;
+        let mut best = (0u32, String::from("no load"));
+        let mut consider = |need: f64, why: String| {
+            let need = need.ceil().max(0.0) as u32;
+            if need > best.0 {
+                best = (need, why);
+            }
+        };
+        if let Some(load) = self.load.mean_since(since) {
+            consider(
+                load / t.concurrency,
+                format!(
+                    "concurrency {load:.1} / target {} per replica",
+                    t.concurrency
+                ),
+            );
+        }
+        if let Some(need) = self.kv.mean_since(since) {
+            consider(
+                need,
+                format!(
+                    "kv-cache use needs {need:.1} replicas at target {:.0}%",
+                    t.kv_cache_usage.unwrap_or(0.0) * 100.0
+                ),
+            );
+        }
+        if let Some(need) = self.gpu.mean_since(since) {
+            consider(
+                need,
+                format!(
+                    "gpu use needs {need:.1} replicas at target {:.0}%",
+                    t.gpu_utilization.unwrap_or(0.0) * 100.0
+                ),
+            );
+        }
+        if let (Some(target), Some(wait)) = (t.queue_wait, obs.queue_wait)
+            && wait > target.as_secs_f64()
+        {
+            consider(
+                f64::from(obs.capacity() + 1),
+                format!(
+                    "queue wait {wait:.1}s over target {:.1}s",
+                    target.as_secs_f64()
+                ),
+            );
+        }
+        best
+    }
+}
+
+impl Policy for Infergate {
+    fn recommend(&mut self, obs: &Observation) -> Recommendation {
+        let c = &self.config;
+        let (up_window, down_window) = (
+            c.scale_up_window.as_secs_f64(),
+            c.scale_down_window.as_secs_f64(),
+        );
+        let keep = down_window
+            .max(up_window)
+            .max(c.scale_down_stabilization.as_secs_f64());
+        self.load.push(obs.now, obs.load(), keep);
+        // Per-replica use becomes "replicas needed" when measured, on the replicas it was
+        // measured on; a missing sample adds nothing (it is not a zero).
+        let ready = f64::from(obs.ready.max(1));
+        if let (Some(kv), Some(target)) = (obs.kv_cache_usage, c.targets.kv_cache_usage) {
+            self.kv.push(obs.now, ready * kv / target, keep);
+        }
+        if let (Some(gpu), Some(target)) = (obs.gpu_utilization, c.targets.gpu_utilization) {
+            self.gpu.push(obs.now, ready * gpu / target, keep);
+        }
+        if obs.load() > 0.0 {
+            self.idle_since = None;
+        } else {
+            self.idle_since.get_or_insert(obs.now);
+        }
+        let capacity = obs.capacity();
+        let floor = c.min_replicas.max(1);
+        // Every decision records its scale-down candidate, whichever way it goes, so the
+        // stabilisation window sees the recent peaks.
+        let (down, why_down) = self.need(obs, obs.now - down_window);
+        let (up, why_up) = self.need(obs, obs.now - up_window);
+        self.down.push(obs.now, f64::from(up.max(down)), keep);
+
+        // Requests waiting with nothing to serve them: start one at once.
+        if capacity == 0 && obs.load() > 0.0 {
+            return Recommendation {
+                desired: clamp(c, 1).max(1),
+                reason: format!(
+                    "{} requests held with no replica: scale from zero",
+                    obs.load()
+                ),
+            };
+        }
+        // A queue at the gateway means the pool is short now: add what the queue needs.
+        if obs.queued > 0 {
+            let need = capacity + ceil_div(obs.queued as f64, c.targets.concurrency).max(1);
+            let (signal, why) = self.need(obs, obs.now - up_window);
+            let desired = clamp(c, need.max(signal));
+            if desired > capacity {
+                return Recommendation {
+                    desired,
+                    reason: format!("{} requests queued at the gateway; {why}", obs.queued),
+                };
+            }
+        }
+        let tolerance_ok = |desired: u32| {
+            let current = f64::from(capacity.max(1));
+            (1.0 - f64::from(desired) / current).abs() > c.tolerance
+        };
+        if up > capacity && tolerance_ok(up) {
+            // Starting replicas already count in `capacity`: no overshoot while they load.
+            return Recommendation {
+                desired: clamp(c, up),
+                reason: format!("scale up: {why_up}"),
+            };
+        }
+
+        // Scale down: only to the highest need seen during the stabilisation window.
+        let stable = self
+            .down
+            .max_since(obs.now - c.scale_down_stabilization.as_secs_f64())
+            .unwrap_or(f64::from(down)) as u32;
+        let idle_long_enough = c.min_replicas == 0
+            && self
+                .idle_since
+                .is_some_and(|t| obs.now - t >= c.scale_to_zero_after.as_secs_f64());
+        if idle_long_enough && capacity > 0 {
+            return Recommendation {
+                desired: capacity.saturating_sub(c.max_scale_down_step).max(0),
+                reason: format!(
+                    "idle for {:.0}s: scale towards zero",
+                    obs.now - self.idle_since.unwrap_or(obs.now)
+                ),
+            };
+        }
+        let target = stable.max(floor);
+        if target < capacity && obs.starting == 0 && tolerance_ok(target) {
+            let desired = clamp(
+                c,
+                target.max(capacity.saturating_sub(c.max_scale_down_step)),
+            );
+            return Recommendation {
+                desired,
+                reason: format!(
+                    "scale down: {why_down} (highest need in the last {:.0}s: {stable})",
+                    c.scale_down_stabilization.as_secs_f64()
+                ),
+            };
+        }
+        let desired = clamp(c, capacity.max(if capacity == 0 { 0 } else { floor }));
+        Recommendation {
+            desired,
+            reason: format!("hold at {desired}: {why_up}"),
+        }
+    }
+}
+
+pub struct Hpa {
+    config: Scaler,
+    recommendations: Window,
+}
+
+/// HPA's fixed scale-down stabilisation window.
+const HPA_STABILIZATION: f64 = 300.0;
+
+impl Hpa {
+    pub fn new(config: Scaler) -> Self {
+        Self {
+            config,
+            recommendations: Window::default(),
+        }
+    }
+}
+
+impl Policy for Hpa {
+    fn recommend(&mut self, obs: &Observation) -> Recommendation {
+        let c = &self.config;
+        let current = obs.capacity();
+        let per_replica = obs.load() / f64::from(obs.ready.max(1));
+        let ratio = per_replica / c.targets.concurrency;
+        let raw = if current == 0 {
+            u32::from(obs.load() > 0.0)
+        } else if (1.0 - ratio).abs() <= 0.1 {
+            current
+        } else {
+            (f64::from(current) * ratio).ceil() as u32
+        };
+        let raw = clamp(c, raw);
+        self.recommendations
+            .push(obs.now, f64::from(raw), HPA_STABILIZATION);
+        let stabilized = self
+            .recommendations
+            .max_since(obs.now - HPA_STABILIZATION)
+            .unwrap_or(f64::from(raw)) as u32;
+        let desired = if raw > current {
+            raw
+        } else {
+            stabilized.min(current.max(raw))
+        };
+        Recommendation {
+            desired,
+            reason: format!(
+                "hpa: {per_replica:.1} per replica / target {} → {raw} (stabilised {desired})",
+                c.targets.concurrency
+            ),
+        }
+    }
+}
+
+pub struct Kpa {
+    config: Scaler,
+    load: Window,
+    panicking_until: Option<f64>,
+}
+
+const KPA_STABLE: f64 = 60.0;
+const KPA_PANIC: f64 = 6.0;
+
+impl Kpa {
+    pub fn new(config: Scaler) -> Self {
+        Self {
+            config,
+            load: Window::default(),
+            panicking_until: None,
+        }
+    }
+}
+
+impl Policy for Kpa {
+    fn recommend(&mut self, obs: &Observation) -> Recommendation {
+        let c = &self.config;
+        self.load.push(obs.now, obs.load(), KPA_STABLE);
+        let stable = self.load.mean_since(obs.now - KPA_STABLE).unwrap_or(0.0);
+        let panic = self.load.mean_since(obs.now - KPA_PANIC).unwrap_or(0.0);
+        let want_stable = ceil_div(stable, c.targets.concurrency);
+        let want_panic = ceil_div(panic, c.targets.concurrency);
+        if want_panic >= 2 * obs.ready.max(1) && want_panic > obs.capacity() {
+            // Panic lasts at least a stable window after the last trigger.
+            self.panicking_until = Some(obs.now + KPA_STABLE);
+        }
+        let panicking = self.panicking_until.is_some_and(|t| obs.now < t);
+        let desired = if panicking {
+            want_panic.max(obs.capacity())
+        } else {
+            want_stable
+        };
+        let desired = clamp(c, desired);
+        Recommendation {
+            desired,
+            reason: format!(
+                "kpa: stable {stable:.1} → {want_stable}, panic {panic:.1} → {want_panic}{}",
+                if panicking { " (panicking)" } else { "" }
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn config() -> Scaler {
+        let mut s = crate::config::embedded_default().pools[0].scaler.clone();
+        s.policy = ScalerPolicy::Infergate;
+        s.min_replicas = 1;
+        s.max_replicas = 10;
+        s.targets.concurrency = 10.0;
+        s.targets.kv_cache_usage = Some(0.8);
+        s.targets.gpu_utilization = None;
+        s.targets.queue_wait = Some(Duration::from_secs(2));
+        s.scale_up_window = Duration::from_secs(10);
+        s.scale_down_window = Duration::from_secs(60);
+        s.scale_down_stabilization = Duration::from_secs(60);
+        s.tolerance = 0.1;
+        s.max_scale_down_step = 1;
+        s.scale_to_zero_after = Duration::from_secs(300);
+        s
+    }
+
+    fn obs(now: f64, ready: u32, starting: u32, inflight: u64) -> Observation {
+        Observation {
+            now,
+            ready,
+            starting,
+            inflight,
+            ..Default::default()
+        }
+    }
+
+    /// Runs `policy` once a second, applying its decisions at once (replicas ready instantly
+    /// unless `startup` says otherwise), and returns the replica count after each step.
+    fn simulate(
+        policy: &mut dyn Policy,
+        load: impl Fn(f64) -> u64,
+        seconds: u32,
+        start: u32,
+    ) -> Vec<u32> {
+        let mut ready = start;
+        let mut counts = Vec::new();
+        for s in 0..seconds {
+            let r = policy.recommend(&obs(f64::from(s), ready, 0, load(f64::from(s))));
+            ready = r.desired;
+            counts.push(ready);
+        }
+        counts
+    }
+
+    #[test]
+    fn ramp_scales_up_in_step_with_load() {
+        let mut p = Infergate::new(config());
+        // Load rises by 1 request per second to 60: needs 6 replicas of 10.
+        let counts = simulate(&mut p, |t| (t as u64).min(60), 80, 1);
+        assert_eq!(*counts.last().unwrap(), 6);
+        assert!(
+            counts.windows(2).all(|w| w[1] >= w[0]),
+            "no scale-down during a ramp: {counts:?}"
+        );
+    }
+
+    #[test]
+    fn burst_scales_up_at_once_and_down_slowly() {
+        let mut p = Infergate::new(config());
+        let counts = simulate(
+            &mut p,
+            |t| if (10.0..20.0).contains(&t) { 80 } else { 5 },
+            200,
+            1,
+        );
+        // The 10 s up-window average passes 70 requests (7 replicas) by t = 19.
+        assert!(counts[19] >= 7, "{counts:?}");
+        // Back down only after the 60 s stabilisation, one replica per decision, to the floor.
+        assert!(counts[60] >= 7, "held during stabilisation: {counts:?}");
+        assert_eq!(counts[199], 1, "{counts:?}");
+        let drops: Vec<i64> = counts
+            .windows(2)
+            .map(|w| i64::from(w[1]) - i64::from(w[0]))
+            .filter(|d| *d < 0)
+            .collect();
+        assert!(
+            drops.iter().all(|d| *d == -1),
+            "at most one replica removed per decision: {counts:?}"
+        );
+    }
+
+    #[test]
+    fn starting_replicas_count_so_slow_starts_do_not_overshoot() {
+        let mut p = Infergate::new(config());
+        // 50 requests: 5 replicas. Decisions keep coming while the 4 new ones load.
+        let first = p.recommend(&obs(0.0, 1, 0, 50));
+        assert_eq!(first.desired, 5);
+        for t in 1..30 {
+            let r = p.recommend(&obs(f64::from(t), 1, 4, 50));
+            assert_eq!(r.desired, 5, "t={t}: {}", r.reason);
+        }
+    }
+
+    #[test]
+    fn load_near_the_threshold_does_not_flap() {
+        let mut p = Infergate::new(config());
+        // Load alternates 39/41 around 4 replicas' worth: never below 4 once at 5.
+        let counts = simulate(
+            &mut p,
+            |t| if (t as u64) % 2 == 0 { 39 } else { 41 },
+            300,
+            4,
+        );
+        let changes = counts.windows(2).filter(|w| w[0] != w[1]).count();
+        assert!(changes <= 1, "{changes} changes: {counts:?}");
+    }
+
+    #[test]
+    fn idle_pool_scales_to_zero_then_back_from_zero() {
+        let mut c = config();
+        c.min_replicas = 0;
+        c.scale_to_zero_after = Duration::from_secs(30);
+        let mut p = Infergate::new(c);
+        let counts = simulate(&mut p, |t| if t < 5.0 { 5 } else { 0 }, 120, 1);
+        assert_eq!(counts[20], 1, "not before scale_to_zero_after: {counts:?}");
+        assert_eq!(counts[119], 0, "{counts:?}");
+        // A held request at zero starts a replica at once.
+        let r = p.recommend(&Observation {
+            now: 121.0,
+            queued: 1,
+            ..Default::default()
+        });
+        assert_eq!(r.desired, 1, "{}", r.reason);
+        assert!(r.reason.contains("scale from zero"));
+    }
+
+    #[test]
+    fn gateway_queue_scales_up_immediately() {
+        let mut p = Infergate::new(config());
+        for t in 0..10 {
+            p.recommend(&obs(f64::from(t), 2, 0, 10));
+        }
+        let r = p.recommend(&Observation {
+            now: 10.0,
+            ready: 2,
+            inflight: 20,
+            queued: 25,
+            ..Default::default()
+        });
+        assert_eq!(r.desired, 5, "2 + ceil(25 / 10): {}", r.reason);
+    }
+
+    #[test]
+    fn a_missing_metric_is_ignored_not_read_as_zero() {
+        let mut p = Infergate::new(config());
+        // KV use says 3 replicas (2 × 0.95 / 0.8 = 2.4) while concurrency says 2.
+        let with_kv = Observation {
+            now: 0.0,
+            ready: 2,
+            inflight: 15,
+            kv_cache_usage: Some(0.95),
+            ..Default::default()
+        };
+        assert_eq!(p.recommend(&with_kv).desired, 3);
+        // The scrape goes missing: the concurrency signal alone decides, and KV's last values
+        // within the window still count (they are not replaced by zeros).
+        let without = Observation {
+            now: 1.0,
+            ready: 3,
+            inflight: 15,
+            kv_cache_usage: None,
+            ..Default::default()
+        };
+        assert_eq!(p.recommend(&without).desired, 3);
+    }
+
+    #[test]
+    fn hpa_ratio_rule_tolerance_and_stabilisation() {
+        let mut c = config();
+        c.policy = ScalerPolicy::Hpa;
+        let mut p = Hpa::new(c);
+        // 4 replicas at 10.5 per replica: within 10 % tolerance, hold.
+        assert_eq!(p.recommend(&obs(0.0, 4, 0, 42)).desired, 4);
+        // 4 replicas at 20 per replica: ceil(4 × 2) = 8.
+        assert_eq!(p.recommend(&obs(1.0, 4, 0, 80)).desired, 8);
+        // Load drops: the 300 s window holds the highest recommendation (8).
+        assert_eq!(p.recommend(&obs(2.0, 8, 0, 10)).desired, 8);
+        assert_eq!(p.recommend(&obs(302.0, 8, 0, 10)).desired, 1);
+    }
+
+    #[test]
+    fn kpa_panics_on_a_burst_and_never_scales_down_while_panicking() {
+        let mut c = config();
+        c.policy = ScalerPolicy::Kpa;
+        let mut p = Kpa::new(c);
+        for t in 0..60 {
+            assert_eq!(p.recommend(&obs(f64::from(t), 1, 0, 5)).desired, 1);
+        }
+        // A burst of 100: the 6 s panic window wants ≥ 2× the ready replicas.
+        let mut last = 0;
+        for t in 60..66 {
+            last = p.recommend(&obs(f64::from(t), 1, 0, 100)).desired;
+        }
+        assert!(last >= 5, "{last}");
+        // Load vanishes: still panicking, no scale-down.
+        let r = p.recommend(&obs(70.0, last, 0, 0));
+        assert_eq!(r.desired, last, "{}", r.reason);
+        assert!(r.reason.contains("panicking"));
+    }
+}
