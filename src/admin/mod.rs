@@ -18,6 +18,14 @@ pub async fn handle(state: Arc<GatewayState>, req: Request<Incoming>) -> Respons
     }
     match req.uri().path() {
         "/metrics" => {
+            // Gauges read from live state at scrape time.
+            for pool in &state.pools.pools {
+                state
+                    .metrics
+                    .queued
+                    .with_label_values(&[pool.name()])
+                    .set(pool.queued() as i64);
+            }
             let mut r = Response::new(GatewayBody::full(Bytes::from(state.metrics.render())));
             r.headers_mut().insert(
                 header::CONTENT_TYPE,
@@ -32,7 +40,8 @@ pub async fn handle(state: Arc<GatewayState>, req: Request<Incoming>) -> Respons
                 .pools
                 .pools
                 .iter()
-                .filter(|p| p.has_ready_replica(now))
+                // A pool the scaler can grow from zero takes requests (they wait at the gateway).
+                .filter(|p| p.has_ready_replica(now) || p.config.scaler.enabled)
                 .map(|p| p.name())
                 .collect();
             let status = if ready.is_empty() {
@@ -69,7 +78,9 @@ pub fn status(state: &GatewayState) -> serde_json::Value {
                 "models": pool.config.models,
                 "policy": pool.config.routing.policy,
                 "inflight": snapshot.replicas.iter().map(|r| r.inflight()).sum::<u64>(),
+                "queued": pool.queued(),
                 "replicas": replicas,
+                "scaler": pool.scaler_status.load().as_deref(),
             })
         })
         .collect();

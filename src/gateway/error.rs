@@ -34,6 +34,10 @@ pub enum GatewayError {
     UpstreamTimeout,
     #[error("the gateway is shutting down")]
     ShuttingDown,
+    #[error("too many requests are waiting for this model; retry later")]
+    QueueFull,
+    #[error("no replica became available in time; retry later")]
+    QueueTimeout,
 }
 
 impl GatewayError {
@@ -46,6 +50,7 @@ impl GatewayError {
             Self::NoReplica | Self::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             Self::UpstreamUnreachable | Self::UpstreamFailed => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Self::QueueFull | Self::QueueTimeout => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -56,6 +61,7 @@ impl GatewayError {
             StatusCode::PAYLOAD_TOO_LARGE => "request_too_large",
             StatusCode::SERVICE_UNAVAILABLE => "service_unavailable",
             StatusCode::GATEWAY_TIMEOUT => "timeout",
+            StatusCode::TOO_MANY_REQUESTS => "rate_limit_exceeded",
             _ => "upstream_error",
         }
     }
@@ -72,6 +78,11 @@ impl GatewayError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
+        if response.status() == StatusCode::TOO_MANY_REQUESTS {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
         response
     }
 }

@@ -19,6 +19,8 @@ pub struct GatewayMetrics {
     pub requests: IntCounterVec,
     pub inflight: IntGaugeVec,
     pub replicas: IntGaugeVec,
+    pub scaler_desired: IntGaugeVec,
+    pub queued: IntGaugeVec,
     ttfb: HistogramVec,
     duration: HistogramVec,
     stream_ttft: HistogramVec,
@@ -91,6 +93,16 @@ impl GatewayMetrics {
             replicas: gauge(
                 "infergate_pool_replicas",
                 "Replicas known per pool.",
+                &["pool"],
+            ),
+            scaler_desired: gauge(
+                "infergate_scaler_desired_replicas",
+                "Replicas the scaler recommends per pool.",
+                &["pool"],
+            ),
+            queued: gauge(
+                "infergate_queued_requests",
+                "Requests waiting at the gateway for a replica, per pool.",
                 &["pool"],
             ),
             ttfb: histogram(

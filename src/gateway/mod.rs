@@ -15,12 +15,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use http::uri::{Authority, Scheme};
-use tokio::task::JoinSet;
+use http::uri::Scheme;
 
 use crate::config::{Config, Discovery};
-use crate::discovery::local::{self, LocalReplica};
 use crate::http_server::{self, Server};
+use crate::scaler::local::LocalFleet;
 use proxy::GatewayState;
 
 /// A running gateway: where it listens and how to stop it.
@@ -30,7 +29,8 @@ pub struct RunningGateway {
     pub state: Arc<GatewayState>,
     gateway: Server,
     admin: Server,
-    local_replicas: Vec<LocalReplica>,
+    fleets: Vec<Arc<LocalFleet>>,
+    scalers: Vec<tokio::task::JoinHandle<()>>,
 }
 
 /// Checks what this build cannot do yet, so that `serve` fails clearly instead of ignoring a
@@ -45,6 +45,14 @@ fn check_supported(config: &Config) -> anyhow::Result<()> {
                     .expect("an enum serializes")
                     .as_str()
                     .unwrap_or("?")
+            );
+        }
+        if matches!(pool.scaler.provider, crate::config::Provider::Kubernetes(_))
+            && pool.scaler.enabled
+        {
+            anyhow::bail!(
+                "pool `{}`: the Kubernetes scale provider is not available in this build yet",
+                pool.name
             );
         }
         if matches!(pool.discovery, Discovery::Kubernetes(_)) {
@@ -80,7 +88,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningGateway> {
     let epoch = Instant::now();
     let pools = pools::Pools::new(&config.pools, &metrics, epoch, workers);
 
-    let mut local_replicas = Vec::new();
+    let mut fleets: Vec<(Arc<pools::PoolRuntime>, Arc<LocalFleet>)> = Vec::new();
     for (pool, runtime) in config.pools.iter().zip(&pools.pools) {
         match &pool.discovery {
             Discovery::Static { endpoints } => {
@@ -94,30 +102,29 @@ pub async fn start(config: Config) -> anyhow::Result<RunningGateway> {
                 }
             }
             Discovery::Local(local_config) => {
-                let mut starting = JoinSet::new();
-                for _ in 0..local_config.replicas {
-                    let local_config = local_config.clone();
-                    starting.spawn(async move { local::start(&local_config).await });
-                }
-                while let Some(started) = starting.join_next().await {
-                    match started.expect("a start task does not panic") {
-                        Ok(replica) => {
-                            let authority = Authority::try_from(replica.addr.to_string())
-                                .expect("an address is an authority");
-                            tracing::info!(pool = pool.name, replica = %replica.addr, "local replica ready");
-                            runtime.add_replica(Scheme::HTTP, authority);
-                            local_replicas.push(replica);
-                        }
-                        Err(e) => {
-                            tracing::error!(pool = pool.name, "local replica failed to start: {e}")
-                        }
-                    }
-                }
+                let fleet = LocalFleet::new(
+                    runtime.clone(),
+                    local_config.clone(),
+                    pool.scaler.drain_timeout,
+                );
+                fleet.start_and_wait(local_config.replicas).await;
+                fleets.push((runtime.clone(), fleet));
             }
             Discovery::Kubernetes(_) => unreachable!("rejected by check_supported"),
         }
     }
 
+    let mut scalers = Vec::new();
+    for runtime in &pools.pools {
+        if runtime.config.scaler.enabled {
+            let fleet = fleets
+                .iter()
+                .find(|(p, _)| Arc::ptr_eq(p, runtime))
+                .map(|(_, f)| f.clone());
+            let gauge = metrics.scaler_desired.with_label_values(&[runtime.name()]);
+            scalers.push(crate::scaler::spawn(runtime.clone(), fleet, gauge, epoch));
+        }
+    }
     let drain = config.listeners.drain_timeout;
     let state = Arc::new(GatewayState {
         config,
@@ -139,29 +146,32 @@ pub async fn start(config: Config) -> anyhow::Result<RunningGateway> {
         state,
         gateway,
         admin,
-        local_replicas,
+        fleets: fleets.into_iter().map(|(_, f)| f).collect(),
+        scalers,
     })
 }
 
 impl RunningGateway {
-    /// PIDs of the local replicas (for tests that kill one).
-    pub fn local_replica_pids(&self) -> Vec<(SocketAddr, u32)> {
-        self.local_replicas
-            .iter()
-            .filter_map(|r| Some((r.addr, r.pid()?)))
-            .collect()
+    /// Addresses and PIDs of the running local replicas (for tests that kill one).
+    pub async fn local_replica_pids(&self) -> Vec<(SocketAddr, u32)> {
+        let mut all = Vec::new();
+        for fleet in &self.fleets {
+            all.extend(fleet.pids().await);
+        }
+        all
     }
 
-    /// Stops accepting, lets in-flight answers finish (up to `listeners.drain_timeout`), then
-    /// stops local replicas.
+    /// Stops the scalers, stops accepting, lets in-flight answers finish (up to
+    /// `listeners.drain_timeout`), then stops local replicas.
     pub async fn shutdown(self) {
+        for scaler in &self.scalers {
+            scaler.abort();
+        }
         let drain = self.state.config.listeners.drain_timeout;
         self.gateway.shutdown(drain).await;
         self.admin.shutdown(Duration::from_millis(100)).await;
-        let mut stopping = JoinSet::new();
-        for replica in self.local_replicas {
-            stopping.spawn(replica.stop(drain));
+        for fleet in &self.fleets {
+            fleet.stop_all(drain).await;
         }
-        while stopping.join_next().await.is_some() {}
     }
 }

@@ -33,6 +33,31 @@ pub struct PoolRuntime {
     pub metrics: PoolMetrics,
     inflight_gauges: prometheus::IntGaugeVec,
     epoch: Instant,
+    /// Requests waiting at the gateway for a replica (scale from zero).
+    queued: AtomicU64,
+    /// Woken whenever a replica joins, to release waiting requests.
+    replica_added: tokio::sync::Notify,
+    /// The scaler's latest decision, for `/admin/status` (written by the scaler only).
+    pub scaler_status: arc_swap::ArcSwapOption<ScalerStatus>,
+}
+
+/// The scaler's latest decision about a pool.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ScalerStatus {
+    pub desired: u32,
+    pub ready: u32,
+    pub starting: u32,
+    pub draining: u32,
+    pub reason: String,
+}
+
+/// Counts a request as queued while it lives.
+pub struct QueuedGuard<'a>(&'a AtomicU64);
+
+impl Drop for QueuedGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl PoolRuntime {
@@ -53,7 +78,47 @@ impl PoolRuntime {
             sequence: AtomicU64::new(0),
             config,
             epoch,
+            queued: AtomicU64::new(0),
+            replica_added: tokio::sync::Notify::new(),
+            scaler_status: arc_swap::ArcSwapOption::empty(),
         }
+    }
+
+    /// Requests waiting at the gateway for this pool.
+    pub fn queued(&self) -> u64 {
+        self.queued.load(Ordering::Relaxed)
+    }
+
+    /// Joins the queue unless it already holds `max` requests.
+    pub fn try_enqueue(&self, max: u64) -> Option<QueuedGuard<'_>> {
+        let before = self.queued.fetch_add(1, Ordering::Relaxed);
+        let guard = QueuedGuard(&self.queued);
+        (before < max).then_some(guard)
+    }
+
+    /// Resolves when a replica joins after this call's `enable`.
+    pub fn replica_added(&self) -> tokio::sync::futures::Notified<'_> {
+        self.replica_added.notified()
+    }
+
+    /// In-flight requests over all replicas.
+    pub fn inflight(&self) -> u64 {
+        self.snapshot
+            .load()
+            .replicas
+            .iter()
+            .map(|r| r.inflight())
+            .sum()
+    }
+
+    /// Replicas taking traffic now.
+    pub fn ready_count(&self, now: Instant) -> u32 {
+        self.snapshot
+            .load()
+            .replicas
+            .iter()
+            .filter(|r| !r.is_ejected(now))
+            .count() as u32
     }
 
     /// The upstream client of gateway worker `worker`.
@@ -105,6 +170,7 @@ impl PoolRuntime {
     fn publish(&self, replicas: Vec<Arc<Replica>>) {
         self.metrics.replicas.set(replicas.len() as i64);
         self.snapshot.store(Arc::new(Snapshot { replicas }));
+        self.replica_added.notify_waiters();
     }
 
     /// Whether the pool can take a request now.

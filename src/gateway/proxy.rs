@@ -118,6 +118,7 @@ async fn forward(
     features: &router::RequestFeatures,
     received: Instant,
 ) -> Result<Response<GatewayBody>, GatewayError> {
+    wait_for_replica(pool, received).await?;
     let snapshot = pool.snapshot();
     let retries = &pool.config.retries;
     let mut tried: Vec<usize> = Vec::new();
@@ -188,6 +189,34 @@ async fn forward(
         }
     }
     Err(last_error)
+}
+
+/// With no replica to take it, a request for a pool the scaler manages waits at the gateway
+/// (scale from zero, replicas still loading) until one joins, bounded by `admission.max_queue`
+/// and `admission.max_queue_wait`. The scaler sees these waiting requests as queued load.
+async fn wait_for_replica(pool: &PoolRuntime, received: Instant) -> Result<(), GatewayError> {
+    if !pool.config.scaler.enabled || pool.has_ready_replica(Instant::now()) {
+        return Ok(());
+    }
+    let admission = &pool.config.admission;
+    let _queued = pool
+        .try_enqueue(u64::from(admission.max_queue))
+        .ok_or(GatewayError::QueueFull)?;
+    let deadline = received + admission.max_queue_wait;
+    loop {
+        let added = pool.replica_added();
+        tokio::pin!(added);
+        added.as_mut().enable();
+        if pool.has_ready_replica(Instant::now()) {
+            return Ok(());
+        }
+        if tokio::time::timeout_at(deadline.into(), added)
+            .await
+            .is_err()
+        {
+            return Err(GatewayError::QueueTimeout);
+        }
+    }
 }
 
 /// The request as sent to the replica: same method, path, query, body and end-to-end headers;

@@ -117,11 +117,14 @@ pub struct Infergate {
     down: Window,
     /// Since when the pool has had no load (for scale to zero).
     idle_since: Option<f64>,
+    /// The first observation: no scale-down before a whole stabilisation window was seen.
+    started: Option<f64>,
 }
 
 impl Infergate {
     pub fn new(config: Scaler) -> Self {
         Self {
+            started: None,
             config,
             load: Window::default(),
             kv: Window::default(),
@@ -210,6 +213,8 @@ impl Policy for Infergate {
         }
         let capacity = obs.capacity();
         let floor = c.min_replicas.max(1);
+        let started = *self.started.get_or_insert(obs.now);
+        let seen_a_window = obs.now - started >= c.scale_down_stabilization.as_secs_f64();
         // Every decision records its scale-down candidate, whichever way it goes, so the
         // stabilisation window sees the recent peaks.
         let (down, why_down) = self.need(obs, obs.now - down_window);
@@ -259,9 +264,9 @@ impl Policy for Infergate {
             && self
                 .idle_since
                 .is_some_and(|t| obs.now - t >= c.scale_to_zero_after.as_secs_f64());
-        if idle_long_enough && capacity > 0 {
+        if idle_long_enough && capacity > 0 && seen_a_window {
             return Recommendation {
-                desired: capacity.saturating_sub(c.max_scale_down_step).max(0),
+                desired: capacity.saturating_sub(c.max_scale_down_step),
                 reason: format!(
                     "idle for {:.0}s: scale towards zero",
                     obs.now - self.idle_since.unwrap_or(obs.now)
@@ -269,7 +274,7 @@ impl Policy for Infergate {
             };
         }
         let target = stable.max(floor);
-        if target < capacity && obs.starting == 0 && tolerance_ok(target) {
+        if target < capacity && obs.starting == 0 && seen_a_window && tolerance_ok(target) {
             let desired = clamp(
                 c,
                 target.max(capacity.saturating_sub(c.max_scale_down_step)),
@@ -491,12 +496,21 @@ mod tests {
     }
 
     #[test]
+    fn no_scale_down_before_a_whole_window_was_observed() {
+        let mut p = Infergate::new(config());
+        // Started with 3 replicas and no load: hold for the 60 s stabilisation window first.
+        let counts = simulate(&mut p, |_| 0, 70, 3);
+        assert_eq!(counts[59], 3, "{counts:?}");
+        assert_eq!(counts[69], 1, "{counts:?}");
+    }
+
+    #[test]
     fn load_near_the_threshold_does_not_flap() {
         let mut p = Infergate::new(config());
         // Load alternates 39/41 around 4 replicas' worth: never below 4 once at 5.
         let counts = simulate(
             &mut p,
-            |t| if (t as u64) % 2 == 0 { 39 } else { 41 },
+            |t| if (t as u64).is_multiple_of(2) { 39 } else { 41 },
             300,
             4,
         );

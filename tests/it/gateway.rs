@@ -448,7 +448,7 @@ pools:
 "
     ))
     .await;
-    let pids = gw.local_replica_pids();
+    let pids = gw.local_replica_pids().await;
     assert_eq!(pids.len(), 2, "both local replicas started");
     let url = format!("http://{}/v1/chat/completions", gw.gateway_addr);
     let stream = tokio::spawn(async move {

@@ -2,5 +2,6 @@
 
 mod config_files;
 mod gateway;
+mod scaler;
 mod sim;
 mod support;

@@ -1,0 +1,146 @@
+//! The local provider: a pool's replicas as child processes on this machine. It starts
+//! replicas (counted as "starting" until `/health` answers), and scales down without killing an
+//! answer in progress: the victim (fewest in flight) leaves routing first, its in-flight answers
+//! finish (up to the drain timeout), then it gets SIGTERM.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use http::uri::{Authority, Scheme};
+use tokio::sync::Mutex;
+
+use crate::config::LocalDiscovery;
+use crate::discovery::local::{self, LocalReplica};
+use crate::gateway::pools::PoolRuntime;
+
+pub struct LocalFleet {
+    pool: Arc<PoolRuntime>,
+    config: LocalDiscovery,
+    drain_timeout: Duration,
+    /// Running replicas that take traffic.
+    running: Mutex<Vec<LocalReplica>>,
+    starting: AtomicU32,
+    draining: AtomicU32,
+}
+
+impl LocalFleet {
+    pub fn new(
+        pool: Arc<PoolRuntime>,
+        config: LocalDiscovery,
+        drain_timeout: Duration,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            pool,
+            config,
+            drain_timeout,
+            running: Mutex::new(Vec::new()),
+            starting: AtomicU32::new(0),
+            draining: AtomicU32::new(0),
+        })
+    }
+
+    /// Replicas started but not ready yet.
+    pub fn starting(&self) -> u32 {
+        self.starting.load(Ordering::Relaxed)
+    }
+
+    /// Replicas out of routing, finishing their answers before they stop.
+    pub fn draining(&self) -> u32 {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Starts `n` replicas; each joins routing once healthy. Returns at once.
+    pub fn start_replicas(self: &Arc<Self>, n: u32) {
+        for _ in 0..n {
+            self.starting.fetch_add(1, Ordering::Relaxed);
+            let fleet = self.clone();
+            tokio::spawn(async move {
+                let started = local::start(&fleet.config).await;
+                match started {
+                    Ok(replica) => {
+                        let addr = replica.addr;
+                        let authority = Authority::try_from(addr.to_string())
+                            .expect("an address is an authority");
+                        fleet.running.lock().await.push(replica);
+                        // Routable before it stops counting as starting: an observation in
+                        // between over-counts by one (never under-counts, which would add more).
+                        fleet.pool.add_replica(Scheme::HTTP, authority);
+                        tracing::info!(pool = fleet.pool.name(), replica = %addr, "local replica ready");
+                    }
+                    Err(e) => tracing::error!(
+                        pool = fleet.pool.name(),
+                        "local replica failed to start: {e}"
+                    ),
+                }
+                fleet.starting.fetch_sub(1, Ordering::Relaxed);
+            });
+        }
+    }
+
+    /// Starts `n` replicas and waits until each is ready or failed.
+    pub async fn start_and_wait(self: &Arc<Self>, n: u32) {
+        self.start_replicas(n);
+        while self.starting() > 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Removes `n` replicas, fewest in flight first: out of routing now, stopped once their
+    /// answers have finished (or the drain timeout passed). Returns at once.
+    pub async fn scale_down(self: &Arc<Self>, n: u32) {
+        let snapshot = self.pool.snapshot();
+        let mut running = self.running.lock().await;
+        for _ in 0..n {
+            let victim = running
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, r)| {
+                    snapshot
+                        .replicas
+                        .iter()
+                        .find(|s| s.authority.as_str() == r.addr.to_string())
+                        .map_or(0, |s| s.inflight())
+                })
+                .map(|(i, _)| i);
+            let Some(i) = victim else { break };
+            let replica_process = running.remove(i);
+            let authority = Authority::try_from(replica_process.addr.to_string())
+                .expect("an address is an authority");
+            let routed = self.pool.remove_replica(&authority);
+            self.draining.fetch_add(1, Ordering::Relaxed);
+            let fleet = self.clone();
+            tokio::spawn(async move {
+                let deadline = Instant::now() + fleet.drain_timeout;
+                if let Some(routed) = &routed {
+                    while routed.inflight() > 0 && Instant::now() < deadline {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    tracing::info!(pool = fleet.pool.name(), replica = %routed.name, inflight_left = routed.inflight(), "drained; stopping local replica");
+                }
+                replica_process.stop(fleet.drain_timeout).await;
+                fleet.draining.fetch_sub(1, Ordering::Relaxed);
+            });
+        }
+    }
+
+    /// Stops every running replica (at shutdown).
+    pub async fn stop_all(&self, drain: Duration) {
+        let replicas: Vec<LocalReplica> = std::mem::take(&mut *self.running.lock().await);
+        let mut stopping = tokio::task::JoinSet::new();
+        for replica in replicas {
+            stopping.spawn(replica.stop(drain));
+        }
+        while stopping.join_next().await.is_some() {}
+    }
+
+    /// Addresses and PIDs of running replicas.
+    pub async fn pids(&self) -> Vec<(std::net::SocketAddr, u32)> {
+        self.running
+            .lock()
+            .await
+            .iter()
+            .filter_map(|r| Some((r.addr, r.pid()?)))
+            .collect()
+    }
+}
