@@ -2,10 +2,10 @@
 //! TCP listener, serve HTTP/1.1 and h2c on each connection with hyper-util, and on shutdown stop
 //! accepting and let open connections finish, up to a drain timeout.
 //!
-//! [`serve`] runs on the caller's runtime. [`serve_per_core`] runs one single-threaded runtime
-//! per worker thread, each with its own `SO_REUSEPORT` listener on the same address: a request
-//! and the upstream connection it uses then live on one thread, with no cross-thread wake-ups
-//! (the cost that dominates a proxy's profile on a small machine).
+//! Every server runs on threads of its own, each a single-threaded runtime accepting from the
+//! same listener (one thread for the admin API or a simulator, one per core for the gateway): a
+//! request and the upstream connection it uses then live on one thread, with no cross-thread
+//! wake-ups (the cost that dominates a proxy's profile on a small machine).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -15,7 +15,7 @@ use std::time::Duration;
 use hyper::body::{Body, Incoming};
 use hyper::service::service_fn;
 use hyper::{Request, Response};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpSocket};
@@ -42,41 +42,9 @@ impl Server {
     }
 }
 
-/// Binds `addr` (port 0 picks a free one).
-pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr).await
-}
-
-/// Serves `handler` on `listener` on the current runtime until stopped.
-pub fn serve<H, F, B>(listener: TcpListener, drain: Duration, handler: H) -> Server
-where
-    H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
-    F: Future<Output = Response<B>> + Send + 'static,
-    B: Body<Data = bytes::Bytes> + Send + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    let addr = listener
-        .local_addr()
-        .expect("a bound listener has an address");
-    let (stop, stopped) = watch::channel(false);
-    let (done_tx, done) = oneshot::channel();
-    tokio::spawn(async move {
-        accept_loop(listener, drain, handler, stopped).await;
-        let _ = done_tx.send(());
-    });
-    Server {
-        addr,
-        stop,
-        done: vec![done],
-    }
-}
-
-/// Binds `workers` listeners on `addr` with `SO_REUSEPORT` (port 0 resolves once, for all).
-/// Call inside a runtime; the listeners are handed to [`serve_per_core`].
-pub fn bind_per_core(
-    addr: SocketAddr,
-    workers: usize,
-) -> std::io::Result<Vec<std::net::TcpListener>> {
+/// Binds `addr` (port 0 picks a free port) and returns one handle to the listening socket per
+/// worker. Call inside a runtime; the handles go to [`serve`].
+pub fn bind(addr: SocketAddr, workers: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
     let first = bind_reuseport(addr)?;
     let mut listeners = Vec::new();
     for _ in 1..workers.max(1) {
@@ -103,7 +71,7 @@ fn bind_reuseport(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
 /// Serves on one thread per listener, each a single-threaded runtime. `make_handler(worker)`
 /// builds each thread's handler on that thread, so per-thread state (such as upstream
 /// connection pools) stays on it.
-pub fn serve_per_core<M, H, F, B>(
+pub fn serve<M, H, F, B>(
     listeners: Vec<std::net::TcpListener>,
     drain: Duration,
     make_handler: M,
@@ -134,7 +102,7 @@ where
                 local.block_on(&runtime, async move {
                     let listener =
                         TcpListener::from_std(listener).expect("a bound listener converts");
-                    local_accept_loop(listener, drain, make_handler(worker), stopped).await;
+                    accept_loop(listener, drain, make_handler(worker), stopped).await;
                 });
                 let _ = done_tx.send(());
             })?;
@@ -142,49 +110,9 @@ where
     Ok(Server { addr, stop, done })
 }
 
+/// Accepts until stopped, then drains. Connections are `spawn_local`ed on the worker's own
+/// thread, so handlers and bodies need not be `Send`.
 async fn accept_loop<H, F, B>(
-    listener: TcpListener,
-    drain: Duration,
-    handler: H,
-    mut stopped: watch::Receiver<bool>,
-) where
-    H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
-    F: Future<Output = Response<B>> + Send + 'static,
-    B: Body<Data = bytes::Bytes> + Send + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    let graceful = GracefulShutdown::new();
-    let builder = auto::Builder::new(TokioExecutor::new());
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let Ok((stream, peer)) = accepted else {
-                    // Out of file descriptors or similar: back off instead of spinning.
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                    continue;
-                };
-                let _ = stream.set_nodelay(true);
-                let handler = handler.clone();
-                let service = service_fn(move |req| {
-                    let response = handler(req, peer);
-                    async move { Ok::<_, Infallible>(response.await) }
-                });
-                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                let conn = graceful.watch(conn.into_owned());
-                tokio::spawn(async move {
-                    let _ = conn.await;
-                });
-            }
-            _ = stopped.changed() => break,
-        }
-    }
-    drop(listener);
-    let _ = tokio::time::timeout(drain, graceful.shutdown()).await;
-}
-
-/// The same loop for a single-threaded runtime: connections are `spawn_local`ed, so handlers
-/// and bodies need not be `Send`.
-async fn local_accept_loop<H, F, B>(
     listener: TcpListener,
     drain: Duration,
     handler: H,

@@ -1,5 +1,5 @@
-//! Logging set-up: `tracing` with a human format by default or JSON lines, level from
-//! `RUST_LOG` (default `info`).
+//! Logging set-up (`tracing`, a human format by default or JSON lines, level from `RUST_LOG`,
+//! default `info`) and the Prometheus text rendering every `/metrics` page uses.
 
 use tracing_subscriber::EnvFilter;
 
@@ -22,4 +22,14 @@ pub fn init_logging(format: LogFormat) {
     };
     // A second call (tests run several commands in one process) keeps the first subscriber.
     let _ = result;
+}
+
+/// A registry's metrics in the Prometheus text exposition format.
+pub fn render_metrics(registry: &prometheus::Registry) -> Vec<u8> {
+    use prometheus::Encoder;
+    let mut out = Vec::with_capacity(16 * 1024);
+    prometheus::TextEncoder::new()
+        .encode(&registry.gather(), &mut out)
+        .expect("text encoding of gathered metrics cannot fail");
+    out
 }

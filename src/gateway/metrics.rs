@@ -2,8 +2,8 @@
 //! start so the request path only touches atomics.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
 };
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -164,10 +164,6 @@ impl GatewayMetrics {
     }
 
     pub fn render(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(16 * 1024);
-        TextEncoder::new()
-            .encode(&self.registry.gather(), &mut out)
-            .expect("text encoding of gathered metrics cannot fail");
-        out
+        crate::telemetry::render_metrics(&self.registry)
     }
 }

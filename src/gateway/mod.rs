@@ -69,21 +69,19 @@ fn check_supported(config: &Config) -> anyhow::Result<()> {
 pub async fn start(config: Config) -> anyhow::Result<RunningGateway> {
     check_supported(&config)?;
     let workers = config.listeners.worker_threads;
-    let gateway_listeners = http_server::bind_per_core(config.listeners.gateway, workers)
-        .with_context(|| {
+    let gateway_listeners =
+        http_server::bind(config.listeners.gateway, workers).with_context(|| {
             format!(
                 "cannot listen on {} (listeners.gateway)",
                 config.listeners.gateway
             )
         })?;
-    let admin_listener = http_server::bind(config.listeners.admin)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot listen on {} (listeners.admin)",
-                config.listeners.admin
-            )
-        })?;
+    let admin_listener = http_server::bind(config.listeners.admin, 1).with_context(|| {
+        format!(
+            "cannot listen on {} (listeners.admin)",
+            config.listeners.admin
+        )
+    })?;
     let metrics = Arc::new(metrics::GatewayMetrics::new());
     let epoch = Instant::now();
     let pools = pools::Pools::new(&config.pools, &metrics, epoch, workers);
@@ -132,14 +130,15 @@ pub async fn start(config: Config) -> anyhow::Result<RunningGateway> {
         metrics,
     });
     let gateway_state = state.clone();
-    let gateway = http_server::serve_per_core(gateway_listeners, drain, move |worker| {
+    let gateway = http_server::serve(gateway_listeners, drain, move |worker| {
         let state = gateway_state.clone();
         move |req, peer| proxy::handle(state.clone(), worker, req, peer)
     })?;
     let admin_state = state.clone();
-    let admin = http_server::serve(admin_listener, Duration::from_secs(1), move |req, _| {
-        crate::admin::handle(admin_state.clone(), req)
-    });
+    let admin = http_server::serve(admin_listener, Duration::from_secs(1), move |_| {
+        let state = admin_state.clone();
+        move |req, _| crate::admin::handle(state.clone(), req)
+    })?;
     Ok(RunningGateway {
         gateway_addr: gateway.addr,
         admin_addr: admin.addr,

@@ -3,8 +3,7 @@
 //! standing in for a GPU exporter. Registered once; the engine task feeds it after every step.
 
 use prometheus::{
-    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry, TextEncoder,
+    Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
 };
 
 use super::engine::{EngineStats, Finished};
@@ -275,10 +274,6 @@ impl SimMetrics {
 
     /// The exposition text.
     pub fn render(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(16 * 1024);
-        TextEncoder::new()
-            .encode(&self.registry.gather(), &mut out)
-            .expect("text encoding of gathered metrics cannot fail");
-        out
+        crate::telemetry::render_metrics(&self.registry)
     }
 }

@@ -96,7 +96,7 @@ struct Shared {
 
 /// Starts a simulator on `opts.listen`; the returned server knows its bound address.
 pub async fn start(opts: SimOptions) -> std::io::Result<Server> {
-    let listener = http_server::bind(opts.listen).await?;
+    let listener = http_server::bind(opts.listen, 1)?;
     let metrics = Arc::new(SimMetrics::new(
         opts.metrics_flavor,
         &opts.models[0],
@@ -122,10 +122,10 @@ pub async fn start(opts: SimOptions) -> std::io::Result<Server> {
         started,
         next_id: AtomicU64::new(1),
     });
-    Ok(http_server::serve(listener, drain, move |req, _peer| {
+    http_server::serve(listener, drain, move |_| {
         let shared = shared.clone();
-        async move { handle(shared, req).await }
-    }))
+        move |req, _peer| handle(shared.clone(), req)
+    })
 }
 
 async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<SimBody> {

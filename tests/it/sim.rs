@@ -302,25 +302,11 @@ fn promtool_accepts_the_metrics_page() {
         sim.shutdown(Duration::from_secs(1)).await;
         text
     });
-    let mut check = std::process::Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    check.stdin.take().unwrap().write_all(&text).unwrap();
-    let out = check.wait_with_output().unwrap();
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (code, said) = promtool_check_metrics(&text);
     // Exit 3 means lint findings only (1 would be a parse error). vLLM's real names contain
     // ':' and the DCGM exporter's real label is `modelName`; promtool's lint flags both, and
     // nothing else may be flagged.
-    assert!(matches!(out.status.code(), Some(0 | 3)), "promtool: {said}");
+    assert!(matches!(code, Some(0 | 3)), "promtool: {said}");
     for line in said.lines().filter(|l| !l.trim().is_empty()) {
         assert!(
             line.ends_with("metric names should not contain ':'")
