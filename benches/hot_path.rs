@@ -64,29 +64,40 @@ fn snapshot(n: usize) -> Snapshot {
 
 fn bench_pick(c: &mut Criterion) {
     let features = RequestFeatures::default();
-    let mut group = c.benchmark_group("pick_least_inflight");
-    for n in [8usize, 64, 1000] {
-        let snap = snapshot(n);
-        let mut random = 1u64;
-        group.bench_with_input(BenchmarkId::from_parameter(n), &snap, |b, snap| {
-            b.iter(|| {
-                random = random.wrapping_mul(6364136223846793005).wrapping_add(1);
-                let ctx = PickContext {
-                    now: Instant::now(),
-                    random,
-                    sequence: random,
+    for (name, policy) in [
+        ("pick_least_inflight", RoutingPolicy::LeastInflight),
+        ("pick_predicted_ttft", RoutingPolicy::PredictedTtft),
+    ] {
+        let mut group = c.benchmark_group(name);
+        for n in [8usize, 64, 1000] {
+            let snap = snapshot(n);
+            // Fresh scraped stats and latency history on every replica: the policy's full path.
+            let now = Instant::now();
+            for (i, r) in snap.replicas.iter().enumerate() {
+                let stats = infergate::load::exposition::EngineStats {
+                    waiting: (i % 5) as f64,
+                    running: (i % 17) as f64,
+                    ..Default::default()
                 };
-                pick(
-                    RoutingPolicy::LeastInflight,
-                    black_box(snap),
-                    &features,
-                    ctx,
-                    &[],
-                )
-            })
-        });
+                r.record_scrape(stats, now);
+                r.observe_first_byte(std::time::Duration::from_millis(20 + (i % 7) as u64));
+            }
+            let mut random = 1u64;
+            group.bench_with_input(BenchmarkId::from_parameter(n), &snap, |b, snap| {
+                b.iter(|| {
+                    random = random.wrapping_mul(6364136223846793005).wrapping_add(1);
+                    let ctx = PickContext {
+                        now,
+                        random,
+                        sequence: random,
+                        stale_after: std::time::Duration::from_secs(3600),
+                    };
+                    pick(policy, black_box(snap), &features, ctx, &[])
+                })
+            });
+        }
+        group.finish();
     }
-    group.finish();
 }
 
 criterion_group!(benches, bench_classify, bench_pick);

@@ -71,7 +71,18 @@ pub fn status(state: &GatewayState) -> serde_json::Value {
             let replicas: Vec<serde_json::Value> = snapshot
                 .replicas
                 .iter()
-                .map(|r| json!({"name": r.name, "inflight": r.inflight(), "ejected": r.is_ejected(now)}))
+                .map(|r| {
+                    let engine = r.fresh_stats(now, pool.config.metrics.stale_after).map(|s| {
+                        json!({
+                            "waiting": s.stats.waiting,
+                            "running": s.stats.running,
+                            "kv_cache_usage": s.stats.kv_usage,
+                            "prefix_cache_hit_rate": s.stats.prefix_hit_rate,
+                            "age_ms": now.saturating_duration_since(s.at).as_millis() as u64,
+                        })
+                    });
+                    json!({"name": r.name, "inflight": r.inflight(), "ejected": r.is_ejected(now), "engine": engine})
+                })
                 .collect();
             json!({
                 "name": pool.name(),

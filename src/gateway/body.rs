@@ -36,6 +36,8 @@ pub struct ProxiedBody {
     pool: Arc<PoolRuntime>,
     sse: bool,
     received: Instant,
+    /// When the request went to the replica (for its first-byte latency).
+    sent: Instant,
     last_chunk: Option<Instant>,
     /// Armed the first time the replica makes us wait (most small answers never do), then
     /// pushed back on every chunk.
@@ -52,6 +54,7 @@ impl ProxiedBody {
         pool: Arc<PoolRuntime>,
         sse: bool,
         received: Instant,
+        sent: Instant,
     ) -> Self {
         let idle_timeout = pool.config.timeouts.idle_stream;
         Self {
@@ -60,6 +63,7 @@ impl ProxiedBody {
             pool,
             sse,
             received,
+            sent,
             last_chunk: None,
             idle: None,
             idle_timeout,
@@ -127,6 +131,11 @@ impl Body for GatewayBody {
                             let now = Instant::now();
                             let metrics = &body.pool.metrics;
                             metrics.bytes_out.inc_by(data.len() as u64);
+                            if body.last_chunk.is_none()
+                                && let Some(guard) = &body.guard
+                            {
+                                guard.replica().observe_first_byte(now - body.sent);
+                            }
                             if body.sse {
                                 match body.last_chunk {
                                     None => metrics

@@ -30,6 +30,7 @@ pub struct RunningGateway {
     gateway: Server,
     admin: Server,
     fleets: Vec<Arc<LocalFleet>>,
+    /// Scrapers and scalers, stopped at shutdown.
     scalers: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -114,6 +115,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningGateway> {
 
     let mut scalers = Vec::new();
     for runtime in &pools.pools {
+        scalers.push(crate::load::scraper::spawn(runtime.clone()));
         if runtime.config.scaler.enabled {
             let fleet = fleets
                 .iter()

@@ -111,6 +111,20 @@ impl PoolRuntime {
             .sum()
     }
 
+    /// Mean KV-cache use of the replicas taking traffic whose scraped stats are fresh; None
+    /// when none is (a missing signal, not a zero).
+    pub fn mean_kv_usage(&self, now: Instant) -> Option<f64> {
+        let stale_after = self.config.metrics.stale_after;
+        let snapshot = self.snapshot.load();
+        let values: Vec<f64> = snapshot
+            .replicas
+            .iter()
+            .filter(|r| !r.is_ejected(now))
+            .filter_map(|r| r.fresh_stats(now, stale_after)?.stats.kv_usage)
+            .collect();
+        (!values.is_empty()).then(|| values.iter().sum::<f64>() / values.len() as f64)
+    }
+
     /// Replicas taking traffic now.
     pub fn ready_count(&self, now: Instant) -> u32 {
         self.snapshot

@@ -129,6 +129,7 @@ async fn forward(
             now,
             random: random_u64(),
             sequence: pool.next_sequence(),
+            stale_after: pool.config.metrics.stale_after,
         };
         let Some(index) =
             router::pick(pool.config.routing.policy, &snapshot, features, ctx, &tried)
@@ -153,7 +154,7 @@ async fn forward(
                     .headers
                     .get(header::CONTENT_TYPE)
                     .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
-                let body = ProxiedBody::new(incoming, guard, pool.clone(), sse, received);
+                let body = ProxiedBody::new(incoming, guard, pool.clone(), sse, received, sent);
                 return Ok(Response::from_parts(
                     head,
                     GatewayBody::Proxied(Box::new(body)),

@@ -1,13 +1,30 @@
 //! Per-replica load state: the gateway's exact in-flight count (an RAII guard held until the
 //! answer's body ends), consecutive failures and ejection. One [`Replica`] per upstream, shared
-//! by the router (reads) and the proxy (writes) through atomics only.
+//! by the router (reads) and the proxy (writes) through atomics only. [`exposition`] reads the
+//! replicas' own metrics pages.
+
+pub mod exposition;
+pub mod scraper;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Instant;
 
+use arc_swap::ArcSwapOption;
 use http::uri::{Authority, Scheme};
 use prometheus::IntGauge;
+
+use exposition::EngineStats;
+
+/// The latest successful scrape of a replica.
+#[derive(Debug, Clone)]
+pub struct Scraped {
+    pub at: Instant,
+    pub stats: EngineStats,
+    /// This gateway's in-flight count when the page was read, to correct the scraped queue
+    /// with what was sent since.
+    pub inflight_at_scrape: u64,
+}
 
 /// One upstream replica of a pool.
 #[derive(Debug)]
@@ -21,6 +38,10 @@ pub struct Replica {
     /// Milliseconds since `epoch` until which the replica is ejected (0 = not ejected).
     ejected_until_ms: AtomicU64,
     epoch: Instant,
+    scraped: ArcSwapOption<Scraped>,
+    scrape_failures: AtomicU32,
+    /// EWMA of the time from sending a request to its first answer byte, in µs (0 = unknown).
+    latency_ewma_us: AtomicU64,
 }
 
 impl Replica {
@@ -35,7 +56,67 @@ impl Replica {
             consecutive_failures: AtomicU32::new(0),
             ejected_until_ms: AtomicU64::new(0),
             epoch,
+            scraped: ArcSwapOption::empty(),
+            scrape_failures: AtomicU32::new(0),
+            latency_ewma_us: AtomicU64::new(0),
         }
+    }
+
+    /// Folds one observed time to first answer byte into the replica's EWMA (weight 0.2).
+    pub fn observe_first_byte(&self, latency: std::time::Duration) {
+        let new = latency.as_micros().max(1) as u64;
+        let old = self.latency_ewma_us.load(Ordering::Relaxed);
+        let next = if old == 0 { new } else { (old * 4 + new) / 5 };
+        self.latency_ewma_us.store(next, Ordering::Relaxed);
+    }
+
+    /// The EWMA of time to first answer byte, if any answer was seen.
+    pub fn first_byte_ewma(&self) -> Option<std::time::Duration> {
+        match self.latency_ewma_us.load(Ordering::Relaxed) {
+            0 => None,
+            us => Some(std::time::Duration::from_micros(us)),
+        }
+    }
+
+    /// Stores a successful scrape (one writer: the pool's scraper).
+    pub fn record_scrape(&self, stats: EngineStats, at: Instant) {
+        self.scrape_failures.store(0, Ordering::Relaxed);
+        self.scraped.store(Some(Arc::new(Scraped {
+            at,
+            stats,
+            inflight_at_scrape: self.inflight(),
+        })));
+    }
+
+    /// Counts a failed scrape; returns how many failed in a row.
+    pub fn record_scrape_failure(&self) -> u32 {
+        self.scrape_failures.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// The latest scrape if it is younger than `stale_after`; stale stats are not used at all
+    /// (the replica is then routed on the gateway's own counts).
+    pub fn fresh_stats(
+        &self,
+        now: Instant,
+        stale_after: std::time::Duration,
+    ) -> Option<Arc<Scraped>> {
+        self.scraped
+            .load_full()
+            .filter(|s| now.saturating_duration_since(s.at) <= stale_after)
+    }
+
+    /// The engine queue (waiting, running) as scraped, corrected by what this gateway sent or
+    /// finished since: a burst between two scrapes counts at once.
+    pub fn estimated_queue(
+        &self,
+        now: Instant,
+        stale_after: std::time::Duration,
+    ) -> Option<(f64, f64)> {
+        let scraped = self.fresh_stats(now, stale_after)?;
+        let delta = self.inflight() as f64 - scraped.inflight_at_scrape as f64;
+        let waiting = scraped.stats.waiting + delta.max(0.0);
+        let running = (scraped.stats.running + delta.min(0.0)).max(0.0);
+        Some((waiting, running))
     }
 
     /// Requests this gateway has sent to the replica whose answers have not ended.

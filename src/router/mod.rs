@@ -36,13 +36,18 @@ pub struct PickContext {
     pub random: u64,
     /// A per-pool request sequence number (round robin).
     pub sequence: u64,
+    /// Scraped stats older than this are ignored.
+    pub stale_after: std::time::Duration,
 }
 
 /// Policies available in this build.
 pub fn is_supported(policy: RoutingPolicy) -> bool {
     matches!(
         policy,
-        RoutingPolicy::LeastInflight | RoutingPolicy::RoundRobin | RoutingPolicy::Random
+        RoutingPolicy::LeastInflight
+            | RoutingPolicy::RoundRobin
+            | RoutingPolicy::Random
+            | RoutingPolicy::PredictedTtft
     )
 }
 
@@ -69,8 +74,51 @@ pub fn pick(
                 % n;
             (0..n).map(|k| (start + k) % n).find(eligible)
         }
+        RoutingPolicy::PredictedTtft => predicted_ttft(snapshot, ctx, eligible),
         _ => least_inflight(snapshot, ctx.random, eligible),
     }
+}
+
+/// Least predicted time to first token: the replica's own observed time to first byte (EWMA;
+/// the pool's mean while it has none) times one plus the requests ahead of this one — its
+/// scraped engine queue corrected by what this gateway sent since the scrape, or, when the
+/// scrape is stale, this gateway's own in-flight count. A slow replica thus gets proportionally
+/// less, and a burst between two scrapes spreads instead of piling onto the idlest-looking one.
+fn predicted_ttft(
+    snapshot: &Snapshot,
+    ctx: PickContext,
+    eligible: impl Fn(&usize) -> bool,
+) -> Option<usize> {
+    let known: Vec<f64> = snapshot
+        .replicas
+        .iter()
+        .filter_map(|r| r.first_byte_ewma())
+        .map(|d| d.as_secs_f64())
+        .collect();
+    let pool_mean = if known.is_empty() {
+        1.0
+    } else {
+        known.iter().sum::<f64>() / known.len() as f64
+    };
+    let mut best: Option<(f64, u64, usize)> = None;
+    for i in (0..snapshot.replicas.len()).filter(eligible) {
+        let r = &snapshot.replicas[i];
+        let base = r.first_byte_ewma().map_or(pool_mean, |d| d.as_secs_f64());
+        let ahead = match r.estimated_queue(ctx.now, ctx.stale_after) {
+            Some((waiting, running)) => waiting + running,
+            None => r.inflight() as f64,
+        };
+        let score = base * (1.0 + ahead);
+        let inflight = r.inflight();
+        let better = match best {
+            None => true,
+            Some((s, f, _)) => score < s || (score == s && inflight < f),
+        };
+        if better {
+            best = Some((score, inflight, i));
+        }
+    }
+    best.map(|(_, _, i)| i)
 }
 
 /// Fewest in-flight requests; ties broken uniformly at random (reservoir sampling, no
@@ -129,7 +177,85 @@ mod tests {
             now: Instant::now(),
             random,
             sequence,
+            stale_after: std::time::Duration::from_secs(1),
         }
+    }
+
+    fn stats(waiting: f64, running: f64) -> crate::load::exposition::EngineStats {
+        crate::load::exposition::EngineStats {
+            waiting,
+            running,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn predicted_ttft_gives_a_slow_replica_proportionally_less() {
+        let s = snapshot(2);
+        s.replicas[0].observe_first_byte(std::time::Duration::from_millis(100));
+        s.replicas[1].observe_first_byte(std::time::Duration::from_millis(200));
+        let f = RequestFeatures::default();
+        let mut guards = Vec::new();
+        let mut counts = [0; 2];
+        for r in 0..60 {
+            let i = pick(RoutingPolicy::PredictedTtft, &s, &f, ctx(r, r), &[]).unwrap();
+            counts[i] += 1;
+            guards.push(s.replicas[i].start_request());
+        }
+        // Equilibrium (1 + a) × 100 = (1 + b) × 200 with a + b = 60: a = 40.3, b = 19.7.
+        assert_eq!(counts, [40, 20], "{counts:?}");
+    }
+
+    #[test]
+    fn predicted_ttft_spreads_a_burst_between_scrapes() {
+        let s = snapshot(4);
+        let now = Instant::now();
+        for r in &s.replicas {
+            r.record_scrape(stats(0.0, 0.0), now);
+        }
+        let f = RequestFeatures::default();
+        let mut guards = Vec::new();
+        for q in 0..100 {
+            let i = pick(RoutingPolicy::PredictedTtft, &s, &f, ctx(q, q), &[]).unwrap();
+            guards.push(s.replicas[i].start_request());
+        }
+        assert!(
+            s.replicas.iter().all(|r| r.inflight() == 25),
+            "no scrape in between, yet spread"
+        );
+    }
+
+    #[test]
+    fn predicted_ttft_reads_the_scraped_queue_and_still_uses_stale_replicas() {
+        let s = snapshot(3);
+        let now = Instant::now();
+        // Replica 0 has a deep engine queue (other gateways' traffic), replica 1 is idle,
+        // replica 2's stats are stale: it is routed on this gateway's counts alone.
+        s.replicas[0].record_scrape(stats(30.0, 10.0), now);
+        s.replicas[1].record_scrape(stats(0.0, 5.0), now);
+        s.replicas[2].record_scrape(stats(0.0, 0.0), now - std::time::Duration::from_secs(5));
+        let f = RequestFeatures::default();
+        let mut guards = Vec::new();
+        let mut counts = [0; 3];
+        for q in 0..20 {
+            let i = pick(
+                RoutingPolicy::PredictedTtft,
+                &s,
+                &f,
+                PickContext { now, ..ctx(q, q) },
+                &[],
+            )
+            .unwrap();
+            counts[i] += 1;
+            guards.push(s.replicas[i].start_request());
+        }
+        assert_eq!(counts[0], 0, "{counts:?}");
+        assert!(
+            counts[2] > 0,
+            "the stale replica still takes traffic: {counts:?}"
+        );
+        // Scores: replica 1 is (1 + 5 + n1), replica 2 is (1 + n2): n2 = n1 + 5 at balance.
+        assert_eq!(counts, [0, 8, 12], "{counts:?}");
     }
 
     #[test]

@@ -39,6 +39,7 @@ pub fn spawn(
                 starting,
                 inflight: pool.inflight(),
                 queued: pool.queued(),
+                kv_cache_usage: pool.mean_kv_usage(now),
                 ..Default::default()
             };
             let rec = policy.recommend(&obs);

@@ -589,3 +589,66 @@ async fn h2c_downstream_and_upstream() {
     assert_eq!(total_inflight(&gw).await, 0);
     gw.shutdown().await;
 }
+
+/// Requests a sim has answered, from its own metrics.
+async fn answered(sim: &infergate::http_server::Server) -> f64 {
+    let text = get(&format!("http://{}/metrics", sim.addr)).await.text();
+    text.lines()
+        .filter(|l| l.starts_with("vllm:request_success_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// With one replica ten times slower, predicted-TTFT routing sends it less traffic than round
+/// robin does, and clients see a lower p90 time to first token. Same replicas, same bounded
+/// load, one policy after the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn predicted_ttft_beats_round_robin_with_a_slow_replica() {
+    let fast = sim("m", "llama-8b-h100").await;
+    let mut slow_opts = SimOptions::new(profile("llama-8b-h100").unwrap());
+    slow_opts.models = vec!["m".into()];
+    slow_opts.profile.t0 *= 10.0;
+    slow_opts.profile.prefill_per_token *= 10.0;
+    let slow = start(slow_opts).await.unwrap();
+    let mut results = Vec::new();
+    for policy in ["round-robin", "predicted-ttft"] {
+        let gw = static_gateway(
+            &[fast.addr, slow.addr],
+            &format!("    routing: {{policy: {policy}}}\n    metrics: {{scrape_interval: 50ms}}\n"),
+        )
+        .await;
+        let before = answered(&slow).await;
+        let args = infergate::loadgen::LoadArgs {
+            url: format!("http://{}", gw.gateway_addr),
+            model: "m".into(),
+            requests: 80,
+            concurrency: 8,
+            duration: Duration::from_secs(60),
+            prompt_tokens: 512,
+            max_tokens: 16,
+            stream: true,
+        };
+        let report = infergate::loadgen::run(args, |_, _| {}).await.unwrap();
+        assert_eq!(report.failed, 0);
+        let slow_share = (answered(&slow).await - before) / 80.0;
+        let mut ttft = report.ttft.clone();
+        ttft.sort_by(f64::total_cmp);
+        let p90 = ttft[(ttft.len() * 9) / 10];
+        results.push((policy, slow_share, p90));
+        gw.shutdown().await;
+    }
+    eprintln!("(policy, share of requests on the slow replica, p90 TTFT s): {results:?}");
+    let (rr, pt) = (results[0], results[1]);
+    assert!(
+        (rr.1 - 0.5).abs() < 0.05,
+        "round robin splits evenly: {results:?}"
+    );
+    assert!(
+        pt.1 < rr.1 - 0.15,
+        "predicted-ttft sends the slow replica less: {results:?}"
+    );
+    assert!(
+        pt.2 < rr.2 * 0.8,
+        "and p90 TTFT is lower by a margin: {results:?}"
+    );
+}
