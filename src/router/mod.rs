@@ -89,16 +89,15 @@ fn predicted_ttft(
     ctx: PickContext,
     eligible: impl Fn(&usize) -> bool,
 ) -> Option<usize> {
-    let known: Vec<f64> = snapshot
+    let (sum, known) = snapshot
         .replicas
         .iter()
         .filter_map(|r| r.first_byte_ewma())
-        .map(|d| d.as_secs_f64())
-        .collect();
-    let pool_mean = if known.is_empty() {
+        .fold((0.0, 0u32), |(s, n), d| (s + d.as_secs_f64(), n + 1));
+    let pool_mean = if known == 0 {
         1.0
     } else {
-        known.iter().sum::<f64>() / known.len() as f64
+        sum / f64::from(known)
     };
     let mut best: Option<(f64, u64, usize)> = None;
     for i in (0..snapshot.replicas.len()).filter(eligible) {
