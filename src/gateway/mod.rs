@@ -40,7 +40,7 @@ fn check_supported(config: &Config) -> anyhow::Result<()> {
     for pool in &config.pools {
         if !crate::router::is_supported(pool.routing.policy) {
             anyhow::bail!(
-                "pool `{}`: routing policy `{}` is not available in this build yet; use least-inflight, round-robin or random",
+                "pool `{}`: routing policy `{}` is not available in this build yet; use least-inflight, round-robin, random or predicted-ttft",
                 pool.name,
                 serde_json::to_value(pool.routing.policy)
                     .expect("an enum serializes")
