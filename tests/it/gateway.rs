@@ -276,12 +276,7 @@ async fn client_errors_are_openai_errors() {
         (get(&format!("{base}/v2/unknown")).await, 404, "no route"),
     ];
     for (reply, code, message) in cases {
-        assert_eq!(reply.status, code, "{}", reply.text());
-        let body = reply.json();
-        assert!(
-            body["error"]["message"].as_str().unwrap().contains(message),
-            "{body}"
-        );
+        assert_openai_error(&reply, code, message);
         assert!(
             !reply.text().contains("127.0.0.1"),
             "no internal address leaks: {}",

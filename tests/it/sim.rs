@@ -115,14 +115,7 @@ async fn errors_are_openai_style_with_vllm_status_codes() {
         (get(&format!("{base}/v2/nothing")).await, 404, "no route"),
     ];
     for (reply, status, message) in cases {
-        assert_eq!(reply.status, status, "{}", reply.text());
-        let body = reply.json();
-        assert!(
-            body["error"]["message"].as_str().unwrap().contains(message),
-            "{body}"
-        );
-        assert_eq!(body["error"]["code"], status);
-        assert!(body["error"]["type"].is_string());
+        assert_openai_error(&reply, status, message);
     }
     sim.shutdown(Duration::from_secs(1)).await;
 }

@@ -196,3 +196,14 @@ pub fn promtool_check_metrics(page: &[u8]) -> (Option<i32>, String) {
     );
     (out.status.code(), said)
 }
+
+/// Asserts an OpenAI-style error answer: the status, `error.message` containing `message`,
+/// `error.code` equal to the status and a string `error.type`.
+pub fn assert_openai_error(reply: &Reply, status: u16, message: &str) {
+    assert_eq!(reply.status, status, "{}", reply.text());
+    let body = reply.json();
+    let said = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(said.contains(message), "expected `{message}` in {body}");
+    assert_eq!(body["error"]["code"], status, "{body}");
+    assert!(body["error"]["type"].is_string(), "{body}");
+}
