@@ -130,7 +130,7 @@ pub async fn run(
                     .expect("valid request");
                 let sent = Instant::now();
                 let remaining = deadline.saturating_duration_since(sent) + Duration::from_secs(5);
-                let sample = tokio::time::timeout(remaining, one_request(&client, request, sent)).await.unwrap_or(Sample {
+                let sample = tokio::time::timeout(remaining, one_request(&client, request, sent, args.stream)).await.unwrap_or(Sample {
                     ttft: None,
                     e2e: sent.elapsed().as_secs_f64(),
                     ok: false,
@@ -177,6 +177,7 @@ async fn one_request(
     client: &Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
     request: http::Request<Full<Bytes>>,
     sent: Instant,
+    stream: bool,
 ) -> Sample {
     let fail = |sent: Instant| Sample {
         ttft: None,
@@ -206,7 +207,12 @@ async fn one_request(
         }
     }
     let tail = String::from_utf8_lossy(&tail);
-    let ok = !tail.contains("\"error\"") || tail.contains("\"choices\"");
+    // A stream is complete only with its `[DONE]`; one that broke off ends with an error event.
+    let ok = if stream {
+        tail.trim_end().ends_with("data: [DONE]")
+    } else {
+        !tail.contains("\"error\"")
+    };
     Sample {
         ttft,
         e2e: sent.elapsed().as_secs_f64(),

@@ -344,3 +344,38 @@ print(len(content.split()), finish, usage.completion_tokens, usage.prompt_tokens
     // "user\nHello!\n" is 12 bytes = 3 tokens.
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "6 length 6 3");
 }
+
+#[tokio::test]
+async fn load_generator_counts_answers_and_failures() {
+    let good = start(options("llama-8b-h100")).await.unwrap();
+    let mut failing = options("llama-8b-h100");
+    failing.fail_rate = 1.0;
+    let bad = start(failing).await.unwrap();
+    for (addr, stream, ok, failed) in [
+        (good.addr, true, 20, 0),
+        (good.addr, false, 20, 0),
+        (bad.addr, true, 0, 20),
+    ] {
+        let args = infergate::loadgen::LoadArgs {
+            url: format!("http://{addr}"),
+            model: "m".into(),
+            requests: 20,
+            concurrency: 4,
+            duration: Duration::from_secs(30),
+            prompt_tokens: 32,
+            max_tokens: 5,
+            stream,
+        };
+        let report = infergate::loadgen::run(args, |_, _| {}).await.unwrap();
+        assert_eq!(
+            (report.ok, report.failed),
+            (ok, failed),
+            "{}",
+            report.render()
+        );
+        assert_eq!(report.output_tokens, ok * 5);
+        assert_eq!(report.ttft.len() as u64, ok);
+    }
+    good.shutdown(Duration::from_secs(1)).await;
+    bad.shutdown(Duration::from_secs(1)).await;
+}
