@@ -59,7 +59,7 @@ fn snapshot(n: usize) -> Snapshot {
         }
     }
     std::mem::forget(guards);
-    Snapshot { replicas }
+    Snapshot::new(replicas)
 }
 
 fn bench_pick(c: &mut Criterion) {

@@ -183,7 +183,7 @@ impl PoolRuntime {
 
     fn publish(&self, replicas: Vec<Arc<Replica>>) {
         self.metrics.replicas.set(replicas.len() as i64);
-        self.snapshot.store(Arc::new(Snapshot { replicas }));
+        self.snapshot.store(Arc::new(Snapshot::new(replicas)));
         self.replica_added.notify_waiters();
     }
 

@@ -8,11 +8,29 @@ use std::time::Instant;
 use crate::config::RoutingPolicy;
 use crate::load::Replica;
 
+mod session;
+
 /// The replicas of one pool as the router sees them; replaced whole (behind an `ArcSwap`)
-/// when replicas come or go.
-#[derive(Debug, Default)]
+/// when replicas come or go, with what is derived from the replica set built once here.
+#[derive(Debug)]
 pub struct Snapshot {
     pub replicas: Vec<Arc<Replica>>,
+    sessions: session::SessionRing,
+}
+
+impl Snapshot {
+    pub fn new(replicas: Vec<Arc<Replica>>) -> Self {
+        Self {
+            sessions: session::SessionRing::new(&replicas),
+            replicas,
+        }
+    }
+}
+
+impl Default for Snapshot {
+    fn default() -> Self {
+        Self::new(Vec::new())
+    }
 }
 
 /// What the gateway knows about a request when it picks a replica.
@@ -48,6 +66,7 @@ pub fn is_supported(policy: RoutingPolicy) -> bool {
             | RoutingPolicy::RoundRobin
             | RoutingPolicy::Random
             | RoutingPolicy::PredictedTtft
+            | RoutingPolicy::SessionAffinity
     )
 }
 
@@ -56,7 +75,7 @@ pub fn is_supported(policy: RoutingPolicy) -> bool {
 pub fn pick(
     policy: RoutingPolicy,
     snapshot: &Snapshot,
-    _features: &RequestFeatures,
+    features: &RequestFeatures,
     ctx: PickContext,
     exclude: &[usize],
 ) -> Option<usize> {
@@ -75,6 +94,11 @@ pub fn pick(
             (0..n).map(|k| (start + k) % n).find(eligible)
         }
         RoutingPolicy::PredictedTtft => predicted_ttft(snapshot, ctx, eligible),
+        // Requests without a session key are spread by load.
+        RoutingPolicy::SessionAffinity => match features.session {
+            Some(session) => snapshot.sessions.pick(session, eligible),
+            None => least_inflight(snapshot, ctx.random, eligible),
+        },
         _ => least_inflight(snapshot, ctx.random, eligible),
     }
 }
@@ -160,15 +184,15 @@ mod tests {
 
     fn snapshot(n: usize) -> Snapshot {
         let epoch = Instant::now();
-        Snapshot {
-            replicas: (0..n)
+        Snapshot::new(
+            (0..n)
                 .map(|i| {
                     let gauge = IntGauge::new(format!("g{i}"), "test").unwrap();
                     let authority: Authority = format!("127.0.0.1:{}", 1000 + i).parse().unwrap();
                     Arc::new(Replica::new(Scheme::HTTP, authority, gauge, epoch))
                 })
                 .collect(),
-        }
+        )
     }
 
     fn ctx(random: u64, sequence: u64) -> PickContext {
@@ -335,6 +359,119 @@ mod tests {
                 &[]
             ),
             None
+        );
+    }
+
+    fn with_session(session: u64) -> RequestFeatures {
+        RequestFeatures {
+            session: Some(session),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn session_affinity_is_sticky_and_spreads_sessions() {
+        let s = snapshot(4);
+        let mut per_replica = [0; 4];
+        for session in 0..400u64 {
+            let key = session.wrapping_mul(0x9E3779B97F4A7C15);
+            let first = pick(
+                RoutingPolicy::SessionAffinity,
+                &s,
+                &with_session(key),
+                ctx(1, 1),
+                &[],
+            )
+            .unwrap();
+            // Load does not move a session.
+            let _busy = s.replicas[first].start_request();
+            for r in 0..5 {
+                assert_eq!(
+                    pick(
+                        RoutingPolicy::SessionAffinity,
+                        &s,
+                        &with_session(key),
+                        ctx(r, r),
+                        &[]
+                    ),
+                    Some(first)
+                );
+            }
+            per_replica[first] += 1;
+        }
+        assert!(per_replica.iter().all(|&n| n > 50), "{per_replica:?}");
+        // Without a session key: least in flight.
+        let _a = s.replicas[0].start_request();
+        let i = pick(
+            RoutingPolicy::SessionAffinity,
+            &Snapshot::new(s.replicas[..2].to_vec()),
+            &RequestFeatures::default(),
+            ctx(0, 0),
+            &[],
+        );
+        assert_eq!(i, Some(1));
+    }
+
+    #[test]
+    fn session_affinity_fails_over_and_moves_few_sessions_on_growth() {
+        let s = snapshot(4);
+        let keys: Vec<u64> = (0..1000u64)
+            .map(|k| k.wrapping_mul(0x9E3779B97F4A7C15))
+            .collect();
+        let before: Vec<usize> = keys
+            .iter()
+            .map(|k| {
+                pick(
+                    RoutingPolicy::SessionAffinity,
+                    &s,
+                    &with_session(*k),
+                    ctx(0, 0),
+                    &[],
+                )
+                .unwrap()
+            })
+            .collect();
+        // Excluding a session's replica sends it elsewhere, the same place each time.
+        let k = keys[0];
+        let other = pick(
+            RoutingPolicy::SessionAffinity,
+            &s,
+            &with_session(k),
+            ctx(0, 0),
+            &[before[0]],
+        )
+        .unwrap();
+        assert_ne!(other, before[0]);
+        assert_eq!(
+            pick(
+                RoutingPolicy::SessionAffinity,
+                &s,
+                &with_session(k),
+                ctx(9, 9),
+                &[before[0]]
+            ),
+            Some(other)
+        );
+        // A fifth replica takes about a fifth of the sessions; the rest stay put.
+        let grown = snapshot(5);
+        let moved = keys
+            .iter()
+            .zip(&before)
+            .filter(|(k, b)| {
+                pick(
+                    RoutingPolicy::SessionAffinity,
+                    &grown,
+                    &with_session(**k),
+                    ctx(0, 0),
+                    &[],
+                )
+                .unwrap()
+                    != **b
+            })
+            .count();
+        assert!(
+            (120..300).contains(&moved),
+            "{moved} of 1000 sessions moved"
         );
     }
 

@@ -647,3 +647,43 @@ async fn predicted_ttft_beats_round_robin_with_a_slow_replica() {
         "and p90 TTFT is lower by a margin: {results:?}"
     );
 }
+
+#[tokio::test]
+async fn session_affinity_keeps_a_session_on_one_replica() {
+    let (a, b) = (
+        sim("m", "llama-8b-h100").await,
+        sim("m", "llama-8b-h100").await,
+    );
+    let gw = static_gateway(
+        &[a.addr, b.addr],
+        "    routing: {policy: session-affinity}\n",
+    )
+    .await;
+    let url = format!("http://{}/v1/completions", gw.gateway_addr);
+    let body = serde_json::to_vec(&json!({"model": "m", "prompt": "hi", "max_tokens": 1})).unwrap();
+    let mut homes = std::collections::HashSet::new();
+    // 16 sessions: all on one replica by chance has odds 2 in 65536.
+    for n in 0..16 {
+        let session = format!("session-{n}");
+        let session = session.as_str();
+        let (before_a, before_b) = (answered(&a).await, answered(&b).await);
+        for _ in 0..3 {
+            let reply = send_with(
+                http::Method::POST,
+                &url,
+                &[("x-session-id", session)],
+                body.clone(),
+            )
+            .await;
+            assert_eq!(reply.status, 200);
+        }
+        let (on_a, on_b) = (answered(&a).await - before_a, answered(&b).await - before_b);
+        assert!(
+            (on_a, on_b) == (3.0, 0.0) || (on_a, on_b) == (0.0, 3.0),
+            "{session}: {on_a} on a, {on_b} on b"
+        );
+        homes.insert(on_a > 0.0);
+    }
+    assert_eq!(homes.len(), 2, "sessions use both replicas");
+    gw.shutdown().await;
+}

@@ -38,12 +38,24 @@ impl Reply {
 
 /// Sends one request and reads the whole answer (bounded by 60 s).
 pub async fn send(method: Method, url: &str, body: impl Into<Bytes>) -> Reply {
-    let request = Request::builder()
+    send_with(method, url, &[], body).await
+}
+
+/// [`send`] with extra request headers.
+pub async fn send_with(
+    method: Method,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<Bytes>,
+) -> Reply {
+    let mut request = Request::builder()
         .method(method)
         .uri(url)
-        .header("content-type", "application/json")
-        .body(Full::new(body.into()))
-        .unwrap();
+        .header("content-type", "application/json");
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let request = request.body(Full::new(body.into())).unwrap();
     let response = tokio::time::timeout(Duration::from_secs(60), client().request(request))
         .await
         .expect("answer within 60 s")
