@@ -69,6 +69,10 @@ fn bench_pick(c: &mut Criterion) {
         ("pick_predicted_ttft", RoutingPolicy::PredictedTtft),
     ] {
         let mut group = c.benchmark_group(name);
+        let mut routing = infergate::config::embedded_default().pools[0]
+            .routing
+            .clone();
+        routing.policy = policy;
         for n in [8usize, 64, 1000] {
             let snap = snapshot(n);
             // Fresh scraped stats and latency history on every replica: the policy's full path.
@@ -92,7 +96,7 @@ fn bench_pick(c: &mut Criterion) {
                         sequence: random,
                         stale_after: std::time::Duration::from_secs(3600),
                     };
-                    pick(policy, black_box(snap), &features, ctx, &[])
+                    pick(&routing, black_box(snap), &features, ctx, &[])
                 })
             });
         }

@@ -83,9 +83,15 @@ fn push_content(text: &mut String, content: &Value) {
 /// Hashes of each full block of `block_tokens` tokens of `text`, chained so that equal hashes
 /// mean equal prefixes.
 pub fn block_hashes(text: &[u8], block_tokens: usize) -> Vec<u64> {
-    let block_bytes = block_tokens * BYTES_PER_TOKEN;
+    chained_block_hashes(text, block_tokens * BYTES_PER_TOKEN, usize::MAX)
+}
+
+/// Hashes of the first `max_blocks` full blocks of `block_bytes` bytes, each chained over the
+/// ones before it.
+pub fn chained_block_hashes(text: &[u8], block_bytes: usize, max_blocks: usize) -> Vec<u64> {
     let mut previous = 0u64;
-    text.chunks_exact(block_bytes)
+    text.chunks_exact(block_bytes.max(1))
+        .take(max_blocks)
         .map(|block| {
             let mut h = DefaultHasher::new();
             previous.hash(&mut h);

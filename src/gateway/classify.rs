@@ -33,6 +33,9 @@ struct Probe<'a> {
 pub struct Classified {
     pub model: String,
     pub features: RequestFeatures,
+    /// Where the prompt's JSON (`messages`, `prompt` or `input`) lies in the body, for prefix
+    /// hashing without a copy.
+    pub prompt_span: Option<std::ops::Range<usize>>,
 }
 
 /// Reads the routing-relevant parts of a request.
@@ -47,6 +50,11 @@ pub fn classify(
     let prompt_json = probe.messages.or(probe.prompt).or(probe.input);
     // The raw JSON of the prompt is within a few percent of its text for natural language.
     let prompt_tokens = prompt_json.map_or(0, |raw| openai::approx_tokens(raw.get().len()));
+    // The raw value borrows from `body`: its offset is plain address arithmetic.
+    let prompt_span = prompt_json.map(|raw| {
+        let start = raw.get().as_ptr() as usize - body.as_ptr() as usize;
+        start..start + raw.get().len()
+    });
     let priority = headers
         .get(&classes.priority_header)
         .and_then(|v| v.to_str().ok())
@@ -72,7 +80,9 @@ pub fn classify(
             max_tokens,
             priority,
             session,
+            prefix: Default::default(),
         },
+        prompt_span,
     })
 }
 
@@ -105,6 +115,12 @@ mod tests {
         assert_eq!(c.features.max_tokens, Some(50));
         assert_eq!(c.features.priority, 0);
         assert_eq!(c.features.session, Some(crate::openai::fnv1a(b"abc")));
+        let span = c.prompt_span.clone().unwrap();
+        assert!(
+            std::str::from_utf8(&body[span])
+                .unwrap()
+                .starts_with("[{\"role\": \"user\"")
+        );
         assert!(
             (10..20).contains(&c.features.prompt_tokens),
             "{}",

@@ -16,7 +16,7 @@ use hyper_util::rt::TokioExecutor;
 use serde_json::json;
 
 use super::metrics::{GatewayMetrics, PoolMetrics};
-use crate::config::{self, UpstreamProtocol};
+use crate::config::{self, RoutingPolicy, UpstreamProtocol};
 use crate::load::Replica;
 use crate::router::Snapshot;
 
@@ -37,6 +37,8 @@ pub struct PoolRuntime {
     queued: AtomicU64,
     /// Woken whenever a replica joins, to release waiting requests.
     replica_added: tokio::sync::Notify,
+    /// Which replica served which prompt blocks, for policies that use prefix affinity.
+    pub prefix_index: Option<crate::router::prefix::PrefixIndex>,
     /// The scaler's latest decision, for `/admin/status` (written by the scaler only).
     pub scaler_status: arc_swap::ArcSwapOption<ScalerStatus>,
 }
@@ -70,6 +72,13 @@ impl PoolRuntime {
         let clients = (0..workers.max(1))
             .map(|_| upstream_client(&config))
             .collect();
+        let prefix_index = matches!(
+            config.routing.policy,
+            RoutingPolicy::PrefixAffinity | RoutingPolicy::PredictedTtft
+        )
+        .then(|| {
+            crate::router::prefix::PrefixIndex::new(config.routing.prefix_cache_entries as usize)
+        });
         Self {
             metrics: metrics.pool(&config.name),
             inflight_gauges: metrics.inflight.clone(),
@@ -78,6 +87,7 @@ impl PoolRuntime {
             sequence: AtomicU64::new(0),
             config,
             epoch,
+            prefix_index,
             queued: AtomicU64::new(0),
             replica_added: tokio::sync::Notify::new(),
             scaler_status: arc_swap::ArcSwapOption::empty(),

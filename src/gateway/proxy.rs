@@ -72,27 +72,40 @@ async fn proxy(
         }
         Err(_) => return Err(GatewayError::BodyRead),
     };
-    let classified = classify(&body, &parts.headers, &state.config.classification)?;
+    let mut classified = classify(&body, &parts.headers, &state.config.classification)?;
     let route = state
         .pools
         .route(&classified.model)
         .ok_or_else(|| GatewayError::UnknownModel(classified.model.clone()))?;
     let pool = state.pools.pools[route.pool].clone();
     pool.metrics.bytes_in.inc_by(body.len() as u64);
+    // Prefix blocks of the prompt as sent (before any alias rewrite), for pools that use them.
+    let blocks = match (&pool.prefix_index, &classified.prompt_span) {
+        (Some(index), Some(span)) => {
+            let block_chars = pool.config.routing.prefix_block_chars as usize;
+            let blocks = crate::openai::chained_block_hashes(
+                &body[span.clone()],
+                block_chars,
+                router::prefix::MAX_BLOCKS,
+            );
+            classified.features.prefix = index.lookup(&blocks);
+            blocks
+        }
+        _ => Vec::new(),
+    };
     let body = match &route.rewrite_to {
         Some(target) => Bytes::from(rewrite_model(&body, target)?),
         None => body,
     };
-    let result = forward(
-        &pool,
-        worker,
-        &parts,
+    let request = Outgoing {
+        parts: &parts,
         body,
         peer,
-        &classified.features,
+        features: &classified.features,
+        blocks: &blocks,
         received,
-    )
-    .await;
+    };
+    let result = forward(&pool, worker, request).await;
     let status = match &result {
         Ok(response) => response.status(),
         Err(e) => e.status(),
@@ -109,15 +122,30 @@ async fn proxy(
     result
 }
 
+/// A classified request on its way to a replica.
+struct Outgoing<'a> {
+    parts: &'a http::request::Parts,
+    body: Bytes,
+    peer: SocketAddr,
+    features: &'a router::RequestFeatures,
+    /// The prompt's prefix blocks, recorded against the chosen replica.
+    blocks: &'a [u64],
+    received: Instant,
+}
+
 async fn forward(
     pool: &Arc<PoolRuntime>,
     worker: usize,
-    parts: &http::request::Parts,
-    body: Bytes,
-    peer: SocketAddr,
-    features: &router::RequestFeatures,
-    received: Instant,
+    request: Outgoing<'_>,
 ) -> Result<Response<GatewayBody>, GatewayError> {
+    let Outgoing {
+        parts,
+        body,
+        peer,
+        features,
+        blocks,
+        received,
+    } = request;
     wait_for_replica(pool, received).await?;
     let snapshot = pool.snapshot();
     let retries = &pool.config.retries;
@@ -131,13 +159,15 @@ async fn forward(
             sequence: pool.next_sequence(),
             stale_after: pool.config.metrics.stale_after,
         };
-        let Some(index) =
-            router::pick(pool.config.routing.policy, &snapshot, features, ctx, &tried)
+        let Some(index) = router::pick(&pool.config.routing, &snapshot, features, ctx, &tried)
         else {
             break;
         };
         let replica = snapshot.replicas[index].clone();
         let guard = replica.start_request();
+        if let Some(index) = &pool.prefix_index {
+            index.record(blocks, replica.id);
+        }
         let upstream = upstream_request(parts, body.clone(), &replica, peer);
         let sent = Instant::now();
         match tokio::time::timeout(

@@ -31,6 +31,8 @@ pub struct Scraped {
 pub struct Replica {
     /// Stable name for logs, metrics and the admin API (its address).
     pub name: String,
+    /// Stable identity (a hash of the name), for indexes that outlive a snapshot.
+    pub id: u64,
     pub scheme: Scheme,
     pub authority: Authority,
     inflight: IntGauge,
@@ -50,6 +52,7 @@ impl Replica {
     pub fn new(scheme: Scheme, authority: Authority, inflight: IntGauge, epoch: Instant) -> Self {
         Self {
             name: authority.to_string(),
+            id: crate::openai::fnv1a(authority.as_str().as_bytes()),
             scheme,
             authority,
             inflight,

@@ -5,9 +5,10 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::config::RoutingPolicy;
+use crate::config::{Routing, RoutingPolicy};
 use crate::load::Replica;
 
+pub mod prefix;
 mod session;
 
 /// The replicas of one pool as the router sees them; replaced whole (behind an `ArcSwap`)
@@ -44,6 +45,8 @@ pub struct RequestFeatures {
     pub priority: usize,
     /// Hash of the session header's value, when the request has one.
     pub session: Option<u64>,
+    /// Which replicas hold how much of the prompt's prefix (from the pool's prefix index).
+    pub prefix: prefix::PrefixMatch,
 }
 
 /// Inputs that vary per call but must not be read inside the router.
@@ -67,13 +70,14 @@ pub fn is_supported(policy: RoutingPolicy) -> bool {
             | RoutingPolicy::Random
             | RoutingPolicy::PredictedTtft
             | RoutingPolicy::SessionAffinity
+            | RoutingPolicy::PrefixAffinity
     )
 }
 
 /// Picks a replica index, skipping ejected replicas and those in `exclude` (already tried for
 /// this request). None when no replica is eligible.
 pub fn pick(
-    policy: RoutingPolicy,
+    routing: &Routing,
     snapshot: &Snapshot,
     features: &RequestFeatures,
     ctx: PickContext,
@@ -81,6 +85,7 @@ pub fn pick(
 ) -> Option<usize> {
     let eligible = |i: &usize| !exclude.contains(i) && !snapshot.replicas[*i].is_ejected(ctx.now);
     let n = snapshot.replicas.len();
+    let policy = routing.policy;
     match policy {
         RoutingPolicy::RoundRobin | RoutingPolicy::Random => {
             if n == 0 {
@@ -93,7 +98,10 @@ pub fn pick(
                 % n;
             (0..n).map(|k| (start + k) % n).find(eligible)
         }
-        RoutingPolicy::PredictedTtft => predicted_ttft(snapshot, ctx, eligible),
+        RoutingPolicy::PredictedTtft => predicted_ttft(snapshot, features, ctx, eligible),
+        RoutingPolicy::PrefixAffinity => {
+            prefix_affinity(routing, snapshot, features, ctx, eligible)
+        }
         // Requests without a session key are spread by load.
         RoutingPolicy::SessionAffinity => match features.session {
             Some(session) => snapshot.sessions.pick(session, eligible),
@@ -104,12 +112,14 @@ pub fn pick(
 }
 
 /// Least predicted time to first token: the replica's own observed time to first byte (EWMA;
-/// the pool's mean while it has none) times one plus the requests ahead of this one — its
+/// the pool's mean while it has none) times the requests ahead of this one plus its own share
+/// (less where the replica holds the prompt's prefix) — the requests ahead being its
 /// scraped engine queue corrected by what this gateway sent since the scrape, or, when the
 /// scrape is stale, this gateway's own in-flight count. A slow replica thus gets proportionally
 /// less, and a burst between two scrapes spreads instead of piling onto the idlest-looking one.
 fn predicted_ttft(
     snapshot: &Snapshot,
+    features: &RequestFeatures,
     ctx: PickContext,
     eligible: impl Fn(&usize) -> bool,
 ) -> Option<usize> {
@@ -131,7 +141,10 @@ fn predicted_ttft(
             Some((waiting, running)) => waiting + running,
             None => r.inflight() as f64,
         };
-        let score = base * (1.0 + ahead);
+        // The prefix it holds spares part of this request's prefill: up to half its own cost,
+        // so a replica with the prefix wins until its queue makes it slower.
+        let own = 1.0 - 0.5 * features.prefix.fraction(r.id);
+        let score = base * (ahead + own);
         let inflight = r.inflight();
         let better = match best {
             None => true,
@@ -142,6 +155,44 @@ fn predicted_ttft(
         }
     }
     best.map(|(_, _, i)| i)
+}
+
+/// The replica holding the largest share of the prompt's prefix, when that share reaches
+/// `prefix_min_match` and the pool is not imbalanced (busiest and idlest differ by more than
+/// `imbalance_requests` and by more than `imbalance_ratio`); otherwise least in flight. The
+/// imbalance guard is what stops affinity from piling a popular prefix onto one replica.
+fn prefix_affinity(
+    routing: &Routing,
+    snapshot: &Snapshot,
+    features: &RequestFeatures,
+    ctx: PickContext,
+    eligible: impl Fn(&usize) -> bool,
+) -> Option<usize> {
+    let (mut low, mut high) = (u64::MAX, 0u64);
+    for i in (0..snapshot.replicas.len()).filter(&eligible) {
+        let load = snapshot.replicas[i].inflight();
+        low = low.min(load);
+        high = high.max(load);
+    }
+    let imbalanced = high.saturating_sub(low) > u64::from(routing.imbalance_requests)
+        && high as f64 > routing.imbalance_ratio * low as f64;
+    if !imbalanced {
+        for (id, blocks) in &features.prefix.replicas {
+            let share = f64::from(*blocks) / f64::from(features.prefix.total_blocks.max(1));
+            if share < routing.prefix_min_match {
+                break; // sorted best first
+            }
+            if let Some(i) = snapshot
+                .replicas
+                .iter()
+                .position(|r| r.id == *id)
+                .filter(|i| eligible(i))
+            {
+                return Some(i);
+            }
+        }
+    }
+    least_inflight(snapshot, ctx.random, eligible)
 }
 
 /// Fewest in-flight requests; ties broken uniformly at random (reservoir sampling, no
@@ -195,6 +246,12 @@ mod tests {
         )
     }
 
+    fn routing(policy: RoutingPolicy) -> Routing {
+        let mut r = crate::config::embedded_default().pools[0].routing.clone();
+        r.policy = policy;
+        r
+    }
+
     fn ctx(random: u64, sequence: u64) -> PickContext {
         PickContext {
             now: Instant::now(),
@@ -221,7 +278,14 @@ mod tests {
         let mut guards = Vec::new();
         let mut counts = [0; 2];
         for r in 0..60 {
-            let i = pick(RoutingPolicy::PredictedTtft, &s, &f, ctx(r, r), &[]).unwrap();
+            let i = pick(
+                &routing(RoutingPolicy::PredictedTtft),
+                &s,
+                &f,
+                ctx(r, r),
+                &[],
+            )
+            .unwrap();
             counts[i] += 1;
             guards.push(s.replicas[i].start_request());
         }
@@ -239,7 +303,14 @@ mod tests {
         let f = RequestFeatures::default();
         let mut guards = Vec::new();
         for q in 0..100 {
-            let i = pick(RoutingPolicy::PredictedTtft, &s, &f, ctx(q, q), &[]).unwrap();
+            let i = pick(
+                &routing(RoutingPolicy::PredictedTtft),
+                &s,
+                &f,
+                ctx(q, q),
+                &[],
+            )
+            .unwrap();
             guards.push(s.replicas[i].start_request());
         }
         assert!(
@@ -262,7 +333,7 @@ mod tests {
         let mut counts = [0; 3];
         for q in 0..20 {
             let i = pick(
-                RoutingPolicy::PredictedTtft,
+                &routing(RoutingPolicy::PredictedTtft),
                 &s,
                 &f,
                 PickContext { now, ..ctx(q, q) },
@@ -290,13 +361,25 @@ mod tests {
         let f = RequestFeatures::default();
         for r in 0..50 {
             assert_eq!(
-                pick(RoutingPolicy::LeastInflight, &s, &f, ctx(r, 0), &[]),
+                pick(
+                    &routing(RoutingPolicy::LeastInflight),
+                    &s,
+                    &f,
+                    ctx(r, 0),
+                    &[]
+                ),
                 Some(1)
             );
         }
         // Excluding the idlest leaves the next idlest.
         assert_eq!(
-            pick(RoutingPolicy::LeastInflight, &s, &f, ctx(1, 0), &[1]),
+            pick(
+                &routing(RoutingPolicy::LeastInflight),
+                &s,
+                &f,
+                ctx(1, 0),
+                &[1]
+            ),
             Some(2)
         );
     }
@@ -308,7 +391,7 @@ mod tests {
         let mut counts = [0; 4];
         for r in 0..4000u64 {
             let i = pick(
-                RoutingPolicy::LeastInflight,
+                &routing(RoutingPolicy::LeastInflight),
                 &s,
                 &f,
                 ctx(r.wrapping_mul(0x9E3779B97F4A7C15), 0),
@@ -327,7 +410,14 @@ mod tests {
         let f = RequestFeatures::default();
         let mut guards = Vec::new();
         for r in 0..100 {
-            let i = pick(RoutingPolicy::LeastInflight, &s, &f, ctx(r, 0), &[]).unwrap();
+            let i = pick(
+                &routing(RoutingPolicy::LeastInflight),
+                &s,
+                &f,
+                ctx(r, 0),
+                &[],
+            )
+            .unwrap();
             guards.push(s.replicas[i].start_request());
         }
         assert!(s.replicas.iter().all(|r| r.inflight() == 25));
@@ -341,18 +431,27 @@ mod tests {
         let f = RequestFeatures::default();
         for r in 0..20 {
             assert_eq!(
-                pick(RoutingPolicy::LeastInflight, &s, &f, ctx(r, r), &[]),
+                pick(
+                    &routing(RoutingPolicy::LeastInflight),
+                    &s,
+                    &f,
+                    ctx(r, r),
+                    &[]
+                ),
                 Some(1)
             );
             assert_eq!(
-                pick(RoutingPolicy::RoundRobin, &s, &f, ctx(r, r), &[]),
+                pick(&routing(RoutingPolicy::RoundRobin), &s, &f, ctx(r, r), &[]),
                 Some(1)
             );
         }
-        assert_eq!(pick(RoutingPolicy::Random, &s, &f, ctx(3, 0), &[1]), None);
+        assert_eq!(
+            pick(&routing(RoutingPolicy::Random), &s, &f, ctx(3, 0), &[1]),
+            None
+        );
         assert_eq!(
             pick(
-                RoutingPolicy::LeastInflight,
+                &routing(RoutingPolicy::LeastInflight),
                 &Snapshot::default(),
                 &f,
                 ctx(3, 0),
@@ -376,7 +475,7 @@ mod tests {
         for session in 0..400u64 {
             let key = session.wrapping_mul(0x9E3779B97F4A7C15);
             let first = pick(
-                RoutingPolicy::SessionAffinity,
+                &routing(RoutingPolicy::SessionAffinity),
                 &s,
                 &with_session(key),
                 ctx(1, 1),
@@ -388,7 +487,7 @@ mod tests {
             for r in 0..5 {
                 assert_eq!(
                     pick(
-                        RoutingPolicy::SessionAffinity,
+                        &routing(RoutingPolicy::SessionAffinity),
                         &s,
                         &with_session(key),
                         ctx(r, r),
@@ -403,7 +502,7 @@ mod tests {
         // Without a session key: least in flight.
         let _a = s.replicas[0].start_request();
         let i = pick(
-            RoutingPolicy::SessionAffinity,
+            &routing(RoutingPolicy::SessionAffinity),
             &Snapshot::new(s.replicas[..2].to_vec()),
             &RequestFeatures::default(),
             ctx(0, 0),
@@ -422,7 +521,7 @@ mod tests {
             .iter()
             .map(|k| {
                 pick(
-                    RoutingPolicy::SessionAffinity,
+                    &routing(RoutingPolicy::SessionAffinity),
                     &s,
                     &with_session(*k),
                     ctx(0, 0),
@@ -434,7 +533,7 @@ mod tests {
         // Excluding a session's replica sends it elsewhere, the same place each time.
         let k = keys[0];
         let other = pick(
-            RoutingPolicy::SessionAffinity,
+            &routing(RoutingPolicy::SessionAffinity),
             &s,
             &with_session(k),
             ctx(0, 0),
@@ -444,7 +543,7 @@ mod tests {
         assert_ne!(other, before[0]);
         assert_eq!(
             pick(
-                RoutingPolicy::SessionAffinity,
+                &routing(RoutingPolicy::SessionAffinity),
                 &s,
                 &with_session(k),
                 ctx(9, 9),
@@ -459,7 +558,7 @@ mod tests {
             .zip(&before)
             .filter(|(k, b)| {
                 pick(
-                    RoutingPolicy::SessionAffinity,
+                    &routing(RoutingPolicy::SessionAffinity),
                     &grown,
                     &with_session(**k),
                     ctx(0, 0),
@@ -475,12 +574,105 @@ mod tests {
         );
     }
 
+    fn prefix_on(s: &Snapshot, replica: usize, blocks: u32, total: u32) -> RequestFeatures {
+        RequestFeatures {
+            prefix: prefix::PrefixMatch {
+                replicas: vec![(s.replicas[replica].id, blocks)],
+                total_blocks: total,
+            },
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn prefix_affinity_follows_the_prefix_until_the_pool_is_imbalanced() {
+        let s = snapshot(3);
+        let f = prefix_on(&s, 2, 8, 10);
+        let mut guards = Vec::new();
+        // The prefix holder takes requests while the imbalance stays within 64 requests.
+        for q in 0..64 {
+            assert_eq!(
+                pick(
+                    &routing(RoutingPolicy::PrefixAffinity),
+                    &s,
+                    &f,
+                    ctx(q, q),
+                    &[]
+                ),
+                Some(2),
+                "request {q}"
+            );
+            guards.push(s.replicas[2].start_request());
+        }
+        // 65 in flight on it, 0 elsewhere: imbalanced, so load decides.
+        guards.push(s.replicas[2].start_request());
+        assert_ne!(
+            pick(
+                &routing(RoutingPolicy::PrefixAffinity),
+                &s,
+                &f,
+                ctx(1, 1),
+                &[]
+            ),
+            Some(2)
+        );
+        // A small share (below prefix_min_match 0.3) does not count.
+        let small = prefix_on(&s, 1, 2, 10);
+        let _busy = s.replicas[1].start_request();
+        assert_eq!(
+            pick(
+                &routing(RoutingPolicy::PrefixAffinity),
+                &s,
+                &small,
+                ctx(3, 3),
+                &[]
+            ),
+            Some(0)
+        );
+    }
+
+    #[test]
+    fn predicted_ttft_prefers_the_prefix_until_its_queue_makes_it_slower() {
+        let s = snapshot(2);
+        for r in &s.replicas {
+            r.observe_first_byte(std::time::Duration::from_millis(100));
+        }
+        let f = prefix_on(&s, 1, 10, 10);
+        let mut guards = Vec::new();
+        let mut order = Vec::new();
+        for q in 0..6 {
+            let i = pick(
+                &routing(RoutingPolicy::PredictedTtft),
+                &s,
+                &f,
+                ctx(q, q),
+                &[],
+            )
+            .unwrap();
+            order.push(i);
+            guards.push(s.replicas[i].start_request());
+        }
+        // Own cost 0.5 with the prefix vs 1 without: replica 1 wins while n1 + 0.5 < n0 + 1.
+        assert_eq!(order, vec![1, 0, 1, 0, 1, 0]);
+        let _more = s.replicas[1].start_request();
+        assert_eq!(
+            pick(
+                &routing(RoutingPolicy::PredictedTtft),
+                &s,
+                &f,
+                ctx(7, 7),
+                &[]
+            ),
+            Some(0)
+        );
+    }
+
     #[test]
     fn round_robin_cycles() {
         let s = snapshot(3);
         let f = RequestFeatures::default();
         let order: Vec<usize> = (0..6)
-            .map(|q| pick(RoutingPolicy::RoundRobin, &s, &f, ctx(0, q), &[]).unwrap())
+            .map(|q| pick(&routing(RoutingPolicy::RoundRobin), &s, &f, ctx(0, q), &[]).unwrap())
             .collect();
         assert_eq!(order, vec![0, 1, 2, 0, 1, 2]);
     }
