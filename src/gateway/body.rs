@@ -74,6 +74,8 @@ impl ProxiedBody {
     fn finish(&mut self) {
         self.ended = true;
         self.guard = None;
+        // That capacity can go to the next request waiting at the gateway.
+        self.pool.admission.wake_one();
         self.pool
             .metrics
             .duration
@@ -107,6 +109,16 @@ impl ProxiedBody {
             Poll::Ready(Some(Ok(Frame::data(Bytes::from(event)))))
         } else {
             Poll::Ready(Some(Err(Box::new(error))))
+        }
+    }
+}
+
+impl Drop for ProxiedBody {
+    fn drop(&mut self) {
+        if !self.ended {
+            // The client went away mid-answer: release the replica, then let a waiter in.
+            self.guard = None;
+            self.pool.admission.wake_one();
         }
     }
 }

@@ -38,6 +38,8 @@ pub enum GatewayError {
     QueueFull,
     #[error("no replica became available in time; retry later")]
     QueueTimeout,
+    #[error("the model is saturated and this request's priority class is sheddable; retry later")]
+    Shed,
 }
 
 impl GatewayError {
@@ -50,7 +52,7 @@ impl GatewayError {
             Self::NoReplica | Self::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             Self::UpstreamUnreachable | Self::UpstreamFailed => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
-            Self::QueueFull | Self::QueueTimeout => StatusCode::TOO_MANY_REQUESTS,
+            Self::QueueFull | Self::QueueTimeout | Self::Shed => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 

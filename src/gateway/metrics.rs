@@ -29,6 +29,7 @@ pub struct GatewayMetrics {
     bytes_in: IntCounterVec,
     retries: IntCounterVec,
     ejections: IntCounterVec,
+    queue_wait: HistogramVec,
 }
 
 /// Handles for one pool.
@@ -43,6 +44,7 @@ pub struct PoolMetrics {
     pub retries: IntCounter,
     pub ejections: IntCounter,
     pub replicas: IntGauge,
+    pub queue_wait: Histogram,
 }
 
 impl Default for GatewayMetrics {
@@ -145,6 +147,11 @@ impl GatewayMetrics {
                 "Replicas ejected from routing after repeated failures.",
                 &["pool"],
             ),
+            queue_wait: histogram(
+                "infergate_queue_wait_seconds",
+                "Time requests waited in the gateway queue for capacity.",
+                LATENCY_BUCKETS,
+            ),
             registry,
         }
     }
@@ -160,6 +167,7 @@ impl GatewayMetrics {
             retries: self.retries.with_label_values(&[pool]),
             ejections: self.ejections.with_label_values(&[pool]),
             replicas: self.replicas.with_label_values(&[pool]),
+            queue_wait: self.queue_wait.with_label_values(&[pool]),
         }
     }
 

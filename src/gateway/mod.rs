@@ -3,6 +3,7 @@
 //! path, [`classify`] reads a request once, [`body`] streams answers, [`error`] maps every
 //! failure to an OpenAI-style response.
 
+pub mod admission;
 pub mod body;
 pub mod classify;
 pub mod error;
@@ -85,7 +86,13 @@ pub async fn start(config: Config) -> anyhow::Result<RunningGateway> {
     })?;
     let metrics = Arc::new(metrics::GatewayMetrics::new());
     let epoch = Instant::now();
-    let pools = pools::Pools::new(&config.pools, &metrics, epoch, workers);
+    let pools = pools::Pools::new(
+        &config.pools,
+        &metrics,
+        epoch,
+        workers,
+        config.classification.priority_classes.len(),
+    );
 
     let mut fleets: Vec<(Arc<pools::PoolRuntime>, Arc<LocalFleet>)> = Vec::new();
     for (pool, runtime) in config.pools.iter().zip(&pools.pools) {

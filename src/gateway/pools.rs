@@ -33,10 +33,8 @@ pub struct PoolRuntime {
     pub metrics: PoolMetrics,
     inflight_gauges: prometheus::IntGaugeVec,
     epoch: Instant,
-    /// Requests waiting at the gateway for a replica (scale from zero).
-    queued: AtomicU64,
-    /// Woken whenever a replica joins, to release waiting requests.
-    replica_added: tokio::sync::Notify,
+    /// Requests waiting at the gateway for capacity.
+    pub admission: super::admission::Admission,
     /// Which replica served which prompt blocks, for policies that use prefix affinity.
     pub prefix_index: Option<crate::router::prefix::PrefixIndex>,
     /// The scaler's latest decision, for `/admin/status` (written by the scaler only).
@@ -53,21 +51,13 @@ pub struct ScalerStatus {
     pub reason: String,
 }
 
-/// Counts a request as queued while it lives.
-pub struct QueuedGuard<'a>(&'a AtomicU64);
-
-impl Drop for QueuedGuard<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
 impl PoolRuntime {
     pub fn new(
         config: config::Pool,
         metrics: &GatewayMetrics,
         epoch: Instant,
         workers: usize,
+        priority_classes: usize,
     ) -> Self {
         let clients = (0..workers.max(1))
             .map(|_| upstream_client(&config))
@@ -88,27 +78,24 @@ impl PoolRuntime {
             config,
             epoch,
             prefix_index,
-            queued: AtomicU64::new(0),
-            replica_added: tokio::sync::Notify::new(),
+            admission: super::admission::Admission::new(priority_classes),
             scaler_status: arc_swap::ArcSwapOption::empty(),
         }
     }
 
     /// Requests waiting at the gateway for this pool.
     pub fn queued(&self) -> u64 {
-        self.queued.load(Ordering::Relaxed)
+        self.admission.waiting()
     }
 
-    /// Joins the queue unless it already holds `max` requests.
-    pub fn try_enqueue(&self, max: u64) -> Option<QueuedGuard<'_>> {
-        let before = self.queued.fetch_add(1, Ordering::Relaxed);
-        let guard = QueuedGuard(&self.queued);
-        (before < max).then_some(guard)
-    }
-
-    /// Resolves when a replica joins after this call's `enable`.
-    pub fn replica_added(&self) -> tokio::sync::futures::Notified<'_> {
-        self.replica_added.notified()
+    /// Whether every replica taking traffic is saturated (true when there is none).
+    pub fn saturated(&self, now: Instant) -> bool {
+        crate::router::all_saturated(
+            &self.snapshot.load(),
+            &self.config.admission,
+            now,
+            self.config.metrics.stale_after,
+        )
     }
 
     /// In-flight requests over all replicas.
@@ -194,7 +181,7 @@ impl PoolRuntime {
     fn publish(&self, replicas: Vec<Arc<Replica>>) {
         self.metrics.replicas.set(replicas.len() as i64);
         self.snapshot.store(Arc::new(Snapshot::new(replicas)));
-        self.replica_added.notify_waiters();
+        self.admission.wake_all();
     }
 
     /// Whether the pool can take a request now.
@@ -248,6 +235,7 @@ impl Pools {
         metrics: &GatewayMetrics,
         epoch: Instant,
         workers: usize,
+        priority_classes: usize,
     ) -> Self {
         let mut by_model = HashMap::new();
         let mut data = Vec::new();
@@ -286,7 +274,15 @@ impl Pools {
         Self {
             pools: configs
                 .iter()
-                .map(|c| Arc::new(PoolRuntime::new(c.clone(), metrics, epoch, workers)))
+                .map(|c| {
+                    Arc::new(PoolRuntime::new(
+                        c.clone(),
+                        metrics,
+                        epoch,
+                        workers,
+                        priority_classes,
+                    ))
+                })
                 .collect(),
             by_model,
             models_json,

@@ -105,7 +105,7 @@ async fn proxy(
         blocks: &blocks,
         received,
     };
-    let result = forward(&pool, worker, request).await;
+    let result = forward(&pool, worker, &state.config.classification, request).await;
     let status = match &result {
         Ok(response) => response.status(),
         Err(e) => e.status(),
@@ -136,6 +136,7 @@ struct Outgoing<'a> {
 async fn forward(
     pool: &Arc<PoolRuntime>,
     worker: usize,
+    classes: &crate::config::Classification,
     request: Outgoing<'_>,
 ) -> Result<Response<GatewayBody>, GatewayError> {
     let Outgoing {
@@ -146,7 +147,8 @@ async fn forward(
         blocks,
         received,
     } = request;
-    wait_for_replica(pool, received).await?;
+    let sheddable = classes.sheddable.contains(&features.priority);
+    admit(pool, features.priority, sheddable, received).await?;
     let snapshot = pool.snapshot();
     let retries = &pool.config.retries;
     let mut tried: Vec<usize> = Vec::new();
@@ -222,32 +224,46 @@ async fn forward(
     Err(last_error)
 }
 
-/// With no replica to take it, a request for a pool the scaler manages waits at the gateway
-/// (scale from zero, replicas still loading) until one joins, bounded by `admission.max_queue`
-/// and `admission.max_queue_wait`. The scaler sees these waiting requests as queued load.
-async fn wait_for_replica(pool: &PoolRuntime, received: Instant) -> Result<(), GatewayError> {
-    if !pool.config.scaler.enabled || pool.has_ready_replica(Instant::now()) {
+/// Admission: a request goes on at once while some replica has room. When every replica is
+/// saturated — or there is none yet and the scaler is starting one (scale from zero) — it waits
+/// in the pool's queue by priority class, bounded by `admission.max_queue` and
+/// `admission.max_queue_wait`; a sheddable class is refused at once instead. Both refusals are
+/// 429 with `Retry-After`.
+async fn admit(
+    pool: &PoolRuntime,
+    priority: usize,
+    sheddable: bool,
+    received: Instant,
+) -> Result<(), GatewayError> {
+    let now = Instant::now();
+    let has_replica = pool.has_ready_replica(now);
+    if !has_replica && !pool.config.scaler.enabled {
+        return Ok(()); // nothing will come: the router answers 503 at once
+    }
+    if has_replica && !pool.saturated(now) && pool.queued() == 0 {
         return Ok(());
     }
-    let admission = &pool.config.admission;
-    let _queued = pool
-        .try_enqueue(u64::from(admission.max_queue))
-        .ok_or(GatewayError::QueueFull)?;
-    let deadline = received + admission.max_queue_wait;
-    loop {
-        let added = pool.replica_added();
-        tokio::pin!(added);
-        added.as_mut().enable();
-        if pool.has_ready_replica(Instant::now()) {
-            return Ok(());
-        }
-        if tokio::time::timeout_at(deadline.into(), added)
-            .await
-            .is_err()
-        {
-            return Err(GatewayError::QueueTimeout);
-        }
+    if sheddable && has_replica {
+        return Err(GatewayError::Shed);
     }
+    let admission = &pool.config.admission;
+    let waited = Instant::now();
+    let result = pool
+        .admission
+        .wait(
+            priority,
+            u64::from(admission.max_queue),
+            received + admission.max_queue_wait,
+            || {
+                let now = Instant::now();
+                pool.has_ready_replica(now) && !pool.saturated(now)
+            },
+        )
+        .await;
+    pool.metrics
+        .queue_wait
+        .observe(waited.elapsed().as_secs_f64());
+    result
 }
 
 /// The request as sent to the replica: same method, path, query, body and end-to-end headers;

@@ -61,6 +61,44 @@ pub struct PickContext {
     pub stale_after: std::time::Duration,
 }
 
+/// Whether a replica should take no more requests now: this gateway has
+/// `max_inflight_per_replica` in flight to it, or its fresh scraped stats show more than
+/// `max_waiting_per_replica` waiting (corrected by what was sent since) or KV-cache use above
+/// `max_kv_cache_usage`. Stale stats count as unknown, never as saturated.
+pub fn saturated(
+    replica: &Replica,
+    limits: &crate::config::Admission,
+    now: Instant,
+    stale_after: std::time::Duration,
+) -> bool {
+    if replica.inflight() >= u64::from(limits.max_inflight_per_replica) {
+        return true;
+    }
+    if let Some((waiting, _)) = replica.estimated_queue(now, stale_after)
+        && waiting > f64::from(limits.max_waiting_per_replica)
+    {
+        return true;
+    }
+    replica
+        .fresh_stats(now, stale_after)
+        .and_then(|s| s.stats.kv_usage)
+        .is_some_and(|kv| kv > limits.max_kv_cache_usage)
+}
+
+/// Whether every replica taking traffic is saturated (true when none is).
+pub fn all_saturated(
+    snapshot: &Snapshot,
+    limits: &crate::config::Admission,
+    now: Instant,
+    stale_after: std::time::Duration,
+) -> bool {
+    snapshot
+        .replicas
+        .iter()
+        .filter(|r| !r.is_ejected(now))
+        .all(|r| saturated(r, limits, now, stale_after))
+}
+
 /// Policies available in this build.
 pub fn is_supported(policy: RoutingPolicy) -> bool {
     matches!(

@@ -729,3 +729,125 @@ async fn prefix_affinity_raises_replica_cache_hits() {
     eprintln!("(policy, prefix-cache hit tokens on the replicas): {hits:?}");
     assert!(hits[1].1 > 2.0 * hits[0].1, "{hits:?}");
 }
+
+async fn status_queued(gw: &RunningGateway) -> u64 {
+    status(gw).await["pools"][0]["queued"].as_u64().unwrap()
+}
+
+/// Two long answers fill a replica limited to two in flight; what comes next waits at the
+/// gateway (and is answered once capacity frees), unless its class is sheddable, the queue is
+/// full, or its wait runs out — those get 429 with Retry-After.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn saturated_pool_queues_sheds_and_bounds() {
+    let replica = sim("m", "llama-8b-l4").await;
+    let gw = static_gateway(
+        &[replica.addr],
+        "    admission: {max_inflight_per_replica: 2, max_queue: 2, max_queue_wait: 10s}\n",
+    )
+    .await;
+    let url = format!("http://{}/v1/completions", gw.gateway_addr);
+    let long = json!({"model": "m", "prompt": "long", "max_tokens": 60, "ignore_eos": true, "stream": true});
+    let t0 = std::time::Instant::now();
+    let mut streams = Vec::new();
+    for _ in 0..2 {
+        let (url, body) = (url.clone(), long.clone());
+        streams.push(tokio::spawn(async move { post_stream(&url, body).await }));
+    }
+    for _ in 0..100 {
+        if total_inflight(&gw).await == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(total_inflight(&gw).await, 2);
+    let short =
+        serde_json::to_vec(&json!({"model": "m", "prompt": "short", "max_tokens": 2})).unwrap();
+    // Sheddable: refused at once.
+    let shed = send_with(
+        http::Method::POST,
+        &url,
+        &[("x-priority", "sheddable")],
+        short.clone(),
+    )
+    .await;
+    assert_openai_error(&shed, 429, "sheddable");
+    assert_eq!(shed.headers["retry-after"], "1");
+    // Two standard requests wait (the queue holds 2); a third finds it full.
+    let mut waiting = Vec::new();
+    for _ in 0..2 {
+        let (url, body) = (url.clone(), short.clone());
+        waiting.push(tokio::spawn(async move {
+            send(http::Method::POST, &url, body).await
+        }));
+    }
+    for _ in 0..100 {
+        if status_queued(&gw).await == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        status_queued(&gw).await,
+        2,
+        "waiting at the gateway, not at the replica"
+    );
+    // The replica holds exactly the two long answers: once its engine has stepped, both run
+    // and none waits (its metrics are as of its last step).
+    let mut engine = (0.0, 0.0);
+    for _ in 0..100 {
+        let text = get(&format!("http://{}/metrics", replica.addr))
+            .await
+            .text();
+        engine = (
+            metric(&text, "vllm:num_requests_running", &[]).unwrap(),
+            metric(&text, "vllm:num_requests_waiting", &[]).unwrap(),
+        );
+        if engine.0 == 2.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(engine, (2.0, 0.0), "at {:?}", t0.elapsed());
+    assert_eq!(status_queued(&gw).await, 2);
+    let full = post(
+        &url,
+        json!({"model": "m", "prompt": "third", "max_tokens": 2}),
+    )
+    .await;
+    assert_openai_error(&full, 429, "too many requests are waiting");
+    // Capacity frees as the long answers end: the queued ones are answered.
+    for w in waiting {
+        assert_eq!(w.await.unwrap().status, 200);
+    }
+    for s in streams {
+        assert_eq!(s.await.unwrap().0, 200);
+    }
+    assert_eq!(status_queued(&gw).await, 0);
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_request_times_out_with_429() {
+    let replica = sim("m", "llama-8b-l4").await;
+    let gw = static_gateway(
+        &[replica.addr],
+        "    admission: {max_inflight_per_replica: 1, max_queue: 10, max_queue_wait: 300ms}\n",
+    )
+    .await;
+    let url = format!("http://{}/v1/completions", gw.gateway_addr);
+    let (u, b) = (
+        url.clone(),
+        json!({"model": "m", "prompt": "long", "max_tokens": 40, "ignore_eos": true, "stream": true}),
+    );
+    let hog = tokio::spawn(async move { post_stream(&u, b).await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = std::time::Instant::now();
+    let late = post(&url, json!({"model": "m", "prompt": "x", "max_tokens": 1})).await;
+    assert_openai_error(&late, 429, "in time");
+    assert!(
+        started.elapsed() >= Duration::from_millis(150),
+        "it waited before giving up"
+    );
+    assert_eq!(hog.await.unwrap().0, 200);
+    gw.shutdown().await;
+}
