@@ -81,9 +81,21 @@ impl Replica {
         }
     }
 
-    /// Stores a successful scrape (one writer: the pool's scraper).
+    /// Takes the replica out of routing for `for_ms`; false if it already was out.
+    pub fn eject(&self, now: Instant, for_ms: u64) -> bool {
+        if self.is_ejected(now) {
+            return false;
+        }
+        self.ejected_until_ms
+            .store(self.ms_since_epoch(now) + for_ms.max(1), Ordering::Relaxed);
+        true
+    }
+
+    /// Stores a successful scrape (one writer: the pool's scraper). A replica that answers its
+    /// metrics is up: it comes back into routing if it was ejected.
     pub fn record_scrape(&self, stats: EngineStats, at: Instant) {
         self.scrape_failures.store(0, Ordering::Relaxed);
+        self.ejected_until_ms.store(0, Ordering::Relaxed);
         self.scraped.store(Some(Arc::new(Scraped {
             at,
             stats,
@@ -148,9 +160,7 @@ impl Replica {
     /// Returns true when this failure ejected it.
     pub fn record_failure(&self, now: Instant, eject_after: u32, for_ms: u64) -> bool {
         let failures = self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
-        if failures >= eject_after && !self.is_ejected(now) {
-            self.ejected_until_ms
-                .store(self.ms_since_epoch(now) + for_ms.max(1), Ordering::Relaxed);
+        if failures >= eject_after && self.eject(now, for_ms) {
             self.consecutive_failures.store(0, Ordering::Relaxed);
             return true;
         }

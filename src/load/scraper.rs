@@ -32,11 +32,32 @@ pub fn spawn(pool: Arc<PoolRuntime>) -> JoinHandle<()> {
                 let client = client.clone();
                 let uri = format!("{}://{}{}", replica.scheme, replica.authority, metrics.path);
                 let (format, timeout) = (metrics.format, metrics.scrape_timeout);
+                let retries = &pool.config.retries;
+                let (eject_after, ejection_ms) = (
+                    retries.eject_after_failures,
+                    retries.ejection_time.as_millis() as u64,
+                );
+                let pool = pool.clone();
                 scrapes.spawn(async move {
                     let result = tokio::time::timeout(timeout, scrape(&client, &uri, format)).await;
                     match result {
-                        Ok(Ok(stats)) => replica.record_scrape(stats, Instant::now()),
-                        Ok(Err(e)) => {
+                        Ok(Ok(stats)) => {
+                            if replica.is_ejected(Instant::now()) {
+                                tracing::info!(pool = pool.name(), replica = %replica.name, "replica answers again: back in routing");
+                            }
+                            replica.record_scrape(stats, Instant::now());
+                        }
+                        Ok(Err(ScrapeError::Unreachable(e))) => {
+                            // Nothing listens there: the replica is gone, not just its metrics.
+                            let n = replica.record_scrape_failure();
+                            if n >= eject_after && replica.eject(Instant::now(), ejection_ms) {
+                                pool.metrics.ejections.inc();
+                                tracing::warn!(pool = pool.name(), replica = %replica.name, "replica unreachable ({e}): out of routing until it answers again");
+                            }
+                        }
+                        Ok(Err(ScrapeError::Bad(e))) => {
+                            // Metrics unreadable but the replica up: its stats go stale and it is
+                            // routed on the gateway's own counts; a scrape outage never stops traffic.
                             let n = replica.record_scrape_failure();
                             if n == 3 {
                                 tracing::warn!(replica = %replica.name, "metrics scrapes failing: {e}");
@@ -53,21 +74,37 @@ pub fn spawn(pool: Arc<PoolRuntime>) -> JoinHandle<()> {
     })
 }
 
+enum ScrapeError {
+    /// No connection could be made.
+    Unreachable(String),
+    /// A connection, but no readable metrics page.
+    Bad(String),
+}
+
 async fn scrape(
     client: &Client<hyper_util::client::legacy::connect::HttpConnector, Empty<Bytes>>,
     uri: &str,
     format: crate::config::MetricsFormat,
-) -> Result<EngineStats, String> {
-    let uri: http::Uri = uri.parse().map_err(|e| format!("bad URL: {e}"))?;
-    let response = client.get(uri).await.map_err(|e| e.to_string())?;
+) -> Result<EngineStats, ScrapeError> {
+    let uri: http::Uri = uri
+        .parse()
+        .map_err(|e| ScrapeError::Bad(format!("bad URL: {e}")))?;
+    let response = client.get(uri).await.map_err(|e| {
+        if e.is_connect() {
+            ScrapeError::Unreachable(e.to_string())
+        } else {
+            ScrapeError::Bad(e.to_string())
+        }
+    })?;
     if !response.status().is_success() {
-        return Err(format!("status {}", response.status()));
+        return Err(ScrapeError::Bad(format!("status {}", response.status())));
     }
     let body = Limited::new(response.into_body(), MAX_PAGE_BYTES)
         .collect()
         .await
-        .map_err(|e| e.to_string())?
+        .map_err(|e| ScrapeError::Bad(e.to_string()))?
         .to_bytes();
-    let page = std::str::from_utf8(&body).map_err(|_| "metrics page is not UTF-8".to_string())?;
-    exposition::parse(format, page).map_err(|e| e.to_string())
+    let page = std::str::from_utf8(&body)
+        .map_err(|_| ScrapeError::Bad("metrics page is not UTF-8".into()))?;
+    exposition::parse(format, page).map_err(|e| ScrapeError::Bad(e.to_string()))
 }

@@ -295,7 +295,8 @@ async fn a_dead_replica_at_start_costs_nothing() {
         .unwrap()
         .local_addr()
         .unwrap();
-    let gw = static_gateway(&[dead, live.addr], "").await;
+    // Scrapes far apart: this test is about the request path finding the dead replica.
+    let gw = static_gateway(&[dead, live.addr], "    metrics: {scrape_interval: 10s}\n").await;
     for i in 0..20 {
         let reply = post(
             &format!("http://{}/v1/completions", gw.gateway_addr),
@@ -850,4 +851,52 @@ async fn a_queued_request_times_out_with_429() {
     );
     assert_eq!(hog.await.unwrap().0, 200);
     gw.shutdown().await;
+}
+
+/// A replica whose metrics port stops answering leaves routing without any request failing on
+/// it, and comes back once it answers again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_replicas_leave_routing_and_come_back() {
+    let replica = sim("m", "llama-8b-h100").await;
+    let addr = replica.addr;
+    let gw = static_gateway(&[addr], "    metrics: {scrape_interval: 50ms}\n").await;
+    let ejected = |s: serde_json::Value| s["pools"][0]["replicas"][0]["ejected"].as_bool().unwrap();
+    assert!(!ejected(status(&gw).await));
+    replica.shutdown(Duration::from_millis(100)).await;
+    let mut out = false;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        out = ejected(status(&gw).await);
+        if out {
+            break;
+        }
+    }
+    assert!(out, "two failed scrapes eject it");
+    // The same address answers again.
+    let mut opts = SimOptions::new(profile("llama-8b-h100").unwrap());
+    opts.models = vec!["m".into()];
+    opts.listen = addr;
+    let back = start(opts).await.unwrap();
+    let mut returned = false;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        returned = !ejected(status(&gw).await);
+        if returned {
+            break;
+        }
+    }
+    assert!(returned, "a successful scrape brings it back");
+    let reply = post(
+        &format!("http://{}/v1/completions", gw.gateway_addr),
+        json!({"model": "m", "prompt": "x", "max_tokens": 1}),
+    )
+    .await;
+    assert_eq!(reply.status, 200);
+    let s = status(&gw).await;
+    assert!(
+        s["pools"][0]["replicas"][0]["engine"]["kv_cache_usage"].is_number(),
+        "scraped stats are shown: {s}"
+    );
+    gw.shutdown().await;
+    back.shutdown(Duration::from_millis(100)).await;
 }
