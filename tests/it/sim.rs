@@ -379,3 +379,23 @@ async fn load_generator_counts_answers_and_failures() {
     good.shutdown(Duration::from_secs(1)).await;
     bad.shutdown(Duration::from_secs(1)).await;
 }
+
+/// `--crash-after N`: the process dies in the middle of streaming its Nth request, as a replica
+/// that crashes mid-answer does; the client sees the stream break without `[DONE]`.
+#[test]
+fn crash_after_kills_the_process_mid_stream() {
+    let (mut child, addr) = spawn_sim(&["--model", "m", "--crash-after", "2", "--speed", "10"]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let url = format!("http://{addr}/v1/completions");
+        let body = json!({"model": "m", "prompt": "x", "max_tokens": 10, "ignore_eos": true, "stream": true});
+        let (_, first) = post_stream(&url, body.clone()).await;
+        assert_eq!(sse_events(&first).last().map(String::as_str), Some("[DONE]"), "request 1 completes");
+        let (_, second) = post_stream(&url, body).await;
+        let events = sse_events(&second);
+        assert!(!events.is_empty(), "the second stream started");
+        assert_ne!(events.last().map(String::as_str), Some("[DONE]"), "and broke off");
+    });
+    let status = child.0.wait().unwrap();
+    assert_eq!(status.code(), Some(70), "{status:?}");
+}
