@@ -32,23 +32,13 @@ pub struct RunningGateway {
     admin: Server,
     fleets: Vec<Arc<LocalFleet>>,
     /// Scrapers and scalers, stopped at shutdown.
-    scalers: Vec<tokio::task::JoinHandle<()>>,
+    background: Vec<tokio::task::JoinHandle<()>>,
 }
 
 /// Checks what this build cannot do yet, so that `serve` fails clearly instead of ignoring a
 /// setting.
 fn check_supported(config: &Config) -> anyhow::Result<()> {
     for pool in &config.pools {
-        if !crate::router::is_supported(pool.routing.policy) {
-            anyhow::bail!(
-                "pool `{}`: routing policy `{}` is not available in this build yet; use least-inflight, round-robin, random or predicted-ttft",
-                pool.name,
-                serde_json::to_value(pool.routing.policy)
-                    .expect("an enum serializes")
-                    .as_str()
-                    .unwrap_or("?")
-            );
-        }
         if matches!(pool.scaler.provider, crate::config::Provider::Kubernetes(_))
             && pool.scaler.enabled
         {
@@ -120,16 +110,16 @@ pub async fn start(config: Config) -> anyhow::Result<RunningGateway> {
         }
     }
 
-    let mut scalers = Vec::new();
+    let mut background = Vec::new();
     for runtime in &pools.pools {
-        scalers.push(crate::load::scraper::spawn(runtime.clone()));
+        background.push(crate::load::scraper::spawn(runtime.clone()));
         if runtime.config.scaler.enabled {
             let fleet = fleets
                 .iter()
                 .find(|(p, _)| Arc::ptr_eq(p, runtime))
                 .map(|(_, f)| f.clone());
             let gauge = metrics.scaler_desired.with_label_values(&[runtime.name()]);
-            scalers.push(crate::scaler::spawn(runtime.clone(), fleet, gauge, epoch));
+            background.push(crate::scaler::spawn(runtime.clone(), fleet, gauge, epoch));
         }
     }
     let drain = config.listeners.drain_timeout;
@@ -155,7 +145,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningGateway> {
         gateway,
         admin,
         fleets: fleets.into_iter().map(|(_, f)| f).collect(),
-        scalers,
+        background,
     })
 }
 
@@ -172,8 +162,8 @@ impl RunningGateway {
     /// Stops the scalers, stops accepting, lets in-flight answers finish (up to
     /// `listeners.drain_timeout`), then stops local replicas.
     pub async fn shutdown(self) {
-        for scaler in &self.scalers {
-            scaler.abort();
+        for task in &self.background {
+            task.abort();
         }
         let drain = self.state.config.listeners.drain_timeout;
         self.gateway.shutdown(drain).await;

@@ -99,19 +99,6 @@ pub fn all_saturated(
         .all(|r| saturated(r, limits, now, stale_after))
 }
 
-/// Policies available in this build.
-pub fn is_supported(policy: RoutingPolicy) -> bool {
-    matches!(
-        policy,
-        RoutingPolicy::LeastInflight
-            | RoutingPolicy::RoundRobin
-            | RoutingPolicy::Random
-            | RoutingPolicy::PredictedTtft
-            | RoutingPolicy::SessionAffinity
-            | RoutingPolicy::PrefixAffinity
-    )
-}
-
 /// Picks a replica index, skipping ejected replicas and those in `exclude` (already tried for
 /// this request). None when no replica is eligible.
 pub fn pick(
