@@ -163,3 +163,52 @@ where
         tokio::task::spawn_local(future);
     }
 }
+
+/// Why a request body could not be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyError {
+    /// Longer than the limit.
+    TooLarge,
+    /// The client broke off or sent malformed framing.
+    Unreadable,
+}
+
+/// Reads a request body of at most `limit` bytes. Over the limit, the rest is read and dropped
+/// (up to a bound and a few seconds) before the caller answers 413, so the client, still
+/// sending, gets that answer instead of a reset connection.
+pub async fn read_body(mut body: Incoming, limit: usize) -> Result<bytes::Bytes, BodyError> {
+    use http_body_util::BodyExt;
+    let mut collected = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else {
+            return Err(BodyError::Unreadable);
+        };
+        let Ok(data) = frame.into_data() else {
+            continue; // trailers
+        };
+        if collected.len() + data.len() > limit {
+            drain(body, limit).await;
+            return Err(BodyError::TooLarge);
+        }
+        if collected.is_empty() && body.is_end_stream() {
+            return Ok(data); // one frame: no copy
+        }
+        collected.extend_from_slice(&data);
+    }
+    Ok(collected.freeze())
+}
+
+async fn drain(mut body: Incoming, limit: usize) {
+    use http_body_util::BodyExt;
+    let bound = limit.saturating_mul(2).max(64 << 20);
+    let mut seen = 0usize;
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(Ok(frame)) = body.frame().await {
+            seen += frame.data_ref().map_or(0, |d| d.len());
+            if seen > bound {
+                break;
+            }
+        }
+    })
+    .await;
+}

@@ -9,7 +9,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, Uri};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use hyper::body::Incoming;
 
 use super::body::{GatewayBody, ProxiedBody};
@@ -65,12 +65,12 @@ async fn proxy(
     let received = Instant::now();
     let (parts, body) = req.into_parts();
     let limit = state.config.listeners.max_body_size;
-    let body = match Limited::new(body, limit as usize).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+    let body = match crate::http_server::read_body(body, limit as usize).await {
+        Ok(body) => body,
+        Err(crate::http_server::BodyError::TooLarge) => {
             return Err(GatewayError::BodyTooLarge(limit));
         }
-        Err(_) => return Err(GatewayError::BodyRead),
+        Err(crate::http_server::BodyError::Unreadable) => return Err(GatewayError::BodyRead),
     };
     let mut classified = classify(&body, &parts.headers, &state.config.classification)?;
     let route = state

@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, StatusCode, header};
-use http_body_util::{BodyExt, Limited};
 use hyper::body::{Body, Frame, Incoming};
 use hyper::{Request, Response};
 use serde_json::{Value, json};
@@ -209,15 +208,14 @@ async fn generate(shared: Arc<Shared>, req: Request<Incoming>, kind: Kind) -> Re
         return error(status, "error forced by the x-sim-force-error header");
     }
     let version = req.version();
-    let body = match Limited::new(req.into_body(), shared.opts.max_body_bytes)
-        .collect()
-        .await
-    {
-        Ok(body) => body.to_bytes(),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+    let body = match http_server::read_body(req.into_body(), shared.opts.max_body_bytes).await {
+        Ok(body) => body,
+        Err(http_server::BodyError::TooLarge) => {
             return error(StatusCode::PAYLOAD_TOO_LARGE, "request body too large");
         }
-        Err(_) => return error(StatusCode::BAD_REQUEST, "could not read the request body"),
+        Err(http_server::BodyError::Unreadable) => {
+            return error(StatusCode::BAD_REQUEST, "could not read the request body");
+        }
     };
     let fingerprint = (body.len(), fnv1a(&body));
     let mut response = answer(shared, &body, kind).await;
