@@ -15,6 +15,8 @@ pub struct Admission {
     /// One queue per priority class, highest first.
     classes: Vec<ClassQueue>,
     waiting: AtomicU64,
+    /// Longest wait (µs) of the requests that left the queue since the scaler last asked.
+    max_wait_us: AtomicU64,
 }
 
 struct ClassQueue {
@@ -50,6 +52,21 @@ impl Admission {
                 })
                 .collect(),
             waiting: AtomicU64::new(0),
+            max_wait_us: AtomicU64::new(0),
+        }
+    }
+
+    /// Notes how long a request waited (whether it was then let in or refused).
+    pub fn record_wait(&self, waited: Duration) {
+        self.max_wait_us
+            .fetch_max(waited.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// The longest wait recorded since the previous call (the scaler's queue-wait signal).
+    pub fn take_max_wait(&self) -> Option<Duration> {
+        match self.max_wait_us.swap(0, Ordering::Relaxed) {
+            0 => None,
+            us => Some(Duration::from_micros(us)),
         }
     }
 

@@ -554,6 +554,33 @@ mod tests {
     }
 
     #[test]
+    fn a_long_queue_wait_adds_a_replica() {
+        let mut p = Infergate::new(config());
+        for t in 0..5 {
+            p.recommend(&obs(f64::from(t), 2, 0, 12));
+        }
+        // Concurrency says 2 are enough, but requests waited 3 s against a 2 s target.
+        let r = p.recommend(&Observation {
+            now: 5.0,
+            ready: 2,
+            inflight: 12,
+            queue_wait: Some(3.0),
+            ..Default::default()
+        });
+        assert_eq!(r.desired, 3, "{}", r.reason);
+        assert!(r.reason.contains("queue wait"), "{}", r.reason);
+        // A wait within the target changes nothing.
+        let r = p.recommend(&Observation {
+            now: 6.0,
+            ready: 3,
+            inflight: 12,
+            queue_wait: Some(1.0),
+            ..Default::default()
+        });
+        assert_eq!(r.desired, 3, "{}", r.reason);
+    }
+
+    #[test]
     fn a_missing_metric_is_ignored_not_read_as_zero() {
         let mut p = Infergate::new(config());
         // KV use says 3 replicas (2 × 0.95 / 0.8 = 2.4) while concurrency says 2.
