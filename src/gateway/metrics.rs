@@ -20,6 +20,7 @@ pub struct GatewayMetrics {
     pub inflight: IntGaugeVec,
     pub replicas: IntGaugeVec,
     pub scaler_desired: IntGaugeVec,
+    pub scale_events: IntCounterVec,
     pub queued: IntGaugeVec,
     ttfb: HistogramVec,
     duration: HistogramVec,
@@ -101,6 +102,11 @@ impl GatewayMetrics {
                 "infergate_scaler_desired_replicas",
                 "Replicas the scaler recommends per pool.",
                 &["pool"],
+            ),
+            scale_events: counter(
+                "infergate_scale_events_total",
+                "Scaling actions taken, by pool and direction (up, down).",
+                &["pool", "direction"],
             ),
             queued: gauge(
                 "infergate_queued_requests",

@@ -119,7 +119,14 @@ pub async fn start(config: Config) -> anyhow::Result<RunningGateway> {
                 .find(|(p, _)| Arc::ptr_eq(p, runtime))
                 .map(|(_, f)| f.clone());
             let gauge = metrics.scaler_desired.with_label_values(&[runtime.name()]);
-            background.push(crate::scaler::spawn(runtime.clone(), fleet, gauge, epoch));
+            let events = metrics.scale_events.clone();
+            background.push(crate::scaler::spawn(
+                runtime.clone(),
+                fleet,
+                gauge,
+                events,
+                epoch,
+            ));
         }
     }
     let drain = config.listeners.drain_timeout;

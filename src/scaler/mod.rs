@@ -21,6 +21,7 @@ pub fn spawn(
     pool: Arc<PoolRuntime>,
     fleet: Option<Arc<LocalFleet>>,
     desired_gauge: prometheus::IntGauge,
+    scale_events: prometheus::IntCounterVec,
     epoch: Instant,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
@@ -64,8 +65,10 @@ pub fn spawn(
                 continue;
             };
             if rec.desired > capacity {
+                scale_events.with_label_values(&[pool.name(), "up"]).inc();
                 fleet.start_replicas(rec.desired - capacity);
             } else if rec.desired < capacity && obs.starting == 0 {
+                scale_events.with_label_values(&[pool.name(), "down"]).inc();
                 fleet.scale_down(capacity - rec.desired).await;
             }
         }
