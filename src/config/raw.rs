@@ -340,6 +340,9 @@ pub struct RawRouting {
     pub imbalance_requests: u32,
     /// See `imbalance_requests` (a ratio, e.g. 1.5).
     pub imbalance_ratio: f64,
+    /// Prior prefill speed of a replica (prompt tokens per second) for `predicted-ttft`, used
+    /// until the replica's own speed is learned from observed time to first token.
+    pub prefill_tokens_per_second: f64,
 }
 
 impl Default for RawRouting {
@@ -351,6 +354,7 @@ impl Default for RawRouting {
             prefix_cache_entries: 100_000,
             imbalance_requests: 64,
             imbalance_ratio: 1.5,
+            prefill_tokens_per_second: 20_000.0,
         }
     }
 }

@@ -116,6 +116,8 @@ pub struct Routing {
     pub prefix_cache_entries: u32,
     pub imbalance_requests: u32,
     pub imbalance_ratio: f64,
+    /// Prompt tokens per second, the prior for `predicted-ttft`.
+    pub prefill_tokens_per_second: f64,
 }
 
 #[derive(Debug, Clone)]

@@ -449,6 +449,18 @@ fn routing(c: &mut Checker, p: &str, raw: &RawRouting) -> Routing {
         ),
         imbalance_requests: raw.imbalance_requests,
         imbalance_ratio: raw.imbalance_ratio,
+        prefill_tokens_per_second: {
+            if raw.prefill_tokens_per_second.is_nan() || raw.prefill_tokens_per_second <= 0.0 {
+                c.fail(
+                    format!("{p}.prefill_tokens_per_second"),
+                    format!(
+                        "must be greater than 0 (got {})",
+                        raw.prefill_tokens_per_second
+                    ),
+                );
+            }
+            raw.prefill_tokens_per_second
+        },
     }
 }
 

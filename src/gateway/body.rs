@@ -144,9 +144,9 @@ impl Body for GatewayBody {
                             let metrics = &body.pool.metrics;
                             metrics.bytes_out.inc_by(data.len() as u64);
                             if body.last_chunk.is_none()
-                                && let Some(guard) = &body.guard
+                                && let Some(guard) = &mut body.guard
                             {
-                                guard.replica().observe_first_byte(now - body.sent);
+                                guard.first_byte(now - body.sent);
                             }
                             if body.sse {
                                 match body.last_chunk {

@@ -166,7 +166,7 @@ async fn forward(
             break;
         };
         let replica = snapshot.replicas[index].clone();
-        let guard = replica.start_request();
+        let guard = replica.start_request_with(router::own_prefill_tokens(features, replica.id));
         if let Some(index) = &pool.prefix_index {
             index.record(blocks, replica.id);
         }

@@ -44,6 +44,14 @@ pub struct Replica {
     scrape_failures: AtomicU32,
     /// EWMA of the time from sending a request to its first answer byte, in µs (0 = unknown).
     latency_ewma_us: AtomicU64,
+    /// Prompt tokens of this gateway's requests to the replica that have no first byte yet:
+    /// the prefill work queued ahead of a new request, exact for this gateway's traffic.
+    pending_prefill: AtomicU64,
+    /// Learned prefill speed: seconds per prompt token (f64 bits; 0 = not learned yet).
+    secs_per_token: AtomicU64,
+    /// Mean prompt tokens of requests sent here (f64 bits), to turn a scraped waiting count
+    /// into tokens.
+    mean_prompt_tokens: AtomicU64,
 }
 
 impl Replica {
@@ -62,6 +70,43 @@ impl Replica {
             scraped: ArcSwapOption::empty(),
             scrape_failures: AtomicU32::new(0),
             latency_ewma_us: AtomicU64::new(0),
+            pending_prefill: AtomicU64::new(0),
+            secs_per_token: AtomicU64::new(0),
+            mean_prompt_tokens: AtomicU64::new(0),
+        }
+    }
+
+    /// Prompt tokens sent here by this gateway still waiting for their first byte.
+    pub fn pending_prefill(&self) -> u64 {
+        self.pending_prefill.load(Ordering::Relaxed)
+    }
+
+    /// Learned seconds per prompt token of prefill, once a first byte was seen.
+    pub fn secs_per_token(&self) -> Option<f64> {
+        match self.secs_per_token.load(Ordering::Relaxed) {
+            0 => None,
+            bits => Some(f64::from_bits(bits)),
+        }
+    }
+
+    /// Mean prompt tokens of the requests sent here (0 before the first).
+    pub fn mean_prompt_tokens(&self) -> f64 {
+        f64::from_bits(self.mean_prompt_tokens.load(Ordering::Relaxed))
+    }
+
+    /// Counts a request with `prefill_tokens` of prompt to compute as in flight (and its
+    /// prefill as pending until its first byte) until the guard is dropped.
+    pub fn start_request_with(self: &Arc<Self>, prefill_tokens: u64) -> InflightGuard {
+        self.inflight.inc();
+        let ahead = self
+            .pending_prefill
+            .fetch_add(prefill_tokens, Ordering::Relaxed);
+        ewma_f64(&self.mean_prompt_tokens, prefill_tokens as f64);
+        InflightGuard {
+            replica: self.clone(),
+            prefill_tokens,
+            ahead_at_dispatch: ahead,
+            prefill_done: false,
         }
     }
 
@@ -141,10 +186,7 @@ impl Replica {
 
     /// Counts a request as in flight until the guard is dropped.
     pub fn start_request(self: &Arc<Self>) -> InflightGuard {
-        self.inflight.inc();
-        InflightGuard {
-            replica: self.clone(),
-        }
+        self.start_request_with(0)
     }
 
     fn ms_since_epoch(&self, now: Instant) -> u64 {
@@ -179,16 +221,54 @@ impl Replica {
 #[derive(Debug)]
 pub struct InflightGuard {
     replica: Arc<Replica>,
+    prefill_tokens: u64,
+    /// Prefill tokens already pending on the replica when this request was sent.
+    ahead_at_dispatch: u64,
+    prefill_done: bool,
+}
+
+/// Folds a sample into an f64 EWMA held as bits (weight 0.2; the first sample is taken as is).
+fn ewma_f64(cell: &AtomicU64, sample: f64) {
+    let old = f64::from_bits(cell.load(Ordering::Relaxed));
+    let next = if old == 0.0 {
+        sample
+    } else {
+        0.8 * old + 0.2 * sample
+    };
+    cell.store(next.to_bits(), Ordering::Relaxed);
 }
 
 impl InflightGuard {
     pub fn replica(&self) -> &Arc<Replica> {
         &self.replica
     }
+
+    /// The replica's first answer byte arrived `latency` after the request was sent: its
+    /// prefill is done. The replica's prefill speed is learned from it: the time over the
+    /// prefill work it waited for (what was pending ahead of it plus its own).
+    pub fn first_byte(&mut self, latency: std::time::Duration) {
+        if self.prefill_done {
+            return;
+        }
+        self.prefill_done = true;
+        self.replica
+            .pending_prefill
+            .fetch_sub(self.prefill_tokens, Ordering::Relaxed);
+        self.replica.observe_first_byte(latency);
+        let work = (self.ahead_at_dispatch + self.prefill_tokens) as f64;
+        if work > 0.0 {
+            ewma_f64(&self.replica.secs_per_token, latency.as_secs_f64() / work);
+        }
+    }
 }
 
 impl Drop for InflightGuard {
     fn drop(&mut self) {
+        if !self.prefill_done {
+            self.replica
+                .pending_prefill
+                .fetch_sub(self.prefill_tokens, Ordering::Relaxed);
+        }
         self.replica.inflight.dec();
     }
 }

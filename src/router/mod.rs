@@ -123,7 +123,7 @@ pub fn pick(
                 % n;
             (0..n).map(|k| (start + k) % n).find(eligible)
         }
-        RoutingPolicy::PredictedTtft => predicted_ttft(snapshot, features, ctx, eligible),
+        RoutingPolicy::PredictedTtft => predicted_ttft(routing, snapshot, features, ctx, eligible),
         RoutingPolicy::PrefixAffinity => {
             prefix_affinity(routing, snapshot, features, ctx, eligible)
         }
@@ -136,13 +136,16 @@ pub fn pick(
     }
 }
 
-/// Least predicted time to first token: the replica's own observed time to first byte (EWMA;
-/// the pool's mean while it has none) times the requests ahead of this one plus its own share
-/// (less where the replica holds the prompt's prefix) — the requests ahead being its
-/// scraped engine queue corrected by what this gateway sent since the scrape, or, when the
-/// scrape is stale, this gateway's own in-flight count. A slow replica thus gets proportionally
-/// less, and a burst between two scrapes spreads instead of piling onto the idlest-looking one.
+/// Least predicted time to first token: the prefill work ahead of this request on the replica
+/// plus its own prompt tokens not covered by the replica's cached prefix, times the replica's
+/// prefill speed, raised as its KV cache nears full (preemption risk). The work ahead is this
+/// gateway's exact pending prefill on the replica, or its scraped waiting queue (corrected by
+/// what was sent since) in tokens when that is larger — stale stats are not used. The speed is
+/// learned per replica from observed time to first token (the pool's mean, then
+/// `prefill_tokens_per_second`, before that), so a pool mixing fast and slow GPUs balances by
+/// speed, and prefix affinity holds exactly as long as it saves more than the queue costs.
 fn predicted_ttft(
+    routing: &Routing,
     snapshot: &Snapshot,
     features: &RequestFeatures,
     ctx: PickContext,
@@ -151,35 +154,54 @@ fn predicted_ttft(
     let (sum, known) = snapshot
         .replicas
         .iter()
-        .filter_map(|r| r.first_byte_ewma())
-        .fold((0.0, 0u32), |(s, n), d| (s + d.as_secs_f64(), n + 1));
-    let pool_mean = if known == 0 {
-        1.0
+        .filter_map(|r| r.secs_per_token())
+        .fold((0.0, 0u32), |(s, n), v| (s + v, n + 1));
+    let default_speed = if known == 0 {
+        1.0 / routing.prefill_tokens_per_second
     } else {
         sum / f64::from(known)
     };
+    let prompt = f64::from(features.prompt_tokens.max(1));
     let mut best: Option<(f64, u64, usize)> = None;
     for i in (0..snapshot.replicas.len()).filter(eligible) {
         let r = &snapshot.replicas[i];
-        let base = r.first_byte_ewma().map_or(pool_mean, |d| d.as_secs_f64());
-        let ahead = match r.estimated_queue(ctx.now, ctx.stale_after) {
-            Some((waiting, running)) => waiting + running,
-            None => r.inflight() as f64,
-        };
-        // The prefix it holds spares part of this request's prefill: up to half its own cost,
-        // so a replica with the prefix wins until its queue makes it slower.
-        let own = 1.0 - 0.5 * features.prefix.fraction(r.id);
-        let score = base * (ahead + own);
+        let speed = r.secs_per_token().unwrap_or(default_speed);
+        let own = own_prefill_tokens(features, r.id);
+        let mut ahead = r.pending_prefill() as f64;
+        let mut kv_factor = 1.0;
+        if let Some((waiting, _)) = r.estimated_queue(ctx.now, ctx.stale_after) {
+            let per_request = match r.mean_prompt_tokens() {
+                m if m > 0.0 => m,
+                _ => prompt,
+            };
+            ahead = ahead.max(waiting * per_request);
+            if let Some(kv) = r
+                .fresh_stats(ctx.now, ctx.stale_after)
+                .and_then(|s| s.stats.kv_usage)
+            {
+                kv_factor += 10.0 * (kv - 0.9).max(0.0);
+            }
+        }
+        let predicted = speed * (ahead + own as f64) * kv_factor;
         let inflight = r.inflight();
         let better = match best {
             None => true,
-            Some((s, f, _)) => score < s || (score == s && inflight < f),
+            Some((p, f, _)) => predicted < p || (predicted == p && inflight < f),
         };
         if better {
-            best = Some((score, inflight, i));
+            best = Some((predicted, inflight, i));
         }
     }
     best.map(|(_, _, i)| i)
+}
+
+/// Prompt tokens replica `id` would have to prefill for this request: those its cached prefix
+/// does not cover (at least one). The proxy counts them as the request's pending prefill.
+pub fn own_prefill_tokens(features: &RequestFeatures, id: u64) -> u64 {
+    let prompt = f64::from(features.prompt_tokens.max(1));
+    (prompt * (1.0 - features.prefix.fraction(id)))
+        .ceil()
+        .max(1.0) as u64
 }
 
 /// The replica holding the largest share of the prompt's prefix, when that share reaches
@@ -297,9 +319,17 @@ mod tests {
     #[test]
     fn predicted_ttft_gives_a_slow_replica_proportionally_less() {
         let s = snapshot(2);
-        s.replicas[0].observe_first_byte(std::time::Duration::from_millis(100));
-        s.replicas[1].observe_first_byte(std::time::Duration::from_millis(200));
-        let f = RequestFeatures::default();
+        // One 100-token prompt each: replica 0 took 100 ms (1 ms a token), replica 1 200 ms.
+        s.replicas[0]
+            .start_request_with(100)
+            .first_byte(std::time::Duration::from_millis(100));
+        s.replicas[1]
+            .start_request_with(100)
+            .first_byte(std::time::Duration::from_millis(200));
+        let f = RequestFeatures {
+            prompt_tokens: 100,
+            ..Default::default()
+        };
         let mut guards = Vec::new();
         let mut counts = [0; 2];
         for r in 0..60 {
@@ -312,9 +342,9 @@ mod tests {
             )
             .unwrap();
             counts[i] += 1;
-            guards.push(s.replicas[i].start_request());
+            guards.push(s.replicas[i].start_request_with(100));
         }
-        // Equilibrium (1 + a) × 100 = (1 + b) × 200 with a + b = 60: a = 40.3, b = 19.7.
+        // Equilibrium 1 ms × (a + 1) × 100 = 2 ms × (b + 1) × 100 with a + b = 60: a ≈ 40, b ≈ 20.
         assert_eq!(counts, [40, 20], "{counts:?}");
     }
 
@@ -325,18 +355,21 @@ mod tests {
         for r in &s.replicas {
             r.record_scrape(stats(0.0, 0.0), now);
         }
-        let f = RequestFeatures::default();
+        let f = RequestFeatures {
+            prompt_tokens: 200,
+            ..Default::default()
+        };
         let mut guards = Vec::new();
         for q in 0..100 {
             let i = pick(
                 &routing(RoutingPolicy::PredictedTtft),
                 &s,
                 &f,
-                ctx(q, q),
+                PickContext { now, ..ctx(q, q) },
                 &[],
             )
             .unwrap();
-            guards.push(s.replicas[i].start_request());
+            guards.push(s.replicas[i].start_request_with(200));
         }
         assert!(
             s.replicas.iter().all(|r| r.inflight() == 25),
@@ -348,12 +381,16 @@ mod tests {
     fn predicted_ttft_reads_the_scraped_queue_and_still_uses_stale_replicas() {
         let s = snapshot(3);
         let now = Instant::now();
-        // Replica 0 has a deep engine queue (other gateways' traffic), replica 1 is idle,
-        // replica 2's stats are stale: it is routed on this gateway's counts alone.
+        // Replica 0 has a deep engine queue (other gateways' traffic: 30 waiting ≈ 3000 tokens
+        // of prefill), replica 1 is idle, replica 2's stats are stale: it is routed on this
+        // gateway's own pending work alone.
         s.replicas[0].record_scrape(stats(30.0, 10.0), now);
         s.replicas[1].record_scrape(stats(0.0, 5.0), now);
         s.replicas[2].record_scrape(stats(0.0, 0.0), now - std::time::Duration::from_secs(5));
-        let f = RequestFeatures::default();
+        let f = RequestFeatures {
+            prompt_tokens: 100,
+            ..Default::default()
+        };
         let mut guards = Vec::new();
         let mut counts = [0; 3];
         for q in 0..20 {
@@ -366,15 +403,37 @@ mod tests {
             )
             .unwrap();
             counts[i] += 1;
-            guards.push(s.replicas[i].start_request());
+            guards.push(s.replicas[i].start_request_with(100));
         }
-        assert_eq!(counts[0], 0, "{counts:?}");
-        assert!(
-            counts[2] > 0,
-            "the stale replica still takes traffic: {counts:?}"
+        assert_eq!(counts, [0, 10, 10], "{counts:?}");
+    }
+
+    #[test]
+    fn predicted_ttft_avoids_a_nearly_full_kv_cache() {
+        let s = snapshot(2);
+        let now = Instant::now();
+        let full = crate::load::exposition::EngineStats {
+            kv_usage: Some(0.99),
+            ..Default::default()
+        };
+        s.replicas[0].record_scrape(full, now);
+        s.replicas[1].record_scrape(stats(0.0, 0.0), now);
+        let f = RequestFeatures {
+            prompt_tokens: 100,
+            ..Default::default()
+        };
+        let _ahead = s.replicas[1].start_request_with(50);
+        // Replica 1 has 50 tokens pending; replica 0 none, but at 99 % KV its cost is ×1.9.
+        assert_eq!(
+            pick(
+                &routing(RoutingPolicy::PredictedTtft),
+                &s,
+                &f,
+                PickContext { now, ..ctx(1, 1) },
+                &[]
+            ),
+            Some(1)
         );
-        // Scores: replica 1 is (1 + 5 + n1), replica 2 is (1 + n2): n2 = n1 + 5 at balance.
-        assert_eq!(counts, [0, 8, 12], "{counts:?}");
     }
 
     #[test]
@@ -659,10 +718,9 @@ mod tests {
     #[test]
     fn predicted_ttft_prefers_the_prefix_until_its_queue_makes_it_slower() {
         let s = snapshot(2);
-        for r in &s.replicas {
-            r.observe_first_byte(std::time::Duration::from_millis(100));
-        }
-        let f = prefix_on(&s, 1, 10, 10);
+        // Replica 1 holds 80 % of a 100-token prompt: 20 tokens to prefill there, 100 elsewhere.
+        let mut f = prefix_on(&s, 1, 8, 10);
+        f.prompt_tokens = 100;
         let mut guards = Vec::new();
         let mut order = Vec::new();
         for q in 0..6 {
@@ -675,21 +733,11 @@ mod tests {
             )
             .unwrap();
             order.push(i);
-            guards.push(s.replicas[i].start_request());
+            guards.push(s.replicas[i].start_request_with(own_prefill_tokens(&f, s.replicas[i].id)));
         }
-        // Own cost 0.5 with the prefix vs 1 without: replica 1 wins while n1 + 0.5 < n0 + 1.
-        assert_eq!(order, vec![1, 0, 1, 0, 1, 0]);
-        let _more = s.replicas[1].start_request();
-        assert_eq!(
-            pick(
-                &routing(RoutingPolicy::PredictedTtft),
-                &s,
-                &f,
-                ctx(7, 7),
-                &[]
-            ),
-            Some(0)
-        );
+        // Pending on 1 grows 20 a request: 20 + p1 < 100 + p0 holds for four requests, then
+        // the tie at 100 goes to the replica with fewer in flight.
+        assert_eq!(&order[..5], &[1, 1, 1, 1, 0], "{order:?}");
     }
 
     #[test]
