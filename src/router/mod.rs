@@ -294,7 +294,11 @@ mod tests {
     }
 
     fn routing(policy: RoutingPolicy) -> Routing {
-        let mut r = crate::config::embedded_default().pools[0].routing.clone();
+        // Parsed once: tests pick thousands of times.
+        static DEFAULT: std::sync::OnceLock<Routing> = std::sync::OnceLock::new();
+        let mut r = DEFAULT
+            .get_or_init(|| crate::config::embedded_default().pools[0].routing.clone())
+            .clone();
         r.policy = policy;
         r
     }
