@@ -104,5 +104,26 @@ fn bench_pick(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, bench_classify, bench_pick);
+fn bench_prefix(c: &mut Criterion) {
+    // A 4,000-token prompt (16,000 bytes at 4 bytes a token) in 256-byte blocks, against an
+    // index that has seen 2,000 other prompts.
+    let index = infergate::router::prefix::PrefixIndex::new(100_000);
+    for p in 0..2000u64 {
+        let other = format!("{p:08}").repeat(2000);
+        let blocks = infergate::openai::chained_block_hashes(other.as_bytes(), 256, 512);
+        index.record(&blocks, p % 16);
+    }
+    let prompt = "The quick brown fox jumps over the lazy dog. ".repeat(16_000 / 45 + 1);
+    let mut group = c.benchmark_group("prefix_4000_tokens");
+    group.bench_function("hash", |b| {
+        b.iter(|| infergate::openai::chained_block_hashes(black_box(prompt.as_bytes()), 256, 512))
+    });
+    let blocks = infergate::openai::chained_block_hashes(prompt.as_bytes(), 256, 512);
+    index.record(&blocks, 3);
+    group.bench_function("longest_match", |b| b.iter(|| index.lookup(black_box(&blocks))));
+    group.bench_function("insert", |b| b.iter(|| index.record(black_box(&blocks), 5)));
+    group.finish();
+}
+
+criterion_group!(benches, bench_classify, bench_pick, bench_prefix);
 criterion_main!(benches);

@@ -16,6 +16,15 @@ use prometheus::IntGauge;
 
 use exposition::EngineStats;
 
+/// A replica's fresh engine state as the router sees it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EngineView {
+    /// Waiting requests, corrected by what this gateway sent since the scrape.
+    pub waiting: f64,
+    pub running: f64,
+    pub kv_usage: Option<f64>,
+}
+
 /// The latest successful scrape of a replica.
 #[derive(Debug, Clone)]
 pub struct Scraped {
@@ -172,11 +181,27 @@ impl Replica {
         now: Instant,
         stale_after: std::time::Duration,
     ) -> Option<(f64, f64)> {
-        let scraped = self.fresh_stats(now, stale_after)?;
+        self.engine_view(now, stale_after)
+            .map(|v| (v.waiting, v.running))
+    }
+
+    /// What the router reads of the scraped stats, in one look (a guard, no `Arc` clone: this
+    /// runs for every candidate on every pick). None when stale.
+    pub fn engine_view(
+        &self,
+        now: Instant,
+        stale_after: std::time::Duration,
+    ) -> Option<EngineView> {
+        let guard = self.scraped.load();
+        let scraped = guard
+            .as_deref()
+            .filter(|s| now.saturating_duration_since(s.at) <= stale_after)?;
         let delta = self.inflight() as f64 - scraped.inflight_at_scrape as f64;
-        let waiting = scraped.stats.waiting + delta.max(0.0);
-        let running = (scraped.stats.running + delta.min(0.0)).max(0.0);
-        Some((waiting, running))
+        Some(EngineView {
+            waiting: scraped.stats.waiting + delta.max(0.0),
+            running: (scraped.stats.running + delta.min(0.0)).max(0.0),
+            kv_usage: scraped.stats.kv_usage,
+        })
     }
 
     /// Requests this gateway has sent to the replica whose answers have not ended.

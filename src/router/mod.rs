@@ -17,15 +17,69 @@ mod session;
 pub struct Snapshot {
     pub replicas: Vec<Arc<Replica>>,
     sessions: session::SessionRing,
+    /// Replica id → index, for indexes (prefix) that name replicas by id.
+    by_id: std::collections::HashMap<u64, usize>,
 }
 
 impl Snapshot {
     pub fn new(replicas: Vec<Arc<Replica>>) -> Self {
         Self {
             sessions: session::SessionRing::new(&replicas),
+            by_id: replicas
+                .iter()
+                .enumerate()
+                .map(|(i, r)| (r.id, i))
+                .collect(),
             replicas,
         }
     }
+
+    /// Replicas a scoring policy looks at: all of them in a small pool; in a large one `SAMPLE`
+    /// distinct ones drawn at random plus those holding the prompt's prefix, so the decision
+    /// costs the same at 1000 replicas as at 16 (power-of-k choices).
+    fn candidates<'a>(
+        &'a self,
+        features: &'a RequestFeatures,
+        random: u64,
+    ) -> impl Iterator<Item = usize> + 'a {
+        let n = self.replicas.len();
+        let sampled = if n <= SAMPLE { 0..n } else { 0..SAMPLE };
+        let (start, step) = stride(n, random);
+        let all = n <= SAMPLE;
+        sampled
+            .map(move |j| if all { j } else { (start + j * step) % n })
+            .chain(
+                features
+                    .prefix
+                    .replicas
+                    .iter()
+                    .filter(move |_| !all)
+                    .filter_map(|(id, _)| self.by_id.get(id).copied()),
+            )
+    }
+}
+
+/// Candidates scored per pick in a large pool.
+const SAMPLE: usize = 16;
+
+/// A start and a step coprime with `n`, so `start + j·step (mod n)` visits distinct replicas.
+fn stride(n: usize, random: u64) -> (usize, usize) {
+    if n < 2 {
+        return (0, 1);
+    }
+    let start = (random % n as u64) as usize;
+    let mut step = 1 + ((random >> 32) % (n as u64 - 1)) as usize;
+    while gcd(step, n) != 1 {
+        step += 1;
+    }
+    (start, step % n)
+}
+
+fn gcd(mut a: usize, mut b: usize) -> usize {
+    while b != 0 {
+        (a, b) = (b, a % b);
+    }
+    a
 }
 
 impl Default for Snapshot {
@@ -152,9 +206,8 @@ fn predicted_ttft(
     eligible: impl Fn(&usize) -> bool,
 ) -> Option<usize> {
     let (sum, known) = snapshot
-        .replicas
-        .iter()
-        .filter_map(|r| r.secs_per_token())
+        .candidates(features, ctx.random)
+        .filter_map(|i| snapshot.replicas[i].secs_per_token())
         .fold((0.0, 0u32), |(s, n), v| (s + v, n + 1));
     let default_speed = if known == 0 {
         1.0 / routing.prefill_tokens_per_second
@@ -163,22 +216,19 @@ fn predicted_ttft(
     };
     let prompt = f64::from(features.prompt_tokens.max(1));
     let mut best: Option<(f64, u64, usize)> = None;
-    for i in (0..snapshot.replicas.len()).filter(eligible) {
+    for i in snapshot.candidates(features, ctx.random).filter(eligible) {
         let r = &snapshot.replicas[i];
         let speed = r.secs_per_token().unwrap_or(default_speed);
         let own = own_prefill_tokens(features, r.id);
         let mut ahead = r.pending_prefill() as f64;
         let mut kv_factor = 1.0;
-        if let Some((waiting, _)) = r.estimated_queue(ctx.now, ctx.stale_after) {
+        if let Some(view) = r.engine_view(ctx.now, ctx.stale_after) {
             let per_request = match r.mean_prompt_tokens() {
                 m if m > 0.0 => m,
                 _ => prompt,
             };
-            ahead = ahead.max(waiting * per_request);
-            if let Some(kv) = r
-                .fresh_stats(ctx.now, ctx.stale_after)
-                .and_then(|s| s.stats.kv_usage)
-            {
+            ahead = ahead.max(view.waiting * per_request);
+            if let Some(kv) = view.kv_usage {
                 kv_factor += 10.0 * (kv - 0.9).max(0.0);
             }
         }
@@ -742,6 +792,32 @@ mod tests {
         // Pending on 1 grows 20 a request: 20 + p1 < 100 + p0 holds for four requests, then
         // the tie at 100 goes to the replica with fewer in flight.
         assert_eq!(&order[..5], &[1, 1, 1, 1, 0], "{order:?}");
+    }
+
+    #[test]
+    fn large_pools_sample_distinct_candidates_and_keep_prefix_holders() {
+        let s = snapshot(100);
+        let f = prefix_on(&s, 77, 10, 10);
+        for random in [1u64, 0x9E3779B97F4A7C15, u64::MAX] {
+            let picked: Vec<usize> = s.candidates(&f, random).collect();
+            assert_eq!(picked.len(), SAMPLE + 1);
+            let distinct: std::collections::HashSet<usize> =
+                picked[..SAMPLE].iter().copied().collect();
+            assert_eq!(distinct.len(), SAMPLE, "{picked:?}");
+            assert_eq!(
+                *picked.last().unwrap(),
+                77,
+                "the prefix holder is always a candidate"
+            );
+        }
+        // A small pool is scanned whole.
+        let small = snapshot(5);
+        assert_eq!(
+            small
+                .candidates(&RequestFeatures::default(), 7)
+                .collect::<Vec<_>>(),
+            vec![0, 1, 2, 3, 4]
+        );
     }
 
     #[test]
