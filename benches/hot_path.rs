@@ -120,7 +120,9 @@ fn bench_prefix(c: &mut Criterion) {
     });
     let blocks = infergate::openai::chained_block_hashes(prompt.as_bytes(), 256, 512);
     index.record(&blocks, 3);
-    group.bench_function("longest_match", |b| b.iter(|| index.lookup(black_box(&blocks))));
+    group.bench_function("longest_match", |b| {
+        b.iter(|| index.lookup(black_box(&blocks)))
+    });
     group.bench_function("insert", |b| b.iter(|| index.record(black_box(&blocks), 5)));
     group.finish();
 }

@@ -100,3 +100,32 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
 pub fn embedded_default() -> Config {
     parse(EMBEDDED_DEFAULT, "<embedded default>").expect("the embedded default config is valid")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy_of(name: &str) -> RoutingPolicy {
+        let yaml = format!(
+            "pools:\n  - name: p\n    models: [m]\n    discovery: {{static: {{endpoints: [\"http://127.0.0.1:1\"]}}}}\n    routing: {{policy: {name}}}\n"
+        );
+        parse(&yaml, "test").unwrap_or_else(|e| panic!("{e}")).pools[0]
+            .routing
+            .policy
+    }
+
+    #[test]
+    fn baseline_policy_names_of_other_routers_are_accepted() {
+        assert_eq!(policy_of("least-request"), RoutingPolicy::LeastInflight);
+        assert_eq!(policy_of("cache-aware"), RoutingPolicy::PrefixAffinity);
+        assert_eq!(policy_of("session"), RoutingPolicy::SessionAffinity);
+        assert_eq!(policy_of("power-of-two"), RoutingPolicy::PowerOfTwo);
+    }
+
+    #[test]
+    fn the_embedded_default_is_valid() {
+        let config = embedded_default();
+        assert_eq!(config.pools[0].name, "local-sim");
+        assert!(config.pools[0].scaler.enabled);
+    }
+}

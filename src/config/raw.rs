@@ -309,18 +309,25 @@ impl Default for RawGpuMetrics {
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, JsonSchema, Default, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]
 pub enum RoutingPolicy {
-    /// Fewest requests in flight from this gateway, random tie-break.
+    /// Fewest requests in flight from this gateway, random tie-break (also `least-request`).
     #[default]
+    #[serde(alias = "least-request")]
     LeastInflight,
     /// Each replica in turn.
     RoundRobin,
     /// Uniformly random.
     Random,
-    /// Least predicted time to first token from scraped queue, batch and KV-cache use.
+    /// Two replicas drawn at random, the one with fewer in flight.
+    PowerOfTwo,
+    /// Least predicted time to first token: prefill work queued ahead plus this prompt's uncached
+    /// tokens, at each replica's learned prefill speed, raised near a full KV cache.
     PredictedTtft,
-    /// Prefer the replica that holds the prompt's prefix in cache unless the pool is imbalanced.
+    /// The replica that holds the largest share of the prompt's prefix, unless the pool is
+    /// imbalanced (SGLang's cache-aware rule; also `cache-aware`).
+    #[serde(alias = "cache-aware")]
     PrefixAffinity,
-    /// Consistent hashing of the session header onto replicas.
+    /// Consistent hashing of the session header onto replicas (also `session`).
+    #[serde(alias = "session")]
     SessionAffinity,
 }
 

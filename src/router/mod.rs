@@ -178,6 +178,7 @@ pub fn pick(
             (0..n).map(|k| (start + k) % n).find(eligible)
         }
         RoutingPolicy::PredictedTtft => predicted_ttft(routing, snapshot, features, ctx, eligible),
+        RoutingPolicy::PowerOfTwo => power_of_two(snapshot, ctx.random, eligible),
         RoutingPolicy::PrefixAffinity => {
             prefix_affinity(routing, snapshot, features, ctx, eligible)
         }
@@ -290,6 +291,25 @@ fn prefix_affinity(
         }
     }
     least_inflight(snapshot, ctx.random, eligible)
+}
+
+/// Two distinct replicas at random, the one with fewer in flight (falls back to a full scan
+/// when a drawn one is not eligible).
+fn power_of_two(
+    snapshot: &Snapshot,
+    random: u64,
+    eligible: impl Fn(&usize) -> bool,
+) -> Option<usize> {
+    let n = snapshot.replicas.len();
+    let (a, step) = stride(n, random);
+    let b = (a + step) % n.max(1);
+    match (n > 1 && eligible(&a), n > 1 && eligible(&b)) {
+        (true, true) => {
+            let load = |i: usize| snapshot.replicas[i].inflight();
+            Some(if load(b) < load(a) { b } else { a })
+        }
+        _ => least_inflight(snapshot, random, eligible),
+    }
 }
 
 /// Fewest in-flight requests; ties broken uniformly at random (reservoir sampling, no
@@ -818,6 +838,31 @@ mod tests {
                 .collect::<Vec<_>>(),
             vec![0, 1, 2, 3, 4]
         );
+    }
+
+    #[test]
+    fn power_of_two_takes_the_less_loaded_of_two() {
+        let s = snapshot(3);
+        let mut hot = Vec::new();
+        for _ in 0..10 {
+            hot.push(s.replicas[0].start_request());
+        }
+        let f = RequestFeatures::default();
+        let mut counts = [0; 3];
+        for r in 0..3000u64 {
+            let i = pick(
+                &routing(RoutingPolicy::PowerOfTwo),
+                &s,
+                &f,
+                ctx(r.wrapping_mul(0x9E3779B97F4A7C15), r),
+                &[],
+            )
+            .unwrap();
+            counts[i] += 1;
+        }
+        // Replica 0 loses every draw it is in; the other two share the rest.
+        assert_eq!(counts[0], 0, "{counts:?}");
+        assert!(counts[1] > 1000 && counts[2] > 1000, "{counts:?}");
     }
 
     #[test]
