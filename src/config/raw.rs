@@ -319,6 +319,9 @@ pub enum RoutingPolicy {
     Random,
     /// Two replicas drawn at random, the one with fewer in flight.
     PowerOfTwo,
+    /// Weighted sum of queue, KV-cache and prefix scorers (the Gateway API Inference
+    /// Extension's scheme; weights in `routing.weights`).
+    Weighted,
     /// Least predicted time to first token: prefill work queued ahead plus this prompt's uncached
     /// tokens, at each replica's learned prefill speed, raised near a full KV cache.
     PredictedTtft,
@@ -350,6 +353,30 @@ pub struct RawRouting {
     /// Prior prefill speed of a replica (prompt tokens per second) for `predicted-ttft`, used
     /// until the replica's own speed is learned from observed time to first token.
     pub prefill_tokens_per_second: f64,
+    /// Scorer weights of the `weighted` policy.
+    pub weights: RawWeights,
+}
+
+/// Weights of the `weighted` policy's scorers (each scorer gives 0–1 per replica).
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawWeights {
+    /// Short engine queue (waiting requests, relative to the longest among candidates).
+    pub queue: f64,
+    /// Free KV cache (1 − use).
+    pub kv_cache: f64,
+    /// Share of the prompt's prefix the replica holds.
+    pub prefix: f64,
+}
+
+impl Default for RawWeights {
+    fn default() -> Self {
+        Self {
+            queue: 2.0,
+            kv_cache: 2.0,
+            prefix: 3.0,
+        }
+    }
 }
 
 impl Default for RawRouting {
@@ -362,6 +389,7 @@ impl Default for RawRouting {
             imbalance_requests: 64,
             imbalance_ratio: 1.5,
             prefill_tokens_per_second: 20_000.0,
+            weights: RawWeights::default(),
         }
     }
 }

@@ -118,6 +118,15 @@ pub struct Routing {
     pub imbalance_ratio: f64,
     /// Prompt tokens per second, the prior for `predicted-ttft`.
     pub prefill_tokens_per_second: f64,
+    pub weights: Weights,
+}
+
+/// Scorer weights of the `weighted` policy.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Weights {
+    pub queue: f64,
+    pub kv_cache: f64,
+    pub prefix: f64,
 }
 
 #[derive(Debug, Clone)]

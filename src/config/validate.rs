@@ -461,6 +461,26 @@ fn routing(c: &mut Checker, p: &str, raw: &RawRouting) -> Routing {
             }
             raw.prefill_tokens_per_second
         },
+        weights: {
+            let w = &raw.weights;
+            for (name, value) in [
+                ("queue", w.queue),
+                ("kv_cache", w.kv_cache),
+                ("prefix", w.prefix),
+            ] {
+                if value.is_nan() || value < 0.0 {
+                    c.fail(
+                        format!("{p}.weights.{name}"),
+                        format!("must be 0 or more (got {value})"),
+                    );
+                }
+            }
+            Weights {
+                queue: w.queue,
+                kv_cache: w.kv_cache,
+                prefix: w.prefix,
+            }
+        },
     }
 }
 

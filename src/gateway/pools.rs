@@ -64,7 +64,7 @@ impl PoolRuntime {
             .collect();
         let prefix_index = matches!(
             config.routing.policy,
-            RoutingPolicy::PrefixAffinity | RoutingPolicy::PredictedTtft
+            RoutingPolicy::PrefixAffinity | RoutingPolicy::PredictedTtft | RoutingPolicy::Weighted
         )
         .then(|| {
             crate::router::prefix::PrefixIndex::new(config.routing.prefix_cache_entries as usize)

@@ -179,6 +179,7 @@ pub fn pick(
         }
         RoutingPolicy::PredictedTtft => predicted_ttft(routing, snapshot, features, ctx, eligible),
         RoutingPolicy::PowerOfTwo => power_of_two(snapshot, ctx.random, eligible),
+        RoutingPolicy::Weighted => weighted(routing, snapshot, features, ctx, eligible),
         RoutingPolicy::PrefixAffinity => {
             prefix_affinity(routing, snapshot, features, ctx, eligible)
         }
@@ -291,6 +292,53 @@ fn prefix_affinity(
         }
     }
     least_inflight(snapshot, ctx.random, eligible)
+}
+
+/// The Inference Extension's scheme: each candidate scores `queue` (1 − its waiting over the
+/// longest waiting among candidates), `kv_cache` (1 − KV use; 0.5 when unknown) and `prefix`
+/// (share of the prompt it holds), weighted; the highest total wins, fewer in flight on a tie.
+/// Stale stats count as unknown.
+fn weighted(
+    routing: &Routing,
+    snapshot: &Snapshot,
+    features: &RequestFeatures,
+    ctx: PickContext,
+    eligible: impl Fn(&usize) -> bool,
+) -> Option<usize> {
+    let waiting = |i: usize| {
+        let r = &snapshot.replicas[i];
+        r.engine_view(ctx.now, ctx.stale_after)
+            .map_or(r.inflight() as f64, |v| v.waiting)
+    };
+    let longest = snapshot
+        .candidates(features, ctx.random)
+        .filter(&eligible)
+        .map(waiting)
+        .fold(0.0, f64::max);
+    let w = routing.weights;
+    let mut best: Option<(f64, u64, usize)> = None;
+    for i in snapshot.candidates(features, ctx.random).filter(&eligible) {
+        let r = &snapshot.replicas[i];
+        let queue = if longest > 0.0 {
+            1.0 - waiting(i) / longest
+        } else {
+            1.0
+        };
+        let kv = r
+            .engine_view(ctx.now, ctx.stale_after)
+            .and_then(|v| v.kv_usage)
+            .map_or(0.5, |kv| 1.0 - kv.clamp(0.0, 1.0));
+        let score = w.queue * queue + w.kv_cache * kv + w.prefix * features.prefix.fraction(r.id);
+        let inflight = r.inflight();
+        let better = match best {
+            None => true,
+            Some((s, f, _)) => score > s || (score == s && inflight < f),
+        };
+        if better {
+            best = Some((score, inflight, i));
+        }
+    }
+    best.map(|(_, _, i)| i)
 }
 
 /// Two distinct replicas at random, the one with fewer in flight (falls back to a full scan
@@ -863,6 +911,38 @@ mod tests {
         // Replica 0 loses every draw it is in; the other two share the rest.
         assert_eq!(counts[0], 0, "{counts:?}");
         assert!(counts[1] > 1000 && counts[2] > 1000, "{counts:?}");
+    }
+
+    #[test]
+    fn weighted_scores_queue_kv_and_prefix() {
+        let s = snapshot(3);
+        let now = Instant::now();
+        let with = |waiting: f64, kv: f64| crate::load::exposition::EngineStats {
+            waiting,
+            kv_usage: Some(kv),
+            ..Default::default()
+        };
+        s.replicas[0].record_scrape(with(10.0, 0.2), now); // long queue
+        s.replicas[1].record_scrape(with(0.0, 0.9), now); // KV nearly full
+        s.replicas[2].record_scrape(with(2.0, 0.3), now);
+        let c = PickContext { now, ..ctx(1, 1) };
+        // queue 2·(0, 1, 0.8) + kv 2·(0.8, 0.1, 0.7): replica 2 scores 3.0, replica 1 2.2, replica 0 1.6.
+        assert_eq!(
+            pick(
+                &routing(RoutingPolicy::Weighted),
+                &s,
+                &RequestFeatures::default(),
+                c,
+                &[]
+            ),
+            Some(2)
+        );
+        // Holding the whole prefix adds 3 to replica 0: 4.6 beats 3.0.
+        let f = prefix_on(&s, 0, 10, 10);
+        assert_eq!(
+            pick(&routing(RoutingPolicy::Weighted), &s, &f, c, &[]),
+            Some(0)
+        );
     }
 
     #[test]
