@@ -45,6 +45,9 @@ pub struct ProxiedBody {
     idle_timeout: Duration,
     /// Set once the stream has ended (normally or not).
     ended: bool,
+    /// Body bytes passed on, added to the shared counter once at the end (a shared atomic per
+    /// chunk would bounce between cores).
+    bytes_sent: u64,
 }
 
 impl ProxiedBody {
@@ -68,12 +71,17 @@ impl ProxiedBody {
             idle: None,
             idle_timeout,
             ended: false,
+            bytes_sent: 0,
         }
     }
 
     fn finish(&mut self) {
         self.ended = true;
         self.guard = None;
+        self.pool
+            .metrics
+            .bytes_out
+            .inc_by(std::mem::take(&mut self.bytes_sent));
         // That capacity can go to the next request waiting at the gateway.
         self.pool.admission.wake_one();
         self.pool
@@ -117,6 +125,7 @@ impl Drop for ProxiedBody {
     fn drop(&mut self) {
         if !self.ended {
             // The client went away mid-answer: release the replica, then let a waiter in.
+            self.pool.metrics.bytes_out.inc_by(self.bytes_sent);
             self.guard = None;
             self.pool.admission.wake_one();
         }
@@ -142,7 +151,7 @@ impl Body for GatewayBody {
                         if let Some(data) = frame.data_ref() {
                             let now = Instant::now();
                             let metrics = &body.pool.metrics;
-                            metrics.bytes_out.inc_by(data.len() as u64);
+                            body.bytes_sent += data.len() as u64;
                             if body.last_chunk.is_none()
                                 && let Some(guard) = &mut body.guard
                             {

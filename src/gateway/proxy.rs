@@ -158,7 +158,12 @@ async fn forward(
         let ctx = PickContext {
             now,
             random: random_u64(),
-            sequence: pool.next_sequence(),
+            // A shared counter bounces between cores: only round robin needs it.
+            sequence: if pool.config.routing.policy == crate::config::RoutingPolicy::RoundRobin {
+                pool.next_sequence()
+            } else {
+                0
+            },
             stale_after: pool.config.metrics.stale_after,
         };
         let Some(index) = router::pick(&pool.config.routing, &snapshot, features, ctx, &tried)
@@ -274,13 +279,18 @@ fn upstream_request(
     replica: &crate::load::Replica,
     peer: SocketAddr,
 ) -> Request<Full<Bytes>> {
-    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    let uri = Uri::builder()
-        .scheme(replica.scheme.clone())
-        .authority(replica.authority.clone())
-        .path_and_query(path)
-        .build()
-        .expect("scheme, authority and path come from valid parts");
+    // Scheme, authority and path are all shared `Bytes`: building the URI copies nothing.
+    let mut uri = http::uri::Parts::default();
+    uri.scheme = Some(replica.scheme.clone());
+    uri.authority = Some(replica.authority.clone());
+    uri.path_and_query = Some(
+        parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+    );
+    let uri = Uri::from_parts(uri).expect("scheme, authority and path come from valid parts");
     let mut headers = parts.headers.clone();
     strip_hop_by_hop(&mut headers);
     headers.remove(header::HOST);
