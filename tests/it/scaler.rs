@@ -121,3 +121,68 @@ async fn from_zero_the_first_request_is_held_and_answered() {
     assert_eq!(readyz.status, 200, "{}", readyz.text());
     gw.shutdown().await;
 }
+
+/// With the `static` provider the scaler only recommends: the desired count is exported and
+/// shown while the replica set stays as it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn static_provider_exports_the_recommendation_only() {
+    let mut opts =
+        infergate::sim::SimOptions::new(infergate::sim::profile::profile("llama-8b-l4").unwrap());
+    opts.models = vec!["m".into()];
+    let replica = infergate::sim::start(opts).await.unwrap();
+    let yaml = format!(
+        "listeners: {{gateway: 127.0.0.1:0, admin: 127.0.0.1:0}}
+pools:
+  - name: p
+    models: [m]
+    discovery: {{static: {{endpoints: [\"http://{}\"]}}}}
+    scaler:
+      enabled: true
+      provider: static
+      min_replicas: 1
+      max_replicas: 8
+      interval: 100ms
+      targets: {{concurrency: 1, kv_cache_usage: null, queue_wait: null}}
+      scale_up_window: 300ms
+",
+        replica.addr
+    );
+    let gw = gateway::start(infergate::config::parse(&yaml, "test").unwrap())
+        .await
+        .unwrap();
+    let url = format!("http://{}/v1/completions", gw.gateway_addr);
+    let mut streams = Vec::new();
+    for _ in 0..3 {
+        let url = url.clone();
+        streams.push(tokio::spawn(async move {
+            post_stream(&url, json!({"model": "m", "prompt": "x", "max_tokens": 30, "ignore_eos": true, "stream": true})).await
+        }));
+    }
+    let mut desired = 0.0;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let text = get(&format!("http://{}/metrics", gw.admin_addr))
+            .await
+            .text();
+        desired =
+            metric(&text, "infergate_scaler_desired_replicas", &[("pool", "p")]).unwrap_or(0.0);
+        if desired >= 3.0 {
+            break;
+        }
+    }
+    assert_eq!(desired, 3.0, "three in flight at a target of one each");
+    let status = scaler_status(&gw).await;
+    assert_eq!(ready(&status), 1, "nothing was started: {status}");
+    assert!(
+        status["scaler"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("concurrency"),
+        "{status}"
+    );
+    for s in streams {
+        assert_eq!(s.await.unwrap().0, 200);
+    }
+    gw.shutdown().await;
+    replica.shutdown(Duration::from_millis(100)).await;
+}
