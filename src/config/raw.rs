@@ -310,7 +310,6 @@ impl Default for RawGpuMetrics {
 #[serde(rename_all = "kebab-case")]
 pub enum RoutingPolicy {
     /// Fewest requests in flight from this gateway, random tie-break (also `least-request`).
-    #[default]
     #[serde(alias = "least-request")]
     LeastInflight,
     /// Each replica in turn.
@@ -324,6 +323,7 @@ pub enum RoutingPolicy {
     Weighted,
     /// Least predicted time to first token: prefill work queued ahead plus this prompt's uncached
     /// tokens, at each replica's learned prefill speed, raised near a full KV cache.
+    #[default]
     PredictedTtft,
     /// The replica that holds the largest share of the prompt's prefix, unless the pool is
     /// imbalanced (SGLang's cache-aware rule; also `cache-aware`).
@@ -382,7 +382,7 @@ impl Default for RawWeights {
 impl Default for RawRouting {
     fn default() -> Self {
         Self {
-            policy: RoutingPolicy::LeastInflight,
+            policy: RoutingPolicy::PredictedTtft,
             prefix_min_match: 0.3,
             prefix_block_chars: 256,
             prefix_cache_entries: 100_000,
