@@ -84,7 +84,8 @@ fn bench_pick(c: &mut Criterion) {
                     ..Default::default()
                 };
                 r.record_scrape(stats, now);
-                r.observe_first_byte(std::time::Duration::from_millis(20 + (i % 7) as u64));
+                r.start_request_with(100)
+                    .first_byte(std::time::Duration::from_millis(20 + (i % 7) as u64));
             }
             let mut random = 1u64;
             group.bench_with_input(BenchmarkId::from_parameter(n), &snap, |b, snap| {

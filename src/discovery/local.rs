@@ -130,6 +130,12 @@ pub async fn wait_healthy(addr: SocketAddr, deadline: Instant) -> bool {
 }
 
 impl LocalReplica {
+    /// The replica's address as the gateway names it (`host:port`).
+    pub fn authority(&self) -> http::uri::Authority {
+        http::uri::Authority::try_from(self.addr.to_string())
+            .expect("a socket address is an authority")
+    }
+
     /// SIGTERM, then wait up to `drain` for the replica to finish its answers and exit; kill it
     /// after that.
     pub async fn stop(mut self, drain: Duration) {

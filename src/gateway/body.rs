@@ -99,15 +99,7 @@ impl ProxiedBody {
         if let Some(guard) = &self.guard {
             let replica = guard.replica();
             tracing::warn!(pool = self.pool.name(), replica = %replica.name, cause, "answer broke off mid-stream");
-            let retries = &self.pool.config.retries;
-            if replica.record_failure(
-                Instant::now(),
-                retries.eject_after_failures,
-                retries.ejection_time.as_millis() as u64,
-            ) {
-                self.pool.metrics.ejections.inc();
-                tracing::warn!(pool = self.pool.name(), replica = %replica.name, "replica ejected");
-            }
+            self.pool.record_failure(replica, Instant::now(), cause);
         }
         self.finish();
         if self.sse {

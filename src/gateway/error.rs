@@ -32,8 +32,6 @@ pub enum GatewayError {
     UpstreamFailed,
     #[error("the model server did not answer in time")]
     UpstreamTimeout,
-    #[error("the gateway is shutting down")]
-    ShuttingDown,
     #[error("too many requests are waiting for this model; retry later")]
     QueueFull,
     #[error("no replica became available in time; retry later")]
@@ -49,7 +47,7 @@ impl GatewayError {
             Self::UnknownModel(_) | Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::NoReplica | Self::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            Self::NoReplica => StatusCode::SERVICE_UNAVAILABLE,
             Self::UpstreamUnreachable | Self::UpstreamFailed => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Self::QueueFull | Self::QueueTimeout | Self::Shed => StatusCode::TOO_MANY_REQUESTS,

@@ -108,6 +108,28 @@ impl PoolRuntime {
             .sum()
     }
 
+    /// One failure of `replica` (connect error, broken stream): after
+    /// `retries.eject_after_failures` in a row it leaves routing for `retries.ejection_time`.
+    pub fn record_failure(&self, replica: &Replica, now: Instant, cause: &str) {
+        let retries = &self.config.retries;
+        let ejection_ms = retries.ejection_time.as_millis() as u64;
+        if replica.record_failure(now, retries.eject_after_failures, ejection_ms) {
+            self.ejected(replica, cause);
+        }
+    }
+
+    /// Takes `replica` out of routing at once for `retries.ejection_time` (it is unreachable).
+    pub fn eject(&self, replica: &Replica, now: Instant, cause: &str) {
+        if replica.eject(now, self.config.retries.ejection_time.as_millis() as u64) {
+            self.ejected(replica, cause);
+        }
+    }
+
+    fn ejected(&self, replica: &Replica, cause: &str) {
+        self.metrics.ejections.inc();
+        tracing::warn!(pool = self.name(), replica = %replica.name, cause, "replica ejected from routing");
+    }
+
     /// Mean KV-cache use of the replicas taking traffic whose scraped stats are fresh; None
     /// when none is (a missing signal, not a zero).
     pub fn mean_kv_usage(&self, now: Instant) -> Option<f64> {

@@ -198,15 +198,7 @@ async fn forward(
                 ));
             }
             Ok(Err(e)) => {
-                let ejected = replica.record_failure(
-                    now,
-                    retries.eject_after_failures,
-                    retries.ejection_time.as_millis() as u64,
-                );
-                if ejected {
-                    pool.metrics.ejections.inc();
-                    tracing::warn!(pool = pool.name(), replica = %replica.name, "replica ejected after repeated failures");
-                }
+                pool.record_failure(&replica, now, "upstream request failed");
                 if e.is_connect() {
                     // Nothing reached the replica: safe to try another.
                     tracing::debug!(pool = pool.name(), replica = %replica.name, error = %e, attempt, "connect failed, retrying");

@@ -51,8 +51,6 @@ pub struct Replica {
     epoch: Instant,
     scraped: ArcSwapOption<Scraped>,
     scrape_failures: AtomicU32,
-    /// EWMA of the time from sending a request to its first answer byte, in µs (0 = unknown).
-    latency_ewma_us: AtomicU64,
     /// Prompt tokens of this gateway's requests to the replica that have no first byte yet:
     /// the prefill work queued ahead of a new request, exact for this gateway's traffic.
     pending_prefill: AtomicU64,
@@ -78,7 +76,6 @@ impl Replica {
             epoch,
             scraped: ArcSwapOption::empty(),
             scrape_failures: AtomicU32::new(0),
-            latency_ewma_us: AtomicU64::new(0),
             pending_prefill: AtomicU64::new(0),
             secs_per_token: AtomicU64::new(0),
             mean_prompt_tokens: AtomicU64::new(0),
@@ -116,22 +113,6 @@ impl Replica {
             prefill_tokens,
             ahead_at_dispatch: ahead,
             prefill_done: false,
-        }
-    }
-
-    /// Folds one observed time to first answer byte into the replica's EWMA (weight 0.2).
-    pub fn observe_first_byte(&self, latency: std::time::Duration) {
-        let new = latency.as_micros().max(1) as u64;
-        let old = self.latency_ewma_us.load(Ordering::Relaxed);
-        let next = if old == 0 { new } else { (old * 4 + new) / 5 };
-        self.latency_ewma_us.store(next, Ordering::Relaxed);
-    }
-
-    /// The EWMA of time to first answer byte, if any answer was seen.
-    pub fn first_byte_ewma(&self) -> Option<std::time::Duration> {
-        match self.latency_ewma_us.load(Ordering::Relaxed) {
-            0 => None,
-            us => Some(std::time::Duration::from_micros(us)),
         }
     }
 
@@ -174,18 +155,8 @@ impl Replica {
             .filter(|s| now.saturating_duration_since(s.at) <= stale_after)
     }
 
-    /// The engine queue (waiting, running) as scraped, corrected by what this gateway sent or
-    /// finished since: a burst between two scrapes counts at once.
-    pub fn estimated_queue(
-        &self,
-        now: Instant,
-        stale_after: std::time::Duration,
-    ) -> Option<(f64, f64)> {
-        self.engine_view(now, stale_after)
-            .map(|v| (v.waiting, v.running))
-    }
-
-    /// What the router reads of the scraped stats, in one look (a guard, no `Arc` clone: this
+    /// The scraped engine queue, corrected by what this gateway sent or finished since (a burst
+    /// between two scrapes counts at once), and KV use: what the router reads, in one look (a guard, no `Arc` clone: this
     /// runs for every candidate on every pick). None when stale.
     pub fn engine_view(
         &self,
@@ -279,7 +250,6 @@ impl InflightGuard {
         self.replica
             .pending_prefill
             .fetch_sub(self.prefill_tokens, Ordering::Relaxed);
-        self.replica.observe_first_byte(latency);
         let work = (self.ahead_at_dispatch + self.prefill_tokens) as f64;
         if work > 0.0 {
             ewma_f64(&self.replica.secs_per_token, latency.as_secs_f64() / work);

@@ -32,11 +32,7 @@ pub fn spawn(pool: Arc<PoolRuntime>) -> JoinHandle<()> {
                 let client = client.clone();
                 let uri = format!("{}://{}{}", replica.scheme, replica.authority, metrics.path);
                 let (format, timeout) = (metrics.format, metrics.scrape_timeout);
-                let retries = &pool.config.retries;
-                let (eject_after, ejection_ms) = (
-                    retries.eject_after_failures,
-                    retries.ejection_time.as_millis() as u64,
-                );
+                let eject_after = pool.config.retries.eject_after_failures;
                 let pool = pool.clone();
                 scrapes.spawn(async move {
                     let result = tokio::time::timeout(timeout, scrape(&client, &uri, format)).await;
@@ -49,10 +45,9 @@ pub fn spawn(pool: Arc<PoolRuntime>) -> JoinHandle<()> {
                         }
                         Ok(Err(ScrapeError::Unreachable(e))) => {
                             // Nothing listens there: the replica is gone, not just its metrics.
-                            let n = replica.record_scrape_failure();
-                            if n >= eject_after && replica.eject(Instant::now(), ejection_ms) {
-                                pool.metrics.ejections.inc();
-                                tracing::warn!(pool = pool.name(), replica = %replica.name, "replica unreachable ({e}): out of routing until it answers again");
+                            if replica.record_scrape_failure() >= eject_after {
+                                let cause = format!("metrics unreachable ({e}); back when it answers");
+                                pool.eject(&replica, Instant::now(), &cause);
                             }
                         }
                         Ok(Err(ScrapeError::Bad(e))) => {

@@ -128,15 +128,12 @@ pub fn saturated(
     if replica.inflight() >= u64::from(limits.max_inflight_per_replica) {
         return true;
     }
-    if let Some((waiting, _)) = replica.estimated_queue(now, stale_after)
-        && waiting > f64::from(limits.max_waiting_per_replica)
-    {
-        return true;
-    }
-    replica
-        .fresh_stats(now, stale_after)
-        .and_then(|s| s.stats.kv_usage)
-        .is_some_and(|kv| kv > limits.max_kv_cache_usage)
+    replica.engine_view(now, stale_after).is_some_and(|view| {
+        view.waiting > f64::from(limits.max_waiting_per_replica)
+            || view
+                .kv_usage
+                .is_some_and(|kv| kv > limits.max_kv_cache_usage)
+    })
 }
 
 /// Whether every replica taking traffic is saturated (true when none is).
@@ -430,6 +427,39 @@ mod tests {
         }
     }
 
+    /// Picks `n` times at `now`, holding each request as the proxy does (in flight, with the
+    /// prefill tokens it would count), so every pick sees the ones before it. Returns the
+    /// replicas in pick order and the guards that hold them.
+    fn pick_holding(
+        policy: RoutingPolicy,
+        s: &Snapshot,
+        f: &RequestFeatures,
+        now: Instant,
+        n: u64,
+    ) -> (Vec<usize>, Vec<crate::load::InflightGuard>) {
+        let mut order = Vec::new();
+        let mut guards = Vec::new();
+        for q in 0..n {
+            let i = pick(
+                &routing(policy),
+                s,
+                f,
+                PickContext { now, ..ctx(q, q) },
+                &[],
+            )
+            .unwrap();
+            order.push(i);
+            guards.push(s.replicas[i].start_request_with(own_prefill_tokens(f, s.replicas[i].id)));
+        }
+        (order, guards)
+    }
+
+    fn counts(order: &[usize], replicas: usize) -> Vec<usize> {
+        (0..replicas)
+            .map(|r| order.iter().filter(|&&i| i == r).count())
+            .collect()
+    }
+
     fn stats(waiting: f64, running: f64) -> crate::load::exposition::EngineStats {
         crate::load::exposition::EngineStats {
             waiting,
@@ -452,22 +482,9 @@ mod tests {
             prompt_tokens: 100,
             ..Default::default()
         };
-        let mut guards = Vec::new();
-        let mut counts = [0; 2];
-        for r in 0..60 {
-            let i = pick(
-                &routing(RoutingPolicy::PredictedTtft),
-                &s,
-                &f,
-                ctx(r, r),
-                &[],
-            )
-            .unwrap();
-            counts[i] += 1;
-            guards.push(s.replicas[i].start_request_with(100));
-        }
+        let (order, _held) = pick_holding(RoutingPolicy::PredictedTtft, &s, &f, Instant::now(), 60);
         // Equilibrium 1 ms × (a + 1) × 100 = 2 ms × (b + 1) × 100 with a + b = 60: a ≈ 40, b ≈ 20.
-        assert_eq!(counts, [40, 20], "{counts:?}");
+        assert_eq!(counts(&order, 2), [40, 20], "{order:?}");
     }
 
     #[test]
@@ -481,18 +498,7 @@ mod tests {
             prompt_tokens: 200,
             ..Default::default()
         };
-        let mut guards = Vec::new();
-        for q in 0..100 {
-            let i = pick(
-                &routing(RoutingPolicy::PredictedTtft),
-                &s,
-                &f,
-                PickContext { now, ..ctx(q, q) },
-                &[],
-            )
-            .unwrap();
-            guards.push(s.replicas[i].start_request_with(200));
-        }
+        let _held = pick_holding(RoutingPolicy::PredictedTtft, &s, &f, now, 100);
         assert!(
             s.replicas.iter().all(|r| r.inflight() == 25),
             "no scrape in between, yet spread"
@@ -513,21 +519,8 @@ mod tests {
             prompt_tokens: 100,
             ..Default::default()
         };
-        let mut guards = Vec::new();
-        let mut counts = [0; 3];
-        for q in 0..20 {
-            let i = pick(
-                &routing(RoutingPolicy::PredictedTtft),
-                &s,
-                &f,
-                PickContext { now, ..ctx(q, q) },
-                &[],
-            )
-            .unwrap();
-            counts[i] += 1;
-            guards.push(s.replicas[i].start_request_with(100));
-        }
-        assert_eq!(counts, [0, 10, 10], "{counts:?}");
+        let (order, _held) = pick_holding(RoutingPolicy::PredictedTtft, &s, &f, now, 20);
+        assert_eq!(counts(&order, 3), [0, 10, 10], "{order:?}");
     }
 
     #[test]
@@ -614,18 +607,7 @@ mod tests {
         // Guards are held as the proxy holds them: each pick sees the ones before it.
         let s = snapshot(4);
         let f = RequestFeatures::default();
-        let mut guards = Vec::new();
-        for r in 0..100 {
-            let i = pick(
-                &routing(RoutingPolicy::LeastInflight),
-                &s,
-                &f,
-                ctx(r, 0),
-                &[],
-            )
-            .unwrap();
-            guards.push(s.replicas[i].start_request());
-        }
+        let _held = pick_holding(RoutingPolicy::LeastInflight, &s, &f, Instant::now(), 100);
         assert!(s.replicas.iter().all(|r| r.inflight() == 25));
     }
 
@@ -843,20 +825,7 @@ mod tests {
         // Replica 1 holds 80 % of a 100-token prompt: 20 tokens to prefill there, 100 elsewhere.
         let mut f = prefix_on(&s, 1, 8, 10);
         f.prompt_tokens = 100;
-        let mut guards = Vec::new();
-        let mut order = Vec::new();
-        for q in 0..6 {
-            let i = pick(
-                &routing(RoutingPolicy::PredictedTtft),
-                &s,
-                &f,
-                ctx(q, q),
-                &[],
-            )
-            .unwrap();
-            order.push(i);
-            guards.push(s.replicas[i].start_request_with(own_prefill_tokens(&f, s.replicas[i].id)));
-        }
+        let (order, _held) = pick_holding(RoutingPolicy::PredictedTtft, &s, &f, Instant::now(), 6);
         // Pending on 1 grows 20 a request: 20 + p1 < 100 + p0 holds for four requests, then
         // the tie at 100 goes to the replica with fewer in flight.
         assert_eq!(&order[..5], &[1, 1, 1, 1, 0], "{order:?}");

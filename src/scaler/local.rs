@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use http::uri::{Authority, Scheme};
+use http::uri::Scheme;
 use tokio::sync::Mutex;
 
 use crate::config::LocalDiscovery;
@@ -59,9 +59,7 @@ impl LocalFleet {
                 let started = local::start(&fleet.config).await;
                 match started {
                     Ok(replica) => {
-                        let addr = replica.addr;
-                        let authority = Authority::try_from(addr.to_string())
-                            .expect("an address is an authority");
+                        let (addr, authority) = (replica.addr, replica.authority());
                         fleet.running.lock().await.push(replica);
                         // Routable before it stops counting as starting: an observation in
                         // between over-counts by one (never under-counts, which would add more).
@@ -99,15 +97,13 @@ impl LocalFleet {
                     snapshot
                         .replicas
                         .iter()
-                        .find(|s| s.authority.as_str() == r.addr.to_string())
+                        .find(|s| s.authority == r.authority())
                         .map_or(0, |s| s.inflight())
                 })
                 .map(|(i, _)| i);
             let Some(i) = victim else { break };
             let replica_process = running.remove(i);
-            let authority = Authority::try_from(replica_process.addr.to_string())
-                .expect("an address is an authority");
-            let routed = self.pool.remove_replica(&authority);
+            let routed = self.pool.remove_replica(&replica_process.authority());
             self.draining.fetch_add(1, Ordering::Relaxed);
             let fleet = self.clone();
             tokio::spawn(async move {

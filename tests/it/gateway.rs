@@ -522,16 +522,7 @@ for chunk in stream:
 print(repr(content), finish, usage.completion_tokens)
 "#
         );
-        let out = std::process::Command::new("python3")
-            .args(["-c", &script])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        run_python(&script)
     };
     let via_gateway = run(gw.gateway_addr);
     let direct = run(replica.addr);

@@ -332,17 +332,8 @@ for chunk in stream:
 print(len(content.split()), finish, usage.completion_tokens, usage.prompt_tokens)
 "#
     );
-    let out = std::process::Command::new("python3")
-        .args(["-c", &script])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     // "user\nHello!\n" is 12 bytes = 3 tokens.
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "6 length 6 3");
+    assert_eq!(run_python(&script).trim(), "6 length 6 3");
 }
 
 #[tokio::test]

@@ -219,3 +219,17 @@ pub fn assert_openai_error(reply: &Reply, status: u16, message: &str) {
     assert_eq!(body["error"]["code"], status, "{body}");
     assert!(body["error"]["type"].is_string(), "{body}");
 }
+
+/// Runs a Python script and returns what it printed; fails the test if the script fails.
+pub fn run_python(script: &str) -> String {
+    let out = Command::new("python3")
+        .args(["-c", script])
+        .output()
+        .expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
