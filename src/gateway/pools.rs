@@ -17,7 +17,7 @@ use serde_json::json;
 
 use super::metrics::{GatewayMetrics, PoolMetrics};
 use crate::config::{self, RoutingPolicy, UpstreamProtocol};
-use crate::load::Replica;
+use crate::load::{Placement, Replica};
 use crate::router::Snapshot;
 
 pub type UpstreamClient = Client<HttpConnector, Full<Bytes>>;
@@ -173,6 +173,16 @@ impl PoolRuntime {
 
     /// Adds a replica (no-op if it is already there). Called by discovery, off the hot path.
     pub fn add_replica(&self, scheme: Scheme, authority: Authority) -> Arc<Replica> {
+        self.add_placed_replica(scheme, authority, Placement::default())
+    }
+
+    /// Adds a replica whose pod and node are known (no-op if its address is already there).
+    pub fn add_placed_replica(
+        &self,
+        scheme: Scheme,
+        authority: Authority,
+        placement: Placement,
+    ) -> Arc<Replica> {
         let current = self.snapshot.load();
         if let Some(existing) = current.replicas.iter().find(|r| r.authority == authority) {
             return existing.clone();
@@ -180,7 +190,9 @@ impl PoolRuntime {
         let gauge = self
             .inflight_gauges
             .with_label_values(&[&self.config.name, authority.as_str()]);
-        let replica = Arc::new(Replica::new(scheme, authority, gauge, self.epoch));
+        let replica = Arc::new(Replica::placed(
+            scheme, authority, placement, gauge, self.epoch,
+        ));
         let mut replicas = current.replicas.clone();
         replicas.push(replica.clone());
         self.publish(replicas);

@@ -35,6 +35,14 @@ pub struct Scraped {
     pub inflight_at_scrape: u64,
 }
 
+/// The pod and node behind a replica, as discovery reports them (empty for static and local
+/// replicas unless configured).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Placement {
+    pub pod: Option<String>,
+    pub node: Option<String>,
+}
+
 /// One upstream replica of a pool.
 #[derive(Debug)]
 pub struct Replica {
@@ -44,6 +52,9 @@ pub struct Replica {
     pub id: u64,
     pub scheme: Scheme,
     pub authority: Authority,
+    /// Where the replica runs, when discovery knows it (Kubernetes): GPU samples are matched
+    /// to replicas by pod name.
+    pub placement: Placement,
     inflight: IntGauge,
     consecutive_failures: AtomicU32,
     /// Milliseconds since `epoch` until which the replica is ejected (0 = not ejected).
@@ -65,11 +76,23 @@ impl Replica {
     /// `inflight` is the labelled gauge that exports this replica's count; the gauge itself is
     /// the counter, so the exported value is exact.
     pub fn new(scheme: Scheme, authority: Authority, inflight: IntGauge, epoch: Instant) -> Self {
+        Self::placed(scheme, authority, Placement::default(), inflight, epoch)
+    }
+
+    /// A replica whose pod and node are known.
+    pub fn placed(
+        scheme: Scheme,
+        authority: Authority,
+        placement: Placement,
+        inflight: IntGauge,
+        epoch: Instant,
+    ) -> Self {
         Self {
             name: authority.to_string(),
             id: crate::openai::fnv1a(authority.as_str().as_bytes()),
             scheme,
             authority,
+            placement,
             inflight,
             consecutive_failures: AtomicU32::new(0),
             ejected_until_ms: AtomicU64::new(0),
