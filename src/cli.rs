@@ -16,6 +16,7 @@ Examples:
   infergate serve --config gateway.yaml    # your own pools
   infergate check-config config/*.yaml     # validate config files, list every problem
   infergate load --concurrency 32          # drive load at the running gateway
+  infergate simulate --rate 20 --duration 5m --routing predicted-ttft,round-robin
   infergate config-reference > docs/config.md";
 
 #[derive(Debug, Parser)]
@@ -57,6 +58,9 @@ pub enum Command {
     Sim(SimArgs),
     /// Send a bounded load of chat completions and report throughput and latency.
     Load(crate::loadgen::LoadArgs),
+    /// Replay a workload (trace or generator) through the real router and scaler code against
+    /// simulated replicas in virtual time; compare policies side by side.
+    Simulate(crate::fleet::SimulateArgs),
 }
 
 /// Flags of `infergate sim`.
@@ -157,6 +161,7 @@ pub fn run(args: impl IntoIterator<Item = impl Into<OsString> + Clone>) -> ExitC
         Command::Serve { config } => report(serve(config)),
         Command::Sim(args) => report(run_sim(args)),
         Command::Load(args) => report(run_load(args)),
+        Command::Simulate(args) => report(crate::fleet::simulate(args)),
     }
 }
 
@@ -218,7 +223,7 @@ fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
     })
 }
 
-fn sim_options(args: SimArgs) -> anyhow::Result<crate::sim::SimOptions> {
+pub(crate) fn sim_options(args: SimArgs) -> anyhow::Result<crate::sim::SimOptions> {
     let mut profile = crate::sim::profile::profile(&args.profile).map_err(anyhow::Error::msg)?;
     if let Some(v) = args.max_num_seqs {
         profile.max_num_seqs = v;

@@ -7,6 +7,7 @@ pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod discovery;
+pub mod fleet;
 pub mod gateway;
 pub mod http_server;
 pub mod load;
