@@ -130,7 +130,10 @@ impl WorkloadArgs {
                 seed: self.seed,
             },
         )?;
-        anyhow::ensure!(!requests.is_empty(), "the workload has no requests (check the window)");
+        anyhow::ensure!(
+            !requests.is_empty(),
+            "the workload has no requests (check the window)"
+        );
         Ok(requests)
     }
 }
@@ -164,6 +167,9 @@ pub struct SimulateArgs {
     /// llama-8b-h100).
     #[arg(long)]
     pub profile: Option<String>,
+    /// Override the replicas' context window (tokens); longer requests fail as vLLM's do.
+    #[arg(long)]
+    pub max_model_len: Option<u32>,
     /// Share of each pool's replicas that are slow (0-1), for a heterogeneous fleet.
     #[arg(long, default_value_t = 0.0)]
     pub slow_fraction: f64,
@@ -261,7 +267,10 @@ pub fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
     println!("{}", table(&report.runs));
     if let Some(dir) = &args.out {
         write_outputs(dir, &report)?;
-        println!("wrote {}/report.json, timeline.svg, compare.svg", dir.display());
+        println!(
+            "wrote {}/report.json, timeline.svg, compare.svg",
+            dir.display()
+        );
     }
     Ok(())
 }
@@ -308,8 +317,14 @@ fn fleet_spec(config: &config::Config, args: &SimulateArgs) -> anyhow::Result<si
         (0.0..=1.0).contains(&args.slow_fraction),
         "--slow-fraction must be between 0 and 1"
     );
-    anyhow::ensure!(args.slow_factor > 0.0, "--slow-factor must be greater than 0");
-    anyhow::ensure!(args.sample_every > 0.0, "--sample-every must be greater than 0");
+    anyhow::ensure!(
+        args.slow_factor > 0.0,
+        "--slow-factor must be greater than 0"
+    );
+    anyhow::ensure!(
+        args.sample_every > 0.0,
+        "--sample-every must be greater than 0"
+    );
     let mut profiles = Vec::new();
     let mut initial = Vec::new();
     for pool in &config.pools {
@@ -321,6 +336,10 @@ fn fleet_spec(config: &config::Config, args: &SimulateArgs) -> anyhow::Result<si
                 _ => crate::sim::profile::profile("llama-8b-h100").map_err(anyhow::Error::msg)?,
             },
         };
+        let mut profile = profile;
+        if let Some(len) = args.max_model_len {
+            profile.max_model_len = len;
+        }
         profiles.push(profile);
         let configured = match &pool.discovery {
             Discovery::Static { endpoints } => endpoints.len() as u32,
@@ -347,6 +366,7 @@ fn fleet_spec(config: &config::Config, args: &SimulateArgs) -> anyhow::Result<si
         seed: args.workload.seed,
         sample_every: args.sample_every,
         tail: args.tail,
+        keep_requests: false,
     })
 }
 
@@ -381,8 +401,16 @@ fn summarize(requests: &[workload::Request]) -> WorkloadSummary {
         requests: requests.len(),
         span_seconds: span,
         mean_rate: requests.len() as f64 / span.max(1e-9),
-        mean_prompt_tokens: requests.iter().map(|r| f64::from(r.prompt_tokens)).sum::<f64>() / n,
-        mean_output_tokens: requests.iter().map(|r| f64::from(r.output_tokens)).sum::<f64>() / n,
+        mean_prompt_tokens: requests
+            .iter()
+            .map(|r| f64::from(r.prompt_tokens))
+            .sum::<f64>()
+            / n,
+        mean_output_tokens: requests
+            .iter()
+            .map(|r| f64::from(r.output_tokens))
+            .sum::<f64>()
+            / n,
     }
 }
 
@@ -419,8 +447,20 @@ fn progress_printer(label: String, quiet: bool) -> impl FnMut(f64, f64) {
 /// The comparison as a table.
 pub fn table(runs: &[RunReport]) -> String {
     let header = [
-        "run", "TTFT p50", "p90", "p99", "ITL p90", "E2E p90", "tok/s", "SLO", "goodput",
-        "cache hit", "replica·s", "max", "scale ↑/↓", "failed",
+        "run",
+        "TTFT p50",
+        "p90",
+        "p99",
+        "ITL p90",
+        "E2E p90",
+        "tok/s",
+        "SLO",
+        "goodput",
+        "cache hit",
+        "replica·s",
+        "max",
+        "scale ↑/↓",
+        "failed",
     ];
     let mut rows: Vec<Vec<String>> = vec![header.iter().map(|s| s.to_string()).collect()];
     for r in runs {
@@ -499,7 +539,11 @@ pub fn write_outputs(dir: &std::path::Path, report: &Report) -> anyhow::Result<(
             .runs
             .iter()
             .map(|r| {
-                let points = r.timeline.iter().filter_map(|s| Some((s.t, f(s)?))).collect();
+                let points = r
+                    .timeline
+                    .iter()
+                    .filter_map(|s| Some((s.t, f(s)?)))
+                    .collect();
                 (r.name.clone(), points)
             })
             .collect()
@@ -527,15 +571,22 @@ pub fn write_outputs(dir: &std::path::Path, report: &Report) -> anyhow::Result<(
             title: "Arrival rate",
             x_label: "virtual time (s)",
             y_label: "requests/s",
-            series: lines(&|s| Some(s.arrival_rate)).into_iter().take(1).collect(),
+            series: lines(&|s| Some(s.arrival_rate))
+                .into_iter()
+                .take(1)
+                .collect(),
         },
     ];
-    write("timeline.svg", stack(charts.iter().map(plot::LineChart::svg)))?;
-    let bars = |title: &'static str, unit: &'static str, f: &dyn Fn(&RunReport) -> f64| plot::BarChart {
-        title,
-        y_label: unit,
-        bars: report.runs.iter().map(|r| (r.name.clone(), f(r))).collect(),
-    };
+    write(
+        "timeline.svg",
+        stack(charts.iter().map(plot::LineChart::svg)),
+    )?;
+    let bars =
+        |title: &'static str, unit: &'static str, f: &dyn Fn(&RunReport) -> f64| plot::BarChart {
+            title,
+            y_label: unit,
+            bars: report.runs.iter().map(|r| (r.name.clone(), f(r))).collect(),
+        };
     let compare = [
         bars("TTFT p90", "seconds", &|r| r.ttft.p90),
         bars("TTFT p99", "seconds", &|r| r.ttft.p99),
@@ -543,7 +594,10 @@ pub fn write_outputs(dir: &std::path::Path, report: &Report) -> anyhow::Result<(
         bars("SLO attainment", "%", &|r| 100.0 * r.slo_attainment),
         bars("Cost", "replica-seconds", &|r| r.replica_seconds),
     ];
-    write("compare.svg", stack(compare.iter().map(plot::BarChart::svg)))?;
+    write(
+        "compare.svg",
+        stack(compare.iter().map(plot::BarChart::svg)),
+    )?;
     Ok(())
 }
 

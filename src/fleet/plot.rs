@@ -30,7 +30,9 @@ pub struct BarChart<'a> {
 }
 
 fn escape(text: &str) -> String {
-    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 /// A "nice" step (1, 2 or 5 × 10^k) giving about five ticks up to `max`.

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use http::uri::{Authority, Scheme};
 
-use super::stats::{Failure, Recorder, RunReport, Sample, Slo, Summary};
+use super::stats::{Failure, Recorder, RequestRecord, RunReport, Sample, Slo, Summary};
 use super::workload::Request;
 use crate::config::{self, RoutingPolicy, ScalerPolicy};
 use crate::load::{InflightGuard, Replica};
@@ -54,6 +54,8 @@ pub struct FleetSpec {
     pub sample_every: f64,
     /// Requests still running this long after the last arrival are counted as unfinished.
     pub tail: f64,
+    /// Keep a record per request in the report.
+    pub keep_requests: bool,
 }
 
 /// Called now and then with (virtual seconds done, of total).
@@ -146,6 +148,8 @@ pub struct Fleet<'w> {
     /// Requests that have arrived, and those of them not ended yet.
     arrived: usize,
     active: usize,
+    /// Per request, when kept.
+    records: Vec<RequestRecord>,
 }
 
 /// Runs `workload` through the fleet `config` describes, changed by `run`.
@@ -229,6 +233,17 @@ impl<'w> Fleet<'w> {
             max_replicas: 0,
             arrived: 0,
             active: 0,
+            records: if spec.keep_requests {
+                workload
+                    .iter()
+                    .map(|r| RequestRecord {
+                        arrival: r.arrival,
+                        ..Default::default()
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            },
         };
         for p in 0..fleet.pools.len() {
             for _ in 0..spec.initial[p] {
@@ -325,7 +340,11 @@ impl<'w> Fleet<'w> {
             Ev::Scrape(pool) => {
                 self.scrape(pool);
                 self.release_queue(pool);
-                let every = self.pools[pool].config.metrics.scrape_interval.as_secs_f64();
+                let every = self.pools[pool]
+                    .config
+                    .metrics
+                    .scrape_interval
+                    .as_secs_f64();
                 self.at(self.now + every, Ev::Scrape(pool));
             }
             Ev::ScalerTick(pool) => {
@@ -340,8 +359,10 @@ impl<'w> Fleet<'w> {
                     .is_some_and(|r| r.first_token.is_none());
                 if late {
                     let r = self.running[request].take().expect("checked");
-                    self.pools[r.pool].replicas[r.replica].engine.abort(request as u64);
-                    self.fail(Failure::FirstByteTimeout);
+                    self.pools[r.pool].replicas[r.replica]
+                        .engine
+                        .abort(request as u64);
+                    self.fail(request, Failure::FirstByteTimeout);
                     self.after_release(r.pool, r.replica);
                 }
             }
@@ -414,9 +435,12 @@ impl<'w> Fleet<'w> {
     }
 
     /// A request ended without an answer.
-    fn fail(&mut self, why: Failure) {
+    fn fail(&mut self, i: usize, why: Failure) {
         self.active -= 1;
         self.rec.fail(why);
+        if let Some(record) = self.records.get_mut(i) {
+            record.failure = Some(why);
+        }
     }
 
     fn arrive(&mut self, i: usize) {
@@ -424,16 +448,21 @@ impl<'w> Fleet<'w> {
         self.active += 1;
         self.rec.window_arrivals += 1;
         let request = &self.workload[i];
-        let pool = match &request.model {
-            None => Some(0),
-            Some(model) => self.config.pools.iter().position(|p| {
-                p.models.iter().any(|m| m == model) || p.aliases.contains_key(model)
-            }),
-        };
+        let pool =
+            match &request.model {
+                None => Some(0),
+                Some(model) => self.config.pools.iter().position(|p| {
+                    p.models.iter().any(|m| m == model) || p.aliases.contains_key(model)
+                }),
+            };
         let Some(p) = pool else {
-            self.fail(Failure::UnknownModel);
+            self.fail(i, Failure::UnknownModel);
             return;
         };
+        if request.prompt_tokens + request.output_tokens > self.pools[p].profile.max_model_len {
+            self.fail(i, Failure::TooLong);
+            return;
+        }
         let classes = &self.config.classification;
         let priority = request
             .priority
@@ -468,7 +497,7 @@ impl<'w> Fleet<'w> {
         let has_replica = !pool.snapshot.replicas.is_empty();
         if !has_replica && pool.policy.is_none() {
             self.features[i] = None;
-            self.fail(Failure::NoReplica);
+            self.fail(i, Failure::NoReplica);
             return;
         }
         let saturated = router::all_saturated(
@@ -484,21 +513,28 @@ impl<'w> Fleet<'w> {
         let sheddable = self.config.classification.sheddable.contains(&priority);
         if sheddable && has_replica {
             self.features[i] = None;
-            self.fail(Failure::Shed);
+            self.fail(i, Failure::Shed);
             return;
         }
         let pool = &mut self.pools[p];
         if pool.queued >= u64::from(pool.config.admission.max_queue) {
             self.features[i] = None;
-            self.fail(Failure::QueueFull);
+            self.fail(i, Failure::QueueFull);
             return;
         }
         let class = priority.min(pool.queue.len() - 1);
         pool.queue[class].push_back(i);
         pool.queued += 1;
         self.queued_at[i] = self.now;
-        let deadline = self.workload[i].arrival + pool.config.admission.max_queue_wait.as_secs_f64();
-        self.at(deadline, Ev::QueueDeadline { pool: p, request: i });
+        let deadline =
+            self.workload[i].arrival + pool.config.admission.max_queue_wait.as_secs_f64();
+        self.at(
+            deadline,
+            Ev::QueueDeadline {
+                pool: p,
+                request: i,
+            },
+        );
     }
 
     /// Lets queued requests go, highest class first, while the pool has room.
@@ -536,7 +572,7 @@ impl<'w> Fleet<'w> {
                 let waited = self.now - self.queued_at[i];
                 pool.max_wait = Some(pool.max_wait.map_or(waited, |w: f64| w.max(waited)));
                 self.features[i] = None;
-                self.fail(Failure::QueueTimeout);
+                self.fail(i, Failure::QueueTimeout);
                 return;
             }
         }
@@ -559,7 +595,7 @@ impl<'w> Fleet<'w> {
         };
         let Some(index) = router::pick(&pool.config.routing, &pool.snapshot, &features, ctx, &[])
         else {
-            self.fail(Failure::NoReplica);
+            self.fail(i, Failure::NoReplica);
             return;
         };
         let replica = pool.snapshot.replicas[index].clone();
@@ -570,7 +606,10 @@ impl<'w> Fleet<'w> {
             .expect("snapshot replicas are pool replicas");
         let guard = replica.start_request_with(router::own_prefill_tokens(&features, replica.id));
         if let Some(index) = &pool.prefix {
-            index.record(&blocks[..blocks.len().min(router::prefix::MAX_BLOCKS)], replica.id);
+            index.record(
+                &blocks[..blocks.len().min(router::prefix::MAX_BLOCKS)],
+                replica.id,
+            );
         }
         let request = &self.workload[i];
         pool.replicas[r].engine.submit(
@@ -584,6 +623,9 @@ impl<'w> Fleet<'w> {
             self.now,
         );
         let first_byte = pool.config.timeouts.first_byte.as_secs_f64();
+        if let Some(record) = self.records.get_mut(i) {
+            record.replica = Some((p, r));
+        }
         self.running[i] = Some(Running {
             pool: p,
             replica: r,
@@ -604,7 +646,13 @@ impl<'w> Fleet<'w> {
         if let Some(step) = replica.engine.step(self.now) {
             replica.busy = true;
             replica.step_events = step.events;
-            self.at(step.end, Ev::StepEnd { pool: p, replica: r });
+            self.at(
+                step.end,
+                Ev::StepEnd {
+                    pool: p,
+                    replica: r,
+                },
+            );
         }
     }
 
@@ -625,9 +673,14 @@ impl<'w> Fleet<'w> {
                     if *index == 0 && running.first_token.is_none() {
                         running.first_token = Some(self.now);
                         if let Some(guard) = running.guard.as_mut() {
-                            guard.first_byte(Duration::from_secs_f64(self.now - running.dispatched));
+                            guard
+                                .first_byte(Duration::from_secs_f64(self.now - running.dispatched));
                         }
-                        self.rec.first_token(self.now - self.workload[i].arrival);
+                        let ttft = self.now - self.workload[i].arrival;
+                        self.rec.first_token(ttft);
+                        if let Some(record) = self.records.get_mut(i) {
+                            record.ttft = Some(ttft);
+                        }
                     } else if let Some(gap) = gap {
                         self.rec.itl.record(*gap);
                     }
@@ -640,6 +693,9 @@ impl<'w> Fleet<'w> {
                     let arrival = self.workload[i].arrival;
                     let ttft = running.first_token.unwrap_or(self.now) - arrival;
                     self.active -= 1;
+                    if let Some(record) = self.records.get_mut(i) {
+                        record.e2e = Some(self.now - arrival);
+                    }
                     self.rec.finished(
                         ttft,
                         self.now - arrival,
@@ -716,7 +772,8 @@ impl<'w> Fleet<'w> {
         let Some(policy) = pool.policy.as_mut() else {
             return;
         };
-        let desired = policy.recommend(&obs).desired;
+        let rec = policy.recommend(&obs);
+        let desired = rec.desired;
         let capacity = obs.ready + obs.starting;
         if desired > capacity {
             self.scale_ups += 1;
@@ -724,7 +781,13 @@ impl<'w> Fleet<'w> {
                 let r = self.add_replica(p);
                 self.pools[p].starting += 1;
                 let ready_at = self.now + self.pools[p].cold_start;
-                self.at(ready_at, Ev::Ready { pool: p, replica: r });
+                self.at(
+                    ready_at,
+                    Ev::Ready {
+                        pool: p,
+                        replica: r,
+                    },
+                );
             }
             self.publish(p);
         } else if desired < capacity && obs.starting == 0 {
@@ -745,7 +808,13 @@ impl<'w> Fleet<'w> {
                     self.stop_replica(p, v);
                 } else {
                     let drain = self.pools[p].config.scaler.drain_timeout.as_secs_f64();
-                    self.at(self.now + drain, Ev::DrainDeadline { pool: p, replica: v });
+                    self.at(
+                        self.now + drain,
+                        Ev::DrainDeadline {
+                            pool: p,
+                            replica: v,
+                        },
+                    );
                 }
             }
         }
@@ -761,7 +830,7 @@ impl<'w> Fleet<'w> {
             .collect();
         for i in cut {
             self.running[i] = None;
-            self.fail(Failure::CutByScaleDown);
+            self.fail(i, Failure::CutByScaleDown);
         }
         let replica = &mut self.pools[p].replicas[r];
         replica.state = State::Stopped;
@@ -844,6 +913,7 @@ impl<'w> Fleet<'w> {
             duration: end,
             wall_seconds,
             timeline: std::mem::take(&mut self.timeline),
+            per_request: std::mem::take(&mut self.records),
         }
     }
 }

@@ -10,6 +10,8 @@ use serde::Serialize;
 pub enum Failure {
     /// Its model is served by no pool (404).
     UnknownModel,
+    /// Prompt plus output exceed the replicas' context window (400 from the replica).
+    TooLong,
     /// A sheddable request while saturated (429).
     Shed,
     /// The gateway queue was full (429).
@@ -43,7 +45,8 @@ impl Summary {
             return Self::default();
         }
         values.sort_by(f64::total_cmp);
-        let rank = |q: f64| values[((q * values.len() as f64).ceil() as usize).clamp(1, values.len()) - 1];
+        let rank =
+            |q: f64| values[((q * values.len() as f64).ceil() as usize).clamp(1, values.len()) - 1];
         Self {
             count: values.len(),
             mean: values.iter().sum::<f64>() / values.len() as f64,
@@ -173,6 +176,20 @@ pub struct RunReport {
     /// Wall-clock seconds the run took.
     pub wall_seconds: f64,
     pub timeline: Vec<Sample>,
+    /// Per request, when the run was asked to keep them (`FleetSpec::keep_requests`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub per_request: Vec<RequestRecord>,
+}
+
+/// How one request went.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct RequestRecord {
+    pub arrival: f64,
+    /// Pool index and replica index within the pool (in start order), once dispatched.
+    pub replica: Option<(usize, usize)>,
+    pub ttft: Option<f64>,
+    pub e2e: Option<f64>,
+    pub failure: Option<Failure>,
 }
 
 impl RunReport {
@@ -211,7 +228,15 @@ impl Recorder {
     }
 
     /// A finished request: `ttft` to its first token, `e2e` in all, `tokens` generated.
-    pub fn finished(&mut self, ttft: f64, e2e: f64, tokens: u32, prompt: u32, cached: u32, slo: Slo) {
+    pub fn finished(
+        &mut self,
+        ttft: f64,
+        e2e: f64,
+        tokens: u32,
+        prompt: u32,
+        cached: u32,
+        slo: Slo,
+    ) {
         self.completed += 1;
         self.e2e.push(e2e);
         self.output_tokens += u64::from(tokens);

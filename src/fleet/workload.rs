@@ -247,10 +247,14 @@ pub fn load(source: &Source, shaping: &Shaping) -> anyhow::Result<Vec<Request>> 
 /// Guesses a trace's format from its name (`.csv` → Azure) or first line (`hash_ids` →
 /// Mooncake).
 pub fn detect_format(path: &Path) -> anyhow::Result<TraceFormat> {
-    if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("csv")) {
+    if path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("csv"))
+    {
         return Ok(TraceFormat::Azure);
     }
-    let file = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let file =
+        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let mut first = String::new();
     std::io::BufReader::new(file).read_line(&mut first)?;
     Ok(if first.contains("\"hash_ids\"") {
@@ -261,7 +265,8 @@ pub fn detect_format(path: &Path) -> anyhow::Result<TraceFormat> {
 }
 
 fn read_trace(path: &Path, format: TraceFormat) -> anyhow::Result<Vec<Request>> {
-    let file = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let file =
+        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let lines = std::io::BufReader::new(file).lines();
     let what = |n: usize| format!("{}:{}", path.display(), n + 1);
     let mut out = Vec::new();
@@ -418,9 +423,17 @@ fn azure_request(line: &str, first: &mut Option<f64>, index: u64) -> anyhow::Res
 fn parse_timestamp(text: &str) -> anyhow::Result<f64> {
     let bad = || anyhow::anyhow!("bad TIMESTAMP `{text}` (want YYYY-MM-DD HH:MM:SS.fff)");
     let (date, time) = text.split_once([' ', 'T']).ok_or_else(bad)?;
-    let d: Vec<i64> = date.split('-').map(str::parse).collect::<Result<_, _>>().map_err(|_| bad())?;
+    let d: Vec<i64> = date
+        .split('-')
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .map_err(|_| bad())?;
     let (hms, frac) = time.split_once('.').unwrap_or((time, "0"));
-    let h: Vec<i64> = hms.split(':').map(str::parse).collect::<Result<_, _>>().map_err(|_| bad())?;
+    let h: Vec<i64> = hms
+        .split(':')
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .map_err(|_| bad())?;
     if d.len() != 3 || h.len() != 3 {
         return Err(bad());
     }
@@ -546,7 +559,9 @@ pub fn shape(requests: Vec<Request>, s: &Shaping) -> Vec<Request> {
         }
     }
     out.sort_by(|a, b| a.arrival.total_cmp(&b.arrival));
-    let end = s.window_length.map_or(f64::INFINITY, |l| s.window_start + l);
+    let end = s
+        .window_length
+        .map_or(f64::INFINITY, |l| s.window_start + l);
     let mut out: Vec<Request> = out
         .into_iter()
         .filter(|r| r.arrival >= s.window_start && r.arrival < end)
@@ -592,11 +607,18 @@ mod tests {
         // Mean rate 20/s; the second half carries more than the first.
         assert!((1800..2200).contains(&ramp.len()), "{}", ramp.len());
         let first = ramp.iter().filter(|r| r.arrival < 50.0).count();
-        assert!(first * 10 < (ramp.len() - first) * 8, "{first} of {}", ramp.len());
+        assert!(
+            first * 10 < (ramp.len() - first) * 8,
+            "{first} of {}",
+            ramp.len()
+        );
         let bursty = generate(&params(GeneratorKind::Bursty));
         assert!((700..1300).contains(&bursty.len()), "{}", bursty.len());
         // Bursty: inter-arrival CV well above Poisson's 1.
-        let gaps: Vec<f64> = bursty.windows(2).map(|w| w[1].arrival - w[0].arrival).collect();
+        let gaps: Vec<f64> = bursty
+            .windows(2)
+            .map(|w| w[1].arrival - w[0].arrival)
+            .collect();
         let mean = gaps.iter().sum::<f64>() / gaps.len() as f64;
         let sd = (gaps.iter().map(|g| (g - mean).powi(2)).sum::<f64>() / gaps.len() as f64).sqrt();
         assert!(sd / mean > 2.0, "cv {}", sd / mean);
@@ -619,7 +641,10 @@ mod tests {
         let (ta, tb) = (reqs[0].prompt_text(), same_group.prompt_text());
         assert_eq!(ta.len(), 1200 * 4);
         assert_eq!(ta[..shared * 64], tb[..shared * 64]);
-        assert_ne!(ta[shared * 64..shared * 64 + 64], tb[shared * 64..shared * 64 + 64]);
+        assert_ne!(
+            ta[shared * 64..shared * 64 + 64],
+            tb[shared * 64..shared * 64 + 64]
+        );
     }
 
     #[test]

@@ -30,9 +30,12 @@ pub struct EngineView {
 pub struct Scraped {
     pub at: Instant,
     pub stats: EngineStats,
-    /// This gateway's in-flight count when the page was read, to correct the scraped queue
+    /// This gateway's in-flight count when the page was read, to correct the scraped batch
     /// with what was sent since.
     pub inflight_at_scrape: u64,
+    /// This gateway's requests without a first byte when the page was read, to correct the
+    /// scraped queue with what was sent (and what started) since.
+    pub pending_at_scrape: u64,
 }
 
 /// The pod and node behind a replica, as discovery reports them (empty for static and local
@@ -65,6 +68,8 @@ pub struct Replica {
     /// Prompt tokens of this gateway's requests to the replica that have no first byte yet:
     /// the prefill work queued ahead of a new request, exact for this gateway's traffic.
     pending_prefill: AtomicU64,
+    /// This gateway's requests to the replica that have no first byte yet.
+    pending_requests: AtomicU64,
     /// Learned prefill speed: seconds per prompt token (f64 bits; 0 = not learned yet).
     secs_per_token: AtomicU64,
     /// Mean prompt tokens of requests sent here (f64 bits), to turn a scraped waiting count
@@ -100,6 +105,7 @@ impl Replica {
             scraped: ArcSwapOption::empty(),
             scrape_failures: AtomicU32::new(0),
             pending_prefill: AtomicU64::new(0),
+            pending_requests: AtomicU64::new(0),
             secs_per_token: AtomicU64::new(0),
             mean_prompt_tokens: AtomicU64::new(0),
         }
@@ -127,6 +133,7 @@ impl Replica {
     /// prefill as pending until its first byte) until the guard is dropped.
     pub fn start_request_with(self: &Arc<Self>, prefill_tokens: u64) -> InflightGuard {
         self.inflight.inc();
+        self.pending_requests.fetch_add(1, Ordering::Relaxed);
         let ahead = self
             .pending_prefill
             .fetch_add(prefill_tokens, Ordering::Relaxed);
@@ -137,6 +144,12 @@ impl Replica {
             ahead_at_dispatch: ahead,
             prefill_done: false,
         }
+    }
+
+    /// A request's prefill ended (first byte, or the request ended without one).
+    fn prefill_ended(&self, tokens: u64) {
+        self.pending_prefill.fetch_sub(tokens, Ordering::Relaxed);
+        self.pending_requests.fetch_sub(1, Ordering::Relaxed);
     }
 
     /// Takes the replica out of routing for `for_ms`; false if it already was out.
@@ -158,6 +171,7 @@ impl Replica {
             at,
             stats,
             inflight_at_scrape: self.inflight(),
+            pending_at_scrape: self.pending_requests.load(Ordering::Relaxed),
         })));
     }
 
@@ -190,10 +204,15 @@ impl Replica {
         let scraped = guard
             .as_deref()
             .filter(|s| now.saturating_duration_since(s.at) <= stale_after)?;
-        let delta = self.inflight() as f64 - scraped.inflight_at_scrape as f64;
+        // Requests sent since the scrape that still wait for their prefill join the queue;
+        // those that got their first byte since have left it and run. A request that started
+        // within a scrape interval is not mistaken for one still waiting.
+        let pending = self.pending_requests.load(Ordering::Relaxed) as f64;
+        let queued_delta = pending - scraped.pending_at_scrape as f64;
+        let sent_delta = self.inflight() as f64 - scraped.inflight_at_scrape as f64;
         Some(EngineView {
-            waiting: scraped.stats.waiting + delta.max(0.0),
-            running: (scraped.stats.running + delta.min(0.0)).max(0.0),
+            waiting: (scraped.stats.waiting + queued_delta).max(pending).max(0.0),
+            running: (scraped.stats.running + sent_delta - queued_delta).max(0.0),
             kv_usage: scraped.stats.kv_usage,
         })
     }
@@ -270,9 +289,7 @@ impl InflightGuard {
             return;
         }
         self.prefill_done = true;
-        self.replica
-            .pending_prefill
-            .fetch_sub(self.prefill_tokens, Ordering::Relaxed);
+        self.replica.prefill_ended(self.prefill_tokens);
         let work = (self.ahead_at_dispatch + self.prefill_tokens) as f64;
         if work > 0.0 {
             ewma_f64(&self.replica.secs_per_token, latency.as_secs_f64() / work);
@@ -283,9 +300,7 @@ impl InflightGuard {
 impl Drop for InflightGuard {
     fn drop(&mut self) {
         if !self.prefill_done {
-            self.replica
-                .pending_prefill
-                .fetch_sub(self.prefill_tokens, Ordering::Relaxed);
+            self.replica.prefill_ended(self.prefill_tokens);
         }
         self.replica.inflight.dec();
     }

@@ -119,12 +119,16 @@ pub struct Infergate {
     idle_since: Option<f64>,
     /// The first observation: no scale-down before a whole stabilisation window was seen.
     started: Option<f64>,
+    /// Ready replicas at the previous observation: when new ones just became ready, the waits
+    /// that just ended were spent waiting for them.
+    previous_ready: u32,
 }
 
 impl Infergate {
     pub fn new(config: Scaler) -> Self {
         Self {
             started: None,
+            previous_ready: 0,
             config,
             load: Window::default(),
             kv: Window::default(),
@@ -135,7 +139,8 @@ impl Infergate {
     }
 
     /// Replicas each signal needs, averaged since `since`; the largest wins.
-    fn need(&self, obs: &Observation, since: f64) -> (u32, String) {
+    /// `just_ready`: replicas became ready since the previous observation.
+    fn need(&self, obs: &Observation, since: f64, just_ready: bool) -> (u32, String) {
         let t = &self.config.targets;
         let mut best = (0u32, String::from("no load"));
         let mut consider = |need: f64, why: String| {
@@ -171,8 +176,12 @@ impl Infergate {
                 ),
             );
         }
+        // Long waits while replicas are still starting, or ended by replicas that just became
+        // ready, are the cold start, not a shortage: that capacity is already there or coming.
         if let (Some(target), Some(wait)) = (t.queue_wait, obs.queue_wait)
             && wait > target.as_secs_f64()
+            && obs.starting == 0
+            && !just_ready
         {
             consider(
                 f64::from(obs.capacity() + 1),
@@ -197,6 +206,8 @@ impl Policy for Infergate {
             .max(up_window)
             .max(c.scale_down_stabilization.as_secs_f64());
         self.load.push(obs.now, obs.load(), keep);
+        let just_ready = obs.ready > self.previous_ready;
+        self.previous_ready = obs.ready;
         // Per-replica use becomes "replicas needed" when measured, on the replicas it was
         // measured on; a missing sample adds nothing (it is not a zero).
         let ready = f64::from(obs.ready.max(1));
@@ -217,8 +228,8 @@ impl Policy for Infergate {
         let seen_a_window = obs.now - started >= c.scale_down_stabilization.as_secs_f64();
         // Every decision records its scale-down candidate, whichever way it goes, so the
         // stabilisation window sees the recent peaks.
-        let (down, why_down) = self.need(obs, obs.now - down_window);
-        let (up, why_up) = self.need(obs, obs.now - up_window);
+        let (down, why_down) = self.need(obs, obs.now - down_window, just_ready);
+        let (up, why_up) = self.need(obs, obs.now - up_window, just_ready);
         self.down.push(obs.now, f64::from(up.max(down)), keep);
 
         // Requests waiting with nothing to serve them: start one at once.
@@ -231,10 +242,11 @@ impl Policy for Infergate {
                 ),
             };
         }
-        // A queue at the gateway means the pool is short now: add what the queue needs.
+        // A queue at the gateway means the ready replicas are short now: add what the queue
+        // needs, minus what is already starting (no overshoot while a model loads).
         if obs.queued > 0 {
-            let need = capacity + ceil_div(obs.queued as f64, c.targets.concurrency).max(1);
-            let (signal, why) = self.need(obs, obs.now - up_window);
+            let need = obs.ready + ceil_div(obs.queued as f64, c.targets.concurrency).max(1);
+            let (signal, why) = self.need(obs, obs.now - up_window, just_ready);
             let desired = clamp(c, need.max(signal));
             if desired > capacity {
                 return Recommendation {
@@ -493,6 +505,43 @@ mod tests {
             let r = p.recommend(&obs(f64::from(t), 1, 4, 50));
             assert_eq!(r.desired, 5, "t={t}: {}", r.reason);
         }
+    }
+
+    #[test]
+    fn requests_held_during_a_cold_start_add_no_second_replica() {
+        // Found by the fleet simulation: from zero, the held request kept queueing (and then
+        // had waited longer than the queue-wait target) while the first replica loaded, and
+        // each of those started another replica.
+        let mut c = config();
+        c.min_replicas = 0;
+        let mut p = Infergate::new(c);
+        let held = |now: f64, ready: u32, starting: u32, queue_wait: Option<f64>| Observation {
+            now,
+            ready,
+            starting,
+            queued: u64::from(ready == 0),
+            inflight: u64::from(ready > 0),
+            queue_wait,
+            ..Default::default()
+        };
+        assert_eq!(p.recommend(&held(1.0, 0, 0, None)).desired, 1);
+        for t in 2..8 {
+            let r = p.recommend(&held(f64::from(t), 0, 1, None));
+            assert_eq!(r.desired, 1, "t={t}: {}", r.reason);
+        }
+        // Ready at last: the request that waited 7 s through the cold start leaves the queue.
+        let r = p.recommend(&held(8.0, 1, 0, Some(7.0)));
+        assert_eq!(r.desired, 1, "{}", r.reason);
+        // A queue that builds on ready replicas still scales up at once.
+        let r = p.recommend(&Observation {
+            now: 9.0,
+            ready: 1,
+            inflight: 10,
+            queued: 15,
+            queue_wait: Some(3.0),
+            ..Default::default()
+        });
+        assert_eq!(r.desired, 3, "{}", r.reason);
     }
 
     #[test]

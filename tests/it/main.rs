@@ -1,6 +1,7 @@
 //! The one integration-test binary (every extra binary costs a full link of the dependency tree).
 
 mod config_files;
+mod fleet;
 mod gateway;
 mod scaler;
 mod sim;

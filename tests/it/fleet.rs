@@ -1,0 +1,424 @@
+//! The fleet simulation: exact expectations on tiny scenarios (virtual time is deterministic),
+//! the trace readers on lines of the real traces, and a short compare run of the command.
+
+use std::process::Command;
+
+use infergate::config::{self, RoutingPolicy};
+use infergate::fleet::sim::{self, FleetSpec, RunSpec};
+use infergate::fleet::stats::{Failure, RunReport, Slo};
+use infergate::fleet::workload::{self, Request, Segment, Shaping, Source, TraceFormat};
+use infergate::sim::engine::{Engine, EngineRequest, Event};
+use infergate::sim::profile;
+
+fn pool_config(endpoints: usize, policy: &str, scaler: &str) -> config::Config {
+    let endpoints: Vec<String> = (0..endpoints)
+        .map(|i| format!("          - http://127.0.0.1:{}\n", 9000 + i))
+        .collect();
+    let yaml = format!(
+        "pools:\n  - name: p\n    models: [m]\n    discovery:\n      static:\n        endpoints:\n{}    routing:\n      policy: {policy}\n    scaler:\n{scaler}",
+        endpoints.concat()
+    );
+    config::parse(&yaml, "test.yaml").unwrap_or_else(|e| panic!("{e}\n{yaml}"))
+}
+
+const NO_SCALER: &str = "      enabled: false\n";
+
+fn spec(initial: u32, cold_start: Option<f64>) -> FleetSpec {
+    FleetSpec {
+        profiles: vec![profile::profile("llama-8b-h100").unwrap()],
+        initial: vec![initial],
+        slow_fraction: 0.0,
+        slow_factor: 1.0,
+        cold_start,
+        slo: Slo {
+            ttft: 1.0,
+            itl: 0.1,
+        },
+        seed: 3,
+        sample_every: 1.0,
+        tail: 600.0,
+        keep_requests: true,
+    }
+}
+
+fn request(arrival: f64, prompt_tokens: u32, output_tokens: u32, id: u64) -> Request {
+    Request {
+        arrival,
+        model: None,
+        prompt_tokens,
+        output_tokens,
+        segments: vec![Segment {
+            id,
+            blocks: prompt_tokens / 16,
+        }],
+        session: None,
+        priority: None,
+    }
+}
+
+fn run(config: &config::Config, spec: &FleetSpec, workload: &[Request]) -> RunReport {
+    let run = RunSpec {
+        name: "test".into(),
+        routing: None,
+        scaler: None,
+    };
+    sim::run(config, spec, &run, workload, &mut |_, _| {})
+}
+
+/// Time to the first token of a lone request on a fresh engine, straight from the engine model.
+fn lone_engine_ttft(prompt_tokens: u32) -> f64 {
+    let mut engine = Engine::new(profile::profile("llama-8b-h100").unwrap());
+    let req = request(0.0, prompt_tokens, 10, 1);
+    engine.submit(
+        EngineRequest {
+            id: 1,
+            prompt_tokens,
+            block_hashes: req.block_hashes(),
+            output_tokens: 10,
+            lora: None,
+        },
+        0.0,
+    );
+    let mut now = 0.0;
+    loop {
+        let step = engine.step(now).expect("work to do");
+        now = step.end;
+        if step
+            .events
+            .iter()
+            .any(|e| matches!(e, Event::Token { index: 0, .. }))
+        {
+            return now;
+        }
+    }
+}
+
+#[test]
+fn one_request_on_one_replica_has_the_engine_models_ttft() {
+    let config = pool_config(1, "least-request", NO_SCALER);
+    let report = run(&config, &spec(1, None), &[request(0.5, 1000, 10, 1)]);
+    assert_eq!(report.completed, 1);
+    let expected = lone_engine_ttft(1000);
+    // The profile's formula: one prefill step of 1000 tokens.
+    let p = profile::profile("llama-8b-h100").unwrap();
+    assert!(
+        (expected - (p.t0 + 1000.0 * p.prefill_per_token)).abs() < 0.002,
+        "{expected}"
+    );
+    let ttft = report.per_request[0].ttft.unwrap();
+    assert!((ttft - expected).abs() < 1e-6, "{ttft} vs {expected}");
+}
+
+#[test]
+fn two_replicas_under_round_robin_alternate() {
+    let config = pool_config(2, "round-robin", NO_SCALER);
+    let workload: Vec<Request> = (0..8u32)
+        .map(|k| request(f64::from(k), 200, 5, k.into()))
+        .collect();
+    let report = run(&config, &spec(2, None), &workload);
+    let replicas: Vec<usize> = report
+        .per_request
+        .iter()
+        .map(|r| r.replica.unwrap().1)
+        .collect();
+    for pair in replicas.windows(2) {
+        assert_ne!(pair[0], pair[1], "{replicas:?}");
+    }
+    assert_eq!(report.completed, 8);
+}
+
+#[test]
+fn a_cold_start_delays_the_first_answer_by_exactly_the_start_time() {
+    // Scale from zero: the scaler sees the held request at its first tick (1 s), starts a
+    // replica, which is ready `cold_start` later; then the request is sent.
+    let scaler = "      enabled: true\n      min_replicas: 0\n      max_replicas: 2\n      interval: 1s\n      provider: static\n";
+    let config = pool_config(1, "least-request", scaler);
+    let workload = [request(0.25, 1000, 10, 1)];
+    let engine = lone_engine_ttft(1000);
+    for cold_start in [7.0, 20.0] {
+        let report = run(&config, &spec(0, Some(cold_start)), &workload);
+        assert_eq!(report.completed, 1, "{:?}", report.failed);
+        let ttft = report.per_request[0].ttft.unwrap();
+        let expected = 1.0 + cold_start - 0.25 + engine;
+        assert!(
+            (ttft - expected).abs() < 1e-6,
+            "cold start {cold_start}: {ttft} vs {expected}"
+        );
+        assert_eq!(report.scale_ups, 1);
+    }
+}
+
+#[test]
+fn requests_longer_than_the_context_window_fail_like_vllms() {
+    let config = pool_config(1, "least-request", NO_SCALER);
+    let report = run(
+        &config,
+        &spec(1, None),
+        &[request(0.0, 40_000, 10, 1), request(0.1, 100, 10, 2)],
+    );
+    assert_eq!(report.completed, 1);
+    assert_eq!(report.failed.get(&Failure::TooLong), Some(&1));
+}
+
+fn fixture(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/traces")
+        .join(name)
+}
+
+fn read(name: &str, format: TraceFormat) -> Vec<Request> {
+    workload::load(
+        &Source::Trace {
+            path: fixture(name),
+            format,
+        },
+        &Shaping::default(),
+    )
+    .unwrap()
+}
+
+#[test]
+fn trace_readers_parse_lines_of_the_real_traces() {
+    // First lines of ../shared/traces/mooncake_conversation.jsonl.
+    let mooncake = read("mooncake_conversation.head.jsonl", TraceFormat::Mooncake);
+    assert_eq!(mooncake.len(), 12);
+    assert_eq!(
+        (mooncake[0].prompt_tokens, mooncake[0].output_tokens),
+        (6758, 500)
+    );
+    assert_eq!(mooncake[11].arrival, 3.0); // "timestamp": 3000 (ms)
+    // Every conversation starts with the same 512-token block (hash id 0) and nothing more.
+    let (a, b) = (mooncake[0].block_hashes(), mooncake[1].block_hashes());
+    assert_eq!(a[..32], b[..32]);
+    assert_ne!(a[32], b[32]);
+    assert_eq!(
+        workload::detect_format(&fixture("mooncake_conversation.head.jsonl")).unwrap(),
+        TraceFormat::Mooncake
+    );
+
+    // First lines of azure_llm_conv.csv: 18:15:46.6805900 then 18:15:50.9951690.
+    let conv = read("azure_llm_conv.head.csv", TraceFormat::Azure);
+    assert_eq!(conv.len(), 12);
+    assert_eq!(
+        (
+            conv[0].arrival,
+            conv[0].prompt_tokens,
+            conv[0].output_tokens
+        ),
+        (0.0, 374, 44)
+    );
+    assert!(
+        (conv[1].arrival - 4.314579).abs() < 1e-6,
+        "{}",
+        conv[1].arrival
+    );
+    let code = read("azure_llm_code.head.csv", TraceFormat::Azure);
+    assert_eq!((code[0].prompt_tokens, code[0].output_tokens), (4808, 10));
+    assert!(code.windows(2).all(|w| w[0].arrival <= w[1].arrival));
+}
+
+#[test]
+fn the_jsonl_format_reads_groups_sessions_and_priorities_and_rejects_bad_lines() {
+    let dir = tempdir();
+    let good = dir.join("trace.jsonl");
+    std::fs::write(
+        &good,
+        concat!(
+            r#"{"time": 0.5, "model": "m", "prompt_tokens": 800, "output_tokens": 20, "prefix_group": "sys-a", "shared_prefix_tokens": 512, "session": "u1", "priority": "critical"}"#,
+            "\n",
+            r#"{"time": 0.1, "prompt_tokens": 900, "output_tokens": 5, "prefix_group": "sys-a", "shared_prefix_tokens": 512}"#,
+            "\n\n"
+        ),
+    )
+    .unwrap();
+    let requests = workload::load(
+        &Source::Trace {
+            path: good,
+            format: TraceFormat::Jsonl,
+        },
+        &Shaping::default(),
+    )
+    .unwrap();
+    assert_eq!(requests.len(), 2);
+    assert_eq!(requests[0].arrival, 0.1, "sorted by arrival");
+    assert_eq!(requests[1].session.as_deref(), Some("u1"));
+    assert_eq!(requests[1].priority.as_deref(), Some("critical"));
+    let (a, b) = (requests[0].block_hashes(), requests[1].block_hashes());
+    assert_eq!(a[..32], b[..32], "512 shared tokens = 32 blocks");
+    assert_ne!(a[32], b[32]);
+
+    let bad = dir.join("bad.jsonl");
+    std::fs::write(&bad, "{\"time\": 1, \"prompt_tokens\": 10, \"output_tokens\": 2}\n{\"time\": 2, \"prompt_tokenz\": 10}\n").unwrap();
+    let err = workload::load(
+        &Source::Trace {
+            path: bad.clone(),
+            format: TraceFormat::Jsonl,
+        },
+        &Shaping::default(),
+    )
+    .unwrap_err();
+    let text = format!("{err:#}");
+    assert!(
+        text.contains("bad.jsonl:2") && text.contains("prompt_tokenz"),
+        "{text}"
+    );
+}
+
+fn tempdir() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "infergate-fleet-{}-{:?}",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn predicted_ttft_routes_around_slow_replicas_in_simulation() {
+    // Deterministic: same workload and seed, a fleet where every other replica is 8× slower.
+    let config = pool_config(4, "round-robin", NO_SCALER);
+    let mut spec = spec(4, None);
+    spec.slow_fraction = 0.5;
+    spec.slow_factor = 8.0;
+    spec.keep_requests = false;
+    let g = workload::Generator {
+        kind: workload::GeneratorKind::Poisson,
+        rate: 12.0,
+        rate_end: 0.0,
+        duration: 120.0,
+        cv: 1.0,
+        period: 1.0,
+        amplitude: 0.0,
+        prompt_tokens: 1500,
+        output_tokens: 100,
+        groups: 1,
+        prompts_per_group: 1,
+        system_prompt_tokens: 0,
+        seed: 5,
+    };
+    let workload = workload::generate(&g);
+    let runs = infergate::fleet::compared_runs(
+        &[RoutingPolicy::PredictedTtft, RoutingPolicy::RoundRobin],
+        &[],
+    );
+    let reports: Vec<RunReport> = runs
+        .iter()
+        .map(|r| sim::run(&config, &spec, r, &workload, &mut |_, _| {}))
+        .collect();
+    let (smart, rr) = (&reports[0], &reports[1]);
+    assert_eq!(smart.completed, workload.len());
+    assert_eq!(rr.completed, workload.len());
+    assert!(
+        smart.ttft.p90 * 2.0 < rr.ttft.p90,
+        "p90 TTFT predicted-ttft {} vs round-robin {}",
+        smart.ttft.p90,
+        rr.ttft.p90
+    );
+}
+
+#[test]
+fn the_scaler_follows_a_ramp_up_and_back_down_without_failures() {
+    // The embedded default (scaler 1..4, concurrency target 8) under a ramp, then quiet.
+    let config = config::embedded_default();
+    let mut spec = spec(1, Some(5.0));
+    spec.keep_requests = false;
+    let mut workload = workload::generate(&workload::Generator {
+        kind: workload::GeneratorKind::Ramp,
+        rate: 2.0,
+        rate_end: 60.0,
+        duration: 120.0,
+        cv: 1.0,
+        period: 1.0,
+        amplitude: 0.0,
+        prompt_tokens: 1000,
+        output_tokens: 300,
+        groups: 1,
+        prompts_per_group: 1,
+        system_prompt_tokens: 0,
+        seed: 9,
+    });
+    // One last request after a quiet spell longer than the scale-down stabilisation.
+    workload.push(request(300.0, 100, 5, 77));
+    let report = run(&config, &spec, &workload);
+    assert_eq!(
+        report.failed.values().sum::<usize>(),
+        0,
+        "{:?}",
+        report.failed
+    );
+    assert_eq!(
+        report.max_replicas, 4,
+        "reached max_replicas under the ramp"
+    );
+    assert!(report.scale_downs >= 1);
+    let before_last = report.timeline.iter().rev().find(|s| s.t < 299.0).unwrap();
+    assert_eq!(
+        before_last.ready, 1,
+        "back to min_replicas after the quiet spell"
+    );
+}
+
+#[test]
+fn simulate_compares_policies_and_writes_its_report_and_plots() {
+    let out = tempdir().join("sim-out");
+    let output = Command::new(env!("CARGO_BIN_EXE_infergate"))
+        .args([
+            "simulate",
+            "--generator",
+            "shared-prefix",
+            "--rate",
+            "8",
+            "--duration",
+            "30s",
+            "--replicas",
+            "3",
+            "--no-scaler",
+            "--routing",
+            "predicted-ttft,round-robin,cache-aware",
+            "--out",
+        ])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    for name in ["predicted-ttft", "round-robin", "prefix-affinity"] {
+        assert!(stdout.contains(name), "{name} missing from\n{stdout}");
+    }
+    assert!(stderr.contains("100.0 %"), "progress shown: {stderr}");
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
+    let runs = report["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 3);
+    let requests = report["workload"]["requests"].as_u64().unwrap();
+    assert!(requests > 150);
+    for run in runs {
+        assert_eq!(run["completed"].as_u64(), Some(requests), "{run}");
+    }
+    // Shared system prompts: prefix-aware routing gets more cache hits than round robin.
+    let hits = |i: usize| runs[i]["prefix_cache_hit_rate"].as_f64().unwrap();
+    assert!(
+        hits(0) > hits(1) && hits(2) > hits(1),
+        "{} {} {}",
+        hits(0),
+        hits(1),
+        hits(2)
+    );
+    for svg in ["timeline.svg", "compare.svg"] {
+        let text = std::fs::read_to_string(out.join(svg)).unwrap();
+        assert!(
+            text.starts_with("<svg") && text.contains("predicted-ttft"),
+            "{svg}"
+        );
+    }
+
+    // Bad input: a clear error and exit 1.
+    let bad = Command::new(env!("CARGO_BIN_EXE_infergate"))
+        .args(["simulate", "--trace", "/nonexistent/trace.jsonl"])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("cannot open /nonexistent/trace.jsonl"));
+}
