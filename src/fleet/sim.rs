@@ -17,7 +17,9 @@ use std::time::{Duration, Instant};
 
 use http::uri::{Authority, Scheme};
 
-use super::stats::{Failure, Recorder, RequestRecord, RunReport, Sample, Slo, Summary};
+use super::stats::{
+    Failure, Recorder, ReplicaReport, RequestRecord, RunReport, Sample, Slo, Summary,
+};
 use super::workload::Request;
 use crate::config::{self, RoutingPolicy, ScalerPolicy};
 use crate::load::{InflightGuard, Replica};
@@ -78,6 +80,10 @@ struct SimReplica {
     step_events: Vec<Event>,
     started: f64,
     stopped: Option<f64>,
+    /// Requests sent to it, and seconds its engine was busy.
+    served: u64,
+    busy_seconds: f64,
+    slow: bool,
 }
 
 struct SimPool {
@@ -389,9 +395,11 @@ impl<'w> Fleet<'w> {
         let replica = Arc::new(Replica::new(Scheme::HTTP, authority, gauge, self.epoch));
         let mut profile = pool.profile.clone();
         // Every k-th replica is slow, so a quarter means replicas 3, 7, 11, ... of each pool.
+        let mut slow = false;
         if self.spec.slow_fraction > 0.0 {
             let every = (1.0 / self.spec.slow_fraction).round().max(1.0) as usize;
             if n % every == every - 1 {
+                slow = true;
                 let f = self.spec.slow_factor;
                 profile.t0 *= f;
                 profile.prefill_per_token *= f;
@@ -407,6 +415,9 @@ impl<'w> Fleet<'w> {
             step_events: Vec::new(),
             started: self.now,
             stopped: None,
+            served: 0,
+            busy_seconds: 0.0,
+            slow,
         });
         n
     }
@@ -605,6 +616,7 @@ impl<'w> Fleet<'w> {
             .position(|s| Arc::ptr_eq(&s.replica, &replica))
             .expect("snapshot replicas are pool replicas");
         let guard = replica.start_request_with(router::own_prefill_tokens(&features, replica.id));
+        pool.replicas[r].served += 1;
         if let Some(index) = &pool.prefix {
             index.record(
                 &blocks[..blocks.len().min(router::prefix::MAX_BLOCKS)],
@@ -645,6 +657,7 @@ impl<'w> Fleet<'w> {
         }
         if let Some(step) = replica.engine.step(self.now) {
             replica.busy = true;
+            replica.busy_seconds += step.end - step.start;
             replica.step_events = step.events;
             self.at(
                 step.end,
@@ -914,6 +927,20 @@ impl<'w> Fleet<'w> {
             wall_seconds,
             timeline: std::mem::take(&mut self.timeline),
             per_request: std::mem::take(&mut self.records),
+            replicas: self
+                .pools
+                .iter()
+                .enumerate()
+                .flat_map(|(p, pool)| {
+                    pool.replicas.iter().enumerate().map(move |(i, r)| ReplicaReport {
+                        pool: p,
+                        index: i,
+                        slow: r.slow,
+                        requests: r.served,
+                        busy: r.busy_seconds / (r.stopped.unwrap_or(end) - r.started).max(1e-9),
+                    })
+                })
+                .collect(),
         }
     }
 }

@@ -176,9 +176,24 @@ pub struct RunReport {
     /// Wall-clock seconds the run took.
     pub wall_seconds: f64,
     pub timeline: Vec<Sample>,
+    /// Per replica: its share of the requests and how busy its engine was.
+    pub replicas: Vec<ReplicaReport>,
     /// Per request, when the run was asked to keep them (`FleetSpec::keep_requests`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub per_request: Vec<RequestRecord>,
+}
+
+/// What one replica did.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReplicaReport {
+    pub pool: usize,
+    /// In start order within the pool.
+    pub index: usize,
+    /// One of the `--slow-fraction` replicas.
+    pub slow: bool,
+    pub requests: u64,
+    /// Share of its lifetime the engine was running steps (the simulator's GPU-busy figure).
+    pub busy: f64,
 }
 
 /// How one request went.

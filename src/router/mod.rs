@@ -217,7 +217,14 @@ fn predicted_ttft(
     let mut best: Option<(f64, u64, usize)> = None;
     for i in snapshot.candidates(features, ctx.random).filter(eligible) {
         let r = &snapshot.replicas[i];
-        let speed = r.secs_per_token().unwrap_or(default_speed);
+        // An idle replica is given the benefit of the doubt (at most the pool's mean cost):
+        // a speed learned under an old burst must not keep it idle, never to be re-learned.
+        let inflight = r.inflight();
+        let speed = match r.secs_per_token() {
+            Some(learned) if inflight == 0 => learned.min(default_speed),
+            Some(learned) => learned,
+            None => default_speed,
+        };
         let own = own_prefill_tokens(features, r.id);
         let mut ahead = r.pending_prefill() as f64;
         let mut kv_factor = 1.0;
@@ -232,7 +239,6 @@ fn predicted_ttft(
             }
         }
         let predicted = speed * (ahead + own as f64) * kv_factor;
-        let inflight = r.inflight();
         let better = match best {
             None => true,
             Some((p, f, _)) => predicted < p || (predicted == p && inflight < f),
