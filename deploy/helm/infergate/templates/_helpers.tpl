@@ -229,7 +229,16 @@ lifecycle:
 resources:
   {{- toYaml $v.resources | nindent 2 }}
 securityContext:
-  {{- toYaml $v.securityContext | nindent 2 }}
+  {{- $sc := deepCopy $v.securityContext }}
+  {{- if .sidecar }}
+  {{- /* The application's pod security context is not the chart's: carry the user and profile on the container. */}}
+  {{- range $key := list "runAsUser" "runAsGroup" "seccompProfile" }}
+  {{- if and (hasKey $v.podSecurityContext $key) (not (hasKey $sc $key)) }}
+  {{- $_ := set $sc $key (get $v.podSecurityContext $key) }}
+  {{- end }}
+  {{- end }}
+  {{- end }}
+  {{- toYaml $sc | nindent 2 }}
 volumeMounts:
   - name: {{ $vol }}config
     mountPath: /etc/infergate
