@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Tests of the deployment files: renders the Helm chart (deploy/helm/infergate) in its variants
+# Tests of the deployment files: renders the Helm chart (deploy/helm/infergate) in six variants
 # with the vendored helm-template tool, validates every rendered object with kubernetes-validate
 # against Kubernetes $K8S_VERSION (strict: unknown fields are errors; schemas ship in the package,
 # so this works offline), checks what the schemas cannot (check_rendered.py: security settings,
@@ -57,11 +57,26 @@ check_config() {
 }
 
 # --- variants --------------------------------------------------------------------------------
+# One gateway replica resizing a StatefulSet: no leader election needed, so no Lease permissions.
+cat >"$tmp/values-statefulset.yaml" <<'EOF'
+replicaCount: 1
+config:
+  pools:
+    - name: qwen
+      models: [Qwen/Qwen2.5-7B-Instruct]
+      discovery: {kubernetes: {selector: {app: vllm-qwen}, port: 8000}}
+      scaler:
+        enabled: true
+        min_replicas: 1
+        max_replicas: 8
+        provider: {kubernetes: {api_version: apps/v1, kind: StatefulSet, name: vllm-qwen}}
+EOF
 # name | helm-template arguments
 variants=(
   "default|ig $chart --namespace llm"
-  "scaler|ig $chart --namespace llm -f $here/examples/scaler.yaml --api-versions monitoring.coreos.com/v1"
-  "scaler-set|ig $chart --namespace llm --set replicaCount=1,config.leader_election.enabled=true,config.leader_election.lease_duration=10s,drainTimeoutSeconds=120,preStopSleepSeconds=0,podDisruptionBudget.enabled=false,metricsService.enabled=false"
+  "scaler|ig $chart --namespace llm -f $here/examples/scaler.yaml --set serviceMonitor.enabled=true --api-versions monitoring.coreos.com/v1"
+  "statefulset|ig $chart --namespace llm -f $tmp/values-statefulset.yaml"
+  "set-flags|ig $chart --namespace llm --set replicaCount=1,config.leader_election.enabled=true,config.leader_election.lease_duration=10s,drainTimeoutSeconds=120,preStopSleepSeconds=0,podDisruptionBudget.enabled=false,metricsService.enabled=false"
   "sidecar|chat $chart --namespace app -f $here/examples/sidecar.yaml"
   "sidecar-kubernetes|chat $chart --namespace app --set mode=sidecar,sidecar.native=false,sidecar.adminOnAllInterfaces=false"
 )
@@ -88,17 +103,35 @@ for v in "${variants[@]}"; do
   [[ -f $tmp/$name/config.yaml ]] && cp "$tmp/$name/config.yaml" "$tmp/config-$name.yaml" && configs+=("$tmp/config-$name.yaml")
 done
 
+# The variants render what their values ask for.
+expect_in() { # VARIANT TEXT...: every TEXT occurs in the variant's rendering
+  local name=$1 t
+  shift
+  for t in "$@"; do
+    grep -qF -- "$t" "$tmp/$name.yaml" || { bad "$name: rendering lacks: $t"; return; }
+  done
+  ok "$name: renders $*"
+}
+expect_in statefulset "- statefulsets/scale" "- vllm-qwen" "replicas: 1"
+expect_in scaler "- leaderworkersets/scale" "namespace: llm-large" "lease_name: ig-infergate-leader" "kind: ServiceMonitor" "replicas: 3"
+expect_in set-flags "lease_duration: 10s" "drain_timeout: 120s" "terminationGracePeriodSeconds: 135"
+expect_in sidecar-kubernetes "serviceAccountName: chat-infergate" "admin: 127.0.0.1:9091"
+if grep -q 'kind: PodDisruptionBudget\|- leases' "$tmp/statefulset.yaml"; then
+  bad "statefulset: a PDB or Lease permissions with one replica and no leader election"
+fi
+if grep -q 'kind: PodDisruptionBudget' "$tmp/set-flags.yaml"; then bad "set-flags: a PDB with one replica"; fi
+
 echo "== kubernetes-validate -k $K8S_VERSION --strict"
 if "$kv" -k "$K8S_VERSION" --strict "${validate[@]}" >"$tmp/kv.log" 2>&1; then
   ok "kubernetes-validate: $(grep -c ' passed for resource ' "$tmp/kv.log") objects pass in ${#validate[@]} files$(grep -q '^WARN' "$tmp/kv.log" && echo "; $(grep -c '^WARN' "$tmp/kv.log") without a schema (CRD): $(grep -o 'kind [A-Za-z]*' "$tmp/kv.log" | sort -u | cut -d' ' -f2 | paste -sd,)")"
+  # Anything but a passed object or a CRD without schema is a problem.
+  if grep -v ' passed for resource \|^WARN .*Couldn.t find schema for kind ServiceMonitor' "$tmp/kv.log" | grep -q .; then
+    grep -v ' passed for resource ' "$tmp/kv.log" >&2
+    bad "kubernetes-validate printed unexpected lines"
+  fi
 else
   grep -v ' passed for resource ' "$tmp/kv.log" >&2
   bad "kubernetes-validate rejected rendered objects"
-fi
-# Anything but a passed object or a CRD without schema is a problem.
-if grep -v ' passed for resource \|^WARN .*Couldn.t find schema for kind ServiceMonitor' "$tmp/kv.log" | grep -q .; then
-  grep -v ' passed for resource ' "$tmp/kv.log" >&2
-  bad "kubernetes-validate printed unexpected lines"
 fi
 
 echo "== infergate check-config on the rendered configs"
