@@ -60,6 +60,7 @@ check_config() {
 # One gateway replica resizing a StatefulSet: no leader election needed, so no Lease permissions.
 cat >"$tmp/values-statefulset.yaml" <<'EOF'
 replicaCount: 1
+terminationGracePeriodSeconds: 200
 config:
   pools:
     - name: qwen
@@ -112,7 +113,7 @@ expect_in() { # VARIANT TEXT...: every TEXT occurs in the variant's rendering
   done
   ok "$name: renders $*"
 }
-expect_in statefulset "- statefulsets/scale" "- vllm-qwen" "replicas: 1"
+expect_in statefulset "- statefulsets/scale" "- vllm-qwen" "replicas: 1" "terminationGracePeriodSeconds: 200"
 expect_in scaler "- leaderworkersets/scale" "namespace: llm-large" "lease_name: ig-infergate-leader" "kind: ServiceMonitor" "replicas: 3"
 expect_in set-flags "lease_duration: 10s" "drain_timeout: 120s" "terminationGracePeriodSeconds: 135"
 expect_in sidecar-kubernetes "serviceAccountName: chat-infergate" "admin: 127.0.0.1:9091"
