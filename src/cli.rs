@@ -61,6 +61,9 @@ pub enum Command {
     /// Replay a workload (trace or generator) through the real router and scaler code against
     /// simulated replicas in virtual time; compare policies side by side.
     Simulate(crate::fleet::SimulateArgs),
+    /// Replay a workload (trace or generator) in real time against an OpenAI-compatible
+    /// endpoint, streaming; report latencies as `simulate` does.
+    Loadgen(crate::loadgen::ReplayArgs),
 }
 
 /// Flags of `infergate sim`.
@@ -162,6 +165,7 @@ pub fn run(args: impl IntoIterator<Item = impl Into<OsString> + Clone>) -> ExitC
         Command::Sim(args) => report(run_sim(args)),
         Command::Load(args) => report(run_load(args)),
         Command::Simulate(args) => report(crate::fleet::simulate(args)),
+        Command::Loadgen(args) => report(run_loadgen(args)),
     }
 }
 
@@ -306,6 +310,20 @@ pub async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
+}
+
+fn run_loadgen(args: crate::loadgen::ReplayArgs) -> anyhow::Result<()> {
+    let out = args.out.clone();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let report = runtime.block_on(crate::loadgen::replay(args))?;
+    println!("{}", crate::fleet::table(std::slice::from_ref(&report)));
+    if let Some(path) = out {
+        std::fs::write(&path, serde_json::to_string_pretty(&report)?)
+            .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+    }
+    Ok(())
 }
 
 fn run_load(args: crate::loadgen::LoadArgs) -> anyhow::Result<()> {

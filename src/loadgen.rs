@@ -1,6 +1,10 @@
-//! `infergate load`: a bounded load generator for OpenAI-compatible endpoints (the gateway or a
-//! replica). A fixed number of concurrent clients send chat completions until a request count
-//! or a time limit is reached, printing progress each second and a latency report at the end.
+//! Load generators for OpenAI-compatible endpoints (the gateway, a replica, or vLLM itself).
+//! `infergate load` is closed-loop: a fixed number of concurrent clients send chat completions
+//! until a request count or a time limit is reached. `infergate loadgen` is open-loop: it replays
+//! a workload (a trace or a generator, as `infergate simulate` takes them) in real time,
+//! streaming, and reports TTFT, inter-token latency and end-to-end latency the same way the
+//! fleet simulation does, so the two can be compared. Both print progress and stop by
+//! themselves.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -91,6 +95,8 @@ struct Sample {
     ttft: Option<f64>,
     e2e: f64,
     ok: bool,
+    /// Seconds between consecutive body chunks after the first (streams: token gaps).
+    gaps: Vec<f64>,
 }
 
 /// Runs the load; `progress` is called about once a second with (done, failed).
@@ -130,11 +136,7 @@ pub async fn run(
                     .expect("valid request");
                 let sent = Instant::now();
                 let remaining = deadline.saturating_duration_since(sent) + Duration::from_secs(5);
-                let sample = tokio::time::timeout(remaining, one_request(&client, request, sent, args.stream)).await.unwrap_or(Sample {
-                    ttft: None,
-                    e2e: sent.elapsed().as_secs_f64(),
-                    ok: false,
-                });
+                let sample = tokio::time::timeout(remaining, one_request(&client, request, sent, args.stream)).await.unwrap_or_else(|_| Sample::failed(sent));
                 if sample.ok {
                     done.fetch_add(1, Ordering::Relaxed);
                 } else {
@@ -173,32 +175,48 @@ pub async fn run(
     Ok(report)
 }
 
+impl Sample {
+    fn failed(sent: Instant) -> Self {
+        Self {
+            ttft: None,
+            e2e: sent.elapsed().as_secs_f64(),
+            ok: false,
+            gaps: Vec::new(),
+        }
+    }
+}
+
+type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
+
 async fn one_request(
-    client: &Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+    client: &HttpClient,
     request: http::Request<Full<Bytes>>,
     sent: Instant,
     stream: bool,
 ) -> Sample {
-    let fail = |sent: Instant| Sample {
-        ttft: None,
-        e2e: sent.elapsed().as_secs_f64(),
-        ok: false,
-    };
     let Ok(response) = client.request(request).await else {
-        return fail(sent);
+        return Sample::failed(sent);
     };
     if !response.status().is_success() {
-        return fail(sent);
+        return Sample::failed(sent);
     }
     let mut body = response.into_body();
     let mut ttft = None;
+    let mut gaps = Vec::new();
+    let mut last_chunk = sent;
     let mut tail = Vec::new();
     while let Some(frame) = body.frame().await {
         let Ok(frame) = frame else {
-            return fail(sent);
+            return Sample::failed(sent);
         };
         if let Some(data) = frame.data_ref() {
-            ttft.get_or_insert_with(|| sent.elapsed().as_secs_f64());
+            let now = Instant::now();
+            if ttft.is_none() {
+                ttft = Some(now.duration_since(sent).as_secs_f64());
+            } else {
+                gaps.push(now.duration_since(last_chunk).as_secs_f64());
+            }
+            last_chunk = now;
             // Keep only the end: enough to see `[DONE]` or an error event.
             tail.extend_from_slice(data);
             if tail.len() > 4096 {
@@ -217,5 +235,217 @@ async fn one_request(
         ttft,
         e2e: sent.elapsed().as_secs_f64(),
         ok,
+        gaps,
     }
+}
+
+/// Flags of `infergate loadgen`.
+#[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:
+  infergate loadgen --generator ramp --rate 2 --rate-end 20 --duration 2m --admin-url http://127.0.0.1:9090
+  infergate loadgen --url http://127.0.0.1:8000 --model my-model \\
+      --trace azure_llm_conv.csv --time-scale 0.1 --window 5m --out run.json")]
+pub struct ReplayArgs {
+    /// Base URL of the endpoint (the gateway, a replica, or vLLM).
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+    /// Model for requests whose workload names none.
+    #[arg(long, default_value = "llama")]
+    pub model: String,
+    #[command(flatten)]
+    pub workload: crate::fleet::WorkloadArgs,
+    /// Header carrying a request's session key (when the workload has one).
+    #[arg(long, default_value = "x-session-id")]
+    pub session_header: String,
+    /// Header carrying a request's priority class (when the workload has one).
+    #[arg(long, default_value = "x-priority")]
+    pub priority_header: String,
+    /// Most requests in flight; arrivals beyond it wait (and count their wait in TTFT).
+    #[arg(long, default_value_t = 4096)]
+    pub max_inflight: usize,
+    /// The gateway's admin URL: its ready replicas are recorded once a second.
+    #[arg(long)]
+    pub admin_url: Option<String>,
+    /// A request with no answer this long after it was sent fails.
+    #[arg(long, value_parser = crate::config::parse_duration, default_value = "10m")]
+    pub timeout: Duration,
+    /// TTFT target for SLO attainment and goodput.
+    #[arg(long, value_parser = crate::config::parse_duration, default_value = "2s")]
+    pub ttft_slo: Duration,
+    /// Mean inter-token latency target for SLO attainment and goodput.
+    #[arg(long, value_parser = crate::config::parse_duration, default_value = "100ms")]
+    pub itl_slo: Duration,
+    /// Write the report (the same JSON as `simulate` writes per run) to this file.
+    #[arg(long)]
+    pub out: Option<std::path::PathBuf>,
+}
+
+/// Replays the workload in real time against `args.url` and returns the measured run.
+pub async fn replay(args: ReplayArgs) -> anyhow::Result<crate::fleet::stats::RunReport> {
+    use crate::fleet::stats::{Failure, Recorder, RunReport, Sample as Point, Slo, Summary};
+    let requests = args.workload.load()?;
+    anyhow::ensure!(args.max_inflight > 0, "--max-inflight must be at least 1");
+    let uri: http::Uri = format!("{}/v1/completions", args.url.trim_end_matches('/')).parse()?;
+    let session_header = http::HeaderName::try_from(args.session_header.as_str())?;
+    let priority_header = http::HeaderName::try_from(args.priority_header.as_str())?;
+    let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
+    let slo = Slo {
+        ttft: args.ttft_slo.as_secs_f64(),
+        itl: args.itl_slo.as_secs_f64(),
+    };
+    let total = requests.len();
+    let span = requests.last().map_or(0.0, |r| r.arrival);
+    eprintln!("loadgen: {total} requests over {span:.0} s to {}", args.url);
+    let slots = Arc::new(tokio::sync::Semaphore::new(args.max_inflight));
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(usize, Sample)>();
+    let start = Instant::now();
+    let sender = {
+        let (client, uri, args_model) = (client.clone(), uri.clone(), args.model.clone());
+        let timeout = args.timeout;
+        tokio::spawn(async move {
+            for (i, r) in requests.iter().enumerate() {
+                tokio::time::sleep_until((start + Duration::from_secs_f64(r.arrival)).into()).await;
+                let permit = slots.clone().acquire_owned().await.expect("never closed");
+                let body = json!({
+                    "model": r.model.clone().unwrap_or_else(|| args_model.clone()),
+                    "prompt": r.prompt_text(),
+                    "max_tokens": r.output_tokens, "ignore_eos": true, "stream": true,
+                });
+                let mut request =
+                    http::Request::post(uri.clone()).header("content-type", "application/json");
+                if let Some(session) = &r.session {
+                    request = request.header(&session_header, session.as_str());
+                }
+                if let Some(priority) = &r.priority {
+                    request = request.header(&priority_header, priority.as_str());
+                }
+                let request = request
+                    .body(Full::new(Bytes::from(
+                        serde_json::to_vec(&body).expect("JSON"),
+                    )))
+                    .expect("valid request");
+                // TTFT counts from the planned arrival, so a saturated client shows as latency.
+                let planned = start + Duration::from_secs_f64(r.arrival);
+                let (client, tx) = (client.clone(), tx.clone());
+                tokio::spawn(async move {
+                    let sample =
+                        tokio::time::timeout(timeout, one_request(&client, request, planned, true))
+                            .await
+                            .unwrap_or_else(|_| Sample::failed(planned));
+                    drop(permit);
+                    let _ = tx.send((i, sample));
+                });
+            }
+        })
+    };
+    let replicas = Arc::new(std::sync::Mutex::new(Vec::<(f64, u32)>::new()));
+    let poller = args.admin_url.clone().map(|admin| {
+        let (client, replicas) = (client.clone(), replicas.clone());
+        tokio::spawn(async move {
+            let Ok(uri) =
+                format!("{}/admin/status", admin.trim_end_matches('/')).parse::<http::Uri>()
+            else {
+                return;
+            };
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                if let Some(ready) = ready_replicas(&client, &uri).await {
+                    let t = start.elapsed().as_secs_f64();
+                    replicas.lock().expect("not poisoned").push((t, ready));
+                }
+            }
+        })
+    });
+    let mut rec = Recorder::default();
+    let mut done = 0usize;
+    let mut last_print = Instant::now();
+    while let Some((_, sample)) = rx.recv().await {
+        done += 1;
+        match sample.ttft {
+            Some(ttft) if sample.ok => {
+                rec.first_token(ttft);
+                for gap in &sample.gaps {
+                    rec.itl.record(*gap);
+                }
+                let tokens = sample.gaps.len() as u32 + 1;
+                rec.finished(ttft, sample.e2e, tokens, 0, 0, slo);
+            }
+            _ => rec.fail(Failure::Error),
+        }
+        if last_print.elapsed() >= Duration::from_secs(2) || done == total {
+            last_print = Instant::now();
+            let failed: usize = rec.failed.values().sum();
+            eprintln!(
+                "loadgen: {done} of {total} answered ({failed} failed), {:.0} s",
+                start.elapsed().as_secs_f64()
+            );
+        }
+        if done == total {
+            break;
+        }
+    }
+    sender.abort();
+    if let Some(p) = poller {
+        p.abort();
+    }
+    let wall = start.elapsed().as_secs_f64();
+    let replicas = std::mem::take(&mut *replicas.lock().expect("not poisoned"));
+    let replica_seconds = replicas
+        .windows(2)
+        .map(|w| (w[1].0 - w[0].0) * f64::from(w[0].1))
+        .sum();
+    let changes = |up: bool| {
+        replicas
+            .windows(2)
+            .filter(|w| if up { w[1].1 > w[0].1 } else { w[1].1 < w[0].1 })
+            .count() as u32
+    };
+    Ok(RunReport {
+        name: "loadgen (real time)".into(),
+        routing: String::new(),
+        scaler: String::new(),
+        requests: total,
+        completed: rec.completed,
+        failed: rec.failed.clone(),
+        ttft: Summary::of(&mut rec.ttft),
+        itl: rec.itl.summary(),
+        e2e: Summary::of(&mut rec.e2e),
+        throughput: rec.output_tokens as f64 / span.max(1e-9),
+        slo,
+        slo_attainment: rec.good_requests as f64 / total.max(1) as f64,
+        goodput: rec.good_tokens as f64 / span.max(1e-9),
+        prefix_cache_hit_rate: 0.0,
+        replica_seconds,
+        scale_ups: changes(true),
+        scale_downs: changes(false),
+        max_replicas: replicas.iter().map(|r| r.1).max().unwrap_or(0),
+        duration: wall,
+        wall_seconds: wall,
+        timeline: replicas
+            .iter()
+            .map(|(t, ready)| Point {
+                t: *t,
+                ready: *ready,
+                ..Default::default()
+            })
+            .collect(),
+        replicas: Vec::new(),
+        per_request: Vec::new(),
+    })
+}
+
+/// Ready replicas over all pools, from the gateway's `/admin/status`.
+async fn ready_replicas(client: &HttpClient, uri: &http::Uri) -> Option<u32> {
+    let response = client.get(uri.clone()).await.ok()?;
+    let body = response.into_body().collect().await.ok()?.to_bytes();
+    let status: serde_json::Value = serde_json::from_slice(&body).ok()?;
+    let pools = status.get("pools")?.as_array()?;
+    Some(
+        pools
+            .iter()
+            .filter_map(|p| p.get("replicas")?.as_array())
+            .map(|r| r.len() as u32)
+            .sum(),
+    )
 }

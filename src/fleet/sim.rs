@@ -932,13 +932,16 @@ impl<'w> Fleet<'w> {
                 .iter()
                 .enumerate()
                 .flat_map(|(p, pool)| {
-                    pool.replicas.iter().enumerate().map(move |(i, r)| ReplicaReport {
-                        pool: p,
-                        index: i,
-                        slow: r.slow,
-                        requests: r.served,
-                        busy: r.busy_seconds / (r.stopped.unwrap_or(end) - r.started).max(1e-9),
-                    })
+                    pool.replicas
+                        .iter()
+                        .enumerate()
+                        .map(move |(i, r)| ReplicaReport {
+                            pool: p,
+                            index: i,
+                            slow: r.slow,
+                            requests: r.served,
+                            busy: r.busy_seconds / (r.stopped.unwrap_or(end) - r.started).max(1e-9),
+                        })
                 })
                 .collect(),
         }

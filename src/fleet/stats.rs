@@ -26,6 +26,8 @@ pub enum Failure {
     CutByScaleDown,
     /// Still running when the simulation's time limit passed.
     Unfinished,
+    /// A real request failed (`loadgen`: an error status or a stream that broke off).
+    Error,
 }
 
 /// Latency summary in seconds.

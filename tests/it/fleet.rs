@@ -422,3 +422,58 @@ fn simulate_compares_policies_and_writes_its_report_and_plots() {
     assert_eq!(bad.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("cannot open /nonexistent/trace.jsonl"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loadgen_replays_a_workload_against_a_real_replica() {
+    let (_sim, addr) = crate::support::spawn_sim(&["--model", "sim-m", "--speed", "20"]);
+    let out = tempdir().join("loadgen.json");
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_infergate"))
+        .args([
+            "loadgen",
+            "--url",
+            &format!("http://{addr}"),
+            "--model",
+            "sim-m",
+            "--generator",
+            "shared-prefix",
+            "--rate",
+            "20",
+            "--duration",
+            "3s",
+            "--prompt-tokens",
+            "64",
+            "--output-tokens",
+            "20",
+            "--system-prompt-tokens",
+            "512",
+            "--out",
+        ])
+        .arg(&out)
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    let requests = report["requests"].as_u64().unwrap();
+    assert!(requests > 30, "{report}");
+    assert_eq!(report["completed"].as_u64(), Some(requests), "{report}");
+    assert!(report["ttft"]["p50"].as_f64().unwrap() > 0.0);
+    // The replica saw exactly those requests, and their shared system prompts hit its cache.
+    let page = crate::support::get(&format!("http://{addr}/metrics"))
+        .await
+        .text();
+    let served = crate::support::metric(&page, "vllm:request_success_total", &[]).unwrap_or(0.0)
+        + crate::support::metric(
+            &page,
+            "vllm:request_success_total",
+            &[("finished_reason", "length")],
+        )
+        .unwrap_or(0.0);
+    assert!(served >= requests as f64, "{served} of {requests}: {page}");
+    let hits = crate::support::metric(&page, "vllm:prefix_cache_hits_total", &[]).unwrap_or(0.0);
+    assert!(
+        hits > 0.0,
+        "shared prefixes reach the replica as shared text"
+    );
+}
