@@ -73,7 +73,7 @@ fn bench_pick(c: &mut Criterion) {
             .routing
             .clone();
         routing.policy = policy;
-        for n in [8usize, 64, 1000] {
+        for n in [16usize, 256, 1000] {
             let snap = snapshot(n);
             // Fresh scraped stats and latency history on every replica: the policy's full path.
             let now = Instant::now();
@@ -128,5 +128,87 @@ fn bench_prefix(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench_classify, bench_pick, bench_prefix);
+/// A simulator replica's full `/metrics` page (histograms included, as vLLM serves it) after
+/// some traffic, parsed as the scraper does.
+fn bench_metrics_page(c: &mut Criterion) {
+    let profile = infergate::sim::profile::profile("llama-8b-h100").unwrap();
+    let metrics = infergate::sim::metrics::SimMetrics::new(
+        infergate::sim::metrics::MetricsFlavor::Vllm,
+        "bench-model",
+        &profile,
+        "bench-pod",
+        false,
+    );
+    let stats = infergate::sim::engine::EngineStats {
+        waiting: 7,
+        running: 48,
+        kv_usage: 0.62,
+        prefix_queries_tokens: 1_000_000,
+        prefix_hits_tokens: 420_000,
+        ..Default::default()
+    };
+    metrics.update(&stats, 1.7e9);
+    for i in 0..500 {
+        metrics.observe_token_gap(0.005 + f64::from(i % 40) * 0.001);
+    }
+    let page = String::from_utf8(metrics.render()).unwrap();
+    let mut group = c.benchmark_group("metrics_page");
+    group.throughput(Throughput::Bytes(page.len() as u64));
+    group.bench_function(BenchmarkId::new("parse_vllm", page.len()), |b| {
+        b.iter(|| {
+            infergate::load::exposition::parse(
+                infergate::config::MetricsFormat::Vllm,
+                black_box(&page),
+            )
+            .unwrap()
+        })
+    });
+    group.finish();
+}
+
+/// One decision of each scaler policy with a full history behind it (ten minutes of
+/// observations once a second).
+fn bench_scaler(c: &mut Criterion) {
+    use infergate::scaler::policy::{self, Observation};
+    let mut group = c.benchmark_group("scaler_recommend");
+    for kind in [
+        infergate::config::ScalerPolicy::Infergate,
+        infergate::config::ScalerPolicy::Hpa,
+        infergate::config::ScalerPolicy::Kpa,
+    ] {
+        let mut config = infergate::config::embedded_default().pools[0].scaler.clone();
+        config.policy = kind;
+        config.max_replicas = 64;
+        config.targets.kv_cache_usage = Some(0.8);
+        let mut p = policy::build(&config);
+        let obs = |t: u32| Observation {
+            now: f64::from(t),
+            ready: 8,
+            inflight: u64::from(40 + t % 30),
+            queued: u64::from(t % 3),
+            kv_cache_usage: Some(0.5 + f64::from(t % 10) * 0.03),
+            ..Default::default()
+        };
+        for t in 0..600 {
+            p.recommend(&obs(t));
+        }
+        let mut t = 600;
+        group.bench_function(infergate::fleet::policy_name(&kind), |b| {
+            b.iter(|| {
+                t += 1;
+                p.recommend(black_box(&obs(t)))
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    bench_classify,
+    bench_pick,
+    bench_prefix,
+    bench_metrics_page,
+    bench_scaler
+);
 criterion_main!(benches);
