@@ -9,6 +9,7 @@ pub mod config;
 pub mod discovery;
 pub mod gateway;
 pub mod http_server;
+pub mod kubernetes;
 pub mod load;
 pub mod loadgen;
 pub mod openai;
