@@ -97,7 +97,7 @@ pub fn status(state: &GatewayState) -> serde_json::Value {
                             "age_ms": now.saturating_duration_since(s.at).as_millis() as u64,
                         })
                     });
-                    json!({"name": r.name, "inflight": r.inflight(), "ejected": r.is_ejected(now), "engine": engine})
+                    json!({"name": r.name, "pod": r.placement.pod, "node": r.placement.node, "inflight": r.inflight(), "ejected": r.is_ejected(now), "engine": engine})
                 })
                 .collect();
             json!({

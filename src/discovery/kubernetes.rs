@@ -183,8 +183,8 @@ pub fn spawn(
     match &config.source {
         KubernetesSource::Service(service) => {
             let api: Api<EndpointSlice> = Api::namespaced(client, &namespace);
-            let watch = watcher::Config::default()
-                .labels(&format!("kubernetes.io/service-name={service}"));
+            let watch =
+                watcher::Config::default().labels(&format!("kubernetes.io/service-name={service}"));
             tokio::spawn(run(
                 api,
                 watch,
@@ -343,8 +343,7 @@ pub fn slice_members(slice: &EndpointSlice, port: Option<&PortRef>) -> Vec<Membe
                 .filter(|r| r.kind.as_deref() == Some("Pod"))
                 .and_then(|r| r.name.clone());
             Member {
-                authority: number
-                    .and_then(|n| e.addresses.first().and_then(|ip| authority(ip, n))),
+                authority: number.and_then(|n| e.addresses.first().and_then(|ip| authority(ip, n))),
                 pod,
                 node: e.node_name.clone(),
                 ready,
@@ -426,7 +425,10 @@ mod tests {
         assert_eq!(members[0].node.as_deref(), Some("gpu-a"));
         assert!(members[1].starting() && !members[2].starting());
         let first = slice_members(&s, None);
-        assert_eq!(first[0].authority.as_ref().unwrap().as_str(), "10.0.0.1:9100");
+        assert_eq!(
+            first[0].authority.as_ref().unwrap().as_str(),
+            "10.0.0.1:9100"
+        );
         assert!(
             slice_members(&s, Some(&PortRef::Name("grpc".into())))
                 .iter()

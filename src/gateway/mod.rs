@@ -64,13 +64,14 @@ pub async fn start_with(config: Config, options: Options) -> anyhow::Result<Runn
         .pools
         .iter()
         .any(|p| matches!(p.discovery, Discovery::Kubernetes(_)));
-    let kube = match (options.kube, on_kubernetes) {
-        (Some(kube), _) => Some(kube),
-        (None, true) => Some(KubeContext::infer().await.context(
-            "a pool uses Kubernetes discovery, but no Kubernetes API is configured",
-        )?),
-        (None, false) => None,
-    };
+    let kube =
+        match (options.kube, on_kubernetes) {
+            (Some(kube), _) => Some(kube),
+            (None, true) => Some(KubeContext::infer().await.context(
+                "a pool uses Kubernetes discovery, but no Kubernetes API is configured",
+            )?),
+            (None, false) => None,
+        };
     let workers = config.listeners.worker_threads;
     let gateway_listeners =
         http_server::bind(config.listeners.gateway, workers).with_context(|| {
@@ -169,8 +170,13 @@ pub async fn start_with(config: Config, options: Options) -> anyhow::Result<Runn
                 }
                 if let Provider::Kubernetes(target) = &pool.scaler.provider {
                     let leadership = lease.as_ref().map(|(_, l)| l.clone());
-                    let scaler =
-                        KubeScaler::new(runtime.clone(), members, kube, target.clone(), leadership.clone());
+                    let scaler = KubeScaler::new(
+                        runtime.clone(),
+                        members,
+                        kube,
+                        target.clone(),
+                        leadership.clone(),
+                    );
                     actuations.push((
                         runtime.clone(),
                         Actuation {

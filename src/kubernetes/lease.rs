@@ -125,7 +125,9 @@ impl Elector {
                             last_error = Some(message);
                         }
                     }
-                    Err(_) => tracing::warn!("leader election: the API server did not answer within {period:?}"),
+                    Err(_) => tracing::warn!(
+                        "leader election: the API server did not answer within {period:?}"
+                    ),
                 }
                 tokio::time::sleep_until((sent + period).into()).await;
             }
@@ -190,9 +192,7 @@ impl Elector {
                 Some(now.clone())
             },
             renew_time: Some(now),
-            lease_transitions: Some(
-                spec.lease_transitions.unwrap_or(0) + i32::from(!mine && holder.is_some()),
-            ),
+            lease_transitions: Some(spec.lease_transitions.unwrap_or(0) + i32::from(!mine)),
             ..spec
         };
         let lease = Lease {

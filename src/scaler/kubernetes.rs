@@ -135,7 +135,13 @@ impl Provider for KubeScaler {
                     .patch_replicas(|current| (current < target).then_some(target))
                     .await?;
                 return Ok(changed.map_or(Action::None, |(from, to)| {
-                    tracing::info!(pool = inner.pool.name(), from, to, "scaled {} up", inner.target.name);
+                    tracing::info!(
+                        pool = inner.pool.name(),
+                        from,
+                        to,
+                        "scaled {} up",
+                        inner.target.name
+                    );
                     Action::Up(to - from)
                 }));
             }
@@ -310,7 +316,10 @@ impl Inner {
                 tracing::info!(pool = self.pool.name(), ?pods, inflight_left, replicas = ?changed.map(|c| c.1), "drained; lowered {}", self.target.name);
             }
             Err(e) => {
-                tracing::warn!(pool = self.pool.name(), "scale-down called off, victims route again: {e}");
+                tracing::warn!(
+                    pool = self.pool.name(),
+                    "scale-down called off, victims route again: {e}"
+                );
                 for authority in victims.iter().filter_map(|v| v.authority.as_ref()) {
                     self.members.include(authority);
                 }

@@ -68,10 +68,7 @@ pub fn spawn(
                 tracing::info!(pool = pool.name(), ready = obs.ready, starting = obs.starting, desired = rec.desired, reason = %rec.reason, "scaler decision");
                 last_desired = Some(rec.desired);
             }
-            let leading = actuation
-                .leadership
-                .as_ref()
-                .is_none_or(|l| l.is_leader());
+            let leading = actuation.leadership.as_ref().is_none_or(|l| l.is_leader());
             let acting = actuation.enabled && leading;
             if let Some(provider) = actuation.provider.as_ref().filter(|_| acting) {
                 match provider.scale(rec.desired, &obs).await {

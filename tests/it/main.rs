@@ -1,7 +1,9 @@
 //! The one integration-test binary (every extra binary costs a full link of the dependency tree).
 
 mod config_files;
+mod fake_kube;
 mod gateway;
+mod kube;
 mod scaler;
 mod sim;
 mod support;
