@@ -129,7 +129,11 @@ impl Elector {
                         "leader election: the API server did not answer within {period:?}"
                     ),
                 }
-                tokio::time::sleep_until((sent + period).into()).await;
+                // Look often enough that the gauge turns to 0 when a lease runs out unrenewed.
+                while Instant::now() < sent + period {
+                    leadership.is_leader();
+                    tokio::time::sleep(Duration::from_millis(100).min(period)).await;
+                }
             }
         })
     }

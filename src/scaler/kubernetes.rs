@@ -30,6 +30,8 @@ use crate::load::Replica;
 
 /// The annotation ReplicaSets read to choose which pods to remove first (lowest first).
 pub const DELETION_COST: &str = "controller.kubernetes.io/pod-deletion-cost";
+/// Longest wait for the scale read of one tick; the last value read stands in after it.
+const OBSERVE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Writes retried after a `409 Conflict` before giving up for this tick.
 const CONFLICT_RETRIES: u32 = 5;
 /// How long a drained victim stays out of routing after `replicas` was lowered, in case its pod
@@ -102,9 +104,13 @@ impl Provider for KubeScaler {
     fn observe(&self) -> BoxFuture<'_, Supply> {
         Box::pin(async move {
             let inner = &self.inner;
-            match inner.read_replicas().await {
-                Ok((spec, _)) => *inner.spec.lock().expect("not poisoned") = Some(spec),
-                Err(e) => tracing::debug!(pool = inner.pool.name(), "cannot read the scale: {e}"),
+            // Bounded: an API server that does not answer must not stall the control loop.
+            match tokio::time::timeout(OBSERVE_TIMEOUT, inner.read_replicas()).await {
+                Ok(Ok((spec, _))) => *inner.spec.lock().expect("not poisoned") = Some(spec),
+                Ok(Err(e)) => {
+                    tracing::debug!(pool = inner.pool.name(), "cannot read the scale: {e}")
+                }
+                Err(_) => tracing::debug!(pool = inner.pool.name(), "reading the scale timed out"),
             }
             let spec = *inner.spec.lock().expect("not poisoned");
             let draining = inner.draining.load(Ordering::Relaxed);

@@ -48,8 +48,20 @@ pub struct Write {
     pub body: Value,
 }
 
+/// One watch the fake was asked for.
+#[derive(Clone, Debug)]
+pub struct WatchRequest {
+    pub collection: String,
+    /// The resourceVersion it resumed from.
+    pub from: u64,
+    pub bookmarks: bool,
+    /// Answered with `410 Gone`.
+    pub gone: bool,
+}
+
 #[derive(Default)]
 struct Store {
+    watches: Vec<WatchRequest>,
     rv: u64,
     /// Watches from an older resourceVersion get `410 Gone`.
     compacted: u64,
@@ -289,6 +301,11 @@ impl FakeKube {
     pub fn deny(&self, verb: &str, resource: &str) {
         let mut store = self.shared.store.lock().unwrap();
         store.denied.insert((verb.into(), resource.into()));
+    }
+
+    /// The watches asked for so far.
+    pub fn watches(&self) -> Vec<WatchRequest> {
+        self.shared.store.lock().unwrap().watches.clone()
     }
 
     /// The writes answered so far.
@@ -552,8 +569,14 @@ fn start_watch(
     let mut live = shared.events.subscribe();
     let mut outage = shared.outages.subscribe();
     let (backlog, mut seen, gone) = {
-        let store = shared.store.lock().unwrap();
+        let mut store = shared.store.lock().unwrap();
         let gone = from < store.compacted;
+        store.watches.push(WatchRequest {
+            collection: target.collection.clone(),
+            from,
+            bookmarks,
+            gone,
+        });
         let backlog: Vec<Event> = store
             .history
             .iter()

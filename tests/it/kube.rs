@@ -256,6 +256,8 @@ async fn kube_api_outage_keeps_routing_says_so_and_relists_after_gone() {
     );
     assert_eq!(routed(&gw).await.len(), 2);
 
+    // Long enough for lease renewals (other objects) and bookmarks carrying their versions.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     fake.set_up(false);
     let went_down = Instant::now();
     eventually!(Duration::from_secs(5), "api down seen", {
@@ -317,6 +319,22 @@ async fn kube_api_outage_keeps_routing_says_so_and_relists_after_gone() {
         .await
         .json();
     assert_eq!(ready["detail"], json!({}), "{ready}");
+    let slice_watches: Vec<_> = fake
+        .watches()
+        .into_iter()
+        .filter(|w| w.collection == SLICES)
+        .collect();
+    assert!(
+        slice_watches.iter().all(|w| w.bookmarks),
+        "bookmarks asked for: {slice_watches:?}"
+    );
+    // Resumed from where the bookmarks had moved it (no slice changed before the outage, the
+    // lease did), and was sent back to relist.
+    let gone = slice_watches
+        .iter()
+        .find(|w| w.gone)
+        .expect("a watch got 410 Gone");
+    assert!(gone.from > slice_watches[0].from, "{slice_watches:?}");
     // And new objects arrive through the new watch.
     fake.apply(SLICES, slice("sim-b", b.addr, true, false));
     eventually!(
