@@ -62,6 +62,8 @@ pub struct WatchRequest {
 #[derive(Default)]
 struct Store {
     watches: Vec<WatchRequest>,
+    /// A writer that beats the next scale patch: the replicas it sets first.
+    scale_race: Option<u64>,
     rv: u64,
     /// Watches from an older resourceVersion get `410 Gone`.
     compacted: u64,
@@ -297,6 +299,12 @@ impl FakeKube {
         store.history.clear();
     }
 
+    /// Another writer sets `replicas` between the next scale read and patch (the patch then
+    /// meets a changed resourceVersion).
+    pub fn race_next_scale_patch(&self, replicas: u64) {
+        self.shared.store.lock().unwrap().scale_race = Some(replicas);
+    }
+
     /// RBAC: answer `verb` on `resource` (e.g. `patch`, `deployments/scale`) with 403.
     pub fn deny(&self, verb: &str, resource: &str) {
         let mut store = self.shared.store.lock().unwrap();
@@ -490,6 +498,11 @@ fn write_or_get(shared: &Shared, target: &Target, verb: &str, body: &Value) -> R
             StatusCode::OK,
             &if scale { scale_of(&current) } else { current },
         );
+    }
+    let mut current = current;
+    if scale && let Some(replicas) = store.scale_race.take() {
+        current["spec"]["replicas"] = replicas.into();
+        commit(shared, &mut store, key.clone(), &mut current, "MODIFIED");
     }
     // Optimistic concurrency: a resourceVersion in the body must be the current one.
     if let Some(expected) = body["metadata"]["resourceVersion"].as_str()

@@ -547,6 +547,43 @@ async fn kube_hand_edit_of_replicas_is_the_new_current_value() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_conflicting_scale_write_is_retried_on_the_fresh_object() {
+    let a = sim().await;
+    let fake = FakeKube::start().await;
+    add_replica(&fake, "sim-a", a.addr);
+    fake.apply(DEPLOYMENTS, deployment(1));
+    // The scaler will raise 1 → 2; someone sets 3 just before its patch lands.
+    fake.race_next_scale_patch(3);
+    let gw = gateway(
+        &fake,
+        "gw",
+        BY_SERVICE,
+        "min_replicas: 2, max_replicas: 4",
+        false,
+    )
+    .await;
+    eventually!(
+        Duration::from_secs(5),
+        "the patch meets the other write",
+        fake.writes().iter().any(|w| w.status == 409)
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Re-read: 3 already covers the 2 it wanted, so it writes nothing over the other writer.
+    assert_eq!(fake.get(DEPLOYMENTS, "sim").unwrap()["spec"]["replicas"], 3);
+    assert!(scale_patches(&fake, "gw").is_empty(), "{:?}", fake.writes());
+    let scaler = &status(&gw).await["scaler"];
+    assert!(
+        scaler["error"].is_null(),
+        "a conflict is no error: {scaler}"
+    );
+    assert_eq!(
+        scaler["starting"], 2,
+        "the other writer's replicas count as coming: {scaler}"
+    );
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kube_forbidden_scale_names_the_missing_verb_and_resource() {
     let a = sim().await;
     let fake = FakeKube::start().await;
