@@ -484,7 +484,7 @@ async fn kube_scale_down_annotates_the_victim_drains_it_then_lowers_replicas() {
     eventually!(
         Duration::from_secs(5),
         "replicas lowered after the drain",
-        { fake.get(DEPLOYMENTS, "sim").unwrap()["spec"]["replicas"] == 1 }
+        fake.get(DEPLOYMENTS, "sim").unwrap()["spec"]["replicas"] == 1
     );
     let writes = fake.writes();
     let annotate_at = writes
@@ -541,7 +541,7 @@ async fn kube_hand_edit_of_replicas_is_the_new_current_value() {
     eventually!(
         Duration::from_secs(10),
         "scales down from the edited value",
-        { scale_patches(&fake, "gw").first() == Some(&2) }
+        scale_patches(&fake, "gw").first() == Some(&2)
     );
     gw.shutdown().await;
 }
