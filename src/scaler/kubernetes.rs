@@ -257,31 +257,21 @@ impl Inner {
         }
     }
 
-    /// `n` victims: pods not ready first (the ReplicaSet removes those first anyway), then the
-    /// fewest in flight; for a StatefulSet the highest ordinals, the only ones it removes.
-    fn choose_victims(&self, mut members: Vec<Member>, n: u32) -> Vec<Member> {
+    /// `n` victims, in the order of [`victims`], by this gateway's in-flight counts.
+    fn choose_victims(&self, members: Vec<Member>, n: u32) -> Vec<Member> {
         let snapshot = self.pool.snapshot();
-        let inflight = |m: &Member| {
-            snapshot
-                .replicas
-                .iter()
-                .find(|r| Some(&r.authority) == m.authority.as_ref())
-                .map_or(0, |r| r.inflight())
-        };
-        if self.target.kind == "StatefulSet" {
-            let ordinal = |m: &Member| {
-                m.pod
-                    .as_deref()
-                    .and_then(|p| p.rsplit_once('-'))
-                    .and_then(|(_, n)| n.parse::<u64>().ok())
-                    .unwrap_or(0)
-            };
-            members.sort_by_key(|m| std::cmp::Reverse(ordinal(m)));
-        } else {
-            members.sort_by_key(|m| (m.ready, inflight(m)));
-        }
-        members.truncate(n as usize);
-        members
+        victims(
+            members,
+            n,
+            self.target.kind == "StatefulSet",
+            |m: &Member| {
+                snapshot
+                    .replicas
+                    .iter()
+                    .find(|r| Some(&r.authority) == m.authority.as_ref())
+                    .map_or(0, |r| r.inflight())
+            },
+        )
     }
 
     /// Marks a victim so the ReplicaSet removes it before any other pod.
@@ -332,5 +322,80 @@ impl Inner {
             }
         }
         self.draining.fetch_sub(count, Ordering::Relaxed);
+    }
+}
+
+/// The `n` pods to remove: not ready first (a ReplicaSet removes those before any ready pod
+/// whatever their deletion cost), then the fewest in flight. A StatefulSet always removes its
+/// highest ordinals, so those are the ones to drain.
+pub fn victims(
+    mut members: Vec<Member>,
+    n: u32,
+    stateful_set: bool,
+    inflight: impl Fn(&Member) -> u64,
+) -> Vec<Member> {
+    if stateful_set {
+        let ordinal = |m: &Member| {
+            m.pod
+                .as_deref()
+                .and_then(|p| p.rsplit_once('-'))
+                .and_then(|(_, n)| n.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        members.sort_by_key(|m| std::cmp::Reverse(ordinal(m)));
+    } else {
+        members.sort_by_key(|m| (m.ready, inflight(m)));
+    }
+    members.truncate(n as usize);
+    members
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(pod: &str, ready: bool) -> Member {
+        Member {
+            authority: None,
+            pod: Some(pod.into()),
+            node: None,
+            ready,
+            terminating: false,
+        }
+    }
+
+    fn pods(members: &[Member]) -> Vec<&str> {
+        members.iter().map(|m| m.pod.as_deref().unwrap()).collect()
+    }
+
+    #[test]
+    fn victims_are_not_ready_pods_first_then_the_least_busy() {
+        let all = vec![
+            member("busy", true),
+            member("idle", true),
+            member("loading", false),
+            member("some", true),
+        ];
+        let load = |m: &Member| match m.pod.as_deref() {
+            Some("busy") => 9,
+            Some("some") => 2,
+            _ => 0,
+        };
+        assert_eq!(pods(&victims(all.clone(), 1, false, load)), ["loading"]);
+        assert_eq!(
+            pods(&victims(all.clone(), 3, false, load)),
+            ["loading", "idle", "some"]
+        );
+        assert_eq!(victims(all, 0, false, load), []);
+    }
+
+    #[test]
+    fn stateful_set_victims_are_the_highest_ordinals() {
+        let all = vec![
+            member("vllm-2", true),
+            member("vllm-10", true),
+            member("vllm-0", false),
+        ];
+        assert_eq!(pods(&victims(all, 2, true, |_| 0)), ["vllm-10", "vllm-2"]);
     }
 }
