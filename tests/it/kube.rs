@@ -702,3 +702,41 @@ pools:
         .await
         .unwrap();
 }
+
+/// A holder that dies without handing the lease back: the other replica takes over once it
+/// has seen the lease unrenewed for a whole lease duration, not before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_lease_is_taken_over_only_after_the_holder_stops_renewing() {
+    use infergate::kubernetes::lease::{Elector, Leadership};
+    let fake = FakeKube::start().await;
+    let elect = |who: &str| {
+        let leadership = std::sync::Arc::new(Leadership::new(
+            who.into(),
+            prometheus::IntGauge::new(format!("leader_{}", who.replace('-', "_")), "test").unwrap(),
+        ));
+        let elector = Elector::new(
+            kube::Api::namespaced(fake.client(who), "default"),
+            "infergate-leader".into(),
+            "default".into(),
+            Duration::from_secs(2),
+        );
+        (elector.spawn(leadership.clone()), leadership)
+    };
+    let (task_a, a) = elect("gw-a");
+    eventually!(Duration::from_secs(3), "a leads", a.is_leader());
+    let (task_b, b) = elect("gw-b");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(a.is_leader() && !b.is_leader(), "a renews, b waits");
+    task_a.abort(); // a crashes: no release
+    let crashed = Instant::now();
+    eventually!(Duration::from_secs(5), "b takes over", b.is_leader());
+    assert!(
+        crashed.elapsed() >= Duration::from_millis(1300),
+        "not before the lease could have run out ({:?})",
+        crashed.elapsed()
+    );
+    let lease = fake.get(LEASES, "infergate-leader").unwrap();
+    assert_eq!(lease["spec"]["holderIdentity"], "gw-b");
+    assert_eq!(lease["spec"]["leaseTransitions"], 1);
+    task_b.abort();
+}
