@@ -10,6 +10,7 @@ pub mod discovery;
 pub mod fleet;
 pub mod gateway;
 pub mod http_server;
+pub mod kubernetes;
 pub mod load;
 pub mod loadgen;
 pub mod openai;

@@ -49,9 +49,25 @@ pub async fn handle(state: Arc<GatewayState>, req: Request<Incoming>) -> Respons
             } else {
                 StatusCode::OK
             };
+            // Routing goes on through an API outage; say so rather than fail the probe (every
+            // gateway replica would go unready at once).
+            let detail: serde_json::Map<String, serde_json::Value> = state
+                .pools
+                .pools
+                .iter()
+                .filter_map(|p| {
+                    let (since, error) = p.kube_health.get()?.outage()?;
+                    let message = format!(
+                        "Kubernetes API unreachable for {}s, routing on the last known {} replica(s): {error}",
+                        now.saturating_duration_since(since).as_secs(),
+                        p.snapshot().replicas.len()
+                    );
+                    Some((p.name().to_string(), message.into()))
+                })
+                .collect();
             json_response(
                 status,
-                &json!({"ready": !ready.is_empty(), "pools_ready": ready}),
+                &json!({"ready": !ready.is_empty(), "pools_ready": ready, "detail": detail}),
             )
         }
         "/admin/status" => json_response(StatusCode::OK, &status(&state)),
@@ -81,7 +97,7 @@ pub fn status(state: &GatewayState) -> serde_json::Value {
                             "age_ms": now.saturating_duration_since(s.at).as_millis() as u64,
                         })
                     });
-                    json!({"name": r.name, "inflight": r.inflight(), "ejected": r.is_ejected(now), "engine": engine})
+                    json!({"name": r.name, "pod": r.placement.pod, "node": r.placement.node, "inflight": r.inflight(), "ejected": r.is_ejected(now), "engine": engine})
                 })
                 .collect();
             json!({
@@ -92,6 +108,7 @@ pub fn status(state: &GatewayState) -> serde_json::Value {
                 "queued": pool.queued(),
                 "replicas": replicas,
                 "scaler": pool.scaler_status.load().as_deref(),
+                "kubernetes_api_up": pool.kube_health.get().map(|h| h.is_up()),
             })
         })
         .collect();

@@ -216,7 +216,8 @@ pub struct RawKubernetesDiscovery {
     pub service: Option<String>,
     /// Pod label selector, as an alternative to `service`.
     pub selector: BTreeMap<String, String>,
-    /// Target port: a number, or the name of a container port.
+    /// Target port of the replicas: a number, or a name (the Service port's name with
+    /// `service`, the container port's name with `selector`). Unset: the first port listed.
     pub port: Option<PortRef>,
 }
 

@@ -1,3 +1,5 @@
-//! Which replicas exist: a static list from the config, or local child processes.
+//! Which replicas exist: a static list from the config, local child processes, or Kubernetes
+//! EndpointSlices / pods.
 
+pub mod kubernetes;
 pub mod local;

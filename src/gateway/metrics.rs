@@ -22,6 +22,9 @@ pub struct GatewayMetrics {
     pub scaler_desired: IntGaugeVec,
     pub scale_events: IntCounterVec,
     pub queued: IntGaugeVec,
+    pub kube_api_up: IntGaugeVec,
+    pub kube_watch_errors: IntCounterVec,
+    pub leader: IntGauge,
     ttfb: HistogramVec,
     duration: HistogramVec,
     stream_ttft: HistogramVec,
@@ -113,6 +116,27 @@ impl GatewayMetrics {
                 "Requests waiting at the gateway for a replica, per pool.",
                 &["pool"],
             ),
+            kube_api_up: gauge(
+                "infergate_kubernetes_api_up",
+                "1 while the pool's Kubernetes watch works, 0 while the API server is unreachable (routing stays on the last known replicas).",
+                &["pool"],
+            ),
+            kube_watch_errors: counter(
+                "infergate_kubernetes_watch_errors_total",
+                "Failed Kubernetes lists and watches, per pool (each is retried with back-off).",
+                &["pool"],
+            ),
+            leader: {
+                let g = IntGauge::new(
+                    "infergate_leader",
+                    "1 while this gateway replica holds the leader lease and may resize pools.",
+                )
+                .expect("valid metric");
+                registry
+                    .register(Box::new(g.clone()))
+                    .expect("unique metric");
+                g
+            },
             ttfb: histogram(
                 "infergate_upstream_first_byte_seconds",
                 "Time from sending a request upstream to its response headers.",

@@ -18,8 +18,13 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use http::uri::Scheme;
 
-use crate::config::{Config, Discovery};
+use crate::config::{Config, Discovery, Provider};
+use crate::discovery::kubernetes::Members;
 use crate::http_server::{self, Server};
+use crate::kubernetes::lease::{Elector, Leadership};
+use crate::kubernetes::{ApiHealth, KubeContext};
+use crate::scaler::Actuation;
+use crate::scaler::kubernetes::KubeScaler;
 use crate::scaler::local::LocalFleet;
 use proxy::GatewayState;
 
@@ -31,35 +36,42 @@ pub struct RunningGateway {
     gateway: Server,
     admin: Server,
     fleets: Vec<Arc<LocalFleet>>,
-    /// Scrapers and scalers, stopped at shutdown.
+    /// Scrapers, scalers, watchers and the lease, stopped at shutdown.
     background: Vec<tokio::task::JoinHandle<()>>,
+    /// The leader election, whose lease is handed back at shutdown.
+    lease: Option<(Elector, Arc<Leadership>)>,
 }
 
-/// Checks what this build cannot do yet, so that `serve` fails clearly instead of ignoring a
-/// setting.
-fn check_supported(config: &Config) -> anyhow::Result<()> {
-    for pool in &config.pools {
-        if matches!(pool.scaler.provider, crate::config::Provider::Kubernetes(_))
-            && pool.scaler.enabled
-        {
-            anyhow::bail!(
-                "pool `{}`: the Kubernetes scale provider is not available in this build yet",
-                pool.name
-            );
-        }
-        if matches!(pool.discovery, Discovery::Kubernetes(_)) {
-            anyhow::bail!(
-                "pool `{}`: Kubernetes discovery is not available in this build yet",
-                pool.name
-            );
-        }
-    }
-    Ok(())
+/// What the config does not say about the environment.
+#[derive(Clone, Default)]
+pub struct Options {
+    /// The Kubernetes client and identity; inferred (kubeconfig or in-cluster) when a pool
+    /// needs one and this is None.
+    pub kube: Option<KubeContext>,
 }
 
 /// Binds the listeners, starts local replicas, and serves until [`RunningGateway::shutdown`].
 pub async fn start(config: Config) -> anyhow::Result<RunningGateway> {
-    check_supported(&config)?;
+    start_with(config, Options::default()).await
+}
+
+/// How long `start` waits for a Kubernetes pool's first list before serving without it.
+const FIRST_LIST_WAIT: Duration = Duration::from_secs(10);
+
+/// [`start`] with an explicit environment.
+pub async fn start_with(config: Config, options: Options) -> anyhow::Result<RunningGateway> {
+    let on_kubernetes = config
+        .pools
+        .iter()
+        .any(|p| matches!(p.discovery, Discovery::Kubernetes(_)));
+    let kube =
+        match (options.kube, on_kubernetes) {
+            (Some(kube), _) => Some(kube),
+            (None, true) => Some(KubeContext::infer().await.context(
+                "a pool uses Kubernetes discovery, but no Kubernetes API is configured",
+            )?),
+            (None, false) => None,
+        };
     let workers = config.listeners.worker_threads;
     let gateway_listeners =
         http_server::bind(config.listeners.gateway, workers).with_context(|| {
@@ -84,7 +96,32 @@ pub async fn start(config: Config) -> anyhow::Result<RunningGateway> {
         config.classification.priority_classes.len(),
     );
 
+    let mut background = Vec::new();
+    let lease = match (&kube, config.leader_election.enabled) {
+        (Some(kube), true) => {
+            let election = &config.leader_election;
+            let namespace = kube.namespace(election.namespace.as_ref());
+            let leadership = Arc::new(Leadership::new(
+                kube.identity.clone(),
+                metrics.leader.clone(),
+            ));
+            let elector = Elector::new(
+                kube::Api::namespaced(kube.client.clone(), &namespace),
+                election.lease_name.clone(),
+                namespace,
+                election.lease_duration,
+            );
+            background.push(elector.clone().spawn(leadership.clone()));
+            Some((elector, leadership))
+        }
+        (None, true) => {
+            tracing::warn!("leader_election is on but no pool is on Kubernetes; ignored");
+            None
+        }
+        _ => None,
+    };
     let mut fleets: Vec<(Arc<pools::PoolRuntime>, Arc<LocalFleet>)> = Vec::new();
+    let mut actuations: Vec<(Arc<pools::PoolRuntime>, Actuation)> = Vec::new();
     for (pool, runtime) in config.pools.iter().zip(&pools.pools) {
         match &pool.discovery {
             Discovery::Static { endpoints } => {
@@ -104,25 +141,72 @@ pub async fn start(config: Config) -> anyhow::Result<RunningGateway> {
                     pool.scaler.drain_timeout,
                 );
                 fleet.start_and_wait(local_config.replicas).await;
-                fleets.push((runtime.clone(), fleet));
+                fleets.push((runtime.clone(), fleet.clone()));
+                actuations.push((
+                    runtime.clone(),
+                    Actuation {
+                        provider: Some(fleet),
+                        enabled: matches!(pool.scaler.provider, Provider::Local),
+                        leadership: None,
+                    },
+                ));
             }
-            Discovery::Kubernetes(_) => unreachable!("rejected by check_supported"),
+            Discovery::Kubernetes(discovery) => {
+                let kube = kube.as_ref().expect("inferred above for Kubernetes pools");
+                let health = Arc::new(ApiHealth::new(
+                    metrics.kube_api_up.with_label_values(&[&pool.name]),
+                    metrics.kube_watch_errors.with_label_values(&[&pool.name]),
+                ));
+                let _ = runtime.kube_health.set(health.clone());
+                let members = Members::new(runtime.clone());
+                background.push(crate::discovery::kubernetes::spawn(
+                    discovery,
+                    kube,
+                    members.clone(),
+                    health,
+                ));
+                if !members.wait_listed(FIRST_LIST_WAIT).await {
+                    tracing::warn!(pool = %pool.name, "no answer from the Kubernetes API within {FIRST_LIST_WAIT:?}; serving while discovery keeps trying");
+                }
+                if let Provider::Kubernetes(target) = &pool.scaler.provider {
+                    let leadership = lease.as_ref().map(|(_, l)| l.clone());
+                    let scaler = KubeScaler::new(
+                        runtime.clone(),
+                        members,
+                        kube,
+                        target.clone(),
+                        leadership.clone(),
+                    );
+                    actuations.push((
+                        runtime.clone(),
+                        Actuation {
+                            provider: Some(Arc::new(scaler)),
+                            enabled: true,
+                            leadership,
+                        },
+                    ));
+                }
+            }
         }
     }
 
-    let mut background = Vec::new();
     for runtime in &pools.pools {
         background.push(crate::load::scraper::spawn(runtime.clone()));
         if runtime.config.scaler.enabled {
-            let fleet = fleets
+            let actuation = actuations
                 .iter()
-                .find(|(p, _)| Arc::ptr_eq(p, runtime))
-                .map(|(_, f)| f.clone());
+                .position(|(p, _)| Arc::ptr_eq(p, runtime))
+                .map(|i| actuations.swap_remove(i).1)
+                .unwrap_or(Actuation {
+                    provider: None,
+                    enabled: false,
+                    leadership: None,
+                });
             let gauge = metrics.scaler_desired.with_label_values(&[runtime.name()]);
             let events = metrics.scale_events.clone();
             background.push(crate::scaler::spawn(
                 runtime.clone(),
-                fleet,
+                actuation,
                 gauge,
                 events,
                 epoch,
@@ -153,6 +237,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningGateway> {
         admin,
         fleets: fleets.into_iter().map(|(_, f)| f).collect(),
         background,
+        lease,
     })
 }
 
@@ -171,6 +256,9 @@ impl RunningGateway {
     pub async fn shutdown(self) {
         for task in &self.background {
             task.abort();
+        }
+        if let Some((elector, leadership)) = &self.lease {
+            let _ = tokio::time::timeout(Duration::from_secs(2), elector.release(leadership)).await;
         }
         let drain = self.state.config.listeners.drain_timeout;
         self.gateway.shutdown(drain).await;

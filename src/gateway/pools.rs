@@ -39,6 +39,8 @@ pub struct PoolRuntime {
     pub prefix_index: Option<crate::router::prefix::PrefixIndex>,
     /// The scaler's latest decision, for `/admin/status` (written by the scaler only).
     pub scaler_status: arc_swap::ArcSwapOption<ScalerStatus>,
+    /// Whether the Kubernetes API answers this pool's watch (Kubernetes discovery only).
+    pub kube_health: std::sync::OnceLock<Arc<crate::kubernetes::ApiHealth>>,
 }
 
 /// The scaler's latest decision about a pool.
@@ -49,6 +51,11 @@ pub struct ScalerStatus {
     pub starting: u32,
     pub draining: u32,
     pub reason: String,
+    /// Whether this gateway replica acts on the decision (an enabled provider, and the leader
+    /// lease when leader election is on).
+    pub acting: bool,
+    /// The last failure to act, until an action succeeds.
+    pub error: Option<String>,
 }
 
 impl PoolRuntime {
@@ -80,6 +87,7 @@ impl PoolRuntime {
             prefix_index,
             admission: super::admission::Admission::new(priority_classes),
             scaler_status: arc_swap::ArcSwapOption::empty(),
+            kube_health: std::sync::OnceLock::new(),
         }
     }
 

@@ -10,11 +10,17 @@ use std::time::{Duration, Instant};
 use http::uri::Scheme;
 use tokio::sync::Mutex;
 
+use futures::future::BoxFuture;
+
+use super::policy::Observation;
+use super::provider::{Action, Provider, ProviderError, Supply};
 use crate::config::LocalDiscovery;
 use crate::discovery::local::{self, LocalReplica};
 use crate::gateway::pools::PoolRuntime;
 
 pub struct LocalFleet {
+    /// Itself, for the drain tasks it spawns.
+    this: std::sync::Weak<LocalFleet>,
     pool: Arc<PoolRuntime>,
     config: LocalDiscovery,
     drain_timeout: Duration,
@@ -30,7 +36,8 @@ impl LocalFleet {
         config: LocalDiscovery,
         drain_timeout: Duration,
     ) -> Arc<Self> {
-        Arc::new(Self {
+        Arc::new_cyclic(|this| Self {
+            this: this.clone(),
             pool,
             config,
             drain_timeout,
@@ -138,5 +145,40 @@ impl LocalFleet {
             .iter()
             .filter_map(|r| Some((r.addr, r.pid()?)))
             .collect()
+    }
+}
+
+impl Provider for LocalFleet {
+    fn observe(&self) -> BoxFuture<'_, Supply> {
+        Box::pin(async {
+            Supply {
+                starting: self.starting(),
+                draining: self.draining(),
+            }
+        })
+    }
+
+    /// Starts the missing replicas; removes surplus ones only once none is starting (a replica
+    /// that is loading may be the one the load needs).
+    fn scale<'a>(
+        &'a self,
+        desired: u32,
+        obs: &'a Observation,
+    ) -> BoxFuture<'a, Result<Action, ProviderError>> {
+        Box::pin(async move {
+            let Some(fleet) = self.this.upgrade() else {
+                return Ok(Action::None);
+            };
+            let capacity = obs.ready + obs.starting;
+            if desired > capacity {
+                fleet.start_replicas(desired - capacity);
+                Ok(Action::Up(desired - capacity))
+            } else if desired < capacity && obs.starting == 0 {
+                fleet.scale_down(capacity - desired).await;
+                Ok(Action::Down(capacity - desired))
+            } else {
+                Ok(Action::None)
+            }
+        })
     }
 }

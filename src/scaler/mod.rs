@@ -1,25 +1,39 @@
-//! The scaling controller: pure policies in [`policy`], the local provider in [`local`], and the
-//! control loop that feeds a policy the gateway's live view of its pool (exact in-flight and
-//! queued counts, ready and starting replicas) and acts on each recommendation.
+//! The scaling controller: pure policies in [`policy`], the providers that act ([`local`]
+//! processes, [`kubernetes`] workloads, behind [`provider::Provider`]), and the control loop
+//! that feeds a policy the gateway's live view of its pool (exact in-flight and queued counts,
+//! ready and starting replicas) and acts on each recommendation — when this gateway replica
+//! holds the leader lease, if leader election is on.
 
+pub mod kubernetes;
 pub mod local;
 pub mod policy;
+pub mod provider;
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::task::JoinHandle;
 
-use crate::config::Provider;
 use crate::gateway::pools::{PoolRuntime, ScalerStatus};
-use local::LocalFleet;
+use crate::kubernetes::lease::Leadership;
 use policy::Observation;
+use provider::{Action, Provider, Supply};
 
-/// Runs the pool's scaler every `scaler.interval` until aborted. With the `static` provider (or
-/// no fleet) it only computes and exports the recommendation.
+/// How a pool's scaler acts.
+pub struct Actuation {
+    /// Reports starting and draining replicas; None for a pool nothing can resize.
+    pub provider: Option<Arc<dyn Provider>>,
+    /// Whether the provider may act (false with the `static` provider: recommend only).
+    pub enabled: bool,
+    /// With leader election, acts only while this replica leads.
+    pub leadership: Option<Arc<Leadership>>,
+}
+
+/// Runs the pool's scaler every `scaler.interval` until aborted. Every replica computes and
+/// exports the recommendation; only an enabled provider on the leader acts on it.
 pub fn spawn(
     pool: Arc<PoolRuntime>,
-    fleet: Option<Arc<LocalFleet>>,
+    actuation: Actuation,
     desired_gauge: prometheus::IntGauge,
     scale_events: prometheus::IntCounterVec,
     epoch: Instant,
@@ -30,14 +44,18 @@ pub fn spawn(
         let mut tick = tokio::time::interval(config.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_desired = None;
+        let mut last_error: Option<String> = None;
         loop {
             tick.tick().await;
+            let supply = match &actuation.provider {
+                Some(p) => p.observe().await,
+                None => Supply::default(),
+            };
             let now = Instant::now();
-            let starting = fleet.as_ref().map_or(0, |f| f.starting());
             let obs = Observation {
                 now: now.duration_since(epoch).as_secs_f64(),
                 ready: pool.ready_count(now),
-                starting,
+                starting: supply.starting,
                 inflight: pool.inflight(),
                 queued: pool.queued(),
                 kv_cache_usage: pool.mean_kv_usage(now),
@@ -46,31 +64,45 @@ pub fn spawn(
             };
             let rec = policy.recommend(&obs);
             desired_gauge.set(i64::from(rec.desired));
-            let capacity = obs.ready + obs.starting;
             if last_desired != Some(rec.desired) {
                 tracing::info!(pool = pool.name(), ready = obs.ready, starting = obs.starting, desired = rec.desired, reason = %rec.reason, "scaler decision");
                 last_desired = Some(rec.desired);
+            }
+            let leading = actuation.leadership.as_ref().is_none_or(|l| l.is_leader());
+            let acting = actuation.enabled && leading;
+            if let Some(provider) = actuation.provider.as_ref().filter(|_| acting) {
+                match provider.scale(rec.desired, &obs).await {
+                    Ok(action) => {
+                        last_error = None;
+                        let direction = match action {
+                            Action::Up(_) => "up",
+                            Action::Down(_) => "down",
+                            Action::None => "",
+                        };
+                        if !direction.is_empty() {
+                            scale_events
+                                .with_label_values(&[pool.name(), direction])
+                                .inc();
+                        }
+                    }
+                    Err(e) => {
+                        let message = e.to_string();
+                        if last_error.as_ref() != Some(&message) {
+                            tracing::error!(pool = pool.name(), "scaling failed: {message}");
+                        }
+                        last_error = Some(message);
+                    }
+                }
             }
             pool.scaler_status.store(Some(Arc::new(ScalerStatus {
                 desired: rec.desired,
                 ready: obs.ready,
                 starting: obs.starting,
-                draining: fleet.as_ref().map_or(0, |f| f.draining()),
+                draining: supply.draining,
                 reason: rec.reason.clone(),
+                acting,
+                error: last_error.clone().filter(|_| acting),
             })));
-            let Some(fleet) = fleet
-                .as_ref()
-                .filter(|_| matches!(config.provider, Provider::Local))
-            else {
-                continue;
-            };
-            if rec.desired > capacity {
-                scale_events.with_label_values(&[pool.name(), "up"]).inc();
-                fleet.start_replicas(rec.desired - capacity);
-            } else if rec.desired < capacity && obs.starting == 0 {
-                scale_events.with_label_values(&[pool.name(), "down"]).inc();
-                fleet.scale_down(capacity - rec.desired).await;
-            }
         }
     })
 }

@@ -1,8 +1,10 @@
 //! The one integration-test binary (every extra binary costs a full link of the dependency tree).
 
 mod config_files;
+mod fake_kube;
 mod fleet;
 mod gateway;
+mod kube;
 mod scaler;
 mod sim;
 mod support;
