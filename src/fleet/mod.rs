@@ -38,9 +38,10 @@ pub struct WorkloadArgs {
     /// Length of a generated workload (e.g. 60s, 10m).
     #[arg(long, value_parser = seconds_arg, default_value = "60s")]
     pub duration: f64,
-    /// Coefficient of variation of `bursty` inter-arrival times (1 = Poisson).
-    #[arg(long, default_value_t = 4.0)]
-    pub cv: f64,
+    /// Coefficient of variation of inter-arrival times (1 = Poisson; default 4 for `bursty`,
+    /// 1 for the others, which it also makes bursty when set).
+    #[arg(long)]
+    pub cv: Option<f64>,
     /// Period of `diurnal` (e.g. 10m).
     #[arg(long, value_parser = seconds_arg, default_value = "10m")]
     pub period: f64,
@@ -107,7 +108,10 @@ impl WorkloadArgs {
                     rate: self.rate,
                     rate_end: self.rate_end,
                     duration: self.duration,
-                    cv: self.cv,
+                    cv: self.cv.unwrap_or(match self.generator {
+                        GeneratorKind::Bursty => 4.0,
+                        _ => 1.0,
+                    }),
                     period: self.period,
                     amplitude: self.amplitude,
                     prompt_tokens: self.prompt_tokens,

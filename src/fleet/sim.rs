@@ -191,6 +191,13 @@ impl<'w> Fleet<'w> {
                 }
                 if let Some(policy) = run.scaler {
                     pool.scaler.policy = policy;
+                    // Compared as their users run them: the HPA controller syncs every 15 s,
+                    // Knative's autoscaler ticks every 2 s.
+                    match policy {
+                        ScalerPolicy::Hpa => pool.scaler.interval = Duration::from_secs(15),
+                        ScalerPolicy::Kpa => pool.scaler.interval = Duration::from_secs(2),
+                        ScalerPolicy::Infergate => {}
+                    }
                 }
                 let prefix = matches!(
                     pool.routing.policy,

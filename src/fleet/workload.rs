@@ -177,7 +177,8 @@ pub enum TraceFormat {
 pub enum GeneratorKind {
     /// Exponential inter-arrival times at `--rate`.
     Poisson,
-    /// Gamma inter-arrival times at `--rate` with coefficient of variation `--cv` (> 1: bursts).
+    /// Gamma inter-arrival times at `--rate` with coefficient of variation `--cv` (default 4:
+    /// bursts). `--cv` also makes the other generators' arrivals bursty.
     Bursty,
     /// Poisson with the rate rising linearly from `--rate` to `--rate-end`.
     Ramp,
@@ -213,7 +214,7 @@ pub struct Shaping {
     /// Arrival times are multiplied by this (0.5 = the same requests in half the time).
     pub time_scale: f64,
     /// Requests are kept with this probability below 1; above 1, each is repeated (with its own
-    /// tail) `rate_scale` times on average, at the same instant plus a few milliseconds.
+    /// tail) `rate_scale` times on average, the copies within a second after the original.
     pub rate_scale: f64,
     /// Keep arrivals in [start, start + length) of the scaled trace, re-based to 0.
     pub window_start: f64,
@@ -474,9 +475,12 @@ pub fn generate(g: &Generator) -> Vec<Request> {
     let shape = 1.0 / (g.cv * g.cv).max(1e-6);
     let mut t = 0.0;
     loop {
-        t += match g.kind {
-            GeneratorKind::Bursty => rng.gamma(shape) / (shape * g.rate),
-            _ => rng.exponential(peak),
+        // Gamma inter-arrival times with the configured variation (cv 1 is Poisson); a ramp or
+        // a diurnal curve thins this stream, which keeps its bursts.
+        t += if (g.cv - 1.0).abs() < 1e-9 {
+            rng.exponential(peak)
+        } else {
+            rng.gamma(shape) / (shape * peak)
         };
         if t >= g.duration {
             break;
@@ -547,9 +551,9 @@ pub fn shape(requests: Vec<Request>, s: &Shaping) -> Vec<Request> {
         for copy in 0..copies {
             let mut c = r.clone();
             if copy > 0 {
-                // A copy shares the prefix it names but has its own last blocks and arrives a
-                // few milliseconds later.
-                c.arrival += 0.001 * f64::from(copy);
+                // A copy shares the prefix it names but has its own last blocks, and arrives
+                // within a second of the original (the trace's shape at coarser scales stays).
+                c.arrival += rng.unit();
                 if let Some(last) = c.segments.last_mut() {
                     last.id = mix(last.id, u64::from(copy));
                 }
@@ -586,7 +590,7 @@ mod tests {
             rate: 10.0,
             rate_end: 30.0,
             duration: 100.0,
-            cv: 3.0,
+            cv: if kind == GeneratorKind::Bursty { 3.0 } else { 1.0 },
             period: 50.0,
             amplitude: 0.5,
             prompt_tokens: 200,
