@@ -81,7 +81,8 @@ pub fn status(state: &GatewayState) -> serde_json::Value {
                             "age_ms": now.saturating_duration_since(s.at).as_millis() as u64,
                         })
                     });
-                    json!({"name": r.name, "inflight": r.inflight(), "ejected": r.is_ejected(now), "engine": engine})
+                    let gpu = r.gpu_use(now, pool.gpu_stale_after());
+                    json!({"name": r.name, "inflight": r.inflight(), "ejected": r.is_ejected(now), "engine": engine, "gpu_utilization": gpu})
                 })
                 .collect();
             json!({

@@ -180,6 +180,9 @@ pub enum RawDiscovery {
 pub struct RawStaticDiscovery {
     /// Base URLs of the replicas, e.g. `http://10.0.0.5:8000`.
     pub endpoints: Vec<String>,
+    /// Pod (or host) name of an endpoint, keyed by its URL as written in `endpoints`: GPU
+    /// samples (`metrics.gpu.url`) are matched to replicas by it.
+    pub pods: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
@@ -286,23 +289,58 @@ impl Default for RawMetrics {
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawGpuMetrics {
-    /// URL of the DCGM exporter's metrics page. Samples are matched to replicas by the `pod`
-    /// (or `exported_pod`) label.
-    pub url: String,
-    /// Metric to read: `DCGM_FI_DEV_GPU_UTIL` (percent) or `DCGM_FI_PROF_GR_ENGINE_ACTIVE`
-    /// (0–1 fraction).
-    pub metric: String,
-    /// Time between two scrapes of the exporter (duration).
+    /// URL of a DCGM exporter's metrics page (or of a Prometheus `/federate` page carrying its
+    /// series). Samples are matched to replicas by pod name: the `exported_pod` label (after a
+    /// Prometheus hop), else `pod`, else `Hostname`; several GPUs of one pod are averaged.
+    /// Omit to read the metric from each replica's own metrics page instead.
+    pub url: Option<String>,
+    /// Metric to read.
+    pub metric: GpuMetric,
+    /// Time between two scrapes of the exporter at `url` (duration; without `url` the metric
+    /// comes with each replica scrape).
     pub scrape_interval: Quantity,
+    /// GPU samples older than this are ignored (duration).
+    pub stale_after: Quantity,
 }
 
 impl Default for RawGpuMetrics {
     fn default() -> Self {
         Self {
-            url: String::new(),
-            metric: "DCGM_FI_DEV_GPU_UTIL".into(),
+            url: None,
+            metric: GpuMetric::DcgmFiDevGpuUtil,
             scrape_interval: "1s".into(),
+            stale_after: "3s".into(),
         }
+    }
+}
+
+/// The DCGM field read as a GPU's use.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+pub enum GpuMetric {
+    /// `DCGM_FI_DEV_GPU_UTIL`: percent of time a kernel ran (0–100).
+    #[serde(rename = "DCGM_FI_DEV_GPU_UTIL")]
+    DcgmFiDevGpuUtil,
+    /// `DCGM_FI_PROF_GR_ENGINE_ACTIVE`: graphics-engine active ratio (0–1); also works on MIG.
+    #[serde(rename = "DCGM_FI_PROF_GR_ENGINE_ACTIVE")]
+    DcgmFiProfGrEngineActive,
+}
+
+impl GpuMetric {
+    /// The metric's name on an exposition page.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::DcgmFiDevGpuUtil => "DCGM_FI_DEV_GPU_UTIL",
+            Self::DcgmFiProfGrEngineActive => "DCGM_FI_PROF_GR_ENGINE_ACTIVE",
+        }
+    }
+
+    /// A sample's value as a fraction of the GPU (0–1).
+    pub fn fraction(self, value: f64) -> f64 {
+        let v = match self {
+            Self::DcgmFiDevGpuUtil => value / 100.0,
+            Self::DcgmFiProfGrEngineActive => value,
+        };
+        v.clamp(0.0, 1.0)
     }
 }
 
@@ -353,6 +391,10 @@ pub struct RawRouting {
     /// Prior prefill speed of a replica (prompt tokens per second) for `predicted-ttft`, used
     /// until the replica's own speed is learned from observed time to first token.
     pub prefill_tokens_per_second: f64,
+    /// `predicted-ttft`: candidates whose predicted time to first token is within this fraction
+    /// of the best one count as tied, and the least busy GPU among them wins (pools with
+    /// `metrics.gpu`; 0 = exact ties only).
+    pub gpu_tie_margin: f64,
     /// Scorer weights of the `weighted` policy.
     pub weights: RawWeights,
 }
@@ -367,6 +409,8 @@ pub struct RawWeights {
     pub kv_cache: f64,
     /// Share of the prompt's prefix the replica holds.
     pub prefix: f64,
+    /// Idle GPU (1 − GPU use; 0.5 when unknown), for pools with `metrics.gpu`.
+    pub gpu: f64,
 }
 
 impl Default for RawWeights {
@@ -375,6 +419,7 @@ impl Default for RawWeights {
             queue: 2.0,
             kv_cache: 2.0,
             prefix: 3.0,
+            gpu: 1.0,
         }
     }
 }
@@ -389,6 +434,7 @@ impl Default for RawRouting {
             imbalance_requests: 64,
             imbalance_ratio: 1.5,
             prefill_tokens_per_second: 20_000.0,
+            gpu_tie_margin: 0.1,
             weights: RawWeights::default(),
         }
     }

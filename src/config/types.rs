@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use http::{HeaderName, Uri};
 
-pub use super::raw::{MetricsFormat, PortRef, RoutingPolicy, ScalerPolicy, UpstreamProtocol};
+pub use super::raw::{
+    GpuMetric, MetricsFormat, PortRef, RoutingPolicy, ScalerPolicy, UpstreamProtocol,
+};
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -66,7 +68,11 @@ pub struct Pool {
 
 #[derive(Debug, Clone)]
 pub enum Discovery {
-    Static { endpoints: Vec<Uri> },
+    Static {
+        endpoints: Vec<Uri>,
+        /// The pod named for each endpoint (same order), if any.
+        pods: Vec<Option<String>>,
+    },
     Local(LocalDiscovery),
     Kubernetes(KubernetesDiscovery),
 }
@@ -103,9 +109,11 @@ pub struct Metrics {
 
 #[derive(Debug, Clone)]
 pub struct GpuMetrics {
-    pub url: Uri,
-    pub metric: String,
+    /// The DCGM exporter's page; None: the metric is on each replica's own page.
+    pub url: Option<Uri>,
+    pub metric: GpuMetric,
     pub scrape_interval: Duration,
+    pub stale_after: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -118,6 +126,9 @@ pub struct Routing {
     pub imbalance_ratio: f64,
     /// Prompt tokens per second, the prior for `predicted-ttft`.
     pub prefill_tokens_per_second: f64,
+    /// `predicted-ttft`: predictions within this fraction of the best are tied; the least busy
+    /// GPU wins.
+    pub gpu_tie_margin: f64,
     pub weights: Weights,
 }
 
@@ -127,6 +138,7 @@ pub struct Weights {
     pub queue: f64,
     pub kv_cache: f64,
     pub prefix: f64,
+    pub gpu: f64,
 }
 
 #[derive(Debug, Clone)]
@@ -202,7 +214,7 @@ impl Config {
             .iter()
             .map(|p| {
                 let kind = match &p.discovery {
-                    Discovery::Static { endpoints } => format!("{} static", endpoints.len()),
+                    Discovery::Static { endpoints, .. } => format!("{} static", endpoints.len()),
                     Discovery::Local(l) => format!("{} local", l.replicas),
                     Discovery::Kubernetes(_) => "kubernetes".to_string(),
                 };

@@ -87,14 +87,18 @@ pub async fn start(config: Config) -> anyhow::Result<RunningGateway> {
     let mut fleets: Vec<(Arc<pools::PoolRuntime>, Arc<LocalFleet>)> = Vec::new();
     for (pool, runtime) in config.pools.iter().zip(&pools.pools) {
         match &pool.discovery {
-            Discovery::Static { endpoints } => {
-                for endpoint in endpoints {
+            Discovery::Static { endpoints, pods } => {
+                for (endpoint, pod) in endpoints.iter().zip(pods) {
                     let scheme = endpoint.scheme().cloned().unwrap_or(Scheme::HTTP);
                     let authority = endpoint
                         .authority()
                         .cloned()
                         .expect("validated URL has a host");
-                    runtime.add_replica(scheme, authority);
+                    let placement = crate::load::Placement {
+                        pod: pod.clone(),
+                        node: None,
+                    };
+                    runtime.add_placed_replica(scheme, authority, placement);
                 }
             }
             Discovery::Local(local_config) => {

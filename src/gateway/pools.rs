@@ -144,6 +144,30 @@ impl PoolRuntime {
         (!values.is_empty()).then(|| values.iter().sum::<f64>() / values.len() as f64)
     }
 
+    /// How old a GPU reading may be: `metrics.gpu.stale_after` (no reading is used without a
+    /// GPU source; the engine stats' age then stands in).
+    pub fn gpu_stale_after(&self) -> Duration {
+        self.config
+            .metrics
+            .gpu
+            .as_ref()
+            .map_or(self.config.metrics.stale_after, |g| g.stale_after)
+    }
+
+    /// Mean GPU use (0–1) of the replicas taking traffic that have a fresh reading; None when
+    /// none has (a missing signal, not a zero).
+    pub fn mean_gpu_use(&self, now: Instant) -> Option<f64> {
+        let stale_after = self.gpu_stale_after();
+        let snapshot = self.snapshot.load();
+        let (sum, n) = snapshot
+            .replicas
+            .iter()
+            .filter(|r| !r.is_ejected(now))
+            .filter_map(|r| r.gpu_use(now, stale_after))
+            .fold((0.0, 0u32), |(s, n), v| (s + v, n + 1));
+        (n > 0).then(|| sum / f64::from(n))
+    }
+
     /// Replicas taking traffic now.
     pub fn ready_count(&self, now: Instant) -> u32 {
         self.snapshot

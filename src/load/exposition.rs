@@ -174,15 +174,20 @@ fn split_list(text: Option<&str>) -> Vec<String> {
 
 /// Reads a metrics page in the given format.
 pub fn parse(format: MetricsFormat, page: &str) -> Result<EngineStats, ParseError> {
-    let s = samples(page)?;
+    engine_stats(format, &samples(page)?)
+}
+
+/// Reads a page's samples in the given format (the page is parsed once and its samples
+/// shared with the GPU reader).
+pub fn engine_stats(format: MetricsFormat, s: &[Sample]) -> Result<EngineStats, ParseError> {
     match format {
         MetricsFormat::Vllm => {
-            let kv = mean(&s, "vllm:kv_cache_usage_perc")
-                .or_else(|| mean(&s, "vllm:gpu_cache_usage_perc"));
-            let hits = sum(&s, "vllm:prefix_cache_hits_total")
-                .or_else(|| sum(&s, "vllm:gpu_prefix_cache_hits_total"));
-            let queries = sum(&s, "vllm:prefix_cache_queries_total")
-                .or_else(|| sum(&s, "vllm:gpu_prefix_cache_queries_total"));
+            let kv = mean(s, "vllm:kv_cache_usage_perc")
+                .or_else(|| mean(s, "vllm:gpu_cache_usage_perc"));
+            let hits = sum(s, "vllm:prefix_cache_hits_total")
+                .or_else(|| sum(s, "vllm:gpu_prefix_cache_hits_total"));
+            let queries = sum(s, "vllm:prefix_cache_queries_total")
+                .or_else(|| sum(s, "vllm:gpu_prefix_cache_queries_total"));
             // The newest `lora_requests_info` series (its value is a timestamp) is current.
             let lora = s
                 .iter()
@@ -190,11 +195,11 @@ pub fn parse(format: MetricsFormat, page: &str) -> Result<EngineStats, ParseErro
                 .max_by(|a, b| a.value.total_cmp(&b.value));
             Ok(EngineStats {
                 waiting: required(
-                    sum(&s, "vllm:num_requests_waiting"),
+                    sum(s, "vllm:num_requests_waiting"),
                     "vllm:num_requests_waiting",
                 )?,
                 running: required(
-                    sum(&s, "vllm:num_requests_running"),
+                    sum(s, "vllm:num_requests_running"),
                     "vllm:num_requests_running",
                 )?,
                 kv_usage: Some(required(kv, "vllm:kv_cache_usage_perc")?),
@@ -211,36 +216,28 @@ pub fn parse(format: MetricsFormat, page: &str) -> Result<EngineStats, ParseErro
             })
         }
         MetricsFormat::Sglang => Ok(EngineStats {
-            waiting: required(sum(&s, "sglang:num_queue_reqs"), "sglang:num_queue_reqs")?,
-            running: required(
-                sum(&s, "sglang:num_running_reqs"),
-                "sglang:num_running_reqs",
-            )?,
-            kv_usage: mean(&s, "sglang:token_usage"),
-            prefix_hit_rate: mean(&s, "sglang:cache_hit_rate"),
+            waiting: required(sum(s, "sglang:num_queue_reqs"), "sglang:num_queue_reqs")?,
+            running: required(sum(s, "sglang:num_running_reqs"), "sglang:num_running_reqs")?,
+            kv_usage: mean(s, "sglang:token_usage"),
+            prefix_hit_rate: mean(s, "sglang:cache_hit_rate"),
             ..EngineStats::default()
         }),
         MetricsFormat::Tgi => Ok(EngineStats {
-            waiting: required(sum(&s, "tgi_queue_size"), "tgi_queue_size")?,
-            running: required(sum(&s, "tgi_batch_current_size"), "tgi_batch_current_size")?,
+            waiting: required(sum(s, "tgi_queue_size"), "tgi_queue_size")?,
+            running: required(sum(s, "tgi_batch_current_size"), "tgi_batch_current_size")?,
             ..EngineStats::default()
         }),
         MetricsFormat::Triton => Ok(EngineStats {
             waiting: required(
-                sum_where(&s, "nv_trt_llm_request_metrics", "request_type", "waiting"),
+                sum_where(s, "nv_trt_llm_request_metrics", "request_type", "waiting"),
                 "nv_trt_llm_request_metrics{request_type=\"waiting\"}",
             )?,
             running: required(
-                sum_where(
-                    &s,
-                    "nv_trt_llm_request_metrics",
-                    "request_type",
-                    "scheduled",
-                ),
+                sum_where(s, "nv_trt_llm_request_metrics", "request_type", "scheduled"),
                 "nv_trt_llm_request_metrics{request_type=\"scheduled\"}",
             )?,
             kv_usage: sum_where(
-                &s,
+                s,
                 "nv_trt_llm_kv_cache_block_metrics",
                 "kv_cache_block_type",
                 "fraction",

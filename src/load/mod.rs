@@ -4,6 +4,7 @@
 //! replicas' own metrics pages.
 
 pub mod exposition;
+pub mod gpu;
 pub mod scraper;
 
 use std::sync::Arc;
@@ -70,6 +71,11 @@ pub struct Replica {
     /// Mean prompt tokens of requests sent here (f64 bits), to turn a scraped waiting count
     /// into tokens.
     mean_prompt_tokens: AtomicU64,
+    /// Latest GPU use, 0–1 (f64 bits), and when it was read (milliseconds since `epoch` plus
+    /// one; 0 = never). Two atomics instead of a swapped `Arc`: the router reads them for every
+    /// candidate, and a reader pairing a new time with the previous value is harmless.
+    gpu_use: AtomicU64,
+    gpu_at_ms: AtomicU64,
 }
 
 impl Replica {
@@ -102,7 +108,25 @@ impl Replica {
             pending_prefill: AtomicU64::new(0),
             secs_per_token: AtomicU64::new(0),
             mean_prompt_tokens: AtomicU64::new(0),
+            gpu_use: AtomicU64::new(0),
+            gpu_at_ms: AtomicU64::new(0),
         }
+    }
+
+    /// Stores a GPU-use reading (0–1) taken at `at` (one writer: the pool's scraper).
+    pub fn record_gpu(&self, fraction: f64, at: Instant) {
+        self.gpu_use.store(fraction.to_bits(), Ordering::Relaxed);
+        self.gpu_at_ms
+            .store(self.ms_since_epoch(at) + 1, Ordering::Relaxed);
+    }
+
+    /// GPU use (0–1) if read within `stale_after` of `now`; None when never read or stale
+    /// (unknown, not idle).
+    pub fn gpu_use(&self, now: Instant, stale_after: std::time::Duration) -> Option<f64> {
+        let at = self.gpu_at_ms.load(Ordering::Relaxed).checked_sub(1)?;
+        let age = self.ms_since_epoch(now).saturating_sub(at);
+        (age <= stale_after.as_millis() as u64)
+            .then(|| f64::from_bits(self.gpu_use.load(Ordering::Relaxed)))
     }
 
     /// Prompt tokens sent here by this gateway still waiting for their first byte.
@@ -152,12 +176,18 @@ impl Replica {
     /// Stores a successful scrape (one writer: the pool's scraper). A replica that answers its
     /// metrics is up: it comes back into routing if it was ejected.
     pub fn record_scrape(&self, stats: EngineStats, at: Instant) {
+        self.record_scrape_from(stats, at, self.inflight());
+    }
+
+    /// [`Self::record_scrape`] of a page requested when this gateway had `inflight` requests on
+    /// the replica: answers that ended while the page was on its way are then not counted again.
+    pub fn record_scrape_from(&self, stats: EngineStats, at: Instant, inflight: u64) {
         self.scrape_failures.store(0, Ordering::Relaxed);
         self.ejected_until_ms.store(0, Ordering::Relaxed);
         self.scraped.store(Some(Arc::new(Scraped {
             at,
             stats,
-            inflight_at_scrape: self.inflight(),
+            inflight_at_scrape: inflight,
         })));
     }
 
@@ -191,9 +221,13 @@ impl Replica {
             .as_deref()
             .filter(|s| now.saturating_duration_since(s.at) <= stale_after)?;
         let delta = self.inflight() as f64 - scraped.inflight_at_scrape as f64;
+        // Sent since: queued behind the rest. Ended since: they left the running batch, or —
+        // when the page showed fewer running than that — the queue (a short request can end
+        // between the page and now while the page still shows it waiting).
+        let running = scraped.stats.running + delta.min(0.0);
         Some(EngineView {
-            waiting: scraped.stats.waiting + delta.max(0.0),
-            running: (scraped.stats.running + delta.min(0.0)).max(0.0),
+            waiting: (scraped.stats.waiting + delta.max(0.0) + running.min(0.0)).max(0.0),
+            running: running.max(0.0),
             kv_usage: scraped.stats.kv_usage,
         })
     }
@@ -330,5 +364,55 @@ mod tests {
         assert!(r.is_ejected(now));
         assert!(r.is_ejected(now + Duration::from_millis(999)));
         assert!(!r.is_ejected(now + Duration::from_millis(1001)));
+    }
+
+    #[test]
+    fn the_scraped_queue_is_corrected_by_what_was_sent_and_ended_since() {
+        let r = replica();
+        let now = Instant::now();
+        let stale = Duration::from_secs(1);
+        let stats = |waiting: f64, running: f64| EngineStats {
+            waiting,
+            running,
+            ..Default::default()
+        };
+        let view = |r: &Replica| {
+            let v = r.engine_view(now, stale).unwrap();
+            (v.waiting, v.running)
+        };
+        // The page was asked for with one request of ours in flight; it showed it waiting, and
+        // it ended before the page arrived: nothing is left.
+        r.record_scrape_from(stats(1.0, 0.0), now, 1);
+        assert_eq!(view(&r), (0.0, 0.0));
+        // Ended ones leave the running batch first.
+        r.record_scrape_from(stats(2.0, 3.0), now, 2);
+        assert_eq!(view(&r), (2.0, 1.0));
+        // Sent since: they wait behind the rest.
+        let _a = r.start_request();
+        let _b = r.start_request();
+        let _c = r.start_request();
+        r.record_scrape_from(stats(2.0, 3.0), now, 1);
+        assert_eq!(view(&r), (4.0, 3.0));
+    }
+
+    #[test]
+    fn gpu_use_is_unknown_until_read_and_once_stale() {
+        let r = replica();
+        let now = Instant::now();
+        let stale = Duration::from_secs(3);
+        assert_eq!(r.gpu_use(now, stale), None);
+        r.record_gpu(0.42, now);
+        assert_eq!(r.gpu_use(now, stale), Some(0.42));
+        assert_eq!(
+            r.gpu_use(now + Duration::from_millis(2999), stale),
+            Some(0.42)
+        );
+        assert_eq!(r.gpu_use(now + Duration::from_millis(3002), stale), None);
+        r.record_gpu(0.0, now + Duration::from_secs(4));
+        assert_eq!(
+            r.gpu_use(now + Duration::from_secs(5), stale),
+            Some(0.0),
+            "an idle GPU is a reading, not a missing one"
+        );
     }
 }
