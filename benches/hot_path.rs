@@ -64,14 +64,15 @@ fn snapshot(n: usize) -> Snapshot {
 
 fn bench_pick(c: &mut Criterion) {
     let features = RequestFeatures::default();
-    for (name, policy) in [
-        ("pick_least_inflight", RoutingPolicy::LeastInflight),
-        ("pick_predicted_ttft", RoutingPolicy::PredictedTtft),
+    let config = infergate::config::embedded_default();
+    // The GPU variant has a reading on every replica: the near-tie pass runs on each pick.
+    for (name, policy, gpu) in [
+        ("pick_least_inflight", RoutingPolicy::LeastInflight, false),
+        ("pick_predicted_ttft", RoutingPolicy::PredictedTtft, false),
+        ("pick_predicted_ttft_gpu", RoutingPolicy::PredictedTtft, true),
     ] {
         let mut group = c.benchmark_group(name);
-        let mut routing = infergate::config::embedded_default().pools[0]
-            .routing
-            .clone();
+        let mut routing = config.pools[0].routing.clone();
         routing.policy = policy;
         for n in [8usize, 64, 1000] {
             let snap = snapshot(n);
@@ -84,6 +85,9 @@ fn bench_pick(c: &mut Criterion) {
                     ..Default::default()
                 };
                 r.record_scrape(stats, now);
+                if gpu {
+                    r.record_gpu((i % 10) as f64 / 10.0, now);
+                }
                 r.start_request_with(100)
                     .first_byte(std::time::Duration::from_millis(20 + (i % 7) as u64));
             }
@@ -96,6 +100,7 @@ fn bench_pick(c: &mut Criterion) {
                         random,
                         sequence: random,
                         stale_after: std::time::Duration::from_secs(3600),
+                        gpu_stale_after: std::time::Duration::from_secs(3600),
                     };
                     pick(&routing, black_box(snap), &features, ctx, &[])
                 })

@@ -165,6 +165,7 @@ async fn forward(
                 0
             },
             stale_after: pool.config.metrics.stale_after,
+            gpu_stale_after: pool.gpu_stale_after(),
         };
         let Some(index) = router::pick(&pool.config.routing, &snapshot, features, ctx, &tried)
         else {

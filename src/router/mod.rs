@@ -113,6 +113,8 @@ pub struct PickContext {
     pub sequence: u64,
     /// Scraped stats older than this are ignored.
     pub stale_after: std::time::Duration,
+    /// GPU readings older than this are ignored.
+    pub gpu_stale_after: std::time::Duration,
 }
 
 /// Whether a replica should take no more requests now: this gateway has
@@ -197,6 +199,7 @@ pub fn pick(
 /// learned per replica from observed time to first token (the pool's mean, then
 /// `prefill_tokens_per_second`, before that), so a pool mixing fast and slow GPUs balances by
 /// speed, and prefix affinity holds exactly as long as it saves more than the queue costs.
+/// Where replicas have GPU readings, near-ties go to the least busy GPU.
 fn predicted_ttft(
     routing: &Routing,
     snapshot: &Snapshot,
@@ -214,9 +217,7 @@ fn predicted_ttft(
         sum / f64::from(known)
     };
     let prompt = f64::from(features.prompt_tokens.max(1));
-    let mut best: Option<(f64, u64, usize)> = None;
-    for i in snapshot.candidates(features, ctx.random).filter(eligible) {
-        let r = &snapshot.replicas[i];
+    let predict = |r: &Replica| {
         let speed = r.secs_per_token().unwrap_or(default_speed);
         let own = own_prefill_tokens(features, r.id);
         let mut ahead = r.pending_prefill() as f64;
@@ -231,7 +232,14 @@ fn predicted_ttft(
                 kv_factor += 10.0 * (kv - 0.9).max(0.0);
             }
         }
-        let predicted = speed * (ahead + own as f64) * kv_factor;
+        speed * (ahead + own as f64) * kv_factor
+    };
+    let mut best: Option<(f64, u64, usize)> = None;
+    let mut any_gpu = false;
+    for i in snapshot.candidates(features, ctx.random).filter(&eligible) {
+        let r = &snapshot.replicas[i];
+        let predicted = predict(r);
+        any_gpu |= r.gpu_use(ctx.now, ctx.gpu_stale_after).is_some();
         let inflight = r.inflight();
         let better = match best {
             None => true,
@@ -241,7 +249,30 @@ fn predicted_ttft(
             best = Some((predicted, inflight, i));
         }
     }
-    best.map(|(_, _, i)| i)
+    let (fastest, _, first) = best?;
+    if !any_gpu {
+        return Some(first);
+    }
+    // Near-ties (within `gpu_tie_margin` of the fastest): the least busy GPU wins — an unknown
+    // one after every known one — then the faster prediction, then fewer in flight. Predictions
+    // are rough; a busy GPU is a real cost they do not see (other tenants, long decodes).
+    let limit = fastest * (1.0 + routing.gpu_tie_margin);
+    let mut tied: Option<(f64, f64, u64, usize)> = None;
+    for i in snapshot.candidates(features, ctx.random).filter(&eligible) {
+        let r = &snapshot.replicas[i];
+        let predicted = predict(r);
+        if predicted > limit {
+            continue;
+        }
+        let gpu = r
+            .gpu_use(ctx.now, ctx.gpu_stale_after)
+            .unwrap_or(f64::INFINITY);
+        let key = (gpu, predicted, r.inflight(), i);
+        if tied.is_none_or(|t| (key.0, key.1, key.2) < (t.0, t.1, t.2)) {
+            tied = Some(key);
+        }
+    }
+    Some(tied.map_or(first, |t| t.3))
 }
 
 /// Prompt tokens replica `id` would have to prefill for this request: those its cached prefix
@@ -292,9 +323,9 @@ fn prefix_affinity(
 }
 
 /// The Inference Extension's scheme: each candidate scores `queue` (1 − its waiting over the
-/// longest waiting among candidates), `kv_cache` (1 − KV use; 0.5 when unknown) and `prefix`
-/// (share of the prompt it holds), weighted; the highest total wins, fewer in flight on a tie.
-/// Stale stats count as unknown.
+/// longest waiting among candidates), `kv_cache` (1 − KV use; 0.5 when unknown), `prefix`
+/// (share of the prompt it holds) and `gpu` (1 − GPU use; 0.5 when unknown), weighted; the
+/// highest total wins, fewer in flight on a tie. Stale stats count as unknown.
 fn weighted(
     routing: &Routing,
     snapshot: &Snapshot,
@@ -325,7 +356,13 @@ fn weighted(
             .engine_view(ctx.now, ctx.stale_after)
             .and_then(|v| v.kv_usage)
             .map_or(0.5, |kv| 1.0 - kv.clamp(0.0, 1.0));
-        let score = w.queue * queue + w.kv_cache * kv + w.prefix * features.prefix.fraction(r.id);
+        let gpu = r
+            .gpu_use(ctx.now, ctx.gpu_stale_after)
+            .map_or(0.5, |g| 1.0 - g.clamp(0.0, 1.0));
+        let score = w.queue * queue
+            + w.kv_cache * kv
+            + w.prefix * features.prefix.fraction(r.id)
+            + w.gpu * gpu;
         let inflight = r.inflight();
         let better = match best {
             None => true,
@@ -424,6 +461,7 @@ mod tests {
             random,
             sequence,
             stale_after: std::time::Duration::from_secs(1),
+            gpu_stale_after: std::time::Duration::from_secs(3),
         }
     }
 
@@ -912,6 +950,91 @@ mod tests {
             pick(&routing(RoutingPolicy::Weighted), &s, &f, c, &[]),
             Some(0)
         );
+    }
+
+    #[test]
+    fn predicted_ttft_breaks_near_ties_toward_the_less_busy_gpu() {
+        let s = snapshot(3);
+        let now = Instant::now();
+        s.replicas[0].record_gpu(0.9, now);
+        s.replicas[1].record_gpu(0.2, now);
+        // Replica 2 has no GPU reading: unknown, after every known one.
+        let f = RequestFeatures {
+            prompt_tokens: 100,
+            ..Default::default()
+        };
+        let r = routing(RoutingPolicy::PredictedTtft);
+        assert_eq!(r.gpu_tie_margin, 0.1, "the default margin");
+        let c = PickContext { now, ..ctx(1, 1) };
+        assert_eq!(pick(&r, &s, &f, c, &[]), Some(1), "all idle: the idlest GPU");
+        // 5 tokens pending on replica 1: 105 against 100 is within 10 %, still a tie.
+        let _five = s.replicas[1].start_request_with(5);
+        assert_eq!(pick(&r, &s, &f, c, &[]), Some(1));
+        // 20 more: 125 is past 110, so replica 1 is out of the tie; of the two left, the one
+        // whose GPU is known (busy as it is) goes before the unknown one.
+        let _twenty = s.replicas[1].start_request_with(20);
+        assert_eq!(pick(&r, &s, &f, c, &[]), Some(0));
+        // Stale readings count as unknown: without any, fewest in flight decides (replica 0).
+        let later = PickContext {
+            now: now + std::time::Duration::from_secs(4),
+            ..c
+        };
+        assert_eq!(pick(&r, &s, &f, later, &[]), Some(0));
+        // Margin 0: only exact ties; 100 (replica 0) and 100 (replica 2) tie, replica 0's GPU is known.
+        let exact = Routing {
+            gpu_tie_margin: 0.0,
+            ..r.clone()
+        };
+        assert_eq!(pick(&exact, &s, &f, c, &[]), Some(0));
+    }
+
+    #[test]
+    fn predicted_ttft_gpu_tie_breaks_do_not_pile_a_burst_onto_one_replica() {
+        let s = snapshot(2);
+        let now = Instant::now();
+        s.replicas[0].record_gpu(0.8, now);
+        s.replicas[1].record_gpu(0.2, now);
+        let f = RequestFeatures {
+            prompt_tokens: 100,
+            ..Default::default()
+        };
+        let (order, _held) = pick_holding(RoutingPolicy::PredictedTtft, &s, &f, now, 20);
+        // Ties go to the idler GPU, but while one request (100 tokens) is more than 10 % of the
+        // work queued, one more on it is past the margin: the burst alternates. From 9 each,
+        // 1100 against 1000 is within the margin, so the idler GPU takes one more.
+        let mut expected = [1, 0].repeat(9);
+        expected.extend([1, 1]);
+        assert_eq!(order, expected);
+    }
+
+    #[test]
+    fn weighted_scores_gpu_use() {
+        let s = snapshot(3);
+        let now = Instant::now();
+        let with = |waiting: f64, kv: f64| crate::load::exposition::EngineStats {
+            waiting,
+            kv_usage: Some(kv),
+            ..Default::default()
+        };
+        for r in &s.replicas {
+            r.record_scrape(with(0.0, 0.5), now);
+        }
+        s.replicas[0].record_gpu(0.9, now);
+        s.replicas[1].record_gpu(0.3, now);
+        // Replica 2: no reading (0.5). Queue and KV are equal: gpu 1·(0.1, 0.7, 0.5) decides.
+        let c = PickContext { now, ..ctx(1, 1) };
+        let f = RequestFeatures::default();
+        let mut r = routing(RoutingPolicy::Weighted);
+        assert_eq!(r.weights.gpu, 1.0, "the default weight");
+        assert_eq!(pick(&r, &s, &f, c, &[]), Some(1));
+        // Half of the prefix on replica 0 (3 · 0.5 = 1.5) outweighs its busy GPU (0.6 behind).
+        let half = prefix_on(&s, 0, 5, 10);
+        assert_eq!(pick(&r, &s, &half, c, &[]), Some(0));
+        // Weight 0: the GPU is ignored, the tie goes to the first with fewest in flight.
+        r.weights.gpu = 0.0;
+        assert_eq!(pick(&r, &s, &f, c, &[]), Some(0));
+        let _busy = s.replicas[0].start_request();
+        assert_eq!(pick(&r, &s, &f, c, &[]), Some(1));
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 mod config_files;
 mod gateway;
+mod gpu;
 mod scaler;
 mod sim;
 mod support;
