@@ -101,6 +101,7 @@ fn bench_pick(c: &mut Criterion) {
                         sequence: random,
                         stale_after: std::time::Duration::from_secs(3600),
                         gpu_stale_after: std::time::Duration::from_secs(3600),
+                        limits: config.pools[0].admission,
                     };
                     pick(&routing, black_box(snap), &features, ctx, &[])
                 })

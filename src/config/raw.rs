@@ -367,7 +367,8 @@ pub enum RoutingPolicy {
     /// imbalanced (SGLang's cache-aware rule; also `cache-aware`).
     #[serde(alias = "cache-aware")]
     PrefixAffinity,
-    /// Consistent hashing of the session header onto replicas (also `session`).
+    /// Consistent hashing of the session header onto replicas; while a session's replica is
+    /// saturated (`admission` thresholds) the next one on the ring takes it (also `session`).
     #[serde(alias = "session")]
     SessionAffinity,
 }

@@ -141,7 +141,7 @@ pub struct Weights {
     pub gpu: f64,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy)]
 pub struct Admission {
     pub max_queue: u32,
     pub max_queue_wait: Duration,

@@ -166,6 +166,7 @@ async fn forward(
             },
             stale_after: pool.config.metrics.stale_after,
             gpu_stale_after: pool.gpu_stale_after(),
+            limits: pool.config.admission,
         };
         let Some(index) = router::pick(&pool.config.routing, &snapshot, features, ctx, &tried)
         else {

@@ -115,6 +115,8 @@ pub struct PickContext {
     pub stale_after: std::time::Duration,
     /// GPU readings older than this are ignored.
     pub gpu_stale_after: std::time::Duration,
+    /// The pool's saturation thresholds (`session` leaves a saturated replica).
+    pub limits: crate::config::Admission,
 }
 
 /// Whether a replica should take no more requests now: this gateway has
@@ -184,11 +186,34 @@ pub fn pick(
         }
         // Requests without a session key are spread by load.
         RoutingPolicy::SessionAffinity => match features.session {
-            Some(session) => snapshot.sessions.pick(session, eligible),
+            Some(session) => session_affinity(snapshot, session, ctx, eligible),
             None => least_inflight(snapshot, ctx.random, eligible),
         },
         _ => least_inflight(snapshot, ctx.random, eligible),
     }
+}
+
+/// The session's replica on the ring; while it is saturated, the next one on the ring that is
+/// not (the same one for every request of the session, so its cache stays warm there too); when
+/// all are saturated, the session's own (the gateway queue holds requests back before that).
+fn session_affinity(
+    snapshot: &Snapshot,
+    session: u64,
+    ctx: PickContext,
+    eligible: impl Fn(&usize) -> bool,
+) -> Option<usize> {
+    snapshot
+        .sessions
+        .pick(session, |i| {
+            eligible(i)
+                && !saturated(
+                    &snapshot.replicas[*i],
+                    &ctx.limits,
+                    ctx.now,
+                    ctx.stale_after,
+                )
+        })
+        .or_else(|| snapshot.sessions.pick(session, &eligible))
 }
 
 /// Least predicted time to first token: the prefill work ahead of this request on the replica
@@ -462,7 +487,13 @@ mod tests {
             sequence,
             stale_after: std::time::Duration::from_secs(1),
             gpu_stale_after: std::time::Duration::from_secs(3),
+            limits: limits(),
         }
+    }
+
+    fn limits() -> crate::config::Admission {
+        static DEFAULT: std::sync::OnceLock<crate::config::Admission> = std::sync::OnceLock::new();
+        *DEFAULT.get_or_init(|| crate::config::embedded_default().pools[0].admission)
     }
 
     /// Picks `n` times at `now`, holding each request as the proxy does (in flight, with the
@@ -798,6 +829,42 @@ mod tests {
             (120..300).contains(&moved),
             "{moved} of 1000 sessions moved"
         );
+    }
+
+    #[test]
+    fn session_affinity_leaves_a_saturated_replica_and_comes_back() {
+        let s = snapshot(4);
+        let now = Instant::now();
+        let r = routing(RoutingPolicy::SessionAffinity);
+        let c = PickContext { now, ..ctx(0, 0) };
+        let f = with_session(0x9E3779B97F4A7C15);
+        let home = pick(&r, &s, &f, c, &[]).unwrap();
+        let next_on_ring = pick(&r, &s, &f, c, &[home]).unwrap();
+        assert_eq!(c.limits.max_waiting_per_replica, 8, "the default threshold");
+        // Nine waiting on the session's replica: saturated, the session goes to the next one on
+        // the ring, the same one every time.
+        s.replicas[home].record_scrape(stats(9.0, 0.0), now);
+        for q in 0..10 {
+            assert_eq!(
+                pick(&r, &s, &f, PickContext { now, ..ctx(q, q) }, &[]),
+                Some(next_on_ring)
+            );
+        }
+        // Eight waiting is not saturated: back home.
+        s.replicas[home].record_scrape(stats(8.0, 0.0), now);
+        assert_eq!(pick(&r, &s, &f, c, &[]), Some(home));
+        // Every replica saturated: the session stays home.
+        for replica in &s.replicas {
+            replica.record_scrape(stats(20.0, 0.0), now);
+        }
+        assert_eq!(pick(&r, &s, &f, c, &[]), Some(home));
+        // Stale stats are unknown, not saturated.
+        let later = PickContext {
+            now: now + std::time::Duration::from_secs(2),
+            ..c
+        };
+        s.replicas[home].record_scrape(stats(20.0, 0.0), now);
+        assert_eq!(pick(&r, &s, &f, later, &[]), Some(home));
     }
 
     fn prefix_on(s: &Snapshot, replica: usize, blocks: u32, total: u32) -> RequestFeatures {
