@@ -239,7 +239,29 @@ impl PoolRuntime {
     fn publish(&self, replicas: Vec<Arc<Replica>>) {
         self.metrics.replicas.set(replicas.len() as i64);
         self.snapshot.store(Arc::new(Snapshot::new(replicas)));
+        self.refresh_prefix_budgets();
         self.admission.wake_all();
+    }
+
+    /// Gives the prefix index the current replicas and their budgets, from the KV capacity each
+    /// has reported (after a replica-set change and after each scrape round).
+    pub fn refresh_prefix_budgets(&self) {
+        let Some(index) = &self.prefix_index else {
+            return;
+        };
+        let snapshot = self.snapshot.load();
+        let capacities: Vec<(u64, Option<u64>)> = snapshot
+            .replicas
+            .iter()
+            .map(|r| (r.id, r.kv_capacity_tokens()))
+            .collect();
+        let block_tokens = u64::from(self.config.routing.prefix_block_chars)
+            .div_ceil(crate::openai::BYTES_PER_TOKEN as u64);
+        index.set_replicas(&crate::router::prefix::budgets(
+            index.entries(),
+            block_tokens,
+            &capacities,
+        ));
     }
 
     /// Whether the pool can take a request now.
@@ -349,5 +371,45 @@ impl Pools {
 
     pub fn route(&self, model: &str) -> Option<&Route> {
         self.by_model.get(model)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_prefix_index_follows_the_replica_set_and_reported_kv_capacity() {
+        let mut config = crate::config::embedded_default().pools[0].clone();
+        config.routing.policy = RoutingPolicy::PredictedTtft;
+        config.routing.prefix_cache_entries = 1000;
+        let metrics = GatewayMetrics::new();
+        let pool = PoolRuntime::new(config, &metrics, Instant::now(), 1, 1);
+        let a = pool.add_replica(Scheme::HTTP, "127.0.0.1:1".parse().unwrap());
+        let b = pool.add_replica(Scheme::HTTP, "127.0.0.1:2".parse().unwrap());
+        let index = pool.prefix_index.as_ref().unwrap();
+        // Replica a reports a KV cache of 8 blocks of 16 tokens: 128 tokens, two index blocks
+        // of 64 tokens (256 prompt bytes). Replica b reports nothing: half the index.
+        let small = crate::load::exposition::EngineStats {
+            kv_blocks: Some(8),
+            kv_block_tokens: Some(16),
+            ..Default::default()
+        };
+        a.record_scrape(small, Instant::now());
+        pool.refresh_prefix_budgets();
+        for block in 1..=3 {
+            index.record(&[block], a.id);
+            index.record(&[block + 100], b.id);
+        }
+        let holder = |block: u64| index.lookup(&[block]).replicas.first().map(|r| r.0);
+        assert_eq!(holder(1), None, "evicted from a's two-block cache");
+        assert_eq!(holder(2), Some(a.id));
+        assert_eq!(holder(3), Some(a.id));
+        assert_eq!(holder(101), Some(b.id));
+        // b leaves the pool: its entries go with it.
+        pool.remove_replica(&b.authority);
+        assert_eq!(holder(101), None);
+        assert_eq!(holder(103), None);
+        assert_eq!(holder(3), Some(a.id));
     }
 }

@@ -21,6 +21,8 @@ pub struct EngineStats {
     pub prefix_hit_rate: Option<f64>,
     /// KV-cache capacity in blocks.
     pub kv_blocks: Option<u64>,
+    /// Tokens per KV-cache block.
+    pub kv_block_tokens: Option<u64>,
     pub running_loras: Vec<String>,
     pub waiting_loras: Vec<String>,
 }
@@ -188,6 +190,7 @@ pub fn engine_stats(format: MetricsFormat, s: &[Sample]) -> Result<EngineStats, 
                 .or_else(|| sum(s, "vllm:gpu_prefix_cache_hits_total"));
             let queries = sum(s, "vllm:prefix_cache_queries_total")
                 .or_else(|| sum(s, "vllm:gpu_prefix_cache_queries_total"));
+            let cache_config = s.iter().find(|x| x.name == "vllm:cache_config_info");
             // The newest `lora_requests_info` series (its value is a timestamp) is current.
             let lora = s
                 .iter()
@@ -207,10 +210,8 @@ pub fn engine_stats(format: MetricsFormat, s: &[Sample]) -> Result<EngineStats, 
                     (Some(h), Some(q)) if q > 0.0 => Some(h / q),
                     _ => None,
                 },
-                kv_blocks: s
-                    .iter()
-                    .filter(|x| x.name == "vllm:cache_config_info")
-                    .find_map(|x| x.label("num_gpu_blocks")?.parse().ok()),
+                kv_blocks: cache_config.and_then(|x| x.label("num_gpu_blocks")?.parse().ok()),
+                kv_block_tokens: cache_config.and_then(|x| x.label("block_size")?.parse().ok()),
                 running_loras: split_list(lora.and_then(|l| l.label("running_lora_adapters"))),
                 waiting_loras: split_list(lora.and_then(|l| l.label("waiting_lora_adapters"))),
             })
@@ -280,6 +281,7 @@ vllm:time_to_first_token_seconds_bucket{engine="0",le="+Inf",model_name="m"} 42
         assert_eq!(stats.kv_usage, Some(0.375));
         assert_eq!(stats.prefix_hit_rate, Some(0.25));
         assert_eq!(stats.kv_blocks, Some(27000));
+        assert_eq!(stats.kv_block_tokens, Some(16));
         assert_eq!(
             stats.running_loras,
             vec!["c"],

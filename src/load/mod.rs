@@ -232,6 +232,15 @@ impl Replica {
         })
     }
 
+    /// KV-cache capacity in tokens, from the latest scrape that reported it (capacity does not
+    /// change while a replica runs, so an old scrape still tells it). vLLM's block size is 16
+    /// tokens when a page names the block count alone.
+    pub fn kv_capacity_tokens(&self) -> Option<u64> {
+        let scraped = self.scraped.load();
+        let stats = &scraped.as_deref()?.stats;
+        Some(stats.kv_blocks? * stats.kv_block_tokens.unwrap_or(16))
+    }
+
     /// Requests this gateway has sent to the replica whose answers have not ended.
     pub fn inflight(&self) -> u64 {
         self.inflight.get().max(0) as u64
