@@ -69,12 +69,16 @@ fn bench_pick(c: &mut Criterion) {
     for (name, policy, gpu) in [
         ("pick_least_inflight", RoutingPolicy::LeastInflight, false),
         ("pick_predicted_ttft", RoutingPolicy::PredictedTtft, false),
-        ("pick_predicted_ttft_gpu", RoutingPolicy::PredictedTtft, true),
+        (
+            "pick_predicted_ttft_gpu",
+            RoutingPolicy::PredictedTtft,
+            true,
+        ),
     ] {
         let mut group = c.benchmark_group(name);
         let mut routing = config.pools[0].routing.clone();
         routing.policy = policy;
-        for n in [8usize, 64, 1000] {
+        for n in [8usize, 16, 64, 1000] {
             let snap = snapshot(n);
             // Fresh scraped stats and latency history on every replica: the policy's full path.
             let now = Instant::now();
@@ -115,6 +119,9 @@ fn bench_prefix(c: &mut Criterion) {
     // A 4,000-token prompt (16,000 bytes at 4 bytes a token) in 256-byte blocks, against an
     // index that has seen 2,000 other prompts.
     let index = infergate::router::prefix::PrefixIndex::new(100_000);
+    // 16 replicas of equal capacity sharing the index.
+    let budgets: Vec<(u64, u64)> = (0..16u64).map(|r| (r, 100_000 / 16)).collect();
+    index.set_replicas(&budgets);
     for p in 0..2000u64 {
         let other = format!("{p:08}").repeat(2000);
         let blocks = infergate::openai::chained_block_hashes(other.as_bytes(), 256, 512);
@@ -130,7 +137,19 @@ fn bench_prefix(c: &mut Criterion) {
     group.bench_function("longest_match", |b| {
         b.iter(|| index.lookup(black_box(&blocks)))
     });
-    group.bench_function("insert", |b| b.iter(|| index.record(black_box(&blocks), 5)));
+    // Sent again to the replica that holds it (the common case: affinity worked) ...
+    index.record(&blocks, 5);
+    group.bench_function("insert_again", |b| {
+        b.iter(|| index.record(black_box(&blocks), 5))
+    });
+    // ... and to a replica that does not (every block changes owner).
+    let mut replica = 0u64;
+    group.bench_function("insert_elsewhere", |b| {
+        b.iter(|| {
+            replica = (replica + 1) % 16;
+            index.record(black_box(&blocks), replica)
+        })
+    });
     group.finish();
 }
 

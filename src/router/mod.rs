@@ -259,13 +259,22 @@ fn predicted_ttft(
         }
         speed * (ahead + own as f64) * kv_factor
     };
+    // Each candidate's numbers, kept for the near-tie pass (a large pool's candidates beyond
+    // these are computed again there).
+    let mut scored = [(0.0f64, f64::INFINITY, 0u64, 0usize); KEEP];
+    let mut kept = 0;
     let mut best: Option<(f64, u64, usize)> = None;
     let mut any_gpu = false;
     for i in snapshot.candidates(features, ctx.random).filter(&eligible) {
         let r = &snapshot.replicas[i];
         let predicted = predict(r);
-        any_gpu |= r.gpu_use(ctx.now, ctx.gpu_stale_after).is_some();
+        let gpu = r.gpu_use(ctx.now, ctx.gpu_stale_after);
+        any_gpu |= gpu.is_some();
         let inflight = r.inflight();
+        if kept < KEEP {
+            scored[kept] = (predicted, gpu.unwrap_or(f64::INFINITY), inflight, i);
+            kept += 1;
+        }
         let better = match best {
             None => true,
             Some((p, f, _)) => predicted < p || (predicted == p && inflight < f),
@@ -282,23 +291,31 @@ fn predicted_ttft(
     // one after every known one — then the faster prediction, then fewer in flight. Predictions
     // are rough; a busy GPU is a real cost they do not see (other tenants, long decodes).
     let limit = fastest * (1.0 + routing.gpu_tie_margin);
-    let mut tied: Option<(f64, f64, u64, usize)> = None;
-    for i in snapshot.candidates(features, ctx.random).filter(&eligible) {
-        let r = &snapshot.replicas[i];
-        let predicted = predict(r);
-        if predicted > limit {
-            continue;
-        }
-        let gpu = r
-            .gpu_use(ctx.now, ctx.gpu_stale_after)
-            .unwrap_or(f64::INFINITY);
-        let key = (gpu, predicted, r.inflight(), i);
-        if tied.is_none_or(|t| (key.0, key.1, key.2) < (t.0, t.1, t.2)) {
-            tied = Some(key);
-        }
-    }
-    Some(tied.map_or(first, |t| t.3))
+    let rest = snapshot
+        .candidates(features, ctx.random)
+        .filter(&eligible)
+        .skip(KEEP)
+        .map(|i| {
+            let r = &snapshot.replicas[i];
+            let gpu = r.gpu_use(ctx.now, ctx.gpu_stale_after);
+            (predict(r), gpu.unwrap_or(f64::INFINITY), r.inflight(), i)
+        });
+    scored[..kept]
+        .iter()
+        .copied()
+        .chain(rest)
+        .filter(|(predicted, ..)| *predicted <= limit)
+        .min_by(|a, b| {
+            (a.1, a.0, a.2)
+                .partial_cmp(&(b.1, b.0, b.2))
+                .unwrap_or(std::cmp::Ordering::Equal)
+        })
+        .map(|t| t.3)
+        .or(Some(first))
 }
+
+/// Candidates whose scores `predicted_ttft` keeps on the stack for its near-tie pass.
+const KEEP: usize = 2 * SAMPLE;
 
 /// Prompt tokens replica `id` would have to prefill for this request: those its cached prefix
 /// does not cover (at least one). The proxy counts them as the request's pending prefill.
@@ -1033,7 +1050,11 @@ mod tests {
         let r = routing(RoutingPolicy::PredictedTtft);
         assert_eq!(r.gpu_tie_margin, 0.1, "the default margin");
         let c = PickContext { now, ..ctx(1, 1) };
-        assert_eq!(pick(&r, &s, &f, c, &[]), Some(1), "all idle: the idlest GPU");
+        assert_eq!(
+            pick(&r, &s, &f, c, &[]),
+            Some(1),
+            "all idle: the idlest GPU"
+        );
         // 5 tokens pending on replica 1: 105 against 100 is within 10 %, still a tie.
         let _five = s.replicas[1].start_request_with(5);
         assert_eq!(pick(&r, &s, &f, c, &[]), Some(1));
@@ -1072,6 +1093,38 @@ mod tests {
         let mut expected = [1, 0].repeat(9);
         expected.extend([1, 1]);
         assert_eq!(order, expected);
+    }
+
+    #[test]
+    fn predicted_ttft_gpu_tie_break_sees_every_candidate_of_a_large_pool() {
+        let s = snapshot(100);
+        let now = Instant::now();
+        // 30 replicas hold the whole prompt: with the 16 sampled ones, more candidates than the
+        // pick keeps on its stack. The last holder has the idlest GPU.
+        let mut f = RequestFeatures {
+            prompt_tokens: 100,
+            ..Default::default()
+        };
+        f.prefix.total_blocks = 10;
+        for i in 50..80 {
+            f.prefix.replicas.push((s.replicas[i].id, 10));
+            s.replicas[i].record_gpu(if i == 79 { 0.1 } else { 0.5 }, now);
+        }
+        for random in [1u64, 0x9E3779B97F4A7C15, u64::MAX] {
+            assert_eq!(
+                s.candidates(&f, random).count(),
+                SAMPLE + 30,
+                "more than KEEP ({KEEP}) candidates"
+            );
+            let c = PickContext {
+                now,
+                ..ctx(random, 0)
+            };
+            assert_eq!(
+                pick(&routing(RoutingPolicy::PredictedTtft), &s, &f, c, &[]),
+                Some(79)
+            );
+        }
     }
 
     #[test]

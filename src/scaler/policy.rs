@@ -652,7 +652,10 @@ mod tests {
             ..Default::default()
         });
         assert_eq!(r.desired, 4);
-        assert_eq!(r.reason, "hold at 4: gpu use needs 3.4 replicas at target 80%");
+        assert_eq!(
+            r.reason,
+            "hold at 4: gpu use needs 3.4 replicas at target 80%"
+        );
         // A real zero reading does lower the need: (3.375 + 0) / 2.
         let mut idle = Infergate::new(c);
         idle.recommend(&busy);
@@ -663,7 +666,10 @@ mod tests {
             gpu_utilization: Some(0.0),
             ..Default::default()
         });
-        assert_eq!(r.reason, "hold at 4: gpu use needs 1.7 replicas at target 80%");
+        assert_eq!(
+            r.reason,
+            "hold at 4: gpu use needs 1.7 replicas at target 80%"
+        );
     }
 
     #[test]

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::Response;
-use infergate::gateway::{self, RunningGateway};
 use infergate::gateway::body::GatewayBody;
+use infergate::gateway::{self, RunningGateway};
 use infergate::http_server::Server;
 use infergate::sim::profile::profile;
 use infergate::sim::{SimOptions, start};
@@ -81,7 +81,12 @@ async fn status_until(
 /// Requests a sim has answered, from its own metrics.
 async fn answered(sim: &Server) -> f64 {
     let text = get(&format!("http://{}/metrics", sim.addr)).await.text();
-    metric(&text, "vllm:request_success_total", &[("finished_reason", "length")]).unwrap_or(0.0)
+    metric(
+        &text,
+        "vllm:request_success_total",
+        &[("finished_reason", "length")],
+    )
+    .unwrap_or(0.0)
 }
 
 /// Sends `n` short requests one after the other through the gateway.
