@@ -78,6 +78,7 @@ pub fn status(state: &GatewayState) -> serde_json::Value {
                             "running": s.stats.running,
                             "kv_cache_usage": s.stats.kv_usage,
                             "prefix_cache_hit_rate": s.stats.prefix_hit_rate,
+                            "lora_adapters": s.stats.running_loras.iter().chain(&s.stats.waiting_loras).collect::<Vec<_>>(),
                             "age_ms": now.saturating_duration_since(s.at).as_millis() as u64,
                         })
                     });

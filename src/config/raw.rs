@@ -382,7 +382,8 @@ pub struct RawRouting {
     pub prefix_min_match: f64,
     /// Prefix blocks are this many characters of prompt (about 4 characters per token).
     pub prefix_block_chars: u32,
-    /// Most prefix blocks remembered per pool (bounded memory; least useful entries evicted).
+    /// Most prefix blocks remembered per pool (bounded memory; least useful entries evicted),
+    /// shared among replicas in proportion to their KV-cache capacity.
     pub prefix_cache_entries: u32,
     /// Affinity is ignored while the busiest and idlest replica differ by more than this many
     /// requests and by more than `imbalance_ratio`.
@@ -396,6 +397,12 @@ pub struct RawRouting {
     /// of the best one count as tied, and the least busy GPU among them wins (pools with
     /// `metrics.gpu`; 0 = exact ties only).
     pub gpu_tie_margin: f64,
+    /// Names among the pool's `models` that are LoRA adapters. `predicted-ttft` adds
+    /// `lora_load_time` to replicas that do not have the requested adapter loaded (as their
+    /// scraped running and waiting adapters show, or as this gateway sent it there lately).
+    pub lora_adapters: Vec<String>,
+    /// Time a replica takes to load a LoRA adapter it does not hold (duration).
+    pub lora_load_time: Quantity,
     /// Scorer weights of the `weighted` policy.
     pub weights: RawWeights,
 }
@@ -436,6 +443,8 @@ impl Default for RawRouting {
             imbalance_ratio: 1.5,
             prefill_tokens_per_second: 20_000.0,
             gpu_tie_margin: 0.1,
+            lora_adapters: Vec::new(),
+            lora_load_time: "50ms".into(),
             weights: RawWeights::default(),
         }
     }

@@ -129,6 +129,9 @@ pub struct Routing {
     /// `predicted-ttft`: predictions within this fraction of the best are tied; the least busy
     /// GPU wins.
     pub gpu_tie_margin: f64,
+    /// Served names that are LoRA adapters.
+    pub lora_adapters: Vec<String>,
+    pub lora_load_time: Duration,
     pub weights: Weights,
 }
 

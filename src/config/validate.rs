@@ -240,6 +240,14 @@ fn pool(c: &mut Checker, p: &str, raw: &RawPool) -> Pool {
             );
         }
     }
+    for (i, adapter) in raw.routing.lora_adapters.iter().enumerate() {
+        if !raw.models.contains(adapter) {
+            c.fail(
+                format!("{p}.routing.lora_adapters[{i}]"),
+                format!("`{adapter}` is not one of this pool's models"),
+            );
+        }
+    }
     for (alias, target) in &raw.aliases {
         if !raw.models.contains(target) {
             c.fail(
@@ -489,6 +497,8 @@ fn routing(c: &mut Checker, p: &str, raw: &RawRouting) -> Routing {
             }
         },
         gpu_tie_margin: c.fraction(format!("{p}.gpu_tie_margin"), raw.gpu_tie_margin),
+        lora_adapters: raw.lora_adapters.clone(),
+        lora_load_time: c.duration(format!("{p}.lora_load_time"), &raw.lora_load_time),
     }
 }
 

@@ -299,6 +299,8 @@ pub struct Route {
     /// `infergate_requests_total{pool, model, status="200"}`, resolved once: the common case
     /// costs one atomic add instead of a labelled lookup.
     pub ok_requests: prometheus::IntCounter,
+    /// The LoRA adapter the served name is (`routing.lora_adapters`), if it is one.
+    pub adapter: Option<u64>,
 }
 
 /// All pools and the model-name index.
@@ -321,6 +323,12 @@ impl Pools {
         let mut data = Vec::new();
         let created = crate::openai::unix_seconds();
         for (i, pool) in configs.iter().enumerate() {
+            let adapter = |served: &String| {
+                pool.routing
+                    .lora_adapters
+                    .contains(served)
+                    .then(|| crate::load::adapter_id(served))
+            };
             for model in &pool.models {
                 by_model.insert(
                     model.clone(),
@@ -330,6 +338,7 @@ impl Pools {
                         ok_requests: metrics
                             .requests
                             .with_label_values(&[&pool.name, model, "200"]),
+                        adapter: adapter(model),
                     },
                 );
                 data.push(json!({"id": model, "object": "model", "created": created, "owned_by": pool.name}));
@@ -343,6 +352,7 @@ impl Pools {
                         ok_requests: metrics
                             .requests
                             .with_label_values(&[&pool.name, alias, "200"]),
+                        adapter: adapter(target),
                     },
                 );
                 data.push(json!({"id": alias, "object": "model", "created": created, "owned_by": pool.name, "root": target}));

@@ -25,6 +25,8 @@ pub struct EngineStats {
     pub kv_block_tokens: Option<u64>,
     pub running_loras: Vec<String>,
     pub waiting_loras: Vec<String>,
+    /// Adapters a replica holds at once (vLLM `max_lora`).
+    pub max_loras: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -214,6 +216,7 @@ pub fn engine_stats(format: MetricsFormat, s: &[Sample]) -> Result<EngineStats, 
                 kv_block_tokens: cache_config.and_then(|x| x.label("block_size")?.parse().ok()),
                 running_loras: split_list(lora.and_then(|l| l.label("running_lora_adapters"))),
                 waiting_loras: split_list(lora.and_then(|l| l.label("waiting_lora_adapters"))),
+                max_loras: lora.and_then(|l| l.label("max_lora")?.parse().ok()),
             })
         }
         MetricsFormat::Sglang => Ok(EngineStats {
@@ -288,6 +291,7 @@ vllm:time_to_first_token_seconds_bucket{engine="0",le="+Inf",model_name="m"} 42
             "the newest lora_requests_info wins"
         );
         assert_eq!(stats.waiting_loras, vec!["d"]);
+        assert_eq!(stats.max_loras, Some(4));
     }
 
     #[test]

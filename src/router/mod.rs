@@ -101,6 +101,8 @@ pub struct RequestFeatures {
     pub session: Option<u64>,
     /// Which replicas hold how much of the prompt's prefix (from the pool's prefix index).
     pub prefix: prefix::PrefixMatch,
+    /// The LoRA adapter the request names ([`crate::load::adapter_id`]), if any.
+    pub adapter: Option<u64>,
 }
 
 /// Inputs that vary per call but must not be read inside the router.
@@ -224,6 +226,8 @@ fn session_affinity(
 /// learned per replica from observed time to first token (the pool's mean, then
 /// `prefill_tokens_per_second`, before that), so a pool mixing fast and slow GPUs balances by
 /// speed, and prefix affinity holds exactly as long as it saves more than the queue costs.
+/// A request for a LoRA adapter adds `lora_load_time` on replicas that do not hold it, so it
+/// goes where the adapter is loaded unless the queue there costs more than loading it elsewhere.
 /// Where replicas have GPU readings, near-ties go to the least busy GPU.
 fn predicted_ttft(
     routing: &Routing,
@@ -242,6 +246,7 @@ fn predicted_ttft(
         sum / f64::from(known)
     };
     let prompt = f64::from(features.prompt_tokens.max(1));
+    let lora_load = routing.lora_load_time.as_secs_f64();
     let predict = |r: &Replica| {
         let speed = r.secs_per_token().unwrap_or(default_speed);
         let own = own_prefill_tokens(features, r.id);
@@ -257,7 +262,12 @@ fn predicted_ttft(
                 kv_factor += 10.0 * (kv - 0.9).max(0.0);
             }
         }
-        speed * (ahead + own as f64) * kv_factor
+        // A replica without the requested adapter loads it before anything else.
+        let load = match features.adapter {
+            Some(adapter) if !r.holds_adapter(adapter, ctx.now, ctx.stale_after) => lora_load,
+            _ => 0.0,
+        };
+        speed * (ahead + own as f64) * kv_factor + load
     };
     // Each candidate's numbers, kept for the near-tie pass (a large pool's candidates beyond
     // these are computed again there).
@@ -1125,6 +1135,59 @@ mod tests {
                 Some(79)
             );
         }
+    }
+
+    #[test]
+    fn predicted_ttft_goes_where_the_adapter_is_loaded_until_the_queue_costs_more() {
+        let s = snapshot(2);
+        let now = Instant::now();
+        let sql = crate::load::adapter_id("sql");
+        let loaded = crate::load::exposition::EngineStats {
+            running_loras: vec!["sql".into()],
+            ..Default::default()
+        };
+        s.replicas[0].record_scrape(stats(0.0, 0.0), now);
+        s.replicas[1].record_scrape(loaded, now);
+        let r = routing(RoutingPolicy::PredictedTtft);
+        assert_eq!(r.lora_load_time, std::time::Duration::from_millis(50));
+        assert_eq!(r.prefill_tokens_per_second, 20_000.0);
+        let c = PickContext { now, ..ctx(1, 1) };
+        let f = RequestFeatures {
+            prompt_tokens: 100,
+            adapter: Some(sql),
+            ..Default::default()
+        };
+        assert_eq!(pick(&r, &s, &f, c, &[]), Some(1));
+        // Loading costs 50 ms, a token of prefill 50 µs: replica 1 keeps the adapter's requests
+        // while it has less than 1000 tokens more queued than replica 0 (less the 10 % margin
+        // that breaks ties by GPU, unused here: no GPU readings).
+        let _ahead = s.replicas[1].start_request_with(990);
+        assert_eq!(pick(&r, &s, &f, c, &[]), Some(1));
+        let _more = s.replicas[1].start_request_with(20);
+        assert_eq!(pick(&r, &s, &f, c, &[]), Some(0));
+        // The base model (no adapter) ignores adapters: replica 0 has less queued.
+        let base = RequestFeatures {
+            prompt_tokens: 100,
+            ..Default::default()
+        };
+        drop((_ahead, _more));
+        let _one = s.replicas[1].start_request_with(1);
+        assert_eq!(pick(&r, &s, &base, c, &[]), Some(0));
+        // An adapter no replica holds costs the same everywhere: load decides.
+        let other = RequestFeatures {
+            adapter: Some(crate::load::adapter_id("other")),
+            ..base.clone()
+        };
+        assert_eq!(pick(&r, &s, &other, c, &[]), Some(0));
+        // What this gateway sent counts too: replica 1 got `other` lately, so it takes it
+        // despite its one pending token; `sql` is unknown everywhere once the scrape is stale.
+        s.replicas[1].note_adapter(crate::load::adapter_id("other"));
+        let later = PickContext {
+            now: now + std::time::Duration::from_secs(2),
+            ..c
+        };
+        assert_eq!(pick(&r, &s, &other, later, &[]), Some(1));
+        assert_eq!(pick(&r, &s, &f, later, &[]), Some(0));
     }
 
     #[test]

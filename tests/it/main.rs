@@ -2,7 +2,7 @@
 
 mod config_files;
 mod gateway;
-mod gpu;
 mod scaler;
+mod signals;
 mod sim;
 mod support;

@@ -1,7 +1,8 @@
-//! GPU use through real servers on 127.0.0.1:0: read from the simulators' own pages, or from a
-//! DCGM-exporter page (a small server serving dcgm-exporter's format) matched to replicas by pod
-//! name. Each test shows the readings in `/admin/status` and an effect: routing near-ties go to
-//! the idler GPU, and the scaler's GPU signal asks for replicas.
+//! Replica signals beyond the queue, through real servers on 127.0.0.1:0. GPU use: read from
+//! the simulators' own pages, or from a DCGM-exporter page (a small server serving
+//! dcgm-exporter's format) matched to replicas by pod name; each test shows the readings in
+//! `/admin/status` and an effect (routing near-ties go to the idler GPU, the scaler's GPU signal
+//! asks for replicas). LoRA adapters: requests for one go to the replica that has it loaded.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -20,6 +21,7 @@ use crate::support::*;
 async fn sim() -> Server {
     let mut opts = SimOptions::new(profile("llama-8b-h100").unwrap());
     opts.models = vec!["m".into()];
+    opts.loras = vec!["sql".into()];
     start(opts).await.unwrap()
 }
 
@@ -37,7 +39,7 @@ async fn gateway_over(replicas: &[(SocketAddr, &str)], extra: &str) -> RunningGa
         "listeners: {{gateway: 127.0.0.1:0, admin: 127.0.0.1:0}}
 pools:
   - name: p
-    models: [m]
+    models: [m, sql]
     discovery: {{static: {{endpoints: [{}], pods: {{{}}}}}}}
 {extra}",
         endpoints.join(", "),
@@ -89,13 +91,13 @@ async fn answered(sim: &Server) -> f64 {
     .unwrap_or(0.0)
 }
 
-/// Sends `n` short requests one after the other through the gateway.
-async fn sequential(gw: &RunningGateway, n: usize) {
+/// Sends `n` short requests for `model` one after the other through the gateway.
+async fn sequential(gw: &RunningGateway, model: &str, n: usize) {
     let url = format!("http://{}/v1/completions", gw.gateway_addr);
     for _ in 0..n {
         let reply = post(
             &url,
-            json!({"model": "m", "prompt": "hello", "max_tokens": 2, "ignore_eos": true}),
+            json!({"model": model, "prompt": "hello", "max_tokens": 2, "ignore_eos": true}),
         )
         .await;
         assert_eq!(reply.status, 200, "{}", reply.text());
@@ -157,7 +159,7 @@ async fn dcgm_exporter_readings_steer_ties_and_scale_the_pool() {
     assert_eq!(gpu_readings(&s), vec![Some(0.9), Some(0.7)], "{s}");
     // Idle replicas predict the same TTFT: every request goes to the idler GPU (without GPU
     // readings the tie goes to the first replica).
-    sequential(&gw, 10).await;
+    sequential(&gw, "m", 10).await;
     assert_eq!((answered(&a).await, answered(&b).await), (0.0, 10.0));
     // The scaler's GPU signal: 2 replicas at a mean of 80 % against 50 % need 3.2 → 4.
     let s = status_until(&gw, |s| s["pools"][0]["scaler"]["desired"] == 4).await;
@@ -202,7 +204,42 @@ async fn replica_pages_carry_the_gpu_metric() {
     assert!(g[0].is_some_and(|v| v > 0.5), "{s}");
     assert_eq!(g[1], Some(0.0), "{s}");
     // Neither replica has anything waiting: a tie the idle GPU wins.
-    sequential(&gw, 5).await;
+    sequential(&gw, "m", 5).await;
+    assert_eq!((answered(&a).await, answered(&b).await), (0.0, 5.0));
+    tenant.abort();
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_for_an_adapter_go_where_it_is_loaded() {
+    let (a, b) = (sim().await, sim().await);
+    let gw = gateway_over(
+        &[(a.addr, "sim-a"), (b.addr, "sim-b")],
+        "    routing: {lora_adapters: [sql]}
+    metrics: {scrape_interval: 50ms}
+",
+    )
+    .await;
+    // Another tenant keeps the adapter running on replica b.
+    let direct = format!("http://{}/v1/completions", b.addr);
+    let tenant = tokio::spawn(async move {
+        post(
+            &direct,
+            json!({"model": "sql", "prompt": "x", "max_tokens": 3000, "ignore_eos": true}),
+        )
+        .await
+    });
+    let s = status_until(&gw, |s| {
+        s["pools"][0]["replicas"][1]["engine"]["lora_adapters"] == json!(["sql"])
+    })
+    .await;
+    assert_eq!(
+        s["pools"][0]["replicas"][1]["engine"]["lora_adapters"],
+        json!(["sql"]),
+        "{s}"
+    );
+    // Both replicas are idle otherwise (a tie goes to the first): the adapter's requests go to b.
+    sequential(&gw, "sql", 5).await;
     assert_eq!((answered(&a).await, answered(&b).await), (0.0, 5.0));
     tenant.abort();
     gw.shutdown().await;
