@@ -120,33 +120,35 @@ async fn scrape_exporter(
     let timeout = pool.config.metrics.scrape_timeout;
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut failing = false;
+    let (mut failing, mut unmatched) = (false, false);
     loop {
         tick.tick().await;
-        let page = tokio::time::timeout(timeout, fetch(client, url.clone()))
+        let body = tokio::time::timeout(timeout, fetch(client, url.clone()))
             .await
-            .unwrap_or_else(|_| Err(ScrapeError::Bad(format!("no answer within {timeout:?}"))))
-            .and_then(|body| {
-                String::from_utf8(body.to_vec())
-                    .map_err(|_| ScrapeError::Bad("metrics page is not UTF-8".into()))
-            });
-        let result = page.and_then(|page| {
-            let samples =
-                exposition::samples(&page).map_err(|e| ScrapeError::Bad(e.to_string()))?;
+            .unwrap_or_else(|_| Err(ScrapeError::Bad(format!("no answer within {timeout:?}"))));
+        let result = body.and_then(|body| {
+            let page = std::str::from_utf8(&body)
+                .map_err(|_| ScrapeError::Bad("metrics page is not UTF-8".into()))?;
+            let samples = exposition::samples(page).map_err(|e| ScrapeError::Bad(e.to_string()))?;
             let by_pod = gpu::use_by_pod(metric, &samples);
             let snapshot = pool.snapshot();
-            Ok(gpu::record_by_pod(
-                &snapshot.replicas,
-                &by_pod,
-                Instant::now(),
-            ))
+            let matched = gpu::record_by_pod(&snapshot.replicas, &by_pod, Instant::now());
+            Ok((matched, by_pod.len(), snapshot.replicas.len()))
         });
         match result {
-            Ok(_) if failing => {
-                failing = false;
-                tracing::info!(pool = pool.name(), %url, "GPU exporter answers again");
+            Ok((matched, pods, replicas)) => {
+                if failing {
+                    failing = false;
+                    tracing::info!(pool = pool.name(), %url, "GPU exporter answers again");
+                }
+                // A page with pods but none of ours: most likely the replicas' pod names are
+                // unknown (static endpoints without `pods`) or the labels differ. Said once.
+                let none = matched == 0 && replicas > 0;
+                if none && !unmatched {
+                    tracing::warn!(pool = pool.name(), %url, pods, "no GPU sample on the exporter's page names a replica's pod (labels exported_pod, pod, Hostname)");
+                }
+                unmatched = none;
             }
-            Ok(_) => {}
             Err(ScrapeError::Unreachable(e) | ScrapeError::Bad(e)) if !failing => {
                 failing = true;
                 tracing::warn!(pool = pool.name(), %url, "GPU exporter scrape failed: {e}");

@@ -138,7 +138,7 @@ async fn dcgm_exporter_readings_steer_ties_and_scale_the_pool() {
         &format!(
             "    metrics:
       scrape_interval: 50ms
-      gpu: {{url: \"http://{}/metrics\", scrape_interval: 50ms}}
+      gpu: {{url: \"http://{}/metrics\", scrape_interval: 50ms, stale_after: 500ms}}
     scaler:
       enabled: true
       provider: static
@@ -169,9 +169,17 @@ async fn dcgm_exporter_readings_steer_ties_and_scale_the_pool() {
         scaler["reason"], "scale up: gpu use needs 3.2 replicas at target 50%",
         "{s}"
     );
-    gw.shutdown().await;
-    // The exporter goes away: readings go stale (3 s), nothing else changes.
+    // The exporter goes away: the readings go stale (500 ms) and are shown as unknown, while
+    // the engine stats stay fresh and requests are answered as before.
     dcgm.shutdown(Duration::from_millis(100)).await;
+    let s = status_until(&gw, |s| gpu_readings(s).iter().all(Option::is_none)).await;
+    assert_eq!(gpu_readings(&s), vec![None, None], "{s}");
+    for replica in s["pools"][0]["replicas"].as_array().unwrap() {
+        assert!(replica["engine"].is_object(), "{s}");
+        assert_eq!(replica["ejected"], false, "{s}");
+    }
+    sequential(&gw, "m", 2).await;
+    gw.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
