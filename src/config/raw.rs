@@ -269,7 +269,7 @@ pub struct RawMetrics {
     /// Scraped stats older than this are ignored and the replica is routed on the gateway's own
     /// counts alone (duration).
     pub stale_after: Quantity,
-    /// Optional GPU-use source (a DCGM exporter).
+    /// Optional GPU-use source: a DCGM exporter, or the replicas' own pages.
     pub gpu: Option<RawGpuMetrics>,
 }
 
@@ -296,9 +296,9 @@ pub struct RawGpuMetrics {
     pub url: Option<String>,
     /// Metric to read.
     pub metric: GpuMetric,
-    /// Time between two scrapes of the exporter at `url` (duration; without `url` the metric
-    /// comes with each replica scrape).
-    pub scrape_interval: Quantity,
+    /// Time between two scrapes of the exporter at `url` (duration; default: the pool's
+    /// `metrics.scrape_interval`; without `url` the metric comes with each replica scrape).
+    pub scrape_interval: Option<Quantity>,
     /// GPU samples older than this are ignored (duration).
     pub stale_after: Quantity,
 }
@@ -308,7 +308,7 @@ impl Default for RawGpuMetrics {
         Self {
             url: None,
             metric: GpuMetric::DcgmFiDevGpuUtil,
-            scrape_interval: "1s".into(),
+            scrape_interval: None,
             stale_after: "3s".into(),
         }
     }
@@ -317,10 +317,10 @@ impl Default for RawGpuMetrics {
 /// The DCGM field read as a GPU's use.
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
 pub enum GpuMetric {
-    /// `DCGM_FI_DEV_GPU_UTIL`: percent of time a kernel ran (0–100).
+    /// Percent of time a kernel ran (0–100).
     #[serde(rename = "DCGM_FI_DEV_GPU_UTIL")]
     DcgmFiDevGpuUtil,
-    /// `DCGM_FI_PROF_GR_ENGINE_ACTIVE`: graphics-engine active ratio (0–1); also works on MIG.
+    /// Ratio of time the graphics engine was active (0–1); also works on MIG slices.
     #[serde(rename = "DCGM_FI_PROF_GR_ENGINE_ACTIVE")]
     DcgmFiProfGrEngineActive,
 }

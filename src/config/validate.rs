@@ -419,20 +419,22 @@ fn metrics(c: &mut Checker, p: &str, raw: &RawMetrics) -> Metrics {
             format!("`{}` must start with /", raw.path),
         );
     }
+    let scrape_interval = c.positive_duration(format!("{p}.scrape_interval"), &raw.scrape_interval);
     let gpu = raw.gpu.as_ref().map(|g| GpuMetrics {
         url: g
             .url
             .as_ref()
             .map(|u| c.http_url(format!("{p}.gpu.url"), u)),
         metric: g.metric,
-        scrape_interval: c
-            .positive_duration(format!("{p}.gpu.scrape_interval"), &g.scrape_interval),
+        scrape_interval: g.scrape_interval.as_ref().map_or(scrape_interval, |i| {
+            c.positive_duration(format!("{p}.gpu.scrape_interval"), i)
+        }),
         stale_after: c.positive_duration(format!("{p}.gpu.stale_after"), &g.stale_after),
     });
     Metrics {
         format: raw.format,
         path: raw.path.clone(),
-        scrape_interval: c.positive_duration(format!("{p}.scrape_interval"), &raw.scrape_interval),
+        scrape_interval,
         scrape_timeout: c.positive_duration(format!("{p}.scrape_timeout"), &raw.scrape_timeout),
         stale_after: c.positive_duration(format!("{p}.stale_after"), &raw.stale_after),
         gpu,
