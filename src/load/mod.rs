@@ -1,7 +1,9 @@
 //! Per-replica load state: the gateway's exact in-flight count (an RAII guard held until the
-//! answer's body ends), consecutive failures and ejection. One [`Replica`] per upstream, shared
-//! by the router (reads) and the proxy (writes) through atomics only. [`exposition`] reads the
-//! replicas' own metrics pages.
+//! answer's body ends), consecutive failures and ejection, the latest scraped engine stats and
+//! GPU reading, the learned prefill speed and the LoRA adapters sent lately. One [`Replica`] per
+//! upstream, shared by the router (reads) and the proxy and scraper (writes) through atomics and
+//! one swapped pointer. [`exposition`] reads the replicas' own metrics pages, [`gpu`] DCGM
+//! samples, [`scraper`] fetches both.
 
 pub mod exposition;
 pub mod gpu;
