@@ -91,10 +91,11 @@ async fn answered(sim: &Server) -> f64 {
     .unwrap_or(0.0)
 }
 
-/// Sends `n` short requests for `model` one after the other through the gateway.
-async fn sequential(gw: &RunningGateway, model: &str, n: usize) {
+/// Sends `n` short requests for `model` one after the other through the gateway, `gap` apart.
+async fn sequential(gw: &RunningGateway, model: &str, n: usize, gap: Duration) {
     let url = format!("http://{}/v1/completions", gw.gateway_addr);
     for _ in 0..n {
+        tokio::time::sleep(gap).await;
         let reply = post(
             &url,
             json!({"model": model, "prompt": "hello", "max_tokens": 2, "ignore_eos": true}),
@@ -158,8 +159,9 @@ async fn dcgm_exporter_readings_steer_ties_and_scale_the_pool() {
     // llama-a: mean of its two GPUs; llama-b: its one.
     assert_eq!(gpu_readings(&s), vec![Some(0.9), Some(0.7)], "{s}");
     // Idle replicas predict the same TTFT: every request goes to the idler GPU (without GPU
-    // readings the tie goes to the first replica).
-    sequential(&gw, "m", 10).await;
+    // readings the tie goes to the first replica). Spaced by more than two scrapes, so that no
+    // scraped page still shows the previous request.
+    sequential(&gw, "m", 10, Duration::from_millis(120)).await;
     assert_eq!((answered(&a).await, answered(&b).await), (0.0, 10.0));
     // The scaler's GPU signal: 2 replicas at a mean of 80 % against 50 % need 3.2 → 4.
     let s = status_until(&gw, |s| s["pools"][0]["scaler"]["desired"] == 4).await;
@@ -178,7 +180,7 @@ async fn dcgm_exporter_readings_steer_ties_and_scale_the_pool() {
         assert!(replica["engine"].is_object(), "{s}");
         assert_eq!(replica["ejected"], false, "{s}");
     }
-    sequential(&gw, "m", 2).await;
+    sequential(&gw, "m", 2, Duration::ZERO).await;
     gw.shutdown().await;
 }
 
@@ -211,8 +213,9 @@ async fn replica_pages_carry_the_gpu_metric() {
     let g = gpu_readings(&s);
     assert!(g[0].is_some_and(|v| v > 0.5), "{s}");
     assert_eq!(g[1], Some(0.0), "{s}");
-    // Neither replica has anything waiting: a tie the idle GPU wins.
-    sequential(&gw, "m", 5).await;
+    // Neither replica has anything waiting: a tie the idle GPU wins. Spaced out, so that b's
+    // own short answers keep its GPU well below a's, which steps without a pause.
+    sequential(&gw, "m", 5, Duration::from_millis(200)).await;
     assert_eq!((answered(&a).await, answered(&b).await), (0.0, 5.0));
     tenant.abort();
     gw.shutdown().await;
@@ -247,7 +250,7 @@ async fn requests_for_an_adapter_go_where_it_is_loaded() {
         "{s}"
     );
     // Both replicas are idle otherwise (a tie goes to the first): the adapter's requests go to b.
-    sequential(&gw, "sql", 5).await;
+    sequential(&gw, "sql", 5, Duration::ZERO).await;
     assert_eq!((answered(&a).await, answered(&b).await), (0.0, 5.0));
     tenant.abort();
     gw.shutdown().await;
