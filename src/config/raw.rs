@@ -356,11 +356,12 @@ pub enum RoutingPolicy {
     Random,
     /// Two replicas drawn at random, the one with fewer in flight.
     PowerOfTwo,
-    /// Weighted sum of queue, KV-cache and prefix scorers (the Gateway API Inference
-    /// Extension's scheme; weights in `routing.weights`).
+    /// Weighted sum of queue, KV-cache, prefix and GPU scorers (the Gateway API Inference
+    /// Extension's scheme plus GPU use; weights in `routing.weights`).
     Weighted,
     /// Least predicted time to first token: prefill work queued ahead plus this prompt's uncached
-    /// tokens, at each replica's learned prefill speed, raised near a full KV cache.
+    /// tokens, at each replica's learned prefill speed, raised near a full KV cache, plus a LoRA
+    /// adapter's load time where it is not loaded; near-ties go to the least busy GPU.
     #[default]
     PredictedTtft,
     /// The replica that holds the largest share of the prompt's prefix, unless the pool is
