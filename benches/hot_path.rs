@@ -64,14 +64,19 @@ fn snapshot(n: usize) -> Snapshot {
 
 fn bench_pick(c: &mut Criterion) {
     let features = RequestFeatures::default();
-    for (name, policy) in [
-        ("pick_least_inflight", RoutingPolicy::LeastInflight),
-        ("pick_predicted_ttft", RoutingPolicy::PredictedTtft),
+    let config = infergate::config::embedded_default();
+    // The GPU variant has a reading on every replica: the near-tie pass runs on each pick.
+    for (name, policy, gpu) in [
+        ("pick_least_inflight", RoutingPolicy::LeastInflight, false),
+        ("pick_predicted_ttft", RoutingPolicy::PredictedTtft, false),
+        (
+            "pick_predicted_ttft_gpu",
+            RoutingPolicy::PredictedTtft,
+            true,
+        ),
     ] {
         let mut group = c.benchmark_group(name);
-        let mut routing = infergate::config::embedded_default().pools[0]
-            .routing
-            .clone();
+        let mut routing = config.pools[0].routing.clone();
         routing.policy = policy;
         for n in [16usize, 256, 1000] {
             let snap = snapshot(n);
@@ -84,6 +89,9 @@ fn bench_pick(c: &mut Criterion) {
                     ..Default::default()
                 };
                 r.record_scrape(stats, now);
+                if gpu {
+                    r.record_gpu((i % 10) as f64 / 10.0, now);
+                }
                 r.start_request_with(100)
                     .first_byte(std::time::Duration::from_millis(20 + (i % 7) as u64));
             }
@@ -96,6 +104,8 @@ fn bench_pick(c: &mut Criterion) {
                         random,
                         sequence: random,
                         stale_after: std::time::Duration::from_secs(3600),
+                        gpu_stale_after: std::time::Duration::from_secs(3600),
+                        limits: config.pools[0].admission,
                     };
                     pick(&routing, black_box(snap), &features, ctx, &[])
                 })
@@ -109,6 +119,9 @@ fn bench_prefix(c: &mut Criterion) {
     // A 4,000-token prompt (16,000 bytes at 4 bytes a token) in 256-byte blocks, against an
     // index that has seen 2,000 other prompts.
     let index = infergate::router::prefix::PrefixIndex::new(100_000);
+    // 16 replicas of equal capacity sharing the index.
+    let budgets: Vec<(u64, u64)> = (0..16u64).map(|r| (r, 100_000 / 16)).collect();
+    index.set_replicas(&budgets);
     for p in 0..2000u64 {
         let other = format!("{p:08}").repeat(2000);
         let blocks = infergate::openai::chained_block_hashes(other.as_bytes(), 256, 512);
@@ -124,7 +137,19 @@ fn bench_prefix(c: &mut Criterion) {
     group.bench_function("longest_match", |b| {
         b.iter(|| index.lookup(black_box(&blocks)))
     });
-    group.bench_function("insert", |b| b.iter(|| index.record(black_box(&blocks), 5)));
+    // Sent again to the replica that holds it (the common case: affinity worked) ...
+    index.record(&blocks, 5);
+    group.bench_function("insert_again", |b| {
+        b.iter(|| index.record(black_box(&blocks), 5))
+    });
+    // ... and to a replica that does not (every block changes owner).
+    let mut replica = 0u64;
+    group.bench_function("insert_elsewhere", |b| {
+        b.iter(|| {
+            replica = (replica + 1) % 16;
+            index.record(black_box(&blocks), replica)
+        })
+    });
     group.finish();
 }
 
@@ -176,7 +201,9 @@ fn bench_scaler(c: &mut Criterion) {
         infergate::config::ScalerPolicy::Hpa,
         infergate::config::ScalerPolicy::Kpa,
     ] {
-        let mut config = infergate::config::embedded_default().pools[0].scaler.clone();
+        let mut config = infergate::config::embedded_default().pools[0]
+            .scaler
+            .clone();
         config.policy = kind;
         config.max_replicas = 64;
         config.targets.kv_cache_usage = Some(0.8);

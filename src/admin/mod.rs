@@ -94,10 +94,12 @@ pub fn status(state: &GatewayState) -> serde_json::Value {
                             "running": s.stats.running,
                             "kv_cache_usage": s.stats.kv_usage,
                             "prefix_cache_hit_rate": s.stats.prefix_hit_rate,
+                            "lora_adapters": s.stats.running_loras.iter().chain(&s.stats.waiting_loras).collect::<Vec<_>>(),
                             "age_ms": now.saturating_duration_since(s.at).as_millis() as u64,
                         })
                     });
-                    json!({"name": r.name, "pod": r.placement.pod, "node": r.placement.node, "inflight": r.inflight(), "ejected": r.is_ejected(now), "engine": engine})
+                    let gpu = r.gpu_use(now, pool.gpu_stale_after());
+                    json!({"name": r.name, "pod": r.placement.pod, "node": r.placement.node, "inflight": r.inflight(), "ejected": r.is_ejected(now), "engine": engine, "gpu_utilization": gpu})
                 })
                 .collect();
             json!({

@@ -180,6 +180,9 @@ pub enum RawDiscovery {
 pub struct RawStaticDiscovery {
     /// Base URLs of the replicas, e.g. `http://10.0.0.5:8000`.
     pub endpoints: Vec<String>,
+    /// Pod (or host) name of an endpoint, keyed by its URL as written in `endpoints`: GPU
+    /// samples (`metrics.gpu.url`) are matched to replicas by it.
+    pub pods: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
@@ -267,7 +270,7 @@ pub struct RawMetrics {
     /// Scraped stats older than this are ignored and the replica is routed on the gateway's own
     /// counts alone (duration).
     pub stale_after: Quantity,
-    /// Optional GPU-use source (a DCGM exporter).
+    /// Optional GPU-use source: a DCGM exporter, or the replicas' own pages.
     pub gpu: Option<RawGpuMetrics>,
 }
 
@@ -287,23 +290,58 @@ impl Default for RawMetrics {
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawGpuMetrics {
-    /// URL of the DCGM exporter's metrics page. Samples are matched to replicas by the `pod`
-    /// (or `exported_pod`) label.
-    pub url: String,
-    /// Metric to read: `DCGM_FI_DEV_GPU_UTIL` (percent) or `DCGM_FI_PROF_GR_ENGINE_ACTIVE`
-    /// (0–1 fraction).
-    pub metric: String,
-    /// Time between two scrapes of the exporter (duration).
-    pub scrape_interval: Quantity,
+    /// URL of a DCGM exporter's metrics page (or of a Prometheus `/federate` page carrying its
+    /// series). Samples are matched to replicas by pod name: the `exported_pod` label (after a
+    /// Prometheus hop), else `pod`, else `Hostname`; several GPUs of one pod are averaged.
+    /// Omit to read the metric from each replica's own metrics page instead.
+    pub url: Option<String>,
+    /// Metric to read.
+    pub metric: GpuMetric,
+    /// Time between two scrapes of the exporter at `url` (duration; default: the pool's
+    /// `metrics.scrape_interval`; without `url` the metric comes with each replica scrape).
+    pub scrape_interval: Option<Quantity>,
+    /// GPU samples older than this are ignored (duration).
+    pub stale_after: Quantity,
 }
 
 impl Default for RawGpuMetrics {
     fn default() -> Self {
         Self {
-            url: String::new(),
-            metric: "DCGM_FI_DEV_GPU_UTIL".into(),
-            scrape_interval: "1s".into(),
+            url: None,
+            metric: GpuMetric::DcgmFiDevGpuUtil,
+            scrape_interval: None,
+            stale_after: "3s".into(),
         }
+    }
+}
+
+/// The DCGM field read as a GPU's use.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+pub enum GpuMetric {
+    /// Percent of time a kernel ran (0–100).
+    #[serde(rename = "DCGM_FI_DEV_GPU_UTIL")]
+    DcgmFiDevGpuUtil,
+    /// Ratio of time the graphics engine was active (0–1); also works on MIG slices.
+    #[serde(rename = "DCGM_FI_PROF_GR_ENGINE_ACTIVE")]
+    DcgmFiProfGrEngineActive,
+}
+
+impl GpuMetric {
+    /// The metric's name on an exposition page.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::DcgmFiDevGpuUtil => "DCGM_FI_DEV_GPU_UTIL",
+            Self::DcgmFiProfGrEngineActive => "DCGM_FI_PROF_GR_ENGINE_ACTIVE",
+        }
+    }
+
+    /// A sample's value as a fraction of the GPU (0–1).
+    pub fn fraction(self, value: f64) -> f64 {
+        let v = match self {
+            Self::DcgmFiDevGpuUtil => value / 100.0,
+            Self::DcgmFiProfGrEngineActive => value,
+        };
+        v.clamp(0.0, 1.0)
     }
 }
 
@@ -319,18 +357,20 @@ pub enum RoutingPolicy {
     Random,
     /// Two replicas drawn at random, the one with fewer in flight.
     PowerOfTwo,
-    /// Weighted sum of queue, KV-cache and prefix scorers (the Gateway API Inference
-    /// Extension's scheme; weights in `routing.weights`).
+    /// Weighted sum of queue, KV-cache, prefix and GPU scorers (the Gateway API Inference
+    /// Extension's scheme plus GPU use; weights in `routing.weights`).
     Weighted,
     /// Least predicted time to first token: prefill work queued ahead plus this prompt's uncached
-    /// tokens, at each replica's learned prefill speed, raised near a full KV cache.
+    /// tokens, at each replica's learned prefill speed, raised near a full KV cache, plus a LoRA
+    /// adapter's load time where it is not loaded; near-ties go to the least busy GPU.
     #[default]
     PredictedTtft,
     /// The replica that holds the largest share of the prompt's prefix, unless the pool is
     /// imbalanced (SGLang's cache-aware rule; also `cache-aware`).
     #[serde(alias = "cache-aware")]
     PrefixAffinity,
-    /// Consistent hashing of the session header onto replicas (also `session`).
+    /// Consistent hashing of the session header onto replicas; while a session's replica is
+    /// saturated (`admission` thresholds) the next one on the ring takes it (also `session`).
     #[serde(alias = "session")]
     SessionAffinity,
 }
@@ -344,7 +384,8 @@ pub struct RawRouting {
     pub prefix_min_match: f64,
     /// Prefix blocks are this many characters of prompt (about 4 characters per token).
     pub prefix_block_chars: u32,
-    /// Most prefix blocks remembered per pool (bounded memory; least useful entries evicted).
+    /// Most prefix blocks remembered per pool (bounded memory; least useful entries evicted),
+    /// shared among replicas in proportion to their KV-cache capacity.
     pub prefix_cache_entries: u32,
     /// Affinity is ignored while the busiest and idlest replica differ by more than this many
     /// requests and by more than `imbalance_ratio`.
@@ -354,6 +395,16 @@ pub struct RawRouting {
     /// Prior prefill speed of a replica (prompt tokens per second) for `predicted-ttft`, used
     /// until the replica's own speed is learned from observed time to first token.
     pub prefill_tokens_per_second: f64,
+    /// `predicted-ttft`: candidates whose predicted time to first token is within this fraction
+    /// of the best one count as tied, and the least busy GPU among them wins (pools with
+    /// `metrics.gpu`; 0 = exact ties only).
+    pub gpu_tie_margin: f64,
+    /// Names among the pool's `models` that are LoRA adapters. `predicted-ttft` adds
+    /// `lora_load_time` to replicas that do not have the requested adapter loaded (as their
+    /// scraped running and waiting adapters show, or as this gateway sent it there lately).
+    pub lora_adapters: Vec<String>,
+    /// Time a replica takes to load a LoRA adapter it does not hold (duration).
+    pub lora_load_time: Quantity,
     /// Scorer weights of the `weighted` policy.
     pub weights: RawWeights,
 }
@@ -368,6 +419,8 @@ pub struct RawWeights {
     pub kv_cache: f64,
     /// Share of the prompt's prefix the replica holds.
     pub prefix: f64,
+    /// Idle GPU (1 − GPU use; 0.5 when unknown), for pools with `metrics.gpu`.
+    pub gpu: f64,
 }
 
 impl Default for RawWeights {
@@ -376,6 +429,7 @@ impl Default for RawWeights {
             queue: 2.0,
             kv_cache: 2.0,
             prefix: 3.0,
+            gpu: 1.0,
         }
     }
 }
@@ -390,6 +444,9 @@ impl Default for RawRouting {
             imbalance_requests: 64,
             imbalance_ratio: 1.5,
             prefill_tokens_per_second: 20_000.0,
+            gpu_tie_margin: 0.1,
+            lora_adapters: Vec::new(),
+            lora_load_time: "50ms".into(),
             weights: RawWeights::default(),
         }
     }

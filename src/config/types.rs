@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use http::{HeaderName, Uri};
 
-pub use super::raw::{MetricsFormat, PortRef, RoutingPolicy, ScalerPolicy, UpstreamProtocol};
+pub use super::raw::{
+    GpuMetric, MetricsFormat, PortRef, RoutingPolicy, ScalerPolicy, UpstreamProtocol,
+};
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -66,7 +68,11 @@ pub struct Pool {
 
 #[derive(Debug, Clone)]
 pub enum Discovery {
-    Static { endpoints: Vec<Uri> },
+    Static {
+        endpoints: Vec<Uri>,
+        /// The pod named for each endpoint (same order), if any.
+        pods: Vec<Option<String>>,
+    },
     Local(LocalDiscovery),
     Kubernetes(KubernetesDiscovery),
 }
@@ -101,11 +107,23 @@ pub struct Metrics {
     pub gpu: Option<GpuMetrics>,
 }
 
+impl Metrics {
+    /// How old a GPU reading may be: `gpu.stale_after`, or the engine stats' age without a
+    /// GPU source (no reading is used then).
+    pub fn gpu_stale_after(&self) -> Duration {
+        self.gpu
+            .as_ref()
+            .map_or(self.stale_after, |g| g.stale_after)
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct GpuMetrics {
-    pub url: Uri,
-    pub metric: String,
+    /// The DCGM exporter's page; None: the metric is on each replica's own page.
+    pub url: Option<Uri>,
+    pub metric: GpuMetric,
     pub scrape_interval: Duration,
+    pub stale_after: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -118,6 +136,12 @@ pub struct Routing {
     pub imbalance_ratio: f64,
     /// Prompt tokens per second, the prior for `predicted-ttft`.
     pub prefill_tokens_per_second: f64,
+    /// `predicted-ttft`: predictions within this fraction of the best are tied; the least busy
+    /// GPU wins.
+    pub gpu_tie_margin: f64,
+    /// Served names that are LoRA adapters.
+    pub lora_adapters: Vec<String>,
+    pub lora_load_time: Duration,
     pub weights: Weights,
 }
 
@@ -127,9 +151,10 @@ pub struct Weights {
     pub queue: f64,
     pub kv_cache: f64,
     pub prefix: f64,
+    pub gpu: f64,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy)]
 pub struct Admission {
     pub max_queue: u32,
     pub max_queue_wait: Duration,
@@ -202,7 +227,7 @@ impl Config {
             .iter()
             .map(|p| {
                 let kind = match &p.discovery {
-                    Discovery::Static { endpoints } => format!("{} static", endpoints.len()),
+                    Discovery::Static { endpoints, .. } => format!("{} static", endpoints.len()),
                     Discovery::Local(l) => format!("{} local", l.replicas),
                     Discovery::Kubernetes(_) => "kubernetes".to_string(),
                 };

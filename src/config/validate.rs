@@ -240,6 +240,14 @@ fn pool(c: &mut Checker, p: &str, raw: &RawPool) -> Pool {
             );
         }
     }
+    for (i, adapter) in raw.routing.lora_adapters.iter().enumerate() {
+        if !raw.models.contains(adapter) {
+            c.fail(
+                format!("{p}.routing.lora_adapters[{i}]"),
+                format!("`{adapter}` is not one of this pool's models"),
+            );
+        }
+    }
     for (alias, target) in &raw.aliases {
         if !raw.models.contains(target) {
             c.fail(
@@ -328,7 +336,10 @@ fn discovery(c: &mut Checker, p: &str, raw: Option<&RawDiscovery>, scaler: &Scal
     match raw {
         None => {
             c.fail(p, "missing: set one of `static`, `local` or `kubernetes`");
-            Discovery::Static { endpoints: vec![] }
+            Discovery::Static {
+                endpoints: vec![],
+                pods: vec![],
+            }
         }
         Some(RawDiscovery::Static(s)) => {
             if s.endpoints.is_empty() {
@@ -343,7 +354,14 @@ fn discovery(c: &mut Checker, p: &str, raw: Option<&RawDiscovery>, scaler: &Scal
                 .enumerate()
                 .map(|(i, e)| c.http_url(format!("{p}.static.endpoints[{i}]"), e))
                 .collect();
-            Discovery::Static { endpoints }
+            let pods = s.endpoints.iter().map(|e| s.pods.get(e).cloned()).collect();
+            for url in s.pods.keys().filter(|u| !s.endpoints.contains(u)) {
+                c.fail(
+                    format!("{p}.static.pods"),
+                    format!("`{url}` is not one of `endpoints`"),
+                );
+            }
+            Discovery::Static { endpoints, pods }
         }
         Some(RawDiscovery::Local(l)) => {
             if l.command.is_empty() {
@@ -401,25 +419,22 @@ fn metrics(c: &mut Checker, p: &str, raw: &RawMetrics) -> Metrics {
             format!("`{}` must start with /", raw.path),
         );
     }
-    let gpu = raw.gpu.as_ref().map(|g| {
-        const KNOWN: [&str; 2] = ["DCGM_FI_DEV_GPU_UTIL", "DCGM_FI_PROF_GR_ENGINE_ACTIVE"];
-        if !KNOWN.contains(&g.metric.as_str()) {
-            c.fail(
-                format!("{p}.gpu.metric"),
-                format!("`{}` is not one of {KNOWN:?}", g.metric),
-            );
-        }
-        GpuMetrics {
-            url: c.http_url(format!("{p}.gpu.url"), &g.url),
-            metric: g.metric.clone(),
-            scrape_interval: c
-                .positive_duration(format!("{p}.gpu.scrape_interval"), &g.scrape_interval),
-        }
+    let scrape_interval = c.positive_duration(format!("{p}.scrape_interval"), &raw.scrape_interval);
+    let gpu = raw.gpu.as_ref().map(|g| GpuMetrics {
+        url: g
+            .url
+            .as_ref()
+            .map(|u| c.http_url(format!("{p}.gpu.url"), u)),
+        metric: g.metric,
+        scrape_interval: g.scrape_interval.as_ref().map_or(scrape_interval, |i| {
+            c.positive_duration(format!("{p}.gpu.scrape_interval"), i)
+        }),
+        stale_after: c.positive_duration(format!("{p}.gpu.stale_after"), &g.stale_after),
     });
     Metrics {
         format: raw.format,
         path: raw.path.clone(),
-        scrape_interval: c.positive_duration(format!("{p}.scrape_interval"), &raw.scrape_interval),
+        scrape_interval,
         scrape_timeout: c.positive_duration(format!("{p}.scrape_timeout"), &raw.scrape_timeout),
         stale_after: c.positive_duration(format!("{p}.stale_after"), &raw.stale_after),
         gpu,
@@ -467,6 +482,7 @@ fn routing(c: &mut Checker, p: &str, raw: &RawRouting) -> Routing {
                 ("queue", w.queue),
                 ("kv_cache", w.kv_cache),
                 ("prefix", w.prefix),
+                ("gpu", w.gpu),
             ] {
                 if value.is_nan() || value < 0.0 {
                     c.fail(
@@ -479,8 +495,12 @@ fn routing(c: &mut Checker, p: &str, raw: &RawRouting) -> Routing {
                 queue: w.queue,
                 kv_cache: w.kv_cache,
                 prefix: w.prefix,
+                gpu: w.gpu,
             }
         },
+        gpu_tie_margin: c.fraction(format!("{p}.gpu_tie_margin"), raw.gpu_tie_margin),
+        lora_adapters: raw.lora_adapters.clone(),
+        lora_load_time: c.duration(format!("{p}.lora_load_time"), &raw.lora_load_time),
     }
 }
 

@@ -346,7 +346,7 @@ fn fleet_spec(config: &config::Config, args: &SimulateArgs) -> anyhow::Result<si
         }
         profiles.push(profile);
         let configured = match &pool.discovery {
-            Discovery::Static { endpoints } => endpoints.len() as u32,
+            Discovery::Static { endpoints, .. } => endpoints.len() as u32,
             Discovery::Local(local) => local.replicas,
             Discovery::Kubernetes(_) => pool.scaler.min_replicas.max(1),
         };

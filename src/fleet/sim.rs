@@ -103,6 +103,18 @@ struct SimPool {
     cold_start: f64,
 }
 
+impl SimPool {
+    /// Budgets of the prefix index from the replicas' scraped KV capacity, as the gateway sets
+    /// them (`PoolRuntime::refresh_prefix_budgets`).
+    fn register_prefix_replicas(&self) {
+        if let Some(index) = &self.prefix {
+            let block_tokens = u64::from(self.config.routing.prefix_block_chars)
+                .div_ceil(crate::openai::BYTES_PER_TOKEN as u64);
+            index.register(&self.snapshot.replicas, block_tokens);
+        }
+    }
+}
+
 /// A request between dispatch and its end.
 struct Running {
     pool: usize,
@@ -450,6 +462,7 @@ impl<'w> Fleet<'w> {
             .count() as u32;
         self.max_replicas = self.max_replicas.max(live);
         pool.snapshot = Snapshot::new(ready);
+        pool.register_prefix_replicas();
     }
 
     /// A request ended without an answer.
@@ -503,6 +516,7 @@ impl<'w> Fleet<'w> {
                 .as_ref()
                 .map(|index| index.lookup(indexed))
                 .unwrap_or_default(),
+            adapter: None,
         };
         self.features[i] = Some((features, blocks));
         self.admit(p, i, priority);
@@ -610,6 +624,8 @@ impl<'w> Fleet<'w> {
             random,
             sequence: pool.sequence,
             stale_after: pool.config.metrics.stale_after,
+            gpu_stale_after: pool.config.metrics.gpu_stale_after(),
+            limits: pool.config.admission,
         };
         let Some(index) = router::pick(&pool.config.routing, &pool.snapshot, &features, ctx, &[])
         else {
@@ -759,12 +775,15 @@ impl<'w> Fleet<'w> {
                     prefix_hit_rate: (queries > 0)
                         .then(|| s.prefix_hits_tokens as f64 / queries as f64),
                     kv_blocks: Some(u64::from(replica.engine.profile().kv_blocks)),
+                    kv_block_tokens: Some(u64::from(replica.engine.profile().block_size)),
+                    max_loras: Some(replica.engine.profile().max_loras),
                     running_loras: s.running_loras,
                     waiting_loras: s.waiting_loras,
                 },
                 at,
             );
         }
+        self.pools[p].register_prefix_replicas();
     }
 
     /// One tick of the scaler's control loop (`scaler::spawn`) in virtual time.

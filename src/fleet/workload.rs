@@ -590,7 +590,11 @@ mod tests {
             rate: 10.0,
             rate_end: 30.0,
             duration: 100.0,
-            cv: if kind == GeneratorKind::Bursty { 3.0 } else { 1.0 },
+            cv: if kind == GeneratorKind::Bursty {
+                3.0
+            } else {
+                1.0
+            },
             period: 50.0,
             amplitude: 0.5,
             prompt_tokens: 200,

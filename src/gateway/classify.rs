@@ -80,7 +80,9 @@ pub fn classify(
             max_tokens,
             priority,
             session,
+            // Both known once the pool is: the gateway sets them.
             prefix: Default::default(),
+            adapter: None,
         },
         prompt_span,
     })

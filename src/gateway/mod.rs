@@ -124,14 +124,18 @@ pub async fn start_with(config: Config, options: Options) -> anyhow::Result<Runn
     let mut actuations: Vec<(Arc<pools::PoolRuntime>, Actuation)> = Vec::new();
     for (pool, runtime) in config.pools.iter().zip(&pools.pools) {
         match &pool.discovery {
-            Discovery::Static { endpoints } => {
-                for endpoint in endpoints {
+            Discovery::Static { endpoints, pods } => {
+                for (endpoint, pod) in endpoints.iter().zip(pods) {
                     let scheme = endpoint.scheme().cloned().unwrap_or(Scheme::HTTP);
                     let authority = endpoint
                         .authority()
                         .cloned()
                         .expect("validated URL has a host");
-                    runtime.add_replica(scheme, authority);
+                    let placement = crate::load::Placement {
+                        pod: pod.clone(),
+                        node: None,
+                    };
+                    runtime.add_placed_replica(scheme, authority, placement);
                 }
             }
             Discovery::Local(local_config) => {

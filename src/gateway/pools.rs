@@ -152,6 +152,26 @@ impl PoolRuntime {
         (!values.is_empty()).then(|| values.iter().sum::<f64>() / values.len() as f64)
     }
 
+    /// How old a GPU reading may be: `metrics.gpu.stale_after` (no reading is used without a
+    /// GPU source; the engine stats' age then stands in).
+    pub fn gpu_stale_after(&self) -> Duration {
+        self.config.metrics.gpu_stale_after()
+    }
+
+    /// Mean GPU use (0–1) of the replicas taking traffic that have a fresh reading; None when
+    /// none has (a missing signal, not a zero).
+    pub fn mean_gpu_use(&self, now: Instant) -> Option<f64> {
+        let stale_after = self.gpu_stale_after();
+        let snapshot = self.snapshot.load();
+        let (sum, n) = snapshot
+            .replicas
+            .iter()
+            .filter(|r| !r.is_ejected(now))
+            .filter_map(|r| r.gpu_use(now, stale_after))
+            .fold((0.0, 0u32), |(s, n), v| (s + v, n + 1));
+        (n > 0).then(|| sum / f64::from(n))
+    }
+
     /// Replicas taking traffic now.
     pub fn ready_count(&self, now: Instant) -> u32 {
         self.snapshot
@@ -223,7 +243,19 @@ impl PoolRuntime {
     fn publish(&self, replicas: Vec<Arc<Replica>>) {
         self.metrics.replicas.set(replicas.len() as i64);
         self.snapshot.store(Arc::new(Snapshot::new(replicas)));
+        self.refresh_prefix_budgets();
         self.admission.wake_all();
+    }
+
+    /// Gives the prefix index the current replicas and their budgets, from the KV capacity each
+    /// has reported (after a replica-set change and after each scrape round).
+    pub fn refresh_prefix_budgets(&self) {
+        let Some(index) = &self.prefix_index else {
+            return;
+        };
+        let block_tokens = u64::from(self.config.routing.prefix_block_chars)
+            .div_ceil(crate::openai::BYTES_PER_TOKEN as u64);
+        index.register(&self.snapshot.load().replicas, block_tokens);
     }
 
     /// Whether the pool can take a request now.
@@ -261,6 +293,8 @@ pub struct Route {
     /// `infergate_requests_total{pool, model, status="200"}`, resolved once: the common case
     /// costs one atomic add instead of a labelled lookup.
     pub ok_requests: prometheus::IntCounter,
+    /// The LoRA adapter the served name is (`routing.lora_adapters`), if it is one.
+    pub adapter: Option<u64>,
 }
 
 /// All pools and the model-name index.
@@ -283,6 +317,12 @@ impl Pools {
         let mut data = Vec::new();
         let created = crate::openai::unix_seconds();
         for (i, pool) in configs.iter().enumerate() {
+            let adapter = |served: &String| {
+                pool.routing
+                    .lora_adapters
+                    .contains(served)
+                    .then(|| crate::load::adapter_id(served))
+            };
             for model in &pool.models {
                 by_model.insert(
                     model.clone(),
@@ -292,6 +332,7 @@ impl Pools {
                         ok_requests: metrics
                             .requests
                             .with_label_values(&[&pool.name, model, "200"]),
+                        adapter: adapter(model),
                     },
                 );
                 data.push(json!({"id": model, "object": "model", "created": created, "owned_by": pool.name}));
@@ -305,6 +346,7 @@ impl Pools {
                         ok_requests: metrics
                             .requests
                             .with_label_values(&[&pool.name, alias, "200"]),
+                        adapter: adapter(target),
                     },
                 );
                 data.push(json!({"id": alias, "object": "model", "created": created, "owned_by": pool.name, "root": target}));
@@ -333,5 +375,45 @@ impl Pools {
 
     pub fn route(&self, model: &str) -> Option<&Route> {
         self.by_model.get(model)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_prefix_index_follows_the_replica_set_and_reported_kv_capacity() {
+        let mut config = crate::config::embedded_default().pools[0].clone();
+        config.routing.policy = RoutingPolicy::PredictedTtft;
+        config.routing.prefix_cache_entries = 1000;
+        let metrics = GatewayMetrics::new();
+        let pool = PoolRuntime::new(config, &metrics, Instant::now(), 1, 1);
+        let a = pool.add_replica(Scheme::HTTP, "127.0.0.1:1".parse().unwrap());
+        let b = pool.add_replica(Scheme::HTTP, "127.0.0.1:2".parse().unwrap());
+        let index = pool.prefix_index.as_ref().unwrap();
+        // Replica a reports a KV cache of 8 blocks of 16 tokens: 128 tokens, two index blocks
+        // of 64 tokens (256 prompt bytes). Replica b reports nothing: half the index.
+        let small = crate::load::exposition::EngineStats {
+            kv_blocks: Some(8),
+            kv_block_tokens: Some(16),
+            ..Default::default()
+        };
+        a.record_scrape(small, Instant::now());
+        pool.refresh_prefix_budgets();
+        for block in 1..=3 {
+            index.record(&[block], a.id);
+            index.record(&[block + 100], b.id);
+        }
+        let holder = |block: u64| index.lookup(&[block]).replicas.first().map(|r| r.0);
+        assert_eq!(holder(1), None, "evicted from a's two-block cache");
+        assert_eq!(holder(2), Some(a.id));
+        assert_eq!(holder(3), Some(a.id));
+        assert_eq!(holder(101), Some(b.id));
+        // b leaves the pool: its entries go with it.
+        pool.remove_replica(&b.authority);
+        assert_eq!(holder(101), None);
+        assert_eq!(holder(103), None);
+        assert_eq!(holder(3), Some(a.id));
     }
 }

@@ -78,6 +78,7 @@ async fn proxy(
         .route(&classified.model)
         .ok_or_else(|| GatewayError::UnknownModel(classified.model.clone()))?;
     let pool = state.pools.pools[route.pool].clone();
+    classified.features.adapter = route.adapter;
     pool.metrics.bytes_in.inc_by(body.len() as u64);
     // Prefix blocks of the prompt as sent (before any alias rewrite), for pools that use them.
     let blocks = match (&pool.prefix_index, &classified.prompt_span) {
@@ -165,6 +166,8 @@ async fn forward(
                 0
             },
             stale_after: pool.config.metrics.stale_after,
+            gpu_stale_after: pool.gpu_stale_after(),
+            limits: pool.config.admission,
         };
         let Some(index) = router::pick(&pool.config.routing, &snapshot, features, ctx, &tried)
         else {
@@ -172,6 +175,9 @@ async fn forward(
         };
         let replica = snapshot.replicas[index].clone();
         let guard = replica.start_request_with(router::own_prefill_tokens(features, replica.id));
+        if let Some(adapter) = features.adapter {
+            replica.note_adapter(adapter);
+        }
         if let Some(index) = &pool.prefix_index {
             index.record(blocks, replica.id);
         }

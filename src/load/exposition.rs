@@ -21,8 +21,12 @@ pub struct EngineStats {
     pub prefix_hit_rate: Option<f64>,
     /// KV-cache capacity in blocks.
     pub kv_blocks: Option<u64>,
+    /// Tokens per KV-cache block.
+    pub kv_block_tokens: Option<u64>,
     pub running_loras: Vec<String>,
     pub waiting_loras: Vec<String>,
+    /// Adapters a replica holds at once (vLLM `max_lora`).
+    pub max_loras: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -174,15 +178,21 @@ fn split_list(text: Option<&str>) -> Vec<String> {
 
 /// Reads a metrics page in the given format.
 pub fn parse(format: MetricsFormat, page: &str) -> Result<EngineStats, ParseError> {
-    let s = samples(page)?;
+    engine_stats(format, &samples(page)?)
+}
+
+/// Reads a page's samples in the given format (the page is parsed once and its samples
+/// shared with the GPU reader).
+pub fn engine_stats(format: MetricsFormat, s: &[Sample]) -> Result<EngineStats, ParseError> {
     match format {
         MetricsFormat::Vllm => {
-            let kv = mean(&s, "vllm:kv_cache_usage_perc")
-                .or_else(|| mean(&s, "vllm:gpu_cache_usage_perc"));
-            let hits = sum(&s, "vllm:prefix_cache_hits_total")
-                .or_else(|| sum(&s, "vllm:gpu_prefix_cache_hits_total"));
-            let queries = sum(&s, "vllm:prefix_cache_queries_total")
-                .or_else(|| sum(&s, "vllm:gpu_prefix_cache_queries_total"));
+            let kv = mean(s, "vllm:kv_cache_usage_perc")
+                .or_else(|| mean(s, "vllm:gpu_cache_usage_perc"));
+            let hits = sum(s, "vllm:prefix_cache_hits_total")
+                .or_else(|| sum(s, "vllm:gpu_prefix_cache_hits_total"));
+            let queries = sum(s, "vllm:prefix_cache_queries_total")
+                .or_else(|| sum(s, "vllm:gpu_prefix_cache_queries_total"));
+            let cache_config = s.iter().find(|x| x.name == "vllm:cache_config_info");
             // The newest `lora_requests_info` series (its value is a timestamp) is current.
             let lora = s
                 .iter()
@@ -190,11 +200,11 @@ pub fn parse(format: MetricsFormat, page: &str) -> Result<EngineStats, ParseErro
                 .max_by(|a, b| a.value.total_cmp(&b.value));
             Ok(EngineStats {
                 waiting: required(
-                    sum(&s, "vllm:num_requests_waiting"),
+                    sum(s, "vllm:num_requests_waiting"),
                     "vllm:num_requests_waiting",
                 )?,
                 running: required(
-                    sum(&s, "vllm:num_requests_running"),
+                    sum(s, "vllm:num_requests_running"),
                     "vllm:num_requests_running",
                 )?,
                 kv_usage: Some(required(kv, "vllm:kv_cache_usage_perc")?),
@@ -202,45 +212,36 @@ pub fn parse(format: MetricsFormat, page: &str) -> Result<EngineStats, ParseErro
                     (Some(h), Some(q)) if q > 0.0 => Some(h / q),
                     _ => None,
                 },
-                kv_blocks: s
-                    .iter()
-                    .filter(|x| x.name == "vllm:cache_config_info")
-                    .find_map(|x| x.label("num_gpu_blocks")?.parse().ok()),
+                kv_blocks: cache_config.and_then(|x| x.label("num_gpu_blocks")?.parse().ok()),
+                kv_block_tokens: cache_config.and_then(|x| x.label("block_size")?.parse().ok()),
                 running_loras: split_list(lora.and_then(|l| l.label("running_lora_adapters"))),
                 waiting_loras: split_list(lora.and_then(|l| l.label("waiting_lora_adapters"))),
+                max_loras: lora.and_then(|l| l.label("max_lora")?.parse().ok()),
             })
         }
         MetricsFormat::Sglang => Ok(EngineStats {
-            waiting: required(sum(&s, "sglang:num_queue_reqs"), "sglang:num_queue_reqs")?,
-            running: required(
-                sum(&s, "sglang:num_running_reqs"),
-                "sglang:num_running_reqs",
-            )?,
-            kv_usage: mean(&s, "sglang:token_usage"),
-            prefix_hit_rate: mean(&s, "sglang:cache_hit_rate"),
+            waiting: required(sum(s, "sglang:num_queue_reqs"), "sglang:num_queue_reqs")?,
+            running: required(sum(s, "sglang:num_running_reqs"), "sglang:num_running_reqs")?,
+            kv_usage: mean(s, "sglang:token_usage"),
+            prefix_hit_rate: mean(s, "sglang:cache_hit_rate"),
             ..EngineStats::default()
         }),
         MetricsFormat::Tgi => Ok(EngineStats {
-            waiting: required(sum(&s, "tgi_queue_size"), "tgi_queue_size")?,
-            running: required(sum(&s, "tgi_batch_current_size"), "tgi_batch_current_size")?,
+            waiting: required(sum(s, "tgi_queue_size"), "tgi_queue_size")?,
+            running: required(sum(s, "tgi_batch_current_size"), "tgi_batch_current_size")?,
             ..EngineStats::default()
         }),
         MetricsFormat::Triton => Ok(EngineStats {
             waiting: required(
-                sum_where(&s, "nv_trt_llm_request_metrics", "request_type", "waiting"),
+                sum_where(s, "nv_trt_llm_request_metrics", "request_type", "waiting"),
                 "nv_trt_llm_request_metrics{request_type=\"waiting\"}",
             )?,
             running: required(
-                sum_where(
-                    &s,
-                    "nv_trt_llm_request_metrics",
-                    "request_type",
-                    "scheduled",
-                ),
+                sum_where(s, "nv_trt_llm_request_metrics", "request_type", "scheduled"),
                 "nv_trt_llm_request_metrics{request_type=\"scheduled\"}",
             )?,
             kv_usage: sum_where(
-                &s,
+                s,
                 "nv_trt_llm_kv_cache_block_metrics",
                 "kv_cache_block_type",
                 "fraction",
@@ -283,12 +284,14 @@ vllm:time_to_first_token_seconds_bucket{engine="0",le="+Inf",model_name="m"} 42
         assert_eq!(stats.kv_usage, Some(0.375));
         assert_eq!(stats.prefix_hit_rate, Some(0.25));
         assert_eq!(stats.kv_blocks, Some(27000));
+        assert_eq!(stats.kv_block_tokens, Some(16));
         assert_eq!(
             stats.running_loras,
             vec!["c"],
             "the newest lora_requests_info wins"
         );
         assert_eq!(stats.waiting_loras, vec!["d"]);
+        assert_eq!(stats.max_loras, Some(4));
     }
 
     #[test]

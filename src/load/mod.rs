@@ -1,9 +1,12 @@
 //! Per-replica load state: the gateway's exact in-flight count (an RAII guard held until the
-//! answer's body ends), consecutive failures and ejection. One [`Replica`] per upstream, shared
-//! by the router (reads) and the proxy (writes) through atomics only. [`exposition`] reads the
-//! replicas' own metrics pages.
+//! answer's body ends), consecutive failures and ejection, the latest scraped engine stats and
+//! GPU reading, the learned prefill speed and the LoRA adapters sent lately. One [`Replica`] per
+//! upstream, shared by the router (reads) and the proxy and scraper (writes) through atomics and
+//! one swapped pointer. [`exposition`] reads the replicas' own metrics pages, [`gpu`] DCGM
+//! samples, [`scraper`] fetches both.
 
 pub mod exposition;
+pub mod gpu;
 pub mod scraper;
 
 use std::sync::Arc;
@@ -36,7 +39,30 @@ pub struct Scraped {
     /// This gateway's requests without a first byte when the page was read, to correct the
     /// scraped queue with what was sent (and what started) since.
     pub pending_at_scrape: u64,
+    /// Hashes ([`adapter_id`]) of the LoRA adapters the page showed running or waiting.
+    pub adapters: Vec<u64>,
 }
+
+/// This gateway's own counts on a replica at one moment (when a metrics page is asked for).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LoadMarks {
+    /// Requests in flight.
+    pub inflight: u64,
+    /// Requests still waiting for their first byte.
+    pub pending: u64,
+}
+
+/// How a LoRA adapter's name is known on the hot path.
+pub fn adapter_id(name: &str) -> u64 {
+    crate::openai::fnv1a(name.as_bytes())
+}
+
+/// Adapters this gateway remembers sending to each replica (the replica keeps its most
+/// recently used ones loaded, `max_lora` of them).
+const RECENT_ADAPTERS: usize = 8;
+
+/// vLLM's default `max_loras`, when a replica's page does not say.
+const DEFAULT_MAX_LORAS: u32 = 4;
 
 /// The pod and node behind a replica, as discovery reports them (empty for static and local
 /// replicas unless configured).
@@ -75,6 +101,15 @@ pub struct Replica {
     /// Mean prompt tokens of requests sent here (f64 bits), to turn a scraped waiting count
     /// into tokens.
     mean_prompt_tokens: AtomicU64,
+    /// Latest GPU use, 0–1 (f64 bits), and when it was read (milliseconds since `epoch` plus
+    /// one; 0 = never). Two atomics instead of a swapped `Arc`: the router reads them for every
+    /// candidate, and a reader pairing a new time with the previous value is harmless.
+    gpu_use: AtomicU64,
+    gpu_at_ms: AtomicU64,
+    /// The LoRA adapters this gateway sent here, a ring of [`adapter_id`]s (0 = empty) with
+    /// the count written so far.
+    recent_adapters: [AtomicU64; RECENT_ADAPTERS],
+    adapters_sent: AtomicU64,
 }
 
 impl Replica {
@@ -108,7 +143,65 @@ impl Replica {
             pending_requests: AtomicU64::new(0),
             secs_per_token: AtomicU64::new(0),
             mean_prompt_tokens: AtomicU64::new(0),
+            gpu_use: AtomicU64::new(0),
+            gpu_at_ms: AtomicU64::new(0),
+            recent_adapters: Default::default(),
+            adapters_sent: AtomicU64::new(0),
         }
+    }
+
+    /// Notes that a request for LoRA adapter `adapter` was sent here (one after the other
+    /// requests for the same adapter take no new place).
+    pub fn note_adapter(&self, adapter: u64) {
+        let sent = self.adapters_sent.load(Ordering::Relaxed);
+        let last = (sent + RECENT_ADAPTERS as u64 - 1) % RECENT_ADAPTERS as u64;
+        if sent > 0 && self.recent_adapters[last as usize].load(Ordering::Relaxed) == adapter {
+            return;
+        }
+        let at = self.adapters_sent.fetch_add(1, Ordering::Relaxed) % RECENT_ADAPTERS as u64;
+        self.recent_adapters[at as usize].store(adapter, Ordering::Relaxed);
+    }
+
+    /// Whether the replica likely has LoRA adapter `adapter` loaded: its fresh scrape shows it
+    /// running or waiting, or it is among the `max_lora` adapters this gateway sent here last.
+    pub fn holds_adapter(
+        &self,
+        adapter: u64,
+        now: Instant,
+        stale_after: std::time::Duration,
+    ) -> bool {
+        let guard = self.scraped.load();
+        let scraped = guard.as_deref();
+        if scraped.is_some_and(|s| {
+            now.saturating_duration_since(s.at) <= stale_after && s.adapters.contains(&adapter)
+        }) {
+            return true;
+        }
+        let slots = scraped
+            .and_then(|s| s.stats.max_loras)
+            .unwrap_or(DEFAULT_MAX_LORAS)
+            .min(RECENT_ADAPTERS as u32);
+        let sent = self.adapters_sent.load(Ordering::Relaxed);
+        (1..=u64::from(slots).min(sent)).any(|back| {
+            let at = (sent - back) % RECENT_ADAPTERS as u64;
+            self.recent_adapters[at as usize].load(Ordering::Relaxed) == adapter
+        })
+    }
+
+    /// Stores a GPU-use reading (0–1) taken at `at` (one writer: the pool's scraper).
+    pub fn record_gpu(&self, fraction: f64, at: Instant) {
+        self.gpu_use.store(fraction.to_bits(), Ordering::Relaxed);
+        self.gpu_at_ms
+            .store(self.ms_since_epoch(at) + 1, Ordering::Relaxed);
+    }
+
+    /// GPU use (0–1) if read within `stale_after` of `now`; None when never read or stale
+    /// (unknown, not idle).
+    pub fn gpu_use(&self, now: Instant, stale_after: std::time::Duration) -> Option<f64> {
+        let at = self.gpu_at_ms.load(Ordering::Relaxed).checked_sub(1)?;
+        let age = self.ms_since_epoch(now).saturating_sub(at);
+        (age <= stale_after.as_millis() as u64)
+            .then(|| f64::from_bits(self.gpu_use.load(Ordering::Relaxed)))
     }
 
     /// Prompt tokens sent here by this gateway still waiting for their first byte.
@@ -165,13 +258,34 @@ impl Replica {
     /// Stores a successful scrape (one writer: the pool's scraper). A replica that answers its
     /// metrics is up: it comes back into routing if it was ejected.
     pub fn record_scrape(&self, stats: EngineStats, at: Instant) {
+        self.record_scrape_from(stats, at, self.load_marks());
+    }
+
+    /// This gateway's counts now, to be paired with a page asked for now.
+    pub fn load_marks(&self) -> LoadMarks {
+        LoadMarks {
+            inflight: self.inflight(),
+            pending: self.pending_requests.load(Ordering::Relaxed),
+        }
+    }
+
+    /// [`Self::record_scrape`] of a page requested when this gateway's counts were `marks`:
+    /// answers that ended while the page was on its way are then not counted again.
+    pub fn record_scrape_from(&self, stats: EngineStats, at: Instant, marks: LoadMarks) {
         self.scrape_failures.store(0, Ordering::Relaxed);
         self.ejected_until_ms.store(0, Ordering::Relaxed);
+        let adapters = stats
+            .running_loras
+            .iter()
+            .chain(&stats.waiting_loras)
+            .map(|name| adapter_id(name))
+            .collect();
         self.scraped.store(Some(Arc::new(Scraped {
             at,
             stats,
-            inflight_at_scrape: self.inflight(),
-            pending_at_scrape: self.pending_requests.load(Ordering::Relaxed),
+            inflight_at_scrape: marks.inflight,
+            pending_at_scrape: marks.pending,
+            adapters,
         })));
     }
 
@@ -204,17 +318,31 @@ impl Replica {
         let scraped = guard
             .as_deref()
             .filter(|s| now.saturating_duration_since(s.at) <= stale_after)?;
-        // Requests sent since the scrape that still wait for their prefill join the queue;
-        // those that got their first byte since have left it and run. A request that started
-        // within a scrape interval is not mistaken for one still waiting.
+        // Sent since and still waiting for their prefill: queued behind the rest. Started
+        // since (first byte): they left the queue for the running batch. Ended since: they left
+        // the running batch, or — when the page showed fewer running than that — the queue (a
+        // short request can end between the page and now while the page still shows it
+        // waiting).
         let pending = self.pending_requests.load(Ordering::Relaxed) as f64;
         let queued_delta = pending - scraped.pending_at_scrape as f64;
         let sent_delta = self.inflight() as f64 - scraped.inflight_at_scrape as f64;
+        let running = scraped.stats.running + sent_delta - queued_delta;
         Some(EngineView {
-            waiting: (scraped.stats.waiting + queued_delta).max(pending).max(0.0),
-            running: (scraped.stats.running + sent_delta - queued_delta).max(0.0),
+            waiting: (scraped.stats.waiting + queued_delta + running.min(0.0))
+                .max(pending)
+                .max(0.0),
+            running: running.max(0.0),
             kv_usage: scraped.stats.kv_usage,
         })
+    }
+
+    /// KV-cache capacity in tokens, from the latest scrape that reported it (capacity does not
+    /// change while a replica runs, so an old scrape still tells it). vLLM's block size is 16
+    /// tokens when a page names the block count alone.
+    pub fn kv_capacity_tokens(&self) -> Option<u64> {
+        let scraped = self.scraped.load();
+        let stats = &scraped.as_deref()?.stats;
+        Some(stats.kv_blocks? * stats.kv_block_tokens.unwrap_or(16))
     }
 
     /// Requests this gateway has sent to the replica whose answers have not ended.
@@ -345,5 +473,92 @@ mod tests {
         assert!(r.is_ejected(now));
         assert!(r.is_ejected(now + Duration::from_millis(999)));
         assert!(!r.is_ejected(now + Duration::from_millis(1001)));
+    }
+
+    #[test]
+    fn the_scraped_queue_is_corrected_by_what_was_sent_and_ended_since() {
+        let r = replica();
+        let now = Instant::now();
+        let stale = Duration::from_secs(1);
+        let stats = |waiting: f64, running: f64| EngineStats {
+            waiting,
+            running,
+            ..Default::default()
+        };
+        let marks = |inflight, pending| LoadMarks { inflight, pending };
+        let view = |r: &Replica| {
+            let v = r.engine_view(now, stale).unwrap();
+            (v.waiting, v.running)
+        };
+        // The page was asked for with one request of ours in flight; it showed it waiting, and
+        // it ended before the page arrived: nothing is left.
+        r.record_scrape_from(stats(1.0, 0.0), now, marks(1, 0));
+        assert_eq!(view(&r), (0.0, 0.0));
+        // Ended ones leave the running batch first.
+        r.record_scrape_from(stats(2.0, 3.0), now, marks(2, 0));
+        assert_eq!(view(&r), (2.0, 1.0));
+        // Sent since: they wait behind the rest.
+        let _a = r.start_request();
+        let _b = r.start_request();
+        let _c = r.start_request();
+        r.record_scrape_from(stats(2.0, 3.0), now, marks(1, 1));
+        assert_eq!(view(&r), (4.0, 3.0));
+        // Two of them started since (first byte): they run, the queue keeps the one left.
+        let (mut a, mut b) = (_a, _b);
+        a.first_byte(std::time::Duration::from_millis(5));
+        b.first_byte(std::time::Duration::from_millis(5));
+        assert_eq!(view(&r), (2.0, 5.0));
+    }
+
+    #[test]
+    fn adapters_are_held_when_scraped_or_sent_lately() {
+        let r = replica();
+        let now = Instant::now();
+        let stale = Duration::from_secs(1);
+        let (a, b, c) = (adapter_id("a"), adapter_id("b"), adapter_id("c"));
+        assert!(!r.holds_adapter(a, now, stale));
+        // Another gateway's traffic: the page shows `a` running.
+        let stats = EngineStats {
+            running_loras: vec!["a".into()],
+            max_loras: Some(2),
+            ..Default::default()
+        };
+        r.record_scrape(stats, now);
+        assert!(r.holds_adapter(a, now, stale));
+        // Sent by this gateway: the replica keeps its 2 (max_lora) most recent.
+        r.note_adapter(b);
+        r.note_adapter(b);
+        r.note_adapter(c);
+        assert!(r.holds_adapter(b, now, stale) && r.holds_adapter(c, now, stale));
+        r.note_adapter(a);
+        assert!(!r.holds_adapter(b, now, stale), "pushed out by c and a");
+        // Once the scrape is stale only what was sent counts: c and a.
+        let later = now + Duration::from_secs(2);
+        assert!(r.holds_adapter(a, later, stale) && r.holds_adapter(c, later, stale));
+        for name in ["d", "e"] {
+            r.note_adapter(adapter_id(name));
+        }
+        assert!(!r.holds_adapter(a, later, stale));
+    }
+
+    #[test]
+    fn gpu_use_is_unknown_until_read_and_once_stale() {
+        let r = replica();
+        let now = Instant::now();
+        let stale = Duration::from_secs(3);
+        assert_eq!(r.gpu_use(now, stale), None);
+        r.record_gpu(0.42, now);
+        assert_eq!(r.gpu_use(now, stale), Some(0.42));
+        assert_eq!(
+            r.gpu_use(now + Duration::from_millis(2999), stale),
+            Some(0.42)
+        );
+        assert_eq!(r.gpu_use(now + Duration::from_millis(3002), stale), None);
+        r.record_gpu(0.0, now + Duration::from_secs(4));
+        assert_eq!(
+            r.gpu_use(now + Duration::from_secs(5), stale),
+            Some(0.0),
+            "an idle GPU is a reading, not a missing one"
+        );
     }
 }

@@ -1,7 +1,9 @@
 //! The per-pool scraper: polls every replica's `/metrics` over keep-alive connections at the
 //! configured interval (all replicas concurrently, each bounded by the scrape timeout and the
 //! page-size limit) and stores the parsed [`EngineStats`] on the replica. A failed scrape changes
-//! nothing but a failure count; stale stats age out on their own.
+//! nothing but a failure count; stale stats age out on their own. With `metrics.gpu`, GPU use
+//! comes from the same replica pages, or from a DCGM exporter polled on its own interval by the
+//! same task (bounded the same way; a failed exporter scrape changes nothing).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -9,64 +11,151 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use tokio::task::{JoinHandle, JoinSet};
 
 use super::exposition::{self, EngineStats, MAX_PAGE_BYTES};
+use super::gpu;
+use crate::config::{GpuMetric, GpuMetrics};
 use crate::gateway::pools::PoolRuntime;
 
 /// Scrapes the pool's replicas until aborted.
 pub fn spawn(pool: Arc<PoolRuntime>) -> JoinHandle<()> {
     tokio::spawn(async move {
-        let metrics = pool.config.metrics.clone();
-        let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new())
+        let client: HttpClient = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .build_http();
-        let mut tick = tokio::time::interval(metrics.scrape_interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            let snapshot = pool.snapshot();
-            let mut scrapes = JoinSet::new();
-            for replica in snapshot.replicas.iter().cloned() {
-                let client = client.clone();
-                let uri = format!("{}://{}{}", replica.scheme, replica.authority, metrics.path);
-                let (format, timeout) = (metrics.format, metrics.scrape_timeout);
-                let eject_after = pool.config.retries.eject_after_failures;
-                let pool = pool.clone();
-                scrapes.spawn(async move {
-                    let result = tokio::time::timeout(timeout, scrape(&client, &uri, format)).await;
-                    match result {
-                        Ok(Ok(stats)) => {
-                            if replica.is_ejected(Instant::now()) {
-                                tracing::info!(pool = pool.name(), replica = %replica.name, "replica answers again: back in routing");
-                            }
-                            replica.record_scrape(stats, Instant::now());
-                        }
-                        Ok(Err(ScrapeError::Unreachable(e))) => {
-                            // Nothing listens there: the replica is gone, not just its metrics.
-                            if replica.record_scrape_failure() >= eject_after {
-                                let cause = format!("metrics unreachable ({e}); back when it answers");
-                                pool.eject(&replica, Instant::now(), &cause);
-                            }
-                        }
-                        Ok(Err(ScrapeError::Bad(e))) => {
-                            // Metrics unreadable but the replica up: its stats go stale and it is
-                            // routed on the gateway's own counts; a scrape outage never stops traffic.
-                            let n = replica.record_scrape_failure();
-                            if n == 3 {
-                                tracing::warn!(replica = %replica.name, "metrics scrapes failing: {e}");
-                            }
-                        }
-                        Err(_) => {
-                            replica.record_scrape_failure();
-                        }
-                    }
-                });
+        match pool.config.metrics.gpu.clone() {
+            Some(GpuMetrics {
+                url: Some(url),
+                metric,
+                scrape_interval,
+                ..
+            }) => {
+                let exporter = scrape_exporter(&pool, &client, url, metric, scrape_interval);
+                tokio::join!(scrape_replicas(&pool, &client), exporter);
             }
-            while scrapes.join_next().await.is_some() {}
+            _ => scrape_replicas(&pool, &client).await,
         }
     })
+}
+
+type HttpClient = Client<HttpConnector, Empty<Bytes>>;
+
+/// Polls the replicas' own pages until the task is aborted.
+async fn scrape_replicas(pool: &Arc<PoolRuntime>, client: &HttpClient) {
+    let metrics = pool.config.metrics.clone();
+    // The GPU metric is read from the replica pages when no exporter is configured.
+    let gpu_on_page = metrics
+        .gpu
+        .as_ref()
+        .filter(|g| g.url.is_none())
+        .map(|g| g.metric);
+    let mut tick = tokio::time::interval(metrics.scrape_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let snapshot = pool.snapshot();
+        let mut scrapes = JoinSet::new();
+        for replica in snapshot.replicas.iter().cloned() {
+            let client = client.clone();
+            let uri = format!("{}://{}{}", replica.scheme, replica.authority, metrics.path);
+            let (format, timeout) = (metrics.format, metrics.scrape_timeout);
+            let eject_after = pool.config.retries.eject_after_failures;
+            let pool = pool.clone();
+            scrapes.spawn(async move {
+                let marks = replica.load_marks();
+                let result =
+                    tokio::time::timeout(timeout, scrape(&client, &uri, format, gpu_on_page))
+                        .await;
+                match result {
+                    Ok(Ok((stats, gpu))) => {
+                        let now = Instant::now();
+                        if replica.is_ejected(now) {
+                            tracing::info!(pool = pool.name(), replica = %replica.name, "replica answers again: back in routing");
+                        }
+                        replica.record_scrape_from(stats, now, marks);
+                        if let Some(gpu) = gpu {
+                            replica.record_gpu(gpu, now);
+                        }
+                    }
+                    Ok(Err(ScrapeError::Unreachable(e))) => {
+                        // Nothing listens there: the replica is gone, not just its metrics.
+                        if replica.record_scrape_failure() >= eject_after {
+                            let cause = format!("metrics unreachable ({e}); back when it answers");
+                            pool.eject(&replica, Instant::now(), &cause);
+                        }
+                    }
+                    Ok(Err(ScrapeError::Bad(e))) => {
+                        // Metrics unreadable but the replica up: its stats go stale and it is
+                        // routed on the gateway's own counts; a scrape outage never stops traffic.
+                        let n = replica.record_scrape_failure();
+                        if n == 3 {
+                            tracing::warn!(replica = %replica.name, "metrics scrapes failing: {e}");
+                        }
+                    }
+                    Err(_) => {
+                        replica.record_scrape_failure();
+                    }
+                }
+            });
+        }
+        while scrapes.join_next().await.is_some() {}
+        // KV capacities may be known now: the prefix index's budgets follow them.
+        pool.refresh_prefix_budgets();
+    }
+}
+
+/// Polls a DCGM exporter every `interval` until the task is aborted, storing each replica's GPU
+/// use by pod name. A failed scrape is logged once per run of failures and changes nothing: the
+/// readings go stale on their own.
+async fn scrape_exporter(
+    pool: &PoolRuntime,
+    client: &HttpClient,
+    url: http::Uri,
+    metric: GpuMetric,
+    interval: Duration,
+) {
+    let timeout = pool.config.metrics.scrape_timeout;
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let (mut failing, mut unmatched) = (false, false);
+    loop {
+        tick.tick().await;
+        let body = tokio::time::timeout(timeout, fetch(client, url.clone()))
+            .await
+            .unwrap_or_else(|_| Err(ScrapeError::Bad(format!("no answer within {timeout:?}"))));
+        let result = body.and_then(|body| {
+            let page = std::str::from_utf8(&body)
+                .map_err(|_| ScrapeError::Bad("metrics page is not UTF-8".into()))?;
+            let samples = exposition::samples(page).map_err(|e| ScrapeError::Bad(e.to_string()))?;
+            let by_pod = gpu::use_by_pod(metric, &samples);
+            let snapshot = pool.snapshot();
+            let matched = gpu::record_by_pod(&snapshot.replicas, &by_pod, Instant::now());
+            Ok((matched, by_pod.len(), snapshot.replicas.len()))
+        });
+        match result {
+            Ok((matched, pods, replicas)) => {
+                if failing {
+                    failing = false;
+                    tracing::info!(pool = pool.name(), %url, "GPU exporter answers again");
+                }
+                // A page with pods but none of ours: most likely the replicas' pod names are
+                // unknown (static endpoints without `pods`) or the labels differ. Said once.
+                let none = matched == 0 && replicas > 0;
+                if none && !unmatched {
+                    tracing::warn!(pool = pool.name(), %url, pods, "no GPU sample on the exporter's page names a replica's pod (labels exported_pod, pod, Hostname)");
+                }
+                unmatched = none;
+            }
+            Err(ScrapeError::Unreachable(e) | ScrapeError::Bad(e)) if !failing => {
+                failing = true;
+                tracing::warn!(pool = pool.name(), %url, "GPU exporter scrape failed: {e}");
+            }
+            Err(_) => {}
+        }
+    }
 }
 
 enum ScrapeError {
@@ -76,14 +165,28 @@ enum ScrapeError {
     Bad(String),
 }
 
+/// Reads a replica's page: its engine stats and, when asked, the GPU metric on it.
 async fn scrape(
-    client: &Client<hyper_util::client::legacy::connect::HttpConnector, Empty<Bytes>>,
+    client: &HttpClient,
     uri: &str,
     format: crate::config::MetricsFormat,
-) -> Result<EngineStats, ScrapeError> {
+    gpu_metric: Option<GpuMetric>,
+) -> Result<(EngineStats, Option<f64>), ScrapeError> {
     let uri: http::Uri = uri
         .parse()
         .map_err(|e| ScrapeError::Bad(format!("bad URL: {e}")))?;
+    let body = fetch(client, uri).await?;
+    let page = std::str::from_utf8(&body)
+        .map_err(|_| ScrapeError::Bad("metrics page is not UTF-8".into()))?;
+    let samples = exposition::samples(page).map_err(|e| ScrapeError::Bad(e.to_string()))?;
+    let stats =
+        exposition::engine_stats(format, &samples).map_err(|e| ScrapeError::Bad(e.to_string()))?;
+    let gpu = gpu_metric.and_then(|m| gpu::replica_page_use(m, &samples));
+    Ok((stats, gpu))
+}
+
+/// GETs a metrics page, at most [`MAX_PAGE_BYTES`] of it.
+async fn fetch(client: &HttpClient, uri: http::Uri) -> Result<Bytes, ScrapeError> {
     let response = client.get(uri).await.map_err(|e| {
         if e.is_connect() {
             ScrapeError::Unreachable(e.to_string())
@@ -94,12 +197,9 @@ async fn scrape(
     if !response.status().is_success() {
         return Err(ScrapeError::Bad(format!("status {}", response.status())));
     }
-    let body = Limited::new(response.into_body(), MAX_PAGE_BYTES)
+    Ok(Limited::new(response.into_body(), MAX_PAGE_BYTES)
         .collect()
         .await
         .map_err(|e| ScrapeError::Bad(e.to_string()))?
-        .to_bytes();
-    let page = std::str::from_utf8(&body)
-        .map_err(|_| ScrapeError::Bad("metrics page is not UTF-8".into()))?;
-    exposition::parse(format, page).map_err(|e| ScrapeError::Bad(e.to_string()))
+        .to_bytes())
 }

@@ -101,6 +101,8 @@ pub struct RequestFeatures {
     pub session: Option<u64>,
     /// Which replicas hold how much of the prompt's prefix (from the pool's prefix index).
     pub prefix: prefix::PrefixMatch,
+    /// The LoRA adapter the request names ([`crate::load::adapter_id`]), if any.
+    pub adapter: Option<u64>,
 }
 
 /// Inputs that vary per call but must not be read inside the router.
@@ -113,6 +115,10 @@ pub struct PickContext {
     pub sequence: u64,
     /// Scraped stats older than this are ignored.
     pub stale_after: std::time::Duration,
+    /// GPU readings older than this are ignored.
+    pub gpu_stale_after: std::time::Duration,
+    /// The pool's saturation thresholds (`session` leaves a saturated replica).
+    pub limits: crate::config::Admission,
 }
 
 /// Whether a replica should take no more requests now: this gateway has
@@ -182,11 +188,34 @@ pub fn pick(
         }
         // Requests without a session key are spread by load.
         RoutingPolicy::SessionAffinity => match features.session {
-            Some(session) => snapshot.sessions.pick(session, eligible),
+            Some(session) => session_affinity(snapshot, session, ctx, eligible),
             None => least_inflight(snapshot, ctx.random, eligible),
         },
         _ => least_inflight(snapshot, ctx.random, eligible),
     }
+}
+
+/// The session's replica on the ring; while it is saturated, the next one on the ring that is
+/// not (the same one for every request of the session, so its cache stays warm there too); when
+/// all are saturated, the session's own (the gateway queue holds requests back before that).
+fn session_affinity(
+    snapshot: &Snapshot,
+    session: u64,
+    ctx: PickContext,
+    eligible: impl Fn(&usize) -> bool,
+) -> Option<usize> {
+    snapshot
+        .sessions
+        .pick(session, |i| {
+            eligible(i)
+                && !saturated(
+                    &snapshot.replicas[*i],
+                    &ctx.limits,
+                    ctx.now,
+                    ctx.stale_after,
+                )
+        })
+        .or_else(|| snapshot.sessions.pick(session, &eligible))
 }
 
 /// Least predicted time to first token: the prefill work ahead of this request on the replica
@@ -197,6 +226,9 @@ pub fn pick(
 /// learned per replica from observed time to first token (the pool's mean, then
 /// `prefill_tokens_per_second`, before that), so a pool mixing fast and slow GPUs balances by
 /// speed, and prefix affinity holds exactly as long as it saves more than the queue costs.
+/// A request for a LoRA adapter adds `lora_load_time` on replicas that do not hold it, so it
+/// goes where the adapter is loaded unless the queue there costs more than loading it elsewhere.
+/// Where replicas have GPU readings, near-ties go to the least busy GPU.
 fn predicted_ttft(
     routing: &Routing,
     snapshot: &Snapshot,
@@ -214,14 +246,12 @@ fn predicted_ttft(
         sum / f64::from(known)
     };
     let prompt = f64::from(features.prompt_tokens.max(1));
-    let mut best: Option<(f64, u64, usize)> = None;
-    for i in snapshot.candidates(features, ctx.random).filter(eligible) {
-        let r = &snapshot.replicas[i];
+    let lora_load = routing.lora_load_time.as_secs_f64();
+    let predict = |r: &Replica| {
         // An idle replica is given the benefit of the doubt (at most the pool's mean cost):
         // a speed learned under an old burst must not keep it idle, never to be re-learned.
-        let inflight = r.inflight();
         let speed = match r.secs_per_token() {
-            Some(learned) if inflight == 0 => learned.min(default_speed),
+            Some(learned) if r.inflight() == 0 => learned.min(default_speed),
             Some(learned) => learned,
             None => default_speed,
         };
@@ -238,7 +268,29 @@ fn predicted_ttft(
                 kv_factor += 10.0 * (kv - 0.9).max(0.0);
             }
         }
-        let predicted = speed * (ahead + own as f64) * kv_factor;
+        // A replica without the requested adapter loads it before anything else.
+        let load = match features.adapter {
+            Some(adapter) if !r.holds_adapter(adapter, ctx.now, ctx.stale_after) => lora_load,
+            _ => 0.0,
+        };
+        speed * (ahead + own as f64) * kv_factor + load
+    };
+    // Each candidate's numbers, kept for the near-tie pass (a large pool's candidates beyond
+    // these are computed again there).
+    let mut scored = [(0.0f64, f64::INFINITY, 0u64, 0usize); KEEP];
+    let mut kept = 0;
+    let mut best: Option<(f64, u64, usize)> = None;
+    let mut any_gpu = false;
+    for i in snapshot.candidates(features, ctx.random).filter(&eligible) {
+        let r = &snapshot.replicas[i];
+        let predicted = predict(r);
+        let gpu = r.gpu_use(ctx.now, ctx.gpu_stale_after);
+        any_gpu |= gpu.is_some();
+        let inflight = r.inflight();
+        if kept < KEEP {
+            scored[kept] = (predicted, gpu.unwrap_or(f64::INFINITY), inflight, i);
+            kept += 1;
+        }
         let better = match best {
             None => true,
             Some((p, f, _)) => predicted < p || (predicted == p && inflight < f),
@@ -247,8 +299,39 @@ fn predicted_ttft(
             best = Some((predicted, inflight, i));
         }
     }
-    best.map(|(_, _, i)| i)
+    let (fastest, _, first) = best?;
+    if !any_gpu {
+        return Some(first);
+    }
+    // Near-ties (within `gpu_tie_margin` of the fastest): the least busy GPU wins — an unknown
+    // one after every known one — then the faster prediction, then fewer in flight. Predictions
+    // are rough; a busy GPU is a real cost they do not see (other tenants, long decodes).
+    let limit = fastest * (1.0 + routing.gpu_tie_margin);
+    let rest = snapshot
+        .candidates(features, ctx.random)
+        .filter(&eligible)
+        .skip(KEEP)
+        .map(|i| {
+            let r = &snapshot.replicas[i];
+            let gpu = r.gpu_use(ctx.now, ctx.gpu_stale_after);
+            (predict(r), gpu.unwrap_or(f64::INFINITY), r.inflight(), i)
+        });
+    scored[..kept]
+        .iter()
+        .copied()
+        .chain(rest)
+        .filter(|(predicted, ..)| *predicted <= limit)
+        .min_by(|a, b| {
+            (a.1, a.0, a.2)
+                .partial_cmp(&(b.1, b.0, b.2))
+                .unwrap_or(std::cmp::Ordering::Equal)
+        })
+        .map(|t| t.3)
+        .or(Some(first))
 }
+
+/// Candidates whose scores `predicted_ttft` keeps on the stack for its near-tie pass.
+const KEEP: usize = 2 * SAMPLE;
 
 /// Prompt tokens replica `id` would have to prefill for this request: those its cached prefix
 /// does not cover (at least one). The proxy counts them as the request's pending prefill.
@@ -298,9 +381,9 @@ fn prefix_affinity(
 }
 
 /// The Inference Extension's scheme: each candidate scores `queue` (1 − its waiting over the
-/// longest waiting among candidates), `kv_cache` (1 − KV use; 0.5 when unknown) and `prefix`
-/// (share of the prompt it holds), weighted; the highest total wins, fewer in flight on a tie.
-/// Stale stats count as unknown.
+/// longest waiting among candidates), `kv_cache` (1 − KV use; 0.5 when unknown), `prefix`
+/// (share of the prompt it holds) and `gpu` (1 − GPU use; 0.5 when unknown), weighted; the
+/// highest total wins, fewer in flight on a tie. Stale stats count as unknown.
 fn weighted(
     routing: &Routing,
     snapshot: &Snapshot,
@@ -331,7 +414,13 @@ fn weighted(
             .engine_view(ctx.now, ctx.stale_after)
             .and_then(|v| v.kv_usage)
             .map_or(0.5, |kv| 1.0 - kv.clamp(0.0, 1.0));
-        let score = w.queue * queue + w.kv_cache * kv + w.prefix * features.prefix.fraction(r.id);
+        let gpu = r
+            .gpu_use(ctx.now, ctx.gpu_stale_after)
+            .map_or(0.5, |g| 1.0 - g.clamp(0.0, 1.0));
+        let score = w.queue * queue
+            + w.kv_cache * kv
+            + w.prefix * features.prefix.fraction(r.id)
+            + w.gpu * gpu;
         let inflight = r.inflight();
         let better = match best {
             None => true,
@@ -430,7 +519,14 @@ mod tests {
             random,
             sequence,
             stale_after: std::time::Duration::from_secs(1),
+            gpu_stale_after: std::time::Duration::from_secs(3),
+            limits: limits(),
         }
+    }
+
+    fn limits() -> crate::config::Admission {
+        static DEFAULT: std::sync::OnceLock<crate::config::Admission> = std::sync::OnceLock::new();
+        *DEFAULT.get_or_init(|| crate::config::embedded_default().pools[0].admission)
     }
 
     /// Picks `n` times at `now`, holding each request as the proxy does (in flight, with the
@@ -768,6 +864,42 @@ mod tests {
         );
     }
 
+    #[test]
+    fn session_affinity_leaves_a_saturated_replica_and_comes_back() {
+        let s = snapshot(4);
+        let now = Instant::now();
+        let r = routing(RoutingPolicy::SessionAffinity);
+        let c = PickContext { now, ..ctx(0, 0) };
+        let f = with_session(0x9E3779B97F4A7C15);
+        let home = pick(&r, &s, &f, c, &[]).unwrap();
+        let next_on_ring = pick(&r, &s, &f, c, &[home]).unwrap();
+        assert_eq!(c.limits.max_waiting_per_replica, 8, "the default threshold");
+        // Nine waiting on the session's replica: saturated, the session goes to the next one on
+        // the ring, the same one every time.
+        s.replicas[home].record_scrape(stats(9.0, 0.0), now);
+        for q in 0..10 {
+            assert_eq!(
+                pick(&r, &s, &f, PickContext { now, ..ctx(q, q) }, &[]),
+                Some(next_on_ring)
+            );
+        }
+        // Eight waiting is not saturated: back home.
+        s.replicas[home].record_scrape(stats(8.0, 0.0), now);
+        assert_eq!(pick(&r, &s, &f, c, &[]), Some(home));
+        // Every replica saturated: the session stays home.
+        for replica in &s.replicas {
+            replica.record_scrape(stats(20.0, 0.0), now);
+        }
+        assert_eq!(pick(&r, &s, &f, c, &[]), Some(home));
+        // Stale stats are unknown, not saturated.
+        let later = PickContext {
+            now: now + std::time::Duration::from_secs(2),
+            ..c
+        };
+        s.replicas[home].record_scrape(stats(20.0, 0.0), now);
+        assert_eq!(pick(&r, &s, &f, later, &[]), Some(home));
+    }
+
     fn prefix_on(s: &Snapshot, replica: usize, blocks: u32, total: u32) -> RequestFeatures {
         RequestFeatures {
             prefix: prefix::PrefixMatch {
@@ -918,6 +1050,180 @@ mod tests {
             pick(&routing(RoutingPolicy::Weighted), &s, &f, c, &[]),
             Some(0)
         );
+    }
+
+    #[test]
+    fn predicted_ttft_breaks_near_ties_toward_the_less_busy_gpu() {
+        let s = snapshot(3);
+        let now = Instant::now();
+        s.replicas[0].record_gpu(0.9, now);
+        s.replicas[1].record_gpu(0.2, now);
+        // Replica 2 has no GPU reading: unknown, after every known one.
+        let f = RequestFeatures {
+            prompt_tokens: 100,
+            ..Default::default()
+        };
+        let r = routing(RoutingPolicy::PredictedTtft);
+        assert_eq!(r.gpu_tie_margin, 0.1, "the default margin");
+        let c = PickContext { now, ..ctx(1, 1) };
+        assert_eq!(
+            pick(&r, &s, &f, c, &[]),
+            Some(1),
+            "all idle: the idlest GPU"
+        );
+        // 5 tokens pending on replica 1: 105 against 100 is within 10 %, still a tie.
+        let _five = s.replicas[1].start_request_with(5);
+        assert_eq!(pick(&r, &s, &f, c, &[]), Some(1));
+        // 20 more: 125 is past 110, so replica 1 is out of the tie; of the two left, the one
+        // whose GPU is known (busy as it is) goes before the unknown one.
+        let _twenty = s.replicas[1].start_request_with(20);
+        assert_eq!(pick(&r, &s, &f, c, &[]), Some(0));
+        // Stale readings count as unknown: without any, fewest in flight decides (replica 0).
+        let later = PickContext {
+            now: now + std::time::Duration::from_secs(4),
+            ..c
+        };
+        assert_eq!(pick(&r, &s, &f, later, &[]), Some(0));
+        // Margin 0: only exact ties; 100 (replica 0) and 100 (replica 2) tie, replica 0's GPU is known.
+        let exact = Routing {
+            gpu_tie_margin: 0.0,
+            ..r.clone()
+        };
+        assert_eq!(pick(&exact, &s, &f, c, &[]), Some(0));
+    }
+
+    #[test]
+    fn predicted_ttft_gpu_tie_breaks_do_not_pile_a_burst_onto_one_replica() {
+        let s = snapshot(2);
+        let now = Instant::now();
+        s.replicas[0].record_gpu(0.8, now);
+        s.replicas[1].record_gpu(0.2, now);
+        let f = RequestFeatures {
+            prompt_tokens: 100,
+            ..Default::default()
+        };
+        let (order, _held) = pick_holding(RoutingPolicy::PredictedTtft, &s, &f, now, 20);
+        // Ties go to the idler GPU, but while one request (100 tokens) is more than 10 % of the
+        // work queued, one more on it is past the margin: the burst alternates. From 9 each,
+        // 1100 against 1000 is within the margin, so the idler GPU takes one more.
+        let mut expected = [1, 0].repeat(9);
+        expected.extend([1, 1]);
+        assert_eq!(order, expected);
+    }
+
+    #[test]
+    fn predicted_ttft_gpu_tie_break_sees_every_candidate_of_a_large_pool() {
+        let s = snapshot(100);
+        let now = Instant::now();
+        // 30 replicas hold the whole prompt: with the 16 sampled ones, more candidates than the
+        // pick keeps on its stack. The last holder has the idlest GPU.
+        let mut f = RequestFeatures {
+            prompt_tokens: 100,
+            ..Default::default()
+        };
+        f.prefix.total_blocks = 10;
+        for i in 50..80 {
+            f.prefix.replicas.push((s.replicas[i].id, 10));
+            s.replicas[i].record_gpu(if i == 79 { 0.1 } else { 0.5 }, now);
+        }
+        for random in [1u64, 0x9E3779B97F4A7C15, u64::MAX] {
+            assert_eq!(
+                s.candidates(&f, random).count(),
+                SAMPLE + 30,
+                "more than KEEP ({KEEP}) candidates"
+            );
+            let c = PickContext {
+                now,
+                ..ctx(random, 0)
+            };
+            assert_eq!(
+                pick(&routing(RoutingPolicy::PredictedTtft), &s, &f, c, &[]),
+                Some(79)
+            );
+        }
+    }
+
+    #[test]
+    fn predicted_ttft_goes_where_the_adapter_is_loaded_until_the_queue_costs_more() {
+        let s = snapshot(2);
+        let now = Instant::now();
+        let sql = crate::load::adapter_id("sql");
+        let loaded = crate::load::exposition::EngineStats {
+            running_loras: vec!["sql".into()],
+            ..Default::default()
+        };
+        s.replicas[0].record_scrape(stats(0.0, 0.0), now);
+        s.replicas[1].record_scrape(loaded, now);
+        let r = routing(RoutingPolicy::PredictedTtft);
+        assert_eq!(r.lora_load_time, std::time::Duration::from_millis(50));
+        assert_eq!(r.prefill_tokens_per_second, 20_000.0);
+        let c = PickContext { now, ..ctx(1, 1) };
+        let f = RequestFeatures {
+            prompt_tokens: 100,
+            adapter: Some(sql),
+            ..Default::default()
+        };
+        assert_eq!(pick(&r, &s, &f, c, &[]), Some(1));
+        // Loading costs 50 ms, a token of prefill 50 µs: replica 1 keeps the adapter's requests
+        // while it has less than 1000 tokens more queued than replica 0 (less the 10 % margin
+        // that breaks ties by GPU, unused here: no GPU readings).
+        let _ahead = s.replicas[1].start_request_with(990);
+        assert_eq!(pick(&r, &s, &f, c, &[]), Some(1));
+        let _more = s.replicas[1].start_request_with(20);
+        assert_eq!(pick(&r, &s, &f, c, &[]), Some(0));
+        // The base model (no adapter) ignores adapters: replica 0 has less queued.
+        let base = RequestFeatures {
+            prompt_tokens: 100,
+            ..Default::default()
+        };
+        drop((_ahead, _more));
+        let _one = s.replicas[1].start_request_with(1);
+        assert_eq!(pick(&r, &s, &base, c, &[]), Some(0));
+        // An adapter no replica holds costs the same everywhere: load decides.
+        let other = RequestFeatures {
+            adapter: Some(crate::load::adapter_id("other")),
+            ..base.clone()
+        };
+        assert_eq!(pick(&r, &s, &other, c, &[]), Some(0));
+        // What this gateway sent counts too: replica 1 got `other` lately, so it takes it
+        // despite its one pending token; `sql` is unknown everywhere once the scrape is stale.
+        s.replicas[1].note_adapter(crate::load::adapter_id("other"));
+        let later = PickContext {
+            now: now + std::time::Duration::from_secs(2),
+            ..c
+        };
+        assert_eq!(pick(&r, &s, &other, later, &[]), Some(1));
+        assert_eq!(pick(&r, &s, &f, later, &[]), Some(0));
+    }
+
+    #[test]
+    fn weighted_scores_gpu_use() {
+        let s = snapshot(3);
+        let now = Instant::now();
+        let with = |waiting: f64, kv: f64| crate::load::exposition::EngineStats {
+            waiting,
+            kv_usage: Some(kv),
+            ..Default::default()
+        };
+        for r in &s.replicas {
+            r.record_scrape(with(0.0, 0.5), now);
+        }
+        s.replicas[0].record_gpu(0.9, now);
+        s.replicas[1].record_gpu(0.3, now);
+        // Replica 2: no reading (0.5). Queue and KV are equal: gpu 1·(0.1, 0.7, 0.5) decides.
+        let c = PickContext { now, ..ctx(1, 1) };
+        let f = RequestFeatures::default();
+        let mut r = routing(RoutingPolicy::Weighted);
+        assert_eq!(r.weights.gpu, 1.0, "the default weight");
+        assert_eq!(pick(&r, &s, &f, c, &[]), Some(1));
+        // Half of the prefix on replica 0 (3 · 0.5 = 1.5) outweighs its busy GPU (0.6 behind).
+        let half = prefix_on(&s, 0, 5, 10);
+        assert_eq!(pick(&r, &s, &half, c, &[]), Some(0));
+        // Weight 0: the GPU is ignored, the tie goes to the first with fewest in flight.
+        r.weights.gpu = 0.0;
+        assert_eq!(pick(&r, &s, &f, c, &[]), Some(0));
+        let _busy = s.replicas[0].start_request();
+        assert_eq!(pick(&r, &s, &f, c, &[]), Some(1));
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Session affinity: a consistent-hash ring (`pingora-ketama`) over a pool's replicas, built
 //! once per snapshot. A session key maps to the same replica while it is routable; when it is
-//! ejected or excluded the next replica on the ring takes the session, and adding or removing a
-//! replica moves only about 1/n of the sessions.
+//! ejected, excluded or saturated the next replica on the ring takes the session, and adding or
+//! removing a replica moves only about 1/n of the sessions.
 
 use std::collections::HashMap;
 use std::net::{Ipv6Addr, SocketAddr};

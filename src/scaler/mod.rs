@@ -59,8 +59,8 @@ pub fn spawn(
                 inflight: pool.inflight(),
                 queued: pool.queued(),
                 kv_cache_usage: pool.mean_kv_usage(now),
+                gpu_utilization: pool.mean_gpu_use(now),
                 queue_wait: pool.admission.take_max_wait().map(|d| d.as_secs_f64()),
-                ..Default::default()
             };
             let rec = policy.recommend(&obs);
             desired_gauge.set(i64::from(rec.desired));

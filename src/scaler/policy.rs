@@ -654,6 +654,74 @@ mod tests {
     }
 
     #[test]
+    fn gpu_use_over_its_target_scales_up() {
+        let mut c = config();
+        c.targets.gpu_utilization = Some(0.6);
+        let mut p = Infergate::new(c.clone());
+        // 2 replicas at 90 % GPU with 5 requests: concurrency needs 1, the GPUs 2 × 0.9 / 0.6 = 3.
+        let busy = Observation {
+            now: 0.0,
+            ready: 2,
+            inflight: 5,
+            gpu_utilization: Some(0.9),
+            ..Default::default()
+        };
+        let r = p.recommend(&busy);
+        assert_eq!(r.desired, 3, "{}", r.reason);
+        assert_eq!(
+            r.reason,
+            "scale up: gpu use needs 3.0 replicas at target 60%"
+        );
+        // Without a GPU target the same reading is ignored.
+        c.targets.gpu_utilization = None;
+        let r = Infergate::new(c).recommend(&busy);
+        assert_eq!(r.desired, 2, "{}", r.reason);
+    }
+
+    #[test]
+    fn a_missing_gpu_reading_is_not_an_idle_gpu() {
+        let mut c = config();
+        c.targets.gpu_utilization = Some(0.8);
+        let busy = Observation {
+            now: 0.0,
+            ready: 3,
+            inflight: 5,
+            gpu_utilization: Some(0.9),
+            ..Default::default()
+        };
+        // 3 × 0.9 / 0.8 = 3.375 replicas needed.
+        let mut missing = Infergate::new(c.clone());
+        assert_eq!(missing.recommend(&busy).desired, 4);
+        // The exporter goes quiet: the window keeps the readings it had, not a zero.
+        let r = missing.recommend(&Observation {
+            now: 1.0,
+            ready: 4,
+            inflight: 5,
+            gpu_utilization: None,
+            ..Default::default()
+        });
+        assert_eq!(r.desired, 4);
+        assert_eq!(
+            r.reason,
+            "hold at 4: gpu use needs 3.4 replicas at target 80%"
+        );
+        // A real zero reading does lower the need: (3.375 + 0) / 2.
+        let mut idle = Infergate::new(c);
+        idle.recommend(&busy);
+        let r = idle.recommend(&Observation {
+            now: 1.0,
+            ready: 4,
+            inflight: 5,
+            gpu_utilization: Some(0.0),
+            ..Default::default()
+        });
+        assert_eq!(
+            r.reason,
+            "hold at 4: gpu use needs 1.7 replicas at target 80%"
+        );
+    }
+
+    #[test]
     fn hpa_ratio_rule_tolerance_and_stabilisation() {
         let mut c = config();
         c.policy = ScalerPolicy::Hpa;

@@ -6,5 +6,6 @@ mod fleet;
 mod gateway;
 mod kube;
 mod scaler;
+mod signals;
 mod sim;
 mod support;
