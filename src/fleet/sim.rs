@@ -115,6 +115,31 @@ impl SimPool {
     }
 }
 
+/// What the gateway knows of a request between its arrival and its dispatch.
+#[derive(Clone)]
+struct Classified {
+    features: RequestFeatures,
+    /// The prompt's engine blocks (16 tokens), what the replica's prefix cache sees.
+    blocks: Vec<u64>,
+    /// The prompt's blocks as the gateway's prefix index cuts them (`prefix_block_chars`).
+    indexed: Vec<u64>,
+}
+
+/// The gateway's prefix blocks of a prompt from its engine blocks: `prefix_block_chars`
+/// bytes are `k` engine blocks of 16 tokens (64 bytes), and a chained hash names its whole
+/// prefix, so every k-th engine block's hash names the gateway block ending there.
+fn index_blocks(blocks: &[u64], block_chars: u32) -> Vec<u64> {
+    let bytes_per_block = (super::workload::BLOCK_TOKENS as usize) * crate::openai::BYTES_PER_TOKEN;
+    let k = (block_chars as usize / bytes_per_block).max(1);
+    blocks
+        .iter()
+        .skip(k - 1)
+        .step_by(k)
+        .take(router::prefix::MAX_BLOCKS)
+        .copied()
+        .collect()
+}
+
 /// A request between dispatch and its end.
 struct Running {
     pool: usize,
@@ -155,7 +180,7 @@ pub struct Fleet<'w> {
     pools: Vec<SimPool>,
     running: Vec<Option<Running>>,
     /// Per request: (queued at, features, block hashes) while it waits or runs.
-    features: Vec<Option<(RequestFeatures, Vec<u64>)>>,
+    features: Vec<Option<Classified>>,
     queued_at: Vec<f64>,
     rng: super::workload::Rng,
     rec: Recorder,
@@ -501,7 +526,7 @@ impl<'w> Fleet<'w> {
             .and_then(|name| classes.priority_classes.iter().position(|c| c == name))
             .unwrap_or(classes.default_priority);
         let blocks = request.block_hashes();
-        let indexed = &blocks[..blocks.len().min(router::prefix::MAX_BLOCKS)];
+        let indexed = index_blocks(&blocks, self.pools[p].config.routing.prefix_block_chars);
         let features = RequestFeatures {
             stream: true,
             prompt_tokens: request.prompt_tokens,
@@ -514,11 +539,15 @@ impl<'w> Fleet<'w> {
             prefix: self.pools[p]
                 .prefix
                 .as_ref()
-                .map(|index| index.lookup(indexed))
+                .map(|index| index.lookup(&indexed))
                 .unwrap_or_default(),
             adapter: None,
         };
-        self.features[i] = Some((features, blocks));
+        self.features[i] = Some(Classified {
+            features,
+            blocks,
+            indexed,
+        });
         self.admit(p, i, priority);
     }
 
@@ -612,7 +641,12 @@ impl<'w> Fleet<'w> {
 
     /// Picks a replica with the real router and hands the request to its engine.
     fn dispatch(&mut self, p: usize, i: usize) {
-        let Some((features, blocks)) = self.features[i].take() else {
+        let Some(Classified {
+            features,
+            blocks,
+            indexed,
+        }) = self.features[i].take()
+        else {
             return;
         };
         let now = self.instant(self.now);
@@ -641,10 +675,7 @@ impl<'w> Fleet<'w> {
         let guard = replica.start_request_with(router::own_prefill_tokens(&features, replica.id));
         pool.replicas[r].served += 1;
         if let Some(index) = &pool.prefix {
-            index.record(
-                &blocks[..blocks.len().min(router::prefix::MAX_BLOCKS)],
-                replica.id,
-            );
+            index.record(&indexed, replica.id);
         }
         let request = &self.workload[i];
         pool.replicas[r].engine.submit(

@@ -8,6 +8,7 @@ use std::time::Instant;
 use crate::config::{Routing, RoutingPolicy};
 use crate::load::Replica;
 
+mod block_table;
 pub mod prefix;
 mod session;
 

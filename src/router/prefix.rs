@@ -1,5 +1,5 @@
-//! Prefix-cache affinity: which replica last served each prompt block, in a bounded cache
-//! (TinyUFO, which keeps the blocks many requests share and lets one-off blocks go), so that a
+//! Prefix-cache affinity: which replica last served each prompt block, in a bounded table
+//! ([`super::block_table`]: least recently used blocks go first), so that a
 //! request whose prompt starts like earlier ones can go where that prefix is likely still in
 //! the KV cache. Blocks are fixed-size byte runs of the prompt's JSON, hashed in a chain (equal
 //! hash = equal prefix). Memory is bounded by `routing.prefix_cache_entries` for the pool.
@@ -18,19 +18,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use arc_swap::ArcSwap;
-use tinyufo::TinyUfo;
+
+use super::block_table::{BlockTable, Owner};
 
 /// The most blocks of one prompt indexed (the first ones: where shared prefixes are).
 pub const MAX_BLOCKS: usize = 512;
-
-/// Who holds a block: the replica, which registration of it, and its position in the order of
-/// blocks the replica was sent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Owner {
-    replica: u64,
-    generation: u64,
-    seq: u64,
-}
 
 /// A registered replica's window over the blocks sent to it.
 #[derive(Debug)]
@@ -54,7 +46,7 @@ impl Slot {
 }
 
 pub struct PrefixIndex {
-    owners: TinyUfo<u64, Owner>,
+    owners: BlockTable,
     /// Registered replicas by id; replaced whole when the replica set changes (rare), read
     /// without locks.
     slots: ArcSwap<HashMap<u64, Arc<Slot>>>,
@@ -117,7 +109,7 @@ pub fn budgets(
 impl PrefixIndex {
     pub fn new(entries: usize) -> Self {
         Self {
-            owners: TinyUfo::new(entries.max(16), entries.max(16)),
+            owners: BlockTable::new(entries.max(16)),
             slots: ArcSwap::from_pointee(HashMap::new()),
             generations: AtomicU64::new(0),
             entries: entries.max(16),
@@ -163,7 +155,9 @@ impl PrefixIndex {
                         slot.clone()
                     }
                     None => Arc::new(Slot {
-                        generation: self.generations.fetch_add(1, Ordering::Relaxed),
+                        // Kept in 24 bits by the table; a wrap after 16M registrations could
+                        // at worst revive a long-gone replica's entries as a hint.
+                        generation: self.generations.fetch_add(1, Ordering::Relaxed) & 0xFF_FFFF,
                         placed: AtomicU64::new(0),
                         budget: AtomicU64::new(*budget),
                     }),
@@ -179,11 +173,12 @@ impl PrefixIndex {
     /// removed as they are met.
     pub fn lookup(&self, blocks: &[u64]) -> PrefixMatch {
         let slots = self.slots.load();
+        let tick = self.owners.touch();
         let mut replicas: Vec<(u64, u32)> = Vec::new();
         // Consecutive blocks mostly have one owner: remember the last slot looked up.
         let mut last: Option<(u64, Option<&Arc<Slot>>)> = None;
         for hash in blocks {
-            let Some(owner) = self.owners.get(hash) else {
+            let Some(owner) = self.owners.get(*hash, tick) else {
                 break;
             };
             let slot = match last {
@@ -194,7 +189,7 @@ impl PrefixIndex {
             if !slot.is_some_and(|slot| slot.holds(&owner)) {
                 // Evicted from the replica's cache by now, or the replica left the pool: the
                 // entry will never match again.
-                self.owners.remove(hash);
+                self.owners.remove(*hash);
                 break;
             }
             match replicas.iter_mut().find(|(r, _)| *r == owner.replica) {
@@ -219,8 +214,9 @@ impl PrefixIndex {
             return;
         };
         let half = slot.budget.load(Ordering::Relaxed) / 2;
+        let tick = self.owners.touch();
         for hash in blocks {
-            let recent = self.owners.get(hash).is_some_and(|o| {
+            let recent = self.owners.get(*hash, tick).is_some_and(|o| {
                 o.replica == replica
                     && o.generation == slot.generation
                     && slot.placed.load(Ordering::Relaxed).saturating_sub(o.seq) < half
@@ -233,7 +229,7 @@ impl PrefixIndex {
                 generation: slot.generation,
                 seq: slot.placed.fetch_add(1, Ordering::Relaxed) + 1,
             };
-            self.owners.put(*hash, owner, 1);
+            self.owners.put(*hash, owner, tick);
         }
     }
 }
