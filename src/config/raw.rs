@@ -396,9 +396,11 @@ pub struct RawRouting {
     /// until the replica's own speed is learned from observed time to first token.
     pub prefill_tokens_per_second: f64,
     /// `predicted-ttft`: candidates whose predicted time to first token is within this fraction
-    /// of the best one count as tied, and the least busy GPU among them wins (pools with
-    /// `metrics.gpu`; 0 = exact ties only).
-    pub gpu_tie_margin: f64,
+    /// of the best one count as tied: the least busy GPU among them wins (pools with
+    /// `metrics.gpu`), else the one with fewest requests in flight — predictions are rough, and
+    /// requests already decoding slow every step of a replica without showing in its prefill
+    /// queue (0 = exact ties only).
+    pub tie_margin: f64,
     /// Names among the pool's `models` that are LoRA adapters. `predicted-ttft` adds
     /// `lora_load_time` to replicas that do not have the requested adapter loaded (as their
     /// scraped running and waiting adapters show, or as this gateway sent it there lately).
@@ -444,7 +446,7 @@ impl Default for RawRouting {
             imbalance_requests: 64,
             imbalance_ratio: 1.5,
             prefill_tokens_per_second: 20_000.0,
-            gpu_tie_margin: 0.1,
+            tie_margin: 0.1,
             lora_adapters: Vec::new(),
             lora_load_time: "50ms".into(),
             weights: RawWeights::default(),

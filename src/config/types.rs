@@ -138,7 +138,7 @@ pub struct Routing {
     pub prefill_tokens_per_second: f64,
     /// `predicted-ttft`: predictions within this fraction of the best are tied; the least busy
     /// GPU wins.
-    pub gpu_tie_margin: f64,
+    pub tie_margin: f64,
     /// Served names that are LoRA adapters.
     pub lora_adapters: Vec<String>,
     pub lora_load_time: Duration,

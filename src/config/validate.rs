@@ -498,7 +498,7 @@ fn routing(c: &mut Checker, p: &str, raw: &RawRouting) -> Routing {
                 gpu: w.gpu,
             }
         },
-        gpu_tie_margin: c.fraction(format!("{p}.gpu_tie_margin"), raw.gpu_tie_margin),
+        tie_margin: c.fraction(format!("{p}.tie_margin"), raw.tie_margin),
         lora_adapters: raw.lora_adapters.clone(),
         lora_load_time: c.duration(format!("{p}.lora_load_time"), &raw.lora_load_time),
     }

@@ -96,8 +96,12 @@ pub struct Replica {
     pending_prefill: AtomicU64,
     /// This gateway's requests to the replica that have no first byte yet.
     pending_requests: AtomicU64,
-    /// Learned prefill speed: seconds per prompt token (f64 bits; 0 = not learned yet).
-    secs_per_token: AtomicU64,
+    /// Learned prefill speed, as two averages (f64 bits; 0 = not learned yet): time to first
+    /// byte, and the prefill work (tokens) it covered. Their ratio is seconds per token — a
+    /// ratio of means, so short prompts (whose first byte is mostly the step's fixed cost) do
+    /// not make a replica look slow the way a mean of ratios would.
+    first_byte_secs: AtomicU64,
+    first_byte_work: AtomicU64,
     /// Mean prompt tokens of requests sent here (f64 bits), to turn a scraped waiting count
     /// into tokens.
     mean_prompt_tokens: AtomicU64,
@@ -141,7 +145,8 @@ impl Replica {
             scrape_failures: AtomicU32::new(0),
             pending_prefill: AtomicU64::new(0),
             pending_requests: AtomicU64::new(0),
-            secs_per_token: AtomicU64::new(0),
+            first_byte_secs: AtomicU64::new(0),
+            first_byte_work: AtomicU64::new(0),
             mean_prompt_tokens: AtomicU64::new(0),
             gpu_use: AtomicU64::new(0),
             gpu_at_ms: AtomicU64::new(0),
@@ -211,10 +216,9 @@ impl Replica {
 
     /// Learned seconds per prompt token of prefill, once a first byte was seen.
     pub fn secs_per_token(&self) -> Option<f64> {
-        match self.secs_per_token.load(Ordering::Relaxed) {
-            0 => None,
-            bits => Some(f64::from_bits(bits)),
-        }
+        let work = f64::from_bits(self.first_byte_work.load(Ordering::Relaxed));
+        let secs = f64::from_bits(self.first_byte_secs.load(Ordering::Relaxed));
+        (work > 0.0).then(|| secs / work)
     }
 
     /// Mean prompt tokens of the requests sent here (0 before the first).
@@ -420,7 +424,8 @@ impl InflightGuard {
         self.replica.prefill_ended(self.prefill_tokens);
         let work = (self.ahead_at_dispatch + self.prefill_tokens) as f64;
         if work > 0.0 {
-            ewma_f64(&self.replica.secs_per_token, latency.as_secs_f64() / work);
+            ewma_f64(&self.replica.first_byte_secs, latency.as_secs_f64());
+            ewma_f64(&self.replica.first_byte_work, work);
         }
     }
 }

@@ -301,13 +301,11 @@ fn predicted_ttft(
         }
     }
     let (fastest, _, first) = best?;
-    if !any_gpu {
-        return Some(first);
-    }
-    // Near-ties (within `gpu_tie_margin` of the fastest): the least busy GPU wins — an unknown
-    // one after every known one — then the faster prediction, then fewer in flight. Predictions
-    // are rough; a busy GPU is a real cost they do not see (other tenants, long decodes).
-    let limit = fastest * (1.0 + routing.gpu_tie_margin);
+    // Near-ties (within `tie_margin` of the fastest): with GPU readings the least busy GPU wins
+    // — an unknown one after every known one — then the faster prediction, then fewer in
+    // flight; without, fewer in flight, then the faster prediction. Predictions are rough; a
+    // busy GPU and a large decoding batch are real costs they do not see.
+    let limit = fastest * (1.0 + routing.tie_margin);
     let rest = snapshot
         .candidates(features, ctx.random)
         .filter(&eligible)
@@ -317,14 +315,21 @@ fn predicted_ttft(
             let gpu = r.gpu_use(ctx.now, ctx.gpu_stale_after);
             (predict(r), gpu.unwrap_or(f64::INFINITY), r.inflight(), i)
         });
+    let key = |t: &(f64, f64, u64, usize)| {
+        if any_gpu {
+            (t.1, t.0, t.2 as f64)
+        } else {
+            (t.2 as f64, t.0, 0.0)
+        }
+    };
     scored[..kept]
         .iter()
         .copied()
         .chain(rest)
         .filter(|(predicted, ..)| *predicted <= limit)
         .min_by(|a, b| {
-            (a.1, a.0, a.2)
-                .partial_cmp(&(b.1, b.0, b.2))
+            key(a)
+                .partial_cmp(&key(b))
                 .unwrap_or(std::cmp::Ordering::Equal)
         })
         .map(|t| t.3)
@@ -586,8 +591,10 @@ mod tests {
             ..Default::default()
         };
         let (order, _held) = pick_holding(RoutingPolicy::PredictedTtft, &s, &f, Instant::now(), 60);
-        // Equilibrium 1 ms × (a + 1) × 100 = 2 ms × (b + 1) × 100 with a + b = 60: a ≈ 40, b ≈ 20.
-        assert_eq!(counts(&order, 2), [40, 20], "{order:?}");
+        // Equilibrium 1 ms × (a + 1) × 100 = 2 ms × (b + 1) × 100 with a + b = 60: a ≈ 40, b ≈ 20;
+        // once, the two are within the 10 % tie margin and the one with fewer in flight (the
+        // slow one) takes it.
+        assert_eq!(counts(&order, 2), [39, 21], "{order:?}");
     }
 
     #[test]
@@ -1065,7 +1072,7 @@ mod tests {
             ..Default::default()
         };
         let r = routing(RoutingPolicy::PredictedTtft);
-        assert_eq!(r.gpu_tie_margin, 0.1, "the default margin");
+        assert_eq!(r.tie_margin, 0.1, "the default margin");
         let c = PickContext { now, ..ctx(1, 1) };
         assert_eq!(
             pick(&r, &s, &f, c, &[]),
@@ -1087,7 +1094,7 @@ mod tests {
         assert_eq!(pick(&r, &s, &f, later, &[]), Some(0));
         // Margin 0: only exact ties; 100 (replica 0) and 100 (replica 2) tie, replica 0's GPU is known.
         let exact = Routing {
-            gpu_tie_margin: 0.0,
+            tie_margin: 0.0,
             ..r.clone()
         };
         assert_eq!(pick(&exact, &s, &f, c, &[]), Some(0));
@@ -1166,11 +1173,12 @@ mod tests {
         };
         assert_eq!(pick(&r, &s, &f, c, &[]), Some(1));
         // Loading costs 50 ms, a token of prefill 50 µs: replica 1 keeps the adapter's requests
-        // while it has less than 1000 tokens more queued than replica 0 (less the 10 % margin
-        // that breaks ties by GPU, unused here: no GPU readings).
-        let _ahead = s.replicas[1].start_request_with(990);
+        // while it is faster by more than the 10 % tie margin: 850 tokens ahead, 47.5 ms
+        // against 55 ms. At 950 ahead (52.5 ms) the two are tied, and the one with fewer in
+        // flight, replica 0, takes it.
+        let _ahead = s.replicas[1].start_request_with(850);
         assert_eq!(pick(&r, &s, &f, c, &[]), Some(1));
-        let _more = s.replicas[1].start_request_with(20);
+        let _more = s.replicas[1].start_request_with(100);
         assert_eq!(pick(&r, &s, &f, c, &[]), Some(0));
         // The base model (no adapter) ignores adapters: replica 0 has less queued.
         let base = RequestFeatures {
