@@ -6,10 +6,11 @@
 #   a) the Mooncake conversation trace   b) the Azure conversation trace
 #   c) the shared-prefix generator       d) a heterogeneous fleet (a quarter at half speed),
 #                                           Azure conversation trace
-# Capacity: each workload is offered at 4x an estimate with least-request routing; the
-# completed requests per second of virtual time (a queue that never empties) is the fleet's
-# capacity for that workload's request mix. Loads are then set by time-scaling the trace (or
-# the generator's rate) to 50/80/95 % of it.
+# Capacity: each workload is offered at rising rates (doubling from 2 requests/s) with
+# least-request routing until the fleet falls behind (it completes less than 90 % of the
+# offered rate); the completed requests per second of virtual time at that overload is the
+# fleet's capacity for the workload's request mix. Loads are then set by time-scaling the trace
+# (or the generator's rate) to 50/80/95 % of it.
 #
 # Usage: benches/fleet_routing.sh [OUT_DIR]   (needs ../shared/traces; ~10-20 min on 2 cores)
 set -euo pipefail
@@ -27,24 +28,37 @@ WINDOW=${WINDOW:-900s}   # virtual time kept of each (scaled) workload
 workloads=(
   "mooncake|--trace $TRACES/mooncake_conversation.jsonl|3.40|"
   "azure-conv|--trace $TRACES/azure_llm_conv.csv|5.53|"
-  "shared-prefix|--generator shared-prefix --groups 16 --prompts-per-group 64 --system-prompt-tokens 3072 --prompt-tokens 512 --output-tokens 256 --duration 60m|GEN|"
+  "shared-prefix|--generator shared-prefix --groups 16 --prompts-per-group 64 --system-prompt-tokens 3072 --prompt-tokens 512 --output-tokens 256|GEN|"
   "heterogeneous|--trace $TRACES/azure_llm_conv.csv|5.53|--slow-fraction 0.25 --slow-factor 2"
 )
 
-capacity() { # name source rate extra -> prints requests/s
-  local source=$2 rate=$3 extra=$4 flags
-  if [ "$rate" = GEN ]; then
-    flags="$source --rate 60 --duration 300s"
+offered_flags() { # source rate-at-scale-1 target-rate window -> flags offering target-rate
+  if [ "$2" = GEN ]; then
+    echo "$1 --rate $3 --duration $4"
   else
-    flags="$source --time-scale $(python3 -c "print($rate / 60)") --window 300s"
+    echo "$1 --time-scale $(python3 -c "print($2 / $3)") --window $4"
   fi
-  # shellcheck disable=SC2086
-  $BIN simulate $FLEET $extra $flags --routing least-request --quiet --tail 30m --out "$OUT/$1-capacity" >/dev/null
-  python3 - "$OUT/$1-capacity/report.json" <<'PY'
+}
+
+capacity() { # name source rate extra -> prints requests/s
+  local offered=2 flags result
+  while :; do
+    flags=$(offered_flags "$2" "$3" "$offered" 300s)
+    # shellcheck disable=SC2086
+    $BIN simulate $FLEET $4 $flags --routing least-request --quiet --tail 30m --out "$OUT/$1-capacity" >/dev/null
+    result=$(python3 - "$OUT/$1-capacity/report.json" "$offered" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))["runs"][0]
-print(f'{r["completed"] / r["duration"]:.3f}')
+served = r["completed"] / r["duration"]
+print(f"{served:.3f} {'behind' if served < 0.9 * float(sys.argv[2]) else 'keeps-up'}")
 PY
+)
+    if [ "${result#* }" = behind ] || [ "$offered" -ge 1024 ]; then
+      echo "${result% *}"
+      return
+    fi
+    offered=$((offered * 2))
+  done
 }
 
 for w in "${workloads[@]}"; do
@@ -53,11 +67,7 @@ for w in "${workloads[@]}"; do
   echo "== $name: capacity $cap requests/s on 8 replicas"
   for load in 50 80 95; do
     target=$(python3 -c "print($cap * $load / 100)")
-    if [ "$rate" = GEN ]; then
-      flags="$source --rate $target --window $WINDOW"
-    else
-      flags="$source --time-scale $(python3 -c "print($rate / $target)") --window $WINDOW"
-    fi
+    flags=$(offered_flags "$source" "$rate" "$target" "$WINDOW")
     echo "-- $name at $load % ($target requests/s)"
     # shellcheck disable=SC2086
     $BIN simulate $FLEET $extra $flags --routing $POLICIES --quiet --out "$OUT/$name-$load"
