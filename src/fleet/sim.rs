@@ -750,6 +750,10 @@ impl<'w> Fleet<'w> {
                         }
                     } else if let Some(gap) = gap {
                         self.rec.itl.record(*gap);
+                        // The proxy times the gaps between a stream's chunks.
+                        if let Some(guard) = running.guard.as_ref() {
+                            guard.chunk_gap(Duration::from_secs_f64(*gap));
+                        }
                     }
                 }
                 Event::Finished(f) => {

@@ -155,7 +155,10 @@ impl Body for GatewayBody {
                                         .stream_ttft
                                         .observe((now - body.received).as_secs_f64()),
                                     Some(last) => {
-                                        metrics.inter_chunk.observe((now - last).as_secs_f64())
+                                        metrics.inter_chunk.observe((now - last).as_secs_f64());
+                                        if let Some(guard) = &body.guard {
+                                            guard.chunk_gap(now - last);
+                                        }
                                     }
                                 }
                             }

@@ -102,6 +102,10 @@ pub struct Replica {
     /// not make a replica look slow the way a mean of ratios would.
     first_byte_secs: AtomicU64,
     first_byte_work: AtomicU64,
+    /// Time between a stream's chunks (f64 bits EWMA; 0 = none seen): the replica's current
+    /// engine step, which every running sequence makes longer — the wait a new request has
+    /// before its own prefill step ends, beyond its prefill work.
+    step_secs: AtomicU64,
     /// Mean prompt tokens of requests sent here (f64 bits), to turn a scraped waiting count
     /// into tokens.
     mean_prompt_tokens: AtomicU64,
@@ -147,6 +151,7 @@ impl Replica {
             pending_requests: AtomicU64::new(0),
             first_byte_secs: AtomicU64::new(0),
             first_byte_work: AtomicU64::new(0),
+            step_secs: AtomicU64::new(0),
             mean_prompt_tokens: AtomicU64::new(0),
             gpu_use: AtomicU64::new(0),
             gpu_at_ms: AtomicU64::new(0),
@@ -218,7 +223,15 @@ impl Replica {
     pub fn secs_per_token(&self) -> Option<f64> {
         let work = f64::from_bits(self.first_byte_work.load(Ordering::Relaxed));
         let secs = f64::from_bits(self.first_byte_secs.load(Ordering::Relaxed));
-        (work > 0.0).then(|| secs / work)
+        (work > 0.0 && secs > 0.0).then(|| secs / work)
+    }
+
+    /// The replica's recent engine step time, from the gaps between streamed chunks.
+    pub fn step_secs(&self) -> Option<f64> {
+        match f64::from_bits(self.step_secs.load(Ordering::Relaxed)) {
+            s if s > 0.0 => Some(s),
+            _ => None,
+        }
     }
 
     /// Mean prompt tokens of the requests sent here (0 before the first).
@@ -229,6 +242,7 @@ impl Replica {
     /// Counts a request with `prefill_tokens` of prompt to compute as in flight (and its
     /// prefill as pending until its first byte) until the guard is dropped.
     pub fn start_request_with(self: &Arc<Self>, prefill_tokens: u64) -> InflightGuard {
+        let step_at_dispatch = self.expected_step();
         self.inflight.inc();
         self.pending_requests.fetch_add(1, Ordering::Relaxed);
         let ahead = self
@@ -239,7 +253,18 @@ impl Replica {
             replica: self.clone(),
             prefill_tokens,
             ahead_at_dispatch: ahead,
+            step_at_dispatch,
             prefill_done: false,
+        }
+    }
+
+    /// The engine step a request sent now waits out before its own prefill step ends: the
+    /// step time seen on the replica's streams, none when nothing of ours runs there (an idle
+    /// engine starts the next step at once).
+    pub fn expected_step(&self) -> f64 {
+        match self.inflight() {
+            0 => 0.0,
+            _ => self.step_secs().unwrap_or(0.0),
         }
     }
 
@@ -394,8 +419,14 @@ pub struct InflightGuard {
     prefill_tokens: u64,
     /// Prefill tokens already pending on the replica when this request was sent.
     ahead_at_dispatch: u64,
+    /// [`Replica::expected_step`] when the request was sent.
+    step_at_dispatch: f64,
     prefill_done: bool,
 }
+
+/// Prefill work (tokens) below which a first byte teaches nothing about prefill speed: it is
+/// mostly the engine step's fixed cost.
+const MIN_WORK_TO_LEARN: f64 = 128.0;
 
 /// Folds a sample into an f64 EWMA held as bits (weight 0.2; the first sample is taken as is).
 fn ewma_f64(cell: &AtomicU64, sample: f64) {
@@ -422,11 +453,22 @@ impl InflightGuard {
         }
         self.prefill_done = true;
         self.replica.prefill_ended(self.prefill_tokens);
+        // The prefill speed is what the first byte took beyond the step it had to wait out,
+        // per token of prefill work: a fully cached prompt (1 token of work, a whole step of
+        // waiting) says nothing about prefill speed and must not make the replica look slow.
         let work = (self.ahead_at_dispatch + self.prefill_tokens) as f64;
-        if work > 0.0 {
-            ewma_f64(&self.replica.first_byte_secs, latency.as_secs_f64());
+        if work >= MIN_WORK_TO_LEARN {
+            let prefill_secs = (latency.as_secs_f64() - self.step_at_dispatch).max(0.0);
+            ewma_f64(&self.replica.first_byte_secs, prefill_secs);
             ewma_f64(&self.replica.first_byte_work, work);
         }
+    }
+}
+
+impl InflightGuard {
+    /// A streamed answer's next chunk came `gap` after the previous one: one engine step.
+    pub fn chunk_gap(&self, gap: std::time::Duration) {
+        ewma_f64(&self.replica.step_secs, gap.as_secs_f64());
     }
 }
 
@@ -452,6 +494,33 @@ mod tests {
             gauge,
             Instant::now(),
         ))
+    }
+
+    #[test]
+    fn prefill_speed_ignores_tiny_prefills_and_the_step_waited_out() {
+        let r = replica();
+        let close = |v: Option<f64>, want: f64| v.is_some_and(|v| (v - want).abs() < 1e-12);
+        r.start_request_with(1000)
+            .first_byte(Duration::from_millis(50));
+        assert!(close(r.secs_per_token(), 50e-6), "{:?}", r.secs_per_token());
+        // A fully cached prompt (1 token of work) that took a whole 30 ms step: nothing learned.
+        r.start_request_with(1)
+            .first_byte(Duration::from_millis(30));
+        assert!(close(r.secs_per_token(), 50e-6), "{:?}", r.secs_per_token());
+        // A stream runs there with 40 ms steps: a new request waits one out before its own
+        // prefill, so 90 ms for 1000 tokens is still 50 µs a token.
+        let stream = r.start_request_with(0);
+        stream.chunk_gap(Duration::from_millis(40));
+        assert_eq!(r.expected_step(), 0.04);
+        r.start_request_with(1000)
+            .first_byte(Duration::from_millis(90));
+        assert!(close(r.secs_per_token(), 50e-6), "{:?}", r.secs_per_token());
+        drop(stream);
+        assert_eq!(
+            r.expected_step(),
+            0.0,
+            "nothing of ours runs: no step to wait out"
+        );
     }
 
     #[test]

@@ -1,6 +1,7 @@
-//! The prefix index's storage: a bounded map from block hash to owner, set-associative (each
-//! hash may live in one of 8 places of its set; a full set replaces its least recently used
-//! entry). Lock-free — every field is an atomic, a reader re-checks the key after reading the
+//! The prefix index's storage: a bounded map from (block hash, replica) to that replica's hold
+//! on the block, set-associative: a hash's entries — one per replica holding it — live in the
+//! 8 places of its set, and a full set replaces its least recently used entry. So the index
+//! knows every replica that recently received a shared prefix, not only the last one. Lock-free — every field is an atomic, a reader re-checks the key after reading the
 //! value, so a concurrent overwrite reads as a miss — and deterministic: the same calls give the
 //! same contents, so the fleet simulation reproduces a run exactly (TinyUFO, used before,
 //! seeds its frequency sketch at random per process).
@@ -13,7 +14,7 @@ const ZERO_KEY: u64 = 0x9E37_79B9_7F4A_7C15;
 
 /// Who holds a block: the replica, which registration of it, and its position in the order of
 /// blocks the replica was sent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Owner {
     pub replica: u64,
     /// Below 2^24.
@@ -68,20 +69,13 @@ impl BlockTable {
         &self.entries[index * WAYS..(index + 1) * WAYS]
     }
 
-    /// The owner of `hash`, marking it used at `tick`.
-    pub fn get(&self, hash: u64, tick: u64) -> Option<Owner> {
-        let key = key_of(hash);
-        let entry = self
-            .set(key)
-            .iter()
-            .find(|e| e.key.load(Ordering::Acquire) == key)?;
+    fn read(entry: &Entry, key: u64) -> Option<Owner> {
         let replica = entry.replica.load(Ordering::Acquire);
         let meta = entry.meta.load(Ordering::Acquire);
         // Overwritten while we read: a miss.
         if entry.key.load(Ordering::Acquire) != key {
             return None;
         }
-        entry.touched.store(tick, Ordering::Relaxed);
         Some(Owner {
             replica,
             generation: meta >> SEQ_BITS,
@@ -89,20 +83,51 @@ impl BlockTable {
         })
     }
 
-    /// Sets the owner of `hash`, replacing the set's least recently used entry if needed.
+    /// Every replica's hold on `hash` (at most 8), marking them used at `tick`.
+    pub fn holders(&self, hash: u64, tick: u64) -> Holders {
+        let key = key_of(hash);
+        let mut found = Holders::default();
+        for entry in self.set(key) {
+            if entry.key.load(Ordering::Acquire) != key {
+                continue;
+            }
+            if let Some(owner) = Self::read(entry, key) {
+                entry.touched.store(tick, Ordering::Relaxed);
+                found.owners[found.len] = owner;
+                found.len += 1;
+            }
+        }
+        found
+    }
+
+    fn entry_of(&self, key: u64, replica: u64) -> Option<&Entry> {
+        self.set(key).iter().find(|e| {
+            e.key.load(Ordering::Acquire) == key && e.replica.load(Ordering::Acquire) == replica
+        })
+    }
+
+    /// `replica`'s hold on `hash`.
+    pub fn get(&self, hash: u64, replica: u64) -> Option<Owner> {
+        let key = key_of(hash);
+        Self::read(self.entry_of(key, replica)?, key).filter(|o| o.replica == replica)
+    }
+
+    /// Sets `owner.replica`'s hold on `hash`, replacing the set's least recently used entry if
+    /// it is new and the set is full.
     pub fn put(&self, hash: u64, owner: Owner, tick: u64) {
         let key = key_of(hash);
         let set = self.set(key);
-        let entry = set
-            .iter()
-            .find(|e| e.key.load(Ordering::Acquire) == key)
+        let entry = self
+            .entry_of(key, owner.replica)
             .or_else(|| set.iter().find(|e| e.key.load(Ordering::Relaxed) == 0))
             .unwrap_or_else(|| {
                 set.iter()
                     .min_by_key(|e| e.touched.load(Ordering::Relaxed))
                     .expect("a set has ways")
             });
-        // Readers that see the old key with the new value re-check the key and miss.
+        // Readers that see the old key with the new value re-check the key and miss. Two
+        // writers racing for one place may mix their fields: the index is a hint, and such an
+        // entry at worst points one block at the wrong replica until it is replaced.
         entry.key.store(0, Ordering::Release);
         entry.replica.store(owner.replica, Ordering::Release);
         entry.meta.store(
@@ -113,18 +138,27 @@ impl BlockTable {
         entry.key.store(key, Ordering::Release);
     }
 
-    /// Forgets `hash`.
-    pub fn remove(&self, hash: u64) {
+    /// Forgets `replica`'s hold on `hash`.
+    pub fn remove(&self, hash: u64, replica: u64) {
         let key = key_of(hash);
-        if let Some(entry) = self
-            .set(key)
-            .iter()
-            .find(|e| e.key.load(Ordering::Acquire) == key)
-        {
+        if let Some(entry) = self.entry_of(key, replica) {
             let _ = entry
                 .key
                 .compare_exchange(key, 0, Ordering::AcqRel, Ordering::Relaxed);
         }
+    }
+}
+
+/// The holders of one block, without allocating.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Holders {
+    owners: [Owner; WAYS],
+    len: usize,
+}
+
+impl Holders {
+    pub fn iter(&self) -> impl Iterator<Item = &Owner> {
+        self.owners[..self.len].iter()
     }
 }
 
@@ -144,23 +178,31 @@ mod tests {
     fn put_get_remove() {
         let t = BlockTable::new(64);
         let tick = t.touch();
-        assert_eq!(t.get(5, tick), None);
+        assert_eq!(t.get(5, 1), None);
         t.put(5, owner(1, 10), tick);
         t.put(0, owner(2, 11), tick);
-        assert_eq!(t.get(5, tick), Some(owner(1, 10)));
+        assert_eq!(t.get(5, 1), Some(owner(1, 10)));
         assert_eq!(
-            t.get(0, tick),
+            t.get(0, 2),
             Some(owner(2, 11)),
             "hash 0 is a key like any other"
         );
-        t.put(5, owner(7, 12), tick);
+        t.put(5, owner(1, 12), tick);
         assert_eq!(
-            t.get(5, tick),
-            Some(owner(7, 12)),
-            "a put replaces the owner"
+            t.get(5, 1),
+            Some(owner(1, 12)),
+            "a put replaces the replica's hold"
         );
-        t.remove(5);
-        assert_eq!(t.get(5, tick), None);
+        t.put(5, owner(7, 13), tick);
+        let holders: Vec<Owner> = t.holders(5, tick).iter().copied().collect();
+        assert_eq!(
+            holders,
+            vec![owner(1, 12), owner(7, 13)],
+            "each replica has its own"
+        );
+        t.remove(5, 1);
+        assert_eq!(t.get(5, 1), None);
+        assert_eq!(t.get(5, 7), Some(owner(7, 13)));
     }
 
     #[test]
@@ -172,12 +214,12 @@ mod tests {
         }
         // Hash 1 is used again later; a ninth block replaces one of the others.
         let later = t.touch();
-        assert!(t.get(1, later).is_some());
+        assert_eq!(t.holders(1, later).iter().count(), 1);
         t.put(100, owner(100, 100), later);
-        let present = (1..=8u64).filter(|h| t.get(*h, later).is_some()).count();
+        let present = (1..=8u64).filter(|h| t.get(*h, *h).is_some()).count();
         assert_eq!(present, 7, "exactly one entry made room");
-        assert!(t.get(1, later).is_some(), "the recently used entry stayed");
-        assert!(t.get(100, later).is_some());
+        assert!(t.get(1, 1).is_some(), "the recently used entry stayed");
+        assert!(t.get(100, 100).is_some());
     }
 
     #[test]
@@ -188,13 +230,14 @@ mod tests {
                 let tick = t.touch();
                 for b in 0..8 {
                     let h = (request % 97) * 1_000 + b;
-                    if t.get(h, tick).is_none() {
+                    if t.get(h, request % 5).is_none() {
                         t.put(h, owner(request % 5, request), tick);
                     }
                 }
             }
             (0..100_000u64)
-                .filter_map(|h| t.get(h, 0).map(|o| (h, o)))
+                .flat_map(|h| (0..5).map(move |r| (h, r)))
+                .filter_map(|(h, r)| t.get(h, r).map(|o| (h, o)))
                 .collect::<Vec<_>>()
         };
         let a = run();

@@ -219,9 +219,10 @@ fn session_affinity(
         .or_else(|| snapshot.sessions.pick(session, &eligible))
 }
 
-/// Least predicted time to first token: the prefill work ahead of this request on the replica
-/// plus its own prompt tokens not covered by the replica's cached prefix, times the replica's
-/// prefill speed, raised as its KV cache nears full (preemption risk). The work ahead is this
+/// Least predicted time to first token: the replica's current engine step (decoding batches
+/// make every step longer), plus the prefill work ahead of this request on the replica and its
+/// own prompt tokens not covered by the replica's cached prefix, times the replica's prefill
+/// speed, raised as its KV cache nears full (preemption risk). The work ahead is this
 /// gateway's exact pending prefill on the replica, or its scraped waiting queue (corrected by
 /// what was sent since) in tokens when that is larger — stale stats are not used. The speed is
 /// learned per replica from observed time to first token (the pool's mean, then
@@ -237,14 +238,24 @@ fn predicted_ttft(
     ctx: PickContext,
     eligible: impl Fn(&usize) -> bool,
 ) -> Option<usize> {
-    let (sum, known) = snapshot
+    // The pool's typical speed: the median of the candidates' learned ones (one replica's odd
+    // estimate does not move it), or the configured prior before any is learned.
+    let mut known = [0.0f64; KEEP];
+    let mut n = 0;
+    for speed in snapshot
         .candidates(features, ctx.random)
         .filter_map(|i| snapshot.replicas[i].secs_per_token())
-        .fold((0.0, 0u32), |(s, n), v| (s + v, n + 1));
-    let default_speed = if known == 0 {
+        .take(KEEP)
+    {
+        known[n] = speed;
+        n += 1;
+    }
+    let default_speed = if n == 0 {
         1.0 / routing.prefill_tokens_per_second
     } else {
-        sum / f64::from(known)
+        let known = &mut known[..n];
+        known.sort_by(f64::total_cmp);
+        known[n / 2]
     };
     let prompt = f64::from(features.prompt_tokens.max(1));
     let lora_load = routing.lora_load_time.as_secs_f64();
@@ -274,7 +285,10 @@ fn predicted_ttft(
             Some(adapter) if !r.holds_adapter(adapter, ctx.now, ctx.stale_after) => lora_load,
             _ => 0.0,
         };
-        speed * (ahead + own as f64) * kv_factor + load
+        // Its prefill step ends one engine step after the one running now at the earliest,
+        // and every decoding sequence makes that step longer: the step time observed on the
+        // replica's streams (none for an idle replica, whose next step starts at once).
+        (r.expected_step() + speed * (ahead + own as f64)) * kv_factor + load
     };
     // Each candidate's numbers, kept for the near-tie pass (a large pool's candidates beyond
     // these are computed again there).
@@ -579,13 +593,13 @@ mod tests {
     #[test]
     fn predicted_ttft_gives_a_slow_replica_proportionally_less() {
         let s = snapshot(2);
-        // One 100-token prompt each: replica 0 took 100 ms (1 ms a token), replica 1 200 ms.
+        // One 1000-token prompt each: replica 0 took 1 s (1 ms a token), replica 1 2 s.
         s.replicas[0]
-            .start_request_with(100)
-            .first_byte(std::time::Duration::from_millis(100));
+            .start_request_with(1000)
+            .first_byte(std::time::Duration::from_millis(1000));
         s.replicas[1]
-            .start_request_with(100)
-            .first_byte(std::time::Duration::from_millis(200));
+            .start_request_with(1000)
+            .first_byte(std::time::Duration::from_millis(2000));
         let f = RequestFeatures {
             prompt_tokens: 100,
             ..Default::default()

@@ -168,35 +168,48 @@ impl PrefixIndex {
         self.slots.store(Arc::new(next));
     }
 
-    /// Counts, per replica, the blocks of the prompt's leading run that the index knows (it
-    /// stops at the first block nobody holds). Entries of replicas gone from the pool are
-    /// removed as they are met.
+    /// Counts, per replica, the leading blocks of the prompt it holds (the run from the first
+    /// block up to the first it does not hold). Entries of replicas gone from the pool, or of
+    /// blocks their caches have evicted by now, are removed as they are met.
     pub fn lookup(&self, blocks: &[u64]) -> PrefixMatch {
         let slots = self.slots.load();
         let tick = self.owners.touch();
-        let mut replicas: Vec<(u64, u32)> = Vec::new();
-        // Consecutive blocks mostly have one owner: remember the last slot looked up.
-        let mut last: Option<(u64, Option<&Arc<Slot>>)> = None;
-        for hash in blocks {
-            let Some(owner) = self.owners.get(*hash, tick) else {
-                break;
-            };
-            let slot = match last {
-                Some((id, slot)) if id == owner.replica => slot,
-                _ => slots.get(&owner.replica),
-            };
-            last = Some((owner.replica, slot));
-            if !slot.is_some_and(|slot| slot.holds(&owner)) {
-                // Evicted from the replica's cache by now, or the replica left the pool: the
-                // entry will never match again.
-                self.owners.remove(*hash);
-                break;
+        // Replicas whose run is still going, with its length.
+        let mut runs: Vec<(u64, u32, bool)> = Vec::new();
+        for (i, hash) in blocks.iter().enumerate() {
+            let holders = self.owners.holders(*hash, tick);
+            let mut any = false;
+            for owner in holders.iter() {
+                if !slots
+                    .get(&owner.replica)
+                    .is_some_and(|slot| slot.holds(owner))
+                {
+                    // Evicted from the replica's cache by now, or the replica left the pool:
+                    // the entry will never match again.
+                    self.owners.remove(*hash, owner.replica);
+                    continue;
+                }
+                match runs.iter_mut().find(|(r, ..)| *r == owner.replica) {
+                    Some((_, n, live)) if *live && *n as usize == i => {
+                        *n += 1;
+                        any = true;
+                    }
+                    Some(_) => {}
+                    None if i == 0 => {
+                        runs.push((owner.replica, 1, true));
+                        any = true;
+                    }
+                    None => {}
+                }
             }
-            match replicas.iter_mut().find(|(r, _)| *r == owner.replica) {
-                Some((_, n)) => *n += 1,
-                None => replicas.push((owner.replica, 1)),
+            for run in runs.iter_mut() {
+                run.2 &= run.1 as usize == i + 1;
+            }
+            if !any {
+                break;
             }
         }
+        let mut replicas: Vec<(u64, u32)> = runs.into_iter().map(|(r, n, _)| (r, n)).collect();
         replicas.sort_by_key(|r| std::cmp::Reverse(r.1));
         PrefixMatch {
             replicas,
@@ -216,9 +229,8 @@ impl PrefixIndex {
         let half = slot.budget.load(Ordering::Relaxed) / 2;
         let tick = self.owners.touch();
         for hash in blocks {
-            let recent = self.owners.get(*hash, tick).is_some_and(|o| {
-                o.replica == replica
-                    && o.generation == slot.generation
+            let recent = self.owners.get(*hash, replica).is_some_and(|o| {
+                o.generation == slot.generation
                     && slot.placed.load(Ordering::Relaxed).saturating_sub(o.seq) < half
             });
             if recent {
@@ -245,15 +257,20 @@ mod tests {
     }
 
     #[test]
-    fn leading_blocks_are_attributed_to_their_last_server() {
-        let index = index(1000, &[(7, 100), (8, 100)]);
+    fn every_replica_holding_the_leading_blocks_is_known() {
+        let index = index(1000, &[(7, 100), (8, 100), (9, 100)]);
         index.record(&[1, 2, 3, 4], 7);
         index.record(&[1, 2, 9], 8);
+        // Replica 9 holds blocks 2 and 3 but not block 1: no leading run.
+        index.record(&[2, 3], 9);
         let m = index.lookup(&[1, 2, 3, 4, 5, 6, 7, 8]);
         assert_eq!(m.total_blocks, 8);
-        // Blocks 1 and 2 were last served by 8, blocks 3 and 4 by 7; block 5 is unknown.
-        assert_eq!(m.replicas, vec![(8, 2), (7, 2)]);
-        assert_eq!(m.fraction(7), 0.25);
+        // Replica 7 holds blocks 1–4, replica 8 blocks 1–2 (both were sent the shared start);
+        // block 5 is nobody's.
+        assert_eq!(m.replicas, vec![(7, 4), (8, 2)]);
+        assert_eq!(m.fraction(7), 0.5);
+        assert_eq!(m.fraction(8), 0.25);
+        assert_eq!(m.fraction(9), 0.0);
         assert_eq!(
             index.lookup(&[42, 1, 2]).replicas,
             vec![],
