@@ -397,9 +397,8 @@ pub struct RawRouting {
     pub prefill_tokens_per_second: f64,
     /// `predicted-ttft`: candidates whose predicted time to first token is within this fraction
     /// of the best one count as tied: the least busy GPU among them wins (pools with
-    /// `metrics.gpu`), else the one with fewest requests in flight — predictions are rough, and
-    /// requests already decoding slow every step of a replica without showing in its prefill
-    /// queue (0 = exact ties only).
+    /// `metrics.gpu`), else the one with the least prompt to prefill (the best prefix-cache
+    /// hit), then the one with fewest requests in flight (0 = exact ties only).
     pub tie_margin: f64,
     /// Names among the pool's `models` that are LoRA adapters. `predicted-ttft` adds
     /// `lora_load_time` to replicas that do not have the requested adapter loaded (as their

@@ -259,6 +259,12 @@ fn predicted_ttft(
     };
     let prompt = f64::from(features.prompt_tokens.max(1));
     let lora_load = routing.lora_load_time.as_secs_f64();
+    // The least prefill any replica would need: what the best-placed holder of the prefix needs.
+    let least_own = features
+        .prefix
+        .replicas
+        .first()
+        .map_or(u64::MAX, |(id, _)| own_prefill_tokens(features, *id));
     let predict = |r: &Replica| {
         // An idle replica is given the benefit of the doubt (at most the pool's mean cost):
         // a speed learned under an old burst must not keep it idle, never to be re-learned.
@@ -270,7 +276,9 @@ fn predicted_ttft(
         let own = own_prefill_tokens(features, r.id);
         let mut ahead = r.pending_prefill() as f64;
         let mut kv_factor = 1.0;
+        let mut running = r.inflight() as f64;
         if let Some(view) = r.engine_view(ctx.now, ctx.stale_after) {
+            running = view.running;
             let per_request = match r.mean_prompt_tokens() {
                 m if m > 0.0 => m,
                 _ => prompt,
@@ -288,7 +296,11 @@ fn predicted_ttft(
         // Its prefill step ends one engine step after the one running now at the earliest,
         // and every decoding sequence makes that step longer: the step time observed on the
         // replica's streams (none for an idle replica, whose next step starts at once).
-        (r.expected_step() + speed * (ahead + own as f64)) * kv_factor + load
+        // Prefill it does here that a replica holding more of its prefix would not do also
+        // lengthens the steps every sequence running here decodes in: that delay to the others
+        // is part of the cost, so a cache miss on a busy replica costs what it really costs.
+        let delay_to_others = speed * own.saturating_sub(least_own) as f64 * running;
+        (r.expected_step() + speed * (ahead + own as f64)) * kv_factor + load + delay_to_others
     };
     // Each candidate's numbers, kept for the near-tie pass (a large pool's candidates beyond
     // these are computed again there).
@@ -317,8 +329,9 @@ fn predicted_ttft(
     let (fastest, _, first) = best?;
     // Near-ties (within `tie_margin` of the fastest): with GPU readings the least busy GPU wins
     // — an unknown one after every known one — then the faster prediction, then fewer in
-    // flight; without, fewer in flight, then the faster prediction. Predictions are rough; a
-    // busy GPU and a large decoding batch are real costs they do not see.
+    // flight; without, the one with less to prefill (a cache hit saves every request on that
+    // replica time), then fewer in flight, then the faster prediction. Predictions are rough;
+    // a busy GPU and a large decoding batch are real costs they do not see.
     let limit = fastest * (1.0 + routing.tie_margin);
     let rest = snapshot
         .candidates(features, ctx.random)
@@ -333,7 +346,8 @@ fn predicted_ttft(
         if any_gpu {
             (t.1, t.0, t.2 as f64)
         } else {
-            (t.2 as f64, t.0, 0.0)
+            let own = own_prefill_tokens(features, snapshot.replicas[t.3].id);
+            (own as f64, t.2 as f64, t.0)
         }
     };
     scored[..kept]
@@ -986,9 +1000,30 @@ mod tests {
         let mut f = prefix_on(&s, 1, 8, 10);
         f.prompt_tokens = 100;
         let (order, _held) = pick_holding(RoutingPolicy::PredictedTtft, &s, &f, Instant::now(), 6);
-        // Pending on 1 grows 20 a request: 20 + p1 < 100 + p0 holds for four requests, then
-        // the tie at 100 goes to the replica with fewer in flight.
-        assert_eq!(&order[..5], &[1, 1, 1, 1, 0], "{order:?}");
+        // Pending on 1 grows 20 a request: 20 + p1 < 100 + p0 holds for four requests; the
+        // fifth is a tie at 100, and a tie goes to the replica with less to prefill (the prefix
+        // holder); at 120 replica 1 is past the 10 % margin and replica 0 takes the sixth.
+        assert_eq!(order, [1, 1, 1, 1, 1, 0], "{order:?}");
+    }
+
+    #[test]
+    fn predicted_ttft_counts_the_delay_a_cache_miss_causes_on_a_busy_replica() {
+        let s = snapshot(2);
+        let now = Instant::now();
+        // Replica 0 holds the whole 1000-token prompt but has 1500 tokens of prefill queued;
+        // replica 1 has none queued, misses the prefix, and decodes 40 sequences.
+        let mut f = prefix_on(&s, 0, 10, 10);
+        f.prompt_tokens = 1000;
+        let _queued = s.replicas[0].start_request_with(1500);
+        s.replicas[1].record_scrape(stats(0.0, 40.0), now);
+        let c = PickContext { now, ..ctx(1, 1) };
+        let r = routing(RoutingPolicy::PredictedTtft);
+        // Its own first token would come sooner on replica 1 (1000 tokens against 1501), but
+        // its 999 extra tokens of prefill there lengthen 40 sequences' steps: replica 0.
+        assert_eq!(pick(&r, &s, &f, c, &[]), Some(0));
+        // With nothing decoding on replica 1 the miss delays nobody else: replica 1.
+        s.replicas[1].record_scrape(stats(0.0, 0.0), now);
+        assert_eq!(pick(&r, &s, &f, c, &[]), Some(1));
     }
 
     #[test]
