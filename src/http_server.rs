@@ -151,9 +151,12 @@ async fn accept_loop<H, F, B>(
     let _ = tokio::time::timeout(drain, graceful.shutdown()).await;
 }
 
-/// Runs hyper's background futures (h2 streams) on the worker's own thread.
+/// Runs hyper's background futures (h2 streams, upstream connections) on the worker's own
+/// thread, in its `LocalSet`: a task woken from there goes on the set's own queue, while a
+/// `tokio::spawn`ed one wakes the worker through its event loop (a syscall each time). Only for
+/// futures started on a worker thread.
 #[derive(Clone, Copy)]
-struct LocalExecutor;
+pub struct LocalExecutor;
 
 impl<F> hyper::rt::Executor<F> for LocalExecutor
 where

@@ -12,7 +12,6 @@ use http::uri::{Authority, Scheme};
 use http_body_util::Full;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use serde_json::json;
 
 use super::metrics::{GatewayMetrics, PoolMetrics};
@@ -28,7 +27,8 @@ pub struct PoolRuntime {
     snapshot: ArcSwap<Snapshot>,
     /// Request sequence number, for round robin.
     sequence: AtomicU64,
-    /// One client (connection pool) per gateway worker thread, used only from that thread.
+    /// One client (connection pool) per gateway worker thread, used only from that thread (its
+    /// connection tasks run in that worker's `LocalSet`).
     clients: Vec<UpstreamClient>,
     pub metrics: PoolMetrics,
     inflight_gauges: prometheus::IntGaugeVec,
@@ -274,7 +274,8 @@ fn upstream_client(config: &config::Pool) -> UpstreamClient {
     connector.set_connect_timeout(Some(config.timeouts.connect));
     connector.set_nodelay(true);
     connector.enforce_http(true);
-    let mut builder = Client::builder(TokioExecutor::new());
+    // Requests go out from the gateway workers only: their connections live on the same thread.
+    let mut builder = Client::builder(crate::http_server::LocalExecutor);
     builder
         .pool_idle_timeout(Duration::from_secs(90))
         .pool_max_idle_per_host(1024);
