@@ -289,12 +289,26 @@ fn upstream_request(
             .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
     );
     let uri = Uri::from_parts(uri).expect("scheme, authority and path come from valid parts");
-    let mut headers = parts.headers.clone();
-    strip_hop_by_hop(&mut headers);
-    headers.remove(header::HOST);
-    headers.remove(header::CONTENT_LENGTH); // set from the body we send
-    headers.remove(header::EXPECT); // the body has been read already
-    let forwarded_for = match headers.get(FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+    // One pass over the client's headers (no clone of the whole map, then removals).
+    let named = connection_named(&parts.headers);
+    let mut headers = HeaderMap::with_capacity(parts.headers.len() + 2);
+    let mut previous_for = None;
+    for (name, value) in &parts.headers {
+        if is_hop_by_hop(name)
+            || name == header::HOST
+            || name == header::CONTENT_LENGTH // set from the body we send
+            || name == header::EXPECT // the body has been read already
+            || named.contains(name)
+        {
+            continue;
+        }
+        if name == FORWARDED_FOR {
+            previous_for = previous_for.or(Some(value));
+            continue;
+        }
+        headers.append(name.clone(), value.clone());
+    }
+    let forwarded_for = match previous_for.and_then(|v| v.to_str().ok()) {
         Some(previous) => format!("{previous}, {}", peer.ip()),
         None => peer.ip().to_string(),
     };
@@ -314,29 +328,53 @@ const FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto")
 
 /// Removes the headers that belong to one connection, including those `Connection` names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
+    // Most answers carry none: one look at each name instead of a removal per candidate.
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
+    for name in connection_named(headers) {
         headers.remove(name);
     }
     for name in [
         header::CONNECTION,
-        HeaderName::from_static("keep-alive"),
+        KEEP_ALIVE,
         header::PROXY_AUTHENTICATE,
         header::PROXY_AUTHORIZATION,
         header::TE,
         header::TRAILER,
         header::TRANSFER_ENCODING,
         header::UPGRADE,
-        HeaderName::from_static("proxy-connection"),
+        PROXY_CONNECTION,
     ] {
         headers.remove(name);
     }
+}
+
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Whether `name` is one of the headers that always belong to one connection.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    name == header::CONNECTION
+        || name == header::PROXY_AUTHENTICATE
+        || name == header::PROXY_AUTHORIZATION
+        || name == header::TE
+        || name == header::TRAILER
+        || name == header::TRANSFER_ENCODING
+        || name == header::UPGRADE
+        || name == KEEP_ALIVE
+        || name == PROXY_CONNECTION
+}
+
+/// The headers a `Connection` header names (empty, without allocating, when there is none).
+fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect()
 }
 
 /// A random number per pick: a thread-local xorshift seeded from the clock (no syscall, no
@@ -373,5 +411,48 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("authorization"));
+    }
+
+    #[test]
+    fn the_upstream_request_keeps_end_to_end_headers_only() {
+        let request = Request::post("/v1/completions?x=1")
+            .header(header::HOST, "gateway")
+            .header(header::CONNECTION, "keep-alive, x-secret")
+            .header("x-secret", "1")
+            .header("keep-alive", "timeout=5")
+            .header(header::CONTENT_LENGTH, "2")
+            .header(header::EXPECT, "100-continue")
+            .header(FORWARDED_FOR, "10.0.0.1")
+            .header(FORWARDED_FOR, "10.0.0.2")
+            .header("authorization", "Bearer t")
+            .header("x-custom", "a")
+            .header("x-custom", "b")
+            .body(())
+            .unwrap();
+        let (parts, ()) = request.into_parts();
+        let replica = crate::load::Replica::new(
+            http::uri::Scheme::HTTP,
+            http::uri::Authority::from_static("127.0.0.1:9"),
+            prometheus::IntGauge::new("test_upstream_inflight", "test").unwrap(),
+            Instant::now(),
+        );
+        let peer: SocketAddr = "192.168.1.7:5000".parse().unwrap();
+        let upstream = upstream_request(&parts, Bytes::from_static(b"{}"), &replica, peer);
+        assert_eq!(upstream.uri(), "http://127.0.0.1:9/v1/completions?x=1");
+        let h = upstream.headers();
+        let names: Vec<&str> = h.keys().map(|n| n.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "authorization",
+                "x-custom",
+                FORWARDED_FOR.as_str(),
+                FORWARDED_PROTO.as_str()
+            ]
+        );
+        let custom: Vec<_> = h.get_all("x-custom").iter().collect();
+        assert_eq!(custom, ["a", "b"]);
+        assert_eq!(h[FORWARDED_FOR], "10.0.0.1, 192.168.1.7");
+        assert_eq!(h[FORWARDED_PROTO], "http");
     }
 }
