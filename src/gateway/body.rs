@@ -32,6 +32,10 @@ impl GatewayBody {
 
 pub struct ProxiedBody {
     inner: Incoming,
+    /// Frames [`ProxiedBody::gather`] took from `inner` before the head went out, in order.
+    early: [Option<Result<Frame<Bytes>, hyper::Error>>; 2],
+    /// `inner` has ended (seen by `gather`); what is left is in `early`.
+    inner_ended: bool,
     guard: Option<InflightGuard>,
     pool: Arc<PoolRuntime>,
     sse: bool,
@@ -62,6 +66,8 @@ impl ProxiedBody {
         let idle_timeout = pool.config.timeouts.idle_stream;
         Self {
             inner,
+            early: [None, None],
+            inner_ended: false,
             guard: Some(guard),
             pool,
             sse,
@@ -73,6 +79,64 @@ impl ProxiedBody {
             ended: false,
             bytes_sent: 0,
         }
+    }
+
+    /// Takes the frames of the answer that are already on their way (at most two) before the
+    /// head is sent, waiting for one turn of the worker's task queue and never for the
+    /// replica. A short answer then leaves in one write, its end included: the replica's
+    /// connection hands the end of a chunked body over only after the previous frame was taken,
+    /// which otherwise costs a second write (and a second TCP segment) per answer.
+    pub async fn gather(&mut self) {
+        let mut yielded = false;
+        std::future::poll_fn(|cx| {
+            while !self.inner_ended && self.early[1].is_none() {
+                match Pin::new(&mut self.inner).poll_frame(cx) {
+                    Poll::Ready(Some(frame)) => {
+                        let failed = frame.is_err();
+                        let slot = usize::from(self.early[0].is_some());
+                        self.early[slot] = Some(frame);
+                        if failed {
+                            return Poll::Ready(());
+                        }
+                    }
+                    Poll::Ready(None) => self.inner_ended = true,
+                    Poll::Pending if yielded => return Poll::Ready(()),
+                    Poll::Pending => {
+                        // Let the replica's connection task run once, then look again.
+                        yielded = true;
+                        cx.waker().wake_by_ref();
+                        return Poll::Pending;
+                    }
+                }
+            }
+            Poll::Ready(())
+        })
+        .await;
+    }
+
+    /// The next frame of the answer: gathered ones first.
+    fn poll_inner(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        if let Some(frame) = self.early[0].take() {
+            self.early.swap(0, 1);
+            return Poll::Ready(Some(frame));
+        }
+        if self.inner_ended {
+            return Poll::Ready(None);
+        }
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    /// Body bytes gathered but not passed on yet.
+    fn early_len(&self) -> u64 {
+        self.early
+            .iter()
+            .flatten()
+            .filter_map(|f| f.as_ref().ok()?.data_ref())
+            .map(|d| d.len() as u64)
+            .sum()
     }
 
     fn finish(&mut self) {
@@ -138,7 +202,7 @@ impl Body for GatewayBody {
                 if body.ended {
                     return Poll::Ready(None);
                 }
-                match Pin::new(&mut body.inner).poll_frame(cx) {
+                match body.poll_inner(cx) {
                     Poll::Ready(Some(Ok(frame))) => {
                         if let Some(data) = frame.data_ref() {
                             let now = Instant::now();
@@ -163,6 +227,13 @@ impl Body for GatewayBody {
                             if let Some(idle) = body.idle.as_mut() {
                                 idle.as_mut().reset((now + body.idle_timeout).into());
                             }
+                        }
+                        if body.inner_ended && body.early[0].is_none() {
+                            // The last frame: end now, so that it goes out with the end.
+                            if let Some(guard) = &body.guard {
+                                guard.replica().record_success();
+                            }
+                            body.finish();
                         }
                         Poll::Ready(Some(Ok(frame)))
                     }
@@ -204,7 +275,20 @@ impl Body for GatewayBody {
             GatewayBody::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             GatewayBody::Full(None) => SizeHint::with_exact(0),
             GatewayBody::Proxied(body) if body.ended => SizeHint::with_exact(0),
-            GatewayBody::Proxied(body) => body.inner.size_hint(),
+            GatewayBody::Proxied(body) => {
+                let early = body.early_len();
+                let inner = if body.inner_ended {
+                    SizeHint::with_exact(0)
+                } else {
+                    body.inner.size_hint()
+                };
+                let mut hint = SizeHint::new();
+                hint.set_lower(inner.lower() + early);
+                if let Some(upper) = inner.upper() {
+                    hint.set_upper(upper + early);
+                }
+                hint
+            }
         }
     }
 }

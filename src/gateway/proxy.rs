@@ -197,7 +197,8 @@ async fn forward(
                     .headers
                     .get(header::CONTENT_TYPE)
                     .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
-                let body = ProxiedBody::new(incoming, guard, pool.clone(), sse, received, sent);
+                let mut body = ProxiedBody::new(incoming, guard, pool.clone(), sse, received, sent);
+                body.gather().await;
                 return Ok(Response::from_parts(
                     head,
                     GatewayBody::Proxied(Box::new(body)),
