@@ -329,42 +329,46 @@ const FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto")
 
 /// Removes the headers that belong to one connection, including those `Connection` names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Most answers carry none: one look at each name instead of a removal per candidate.
-    if !headers.keys().any(is_hop_by_hop) {
+    // One look at each name, then removals of those present only (an answer typically has
+    // one, `transfer-encoding`).
+    let present = headers
+        .keys()
+        .filter_map(hop_by_hop_index)
+        .fold(0u16, |mask, i| mask | 1 << i);
+    if present == 0 {
         return;
     }
-    for name in connection_named(headers) {
-        headers.remove(name);
+    if present & 1 != 0 {
+        for name in connection_named(headers) {
+            headers.remove(name);
+        }
     }
-    for name in [
-        header::CONNECTION,
-        KEEP_ALIVE,
-        header::PROXY_AUTHENTICATE,
-        header::PROXY_AUTHORIZATION,
-        header::TE,
-        header::TRAILER,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-        PROXY_CONNECTION,
-    ] {
-        headers.remove(name);
+    for (i, name) in HOP_BY_HOP.into_iter().enumerate() {
+        if present & 1 << i != 0 {
+            headers.remove(name);
+        }
     }
 }
 
-const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+/// The headers that always belong to one connection, `Connection` first.
+const HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    HeaderName::from_static("proxy-connection"),
+];
 
-/// Whether `name` is one of the headers that always belong to one connection.
+fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
+    HOP_BY_HOP.iter().position(|h| h == name)
+}
+
 fn is_hop_by_hop(name: &HeaderName) -> bool {
-    name == header::CONNECTION
-        || name == header::PROXY_AUTHENTICATE
-        || name == header::PROXY_AUTHORIZATION
-        || name == header::TE
-        || name == header::TRAILER
-        || name == header::TRANSFER_ENCODING
-        || name == header::UPGRADE
-        || name == KEEP_ALIVE
-        || name == PROXY_CONNECTION
+    hop_by_hop_index(name).is_some()
 }
 
 /// The headers a `Connection` header names (empty, without allocating, when there is none).
