@@ -15,6 +15,7 @@ use tokio::time::Sleep;
 
 use super::error::GatewayError;
 use super::pools::PoolRuntime;
+use super::upstream::Lent;
 use crate::load::InflightGuard;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -36,6 +37,9 @@ pub struct ProxiedBody {
     early: [Option<Result<Frame<Bytes>, hyper::Error>>; 2],
     /// `inner` has ended (seen by `gather`); what is left is in `early`.
     inner_ended: bool,
+    /// The worker and its connection the answer comes on (HTTP/1.1), given back to that
+    /// worker's pool once the answer is read to the end; dropped (closing it) otherwise.
+    connection: (usize, Option<Lent>),
     guard: Option<InflightGuard>,
     pool: Arc<PoolRuntime>,
     sse: bool,
@@ -59,6 +63,7 @@ impl ProxiedBody {
         inner: Incoming,
         guard: InflightGuard,
         pool: Arc<PoolRuntime>,
+        connection: (usize, Option<Lent>),
         sse: bool,
         received: Instant,
         sent: Instant,
@@ -68,6 +73,7 @@ impl ProxiedBody {
             inner,
             early: [None, None],
             inner_ended: false,
+            connection,
             guard: Some(guard),
             pool,
             sse,
@@ -137,6 +143,18 @@ impl ProxiedBody {
             .filter_map(|f| f.as_ref().ok()?.data_ref())
             .map(|d| d.len() as u64)
             .sum()
+    }
+
+    /// The answer was read to the end: the replica did well, its connection can serve again.
+    fn completed(&mut self) {
+        if let Some(guard) = &self.guard {
+            guard.replica().record_success();
+        }
+        let (worker, lent) = &mut self.connection;
+        if let Some(lent) = lent.take() {
+            self.pool.client(*worker).give_back(lent);
+        }
+        self.finish();
     }
 
     fn finish(&mut self) {
@@ -230,10 +248,7 @@ impl Body for GatewayBody {
                         }
                         if body.inner_ended && body.early[0].is_none() {
                             // The last frame: end now, so that it goes out with the end.
-                            if let Some(guard) = &body.guard {
-                                guard.replica().record_success();
-                            }
-                            body.finish();
+                            body.completed();
                         }
                         Poll::Ready(Some(Ok(frame)))
                     }
@@ -241,10 +256,7 @@ impl Body for GatewayBody {
                         body.broke(GatewayError::UpstreamFailed, &e.to_string())
                     }
                     Poll::Ready(None) => {
-                        if let Some(guard) = &body.guard {
-                            guard.replica().record_success();
-                        }
-                        body.finish();
+                        body.completed();
                         Poll::Ready(None)
                     }
                     Poll::Pending => match body

@@ -185,11 +185,11 @@ async fn forward(
         let sent = Instant::now();
         match tokio::time::timeout(
             pool.config.timeouts.first_byte,
-            pool.client(worker).request(upstream),
+            pool.client(worker).send(&replica, upstream),
         )
         .await
         {
-            Ok(Ok(response)) => {
+            Ok(Ok((response, lent))) => {
                 pool.metrics.ttfb.observe(sent.elapsed().as_secs_f64());
                 let (mut head, incoming) = response.into_parts();
                 strip_hop_by_hop(&mut head.headers);
@@ -197,7 +197,15 @@ async fn forward(
                     .headers
                     .get(header::CONTENT_TYPE)
                     .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
-                let mut body = ProxiedBody::new(incoming, guard, pool.clone(), sse, received, sent);
+                let mut body = ProxiedBody::new(
+                    incoming,
+                    guard,
+                    pool.clone(),
+                    (worker, lent),
+                    sse,
+                    received,
+                    sent,
+                );
                 body.gather().await;
                 return Ok(Response::from_parts(
                     head,
