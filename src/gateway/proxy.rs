@@ -318,10 +318,10 @@ fn upstream_request(
         headers.append(name.clone(), value.clone());
     }
     let forwarded_for = match previous_for.and_then(|v| v.to_str().ok()) {
-        Some(previous) => format!("{previous}, {}", peer.ip()),
-        None => peer.ip().to_string(),
+        Some(previous) => HeaderValue::from_str(&format!("{previous}, {}", peer.ip())).ok(),
+        None => Some(peer_value(peer.ip())),
     };
-    if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
+    if let Some(value) = forwarded_for {
         headers.insert(FORWARDED_FOR, value);
     }
     headers.insert(FORWARDED_PROTO, HeaderValue::from_static("http"));
@@ -330,6 +330,24 @@ fn upstream_request(
     *request.uri_mut() = uri;
     *request.headers_mut() = headers;
     request
+}
+
+/// A client address as a header value, remembered per worker thread for the last address seen
+/// (clients tend to come back on their keep-alive connections: no formatting per request).
+fn peer_value(ip: std::net::IpAddr) -> HeaderValue {
+    use std::cell::RefCell;
+    thread_local! {
+        static LAST: RefCell<Option<(std::net::IpAddr, HeaderValue)>> = const { RefCell::new(None) };
+    }
+    LAST.with_borrow_mut(|last| match last {
+        Some((seen, value)) if *seen == ip => value.clone(),
+        _ => {
+            let value =
+                HeaderValue::from_str(&ip.to_string()).expect("an address is a valid header value");
+            *last = Some((ip, value.clone()));
+            value
+        }
+    })
 }
 
 const FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");

@@ -11,7 +11,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::header::{self, HeaderValue};
+use http::header;
 use http::uri::Scheme;
 use http::{Request, Response, Uri};
 use http_body_util::Full;
@@ -218,8 +218,7 @@ impl Http1Pool {
     }
 }
 
-/// An HTTP/1.1 request names only the path; the replica goes in `Host` (its port left out
-/// when it is the default), as hyper-util's client sends it.
+/// An HTTP/1.1 request names only the path; the replica goes in `Host`.
 fn origin_form(request: &mut Request<Full<Bytes>>, replica: &Replica) {
     let path = match request.uri().path_and_query() {
         Some(path) if path.as_str() != "/" => {
@@ -230,14 +229,9 @@ fn origin_form(request: &mut Request<Full<Bytes>>, replica: &Replica) {
         _ => Uri::default(),
     };
     *request.uri_mut() = path;
-    let authority = &replica.authority;
-    let host = match authority.port_u16() {
-        Some(80) | None => authority.host(),
-        Some(_) => authority.as_str(),
-    };
-    if let Ok(value) = HeaderValue::from_str(host) {
-        request.headers_mut().insert(header::HOST, value);
-    }
+    request
+        .headers_mut()
+        .insert(header::HOST, replica.host.clone());
 }
 
 /// Replica ids are hashes already.
@@ -266,6 +260,7 @@ mod tests {
     use std::cell::Cell;
     use std::rc::Rc;
 
+    use http::HeaderValue;
     use http_body_util::BodyExt;
 
     /// A replica on 127.0.0.1:0 counting its connections; it closes a connection after
