@@ -146,18 +146,18 @@ impl ProxiedBody {
     }
 
     /// The answer was read to the end: the replica did well, its connection can serve again.
-    fn completed(&mut self) {
+    fn completed(&mut self, now: Instant) {
         if let Some(guard) = &self.guard {
             guard.replica().record_success();
         }
         let (worker, lent) = &mut self.connection;
         if let Some(lent) = lent.take() {
-            self.pool.client(*worker).give_back(lent);
+            self.pool.client(*worker).give_back(lent, now);
         }
-        self.finish();
+        self.finish(now);
     }
 
-    fn finish(&mut self) {
+    fn finish(&mut self, now: Instant) {
         self.ended = true;
         self.guard = None;
         self.pool
@@ -169,7 +169,7 @@ impl ProxiedBody {
         self.pool
             .metrics
             .duration
-            .observe(self.received.elapsed().as_secs_f64());
+            .observe(now.saturating_duration_since(self.received).as_secs_f64());
     }
 
     /// The replica broke off (error or idle timeout): count a failure, end the stream.
@@ -178,12 +178,13 @@ impl ProxiedBody {
         error: GatewayError,
         cause: &str,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let now = Instant::now();
         if let Some(guard) = &self.guard {
             let replica = guard.replica();
             tracing::warn!(pool = self.pool.name(), replica = %replica.name, cause, "answer broke off mid-stream");
-            self.pool.record_failure(replica, Instant::now(), cause);
+            self.pool.record_failure(replica, now, cause);
         }
-        self.finish();
+        self.finish(now);
         if self.sse {
             let mut event = b"data: ".to_vec();
             event.extend_from_slice(&error.body());
@@ -222,8 +223,8 @@ impl Body for GatewayBody {
                 }
                 match body.poll_inner(cx) {
                     Poll::Ready(Some(Ok(frame))) => {
+                        let now = Instant::now();
                         if let Some(data) = frame.data_ref() {
-                            let now = Instant::now();
                             let metrics = &body.pool.metrics;
                             body.bytes_sent += data.len() as u64;
                             if body.last_chunk.is_none()
@@ -248,7 +249,7 @@ impl Body for GatewayBody {
                         }
                         if body.inner_ended && body.early[0].is_none() {
                             // The last frame: end now, so that it goes out with the end.
-                            body.completed();
+                            body.completed(now);
                         }
                         Poll::Ready(Some(Ok(frame)))
                     }
@@ -256,7 +257,7 @@ impl Body for GatewayBody {
                         body.broke(GatewayError::UpstreamFailed, &e.to_string())
                     }
                     Poll::Ready(None) => {
-                        body.completed();
+                        body.completed(Instant::now());
                         Poll::Ready(None)
                     }
                     Poll::Pending => match body

@@ -93,20 +93,21 @@ impl UpstreamClient {
         &self,
         replica: &Replica,
         request: Request<Full<Bytes>>,
+        now: Instant,
     ) -> Result<(Response<Incoming>, Option<Lent>), UpstreamError> {
         match self {
             UpstreamClient::Http1(pool) => {
-                let (response, lent) = pool.send(replica, request).await?;
+                let (response, lent) = pool.send(replica, request, now).await?;
                 Ok((response, Some(lent)))
             }
             UpstreamClient::H2c(client) => Ok((client.request(request).await?, None)),
         }
     }
 
-    /// Takes back a connection whose answer was read to the end.
-    pub fn give_back(&self, lent: Lent) {
+    /// Takes back a connection whose answer was read to the end (at `now`).
+    pub fn give_back(&self, lent: Lent, now: Instant) {
         if let UpstreamClient::Http1(pool) = self {
-            pool.give_back(lent);
+            pool.give_back(lent, now);
         }
     }
 }
@@ -127,10 +128,11 @@ impl Http1Pool {
         &self,
         replica: &Replica,
         mut request: Request<Full<Bytes>>,
+        now: Instant,
     ) -> Result<(Response<Incoming>, Lent), UpstreamError> {
         origin_form(&mut request, replica);
         loop {
-            let (mut sender, reused) = match self.take(replica.id) {
+            let (mut sender, reused) = match self.take(replica.id, now) {
                 Some(sender) => (sender, true),
                 None => (self.connect(replica).await?, false),
             };
@@ -156,28 +158,27 @@ impl Http1Pool {
     }
 
     /// The most recently used idle connection to `replica` that is still open.
-    fn take(&self, replica: u64) -> Option<SendRequest<Full<Bytes>>> {
+    fn take(&self, replica: u64, now: Instant) -> Option<SendRequest<Full<Bytes>>> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         let list = idle.get_mut(&replica)?;
         while let Some(conn) = list.pop_back() {
-            if !conn.sender.is_closed() && conn.since.elapsed() < IDLE_TIMEOUT {
+            if !conn.sender.is_closed() && now.saturating_duration_since(conn.since) < IDLE_TIMEOUT
+            {
                 return Some(conn.sender);
             }
         }
         None
     }
 
-    fn give_back(&self, lent: Lent) {
+    fn give_back(&self, lent: Lent, now: Instant) {
         if lent.sender.is_closed() {
             return;
         }
-        let now = Instant::now();
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         let list = idle.entry(lent.replica).or_default();
-        while list
-            .front()
-            .is_some_and(|c| now.duration_since(c.since) >= IDLE_TIMEOUT || c.sender.is_closed())
-        {
+        while list.front().is_some_and(|c| {
+            now.saturating_duration_since(c.since) >= IDLE_TIMEOUT || c.sender.is_closed()
+        }) {
             list.pop_front();
         }
         if list.len() < MAX_IDLE {
@@ -318,23 +319,23 @@ mod tests {
                 let client = UpstreamClient::new(&config);
                 for close in [false, false, true, false] {
                     let (response, lent) = client
-                        .send(&replica, request(&replica, close))
+                        .send(&replica, request(&replica, close), Instant::now())
                         .await
                         .unwrap();
                     let body = response.into_body().collect().await.unwrap().to_bytes();
                     assert_eq!(body, "ok");
-                    client.give_back(lent.unwrap());
+                    client.give_back(lent.unwrap(), Instant::now());
                 }
                 // Three on the first connection, which the replica then closed; one more.
                 assert_eq!(accepted.get(), 2);
                 // An answer given up half-way closes its connection instead.
                 let (_response, lent) = client
-                    .send(&replica, request(&replica, false))
+                    .send(&replica, request(&replica, false), Instant::now())
                     .await
                     .unwrap();
                 drop(lent);
                 let (_, lent) = client
-                    .send(&replica, request(&replica, false))
+                    .send(&replica, request(&replica, false), Instant::now())
                     .await
                     .unwrap();
                 assert!(lent.is_some());
