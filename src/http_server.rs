@@ -182,6 +182,12 @@ pub enum BodyError {
 pub async fn read_body(mut body: Incoming, limit: usize) -> Result<bytes::Bytes, BodyError> {
     use http_body_util::BodyExt;
     let mut collected = bytes::BytesMut::new();
+    // A declared length within the limit is allocated at once (a 1 MiB prompt otherwise grows
+    // the buffer about a dozen times, copying it each time).
+    let mut declared = match body.size_hint().lower() {
+        n if n <= limit as u64 => n as usize,
+        _ => 0, // refused below anyway
+    };
     while let Some(frame) = body.frame().await {
         let Ok(frame) = frame else {
             return Err(BodyError::Unreadable);
@@ -195,6 +201,10 @@ pub async fn read_body(mut body: Incoming, limit: usize) -> Result<bytes::Bytes,
         }
         if collected.is_empty() && body.is_end_stream() {
             return Ok(data); // one frame: no copy
+        }
+        if declared > 0 {
+            collected.reserve(declared);
+            declared = 0;
         }
         collected.extend_from_slice(&data);
     }
