@@ -15,6 +15,7 @@ use tokio::time::Sleep;
 
 use super::error::GatewayError;
 use super::pools::PoolRuntime;
+use super::upstream::Lent;
 use crate::load::InflightGuard;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -32,6 +33,13 @@ impl GatewayBody {
 
 pub struct ProxiedBody {
     inner: Incoming,
+    /// Frames [`ProxiedBody::gather`] took from `inner` before the head went out, in order.
+    early: [Option<Result<Frame<Bytes>, hyper::Error>>; 2],
+    /// `inner` has ended (seen by `gather`); what is left is in `early`.
+    inner_ended: bool,
+    /// The worker and its connection the answer comes on (HTTP/1.1), given back to that
+    /// worker's pool once the answer is read to the end; dropped (closing it) otherwise.
+    connection: (usize, Option<Lent>),
     guard: Option<InflightGuard>,
     pool: Arc<PoolRuntime>,
     sse: bool,
@@ -55,6 +63,7 @@ impl ProxiedBody {
         inner: Incoming,
         guard: InflightGuard,
         pool: Arc<PoolRuntime>,
+        connection: (usize, Option<Lent>),
         sse: bool,
         received: Instant,
         sent: Instant,
@@ -62,6 +71,9 @@ impl ProxiedBody {
         let idle_timeout = pool.config.timeouts.idle_stream;
         Self {
             inner,
+            early: [None, None],
+            inner_ended: false,
+            connection,
             guard: Some(guard),
             pool,
             sse,
@@ -75,7 +87,77 @@ impl ProxiedBody {
         }
     }
 
-    fn finish(&mut self) {
+    /// Takes the frames of the answer that are already on their way (at most two) before the
+    /// head is sent, waiting for one turn of the worker's task queue and never for the
+    /// replica. A short answer then leaves in one write, its end included: the replica's
+    /// connection hands the end of a chunked body over only after the previous frame was taken,
+    /// which otherwise costs a second write (and a second TCP segment) per answer.
+    pub async fn gather(&mut self) {
+        let mut yielded = false;
+        std::future::poll_fn(|cx| {
+            while !self.inner_ended && self.early[1].is_none() {
+                match Pin::new(&mut self.inner).poll_frame(cx) {
+                    Poll::Ready(Some(frame)) => {
+                        let failed = frame.is_err();
+                        let slot = usize::from(self.early[0].is_some());
+                        self.early[slot] = Some(frame);
+                        if failed {
+                            return Poll::Ready(());
+                        }
+                    }
+                    Poll::Ready(None) => self.inner_ended = true,
+                    Poll::Pending if yielded => return Poll::Ready(()),
+                    Poll::Pending => {
+                        // Let the replica's connection task run once, then look again.
+                        yielded = true;
+                        cx.waker().wake_by_ref();
+                        return Poll::Pending;
+                    }
+                }
+            }
+            Poll::Ready(())
+        })
+        .await;
+    }
+
+    /// The next frame of the answer: gathered ones first.
+    fn poll_inner(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        if let Some(frame) = self.early[0].take() {
+            self.early.swap(0, 1);
+            return Poll::Ready(Some(frame));
+        }
+        if self.inner_ended {
+            return Poll::Ready(None);
+        }
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    /// Body bytes gathered but not passed on yet.
+    fn early_len(&self) -> u64 {
+        self.early
+            .iter()
+            .flatten()
+            .filter_map(|f| f.as_ref().ok()?.data_ref())
+            .map(|d| d.len() as u64)
+            .sum()
+    }
+
+    /// The answer was read to the end: the replica did well, its connection can serve again.
+    fn completed(&mut self, now: Instant) {
+        if let Some(guard) = &self.guard {
+            guard.replica().record_success();
+        }
+        let (worker, lent) = &mut self.connection;
+        if let Some(lent) = lent.take() {
+            self.pool.client(*worker).give_back(lent, now);
+        }
+        self.finish(now);
+    }
+
+    fn finish(&mut self, now: Instant) {
         self.ended = true;
         self.guard = None;
         self.pool
@@ -87,7 +169,7 @@ impl ProxiedBody {
         self.pool
             .metrics
             .duration
-            .observe(self.received.elapsed().as_secs_f64());
+            .observe(now.saturating_duration_since(self.received).as_secs_f64());
     }
 
     /// The replica broke off (error or idle timeout): count a failure, end the stream.
@@ -96,12 +178,13 @@ impl ProxiedBody {
         error: GatewayError,
         cause: &str,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let now = Instant::now();
         if let Some(guard) = &self.guard {
             let replica = guard.replica();
             tracing::warn!(pool = self.pool.name(), replica = %replica.name, cause, "answer broke off mid-stream");
-            self.pool.record_failure(replica, Instant::now(), cause);
+            self.pool.record_failure(replica, now, cause);
         }
-        self.finish();
+        self.finish(now);
         if self.sse {
             let mut event = b"data: ".to_vec();
             event.extend_from_slice(&error.body());
@@ -138,10 +221,10 @@ impl Body for GatewayBody {
                 if body.ended {
                     return Poll::Ready(None);
                 }
-                match Pin::new(&mut body.inner).poll_frame(cx) {
+                match body.poll_inner(cx) {
                     Poll::Ready(Some(Ok(frame))) => {
+                        let now = Instant::now();
                         if let Some(data) = frame.data_ref() {
-                            let now = Instant::now();
                             let metrics = &body.pool.metrics;
                             body.bytes_sent += data.len() as u64;
                             if body.last_chunk.is_none()
@@ -167,16 +250,17 @@ impl Body for GatewayBody {
                                 idle.as_mut().reset((now + body.idle_timeout).into());
                             }
                         }
+                        if body.inner_ended && body.early[0].is_none() {
+                            // The last frame: end now, so that it goes out with the end.
+                            body.completed(now);
+                        }
                         Poll::Ready(Some(Ok(frame)))
                     }
                     Poll::Ready(Some(Err(e))) => {
                         body.broke(GatewayError::UpstreamFailed, &e.to_string())
                     }
                     Poll::Ready(None) => {
-                        if let Some(guard) = &body.guard {
-                            guard.replica().record_success();
-                        }
-                        body.finish();
+                        body.completed(Instant::now());
                         Poll::Ready(None)
                     }
                     Poll::Pending => match body
@@ -207,7 +291,20 @@ impl Body for GatewayBody {
             GatewayBody::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             GatewayBody::Full(None) => SizeHint::with_exact(0),
             GatewayBody::Proxied(body) if body.ended => SizeHint::with_exact(0),
-            GatewayBody::Proxied(body) => body.inner.size_hint(),
+            GatewayBody::Proxied(body) => {
+                let early = body.early_len();
+                let inner = if body.inner_ended {
+                    SizeHint::with_exact(0)
+                } else {
+                    body.inner.size_hint()
+                };
+                let mut hint = SizeHint::new();
+                hint.set_lower(inner.lower() + early);
+                if let Some(upper) = inner.upper() {
+                    hint.set_upper(upper + early);
+                }
+                hint
+            }
         }
     }
 }

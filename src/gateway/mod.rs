@@ -10,6 +10,7 @@ pub mod error;
 pub mod metrics;
 pub mod pools;
 pub mod proxy;
+pub mod upstream;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

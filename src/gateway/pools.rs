@@ -9,18 +9,13 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::uri::{Authority, Scheme};
-use http_body_util::Full;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use serde_json::json;
 
 use super::metrics::{GatewayMetrics, PoolMetrics};
-use crate::config::{self, RoutingPolicy, UpstreamProtocol};
+use super::upstream::UpstreamClient;
+use crate::config::{self, RoutingPolicy};
 use crate::load::{Placement, Replica};
 use crate::router::Snapshot;
-
-pub type UpstreamClient = Client<HttpConnector, Full<Bytes>>;
 
 /// One pool while the gateway runs.
 pub struct PoolRuntime {
@@ -28,7 +23,8 @@ pub struct PoolRuntime {
     snapshot: ArcSwap<Snapshot>,
     /// Request sequence number, for round robin.
     sequence: AtomicU64,
-    /// One client (connection pool) per gateway worker thread, used only from that thread.
+    /// One client (connection pool) per gateway worker thread, used only from that thread (its
+    /// connection tasks run in that worker's `LocalSet`).
     clients: Vec<UpstreamClient>,
     pub metrics: PoolMetrics,
     inflight_gauges: prometheus::IntGaugeVec,
@@ -67,7 +63,7 @@ impl PoolRuntime {
         priority_classes: usize,
     ) -> Self {
         let clients = (0..workers.max(1))
-            .map(|_| upstream_client(&config))
+            .map(|_| UpstreamClient::new(&config))
             .collect();
         let prefix_index = matches!(
             config.routing.policy,
@@ -266,22 +262,6 @@ impl PoolRuntime {
             .iter()
             .any(|r| !r.is_ejected(now))
     }
-}
-
-/// A pooled keep-alive client towards one pool's replicas.
-fn upstream_client(config: &config::Pool) -> UpstreamClient {
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(config.timeouts.connect));
-    connector.set_nodelay(true);
-    connector.enforce_http(true);
-    let mut builder = Client::builder(TokioExecutor::new());
-    builder
-        .pool_idle_timeout(Duration::from_secs(90))
-        .pool_max_idle_per_host(1024);
-    if config.upstream_protocol == UpstreamProtocol::H2c {
-        builder.http2_only(true);
-    }
-    builder.build(connector)
 }
 
 /// How a model name resolves.

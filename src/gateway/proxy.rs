@@ -182,14 +182,14 @@ async fn forward(
             index.record(blocks, replica.id);
         }
         let upstream = upstream_request(parts, body.clone(), &replica, peer);
-        let sent = Instant::now();
-        match tokio::time::timeout(
-            pool.config.timeouts.first_byte,
-            pool.client(worker).request(upstream),
-        )
-        .await
+        // The pick's clock reading is the send time too (building the request takes a
+        // microsecond; clock reads show in the profile).
+        let sent = now;
+        let deadline = tokio::time::Instant::from_std(sent + pool.config.timeouts.first_byte);
+        match tokio::time::timeout_at(deadline, pool.client(worker).send(&replica, upstream, sent))
+            .await
         {
-            Ok(Ok(response)) => {
+            Ok(Ok((response, lent))) => {
                 pool.metrics.ttfb.observe(sent.elapsed().as_secs_f64());
                 let (mut head, incoming) = response.into_parts();
                 strip_hop_by_hop(&mut head.headers);
@@ -197,7 +197,16 @@ async fn forward(
                     .headers
                     .get(header::CONTENT_TYPE)
                     .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
-                let body = ProxiedBody::new(incoming, guard, pool.clone(), sse, received, sent);
+                let mut body = ProxiedBody::new(
+                    incoming,
+                    guard,
+                    pool.clone(),
+                    (worker, lent),
+                    sse,
+                    received,
+                    sent,
+                );
+                body.gather().await;
                 return Ok(Response::from_parts(
                     head,
                     GatewayBody::Proxied(Box::new(body)),
@@ -238,12 +247,21 @@ async fn admit(
     sheddable: bool,
     received: Instant,
 ) -> Result<(), GatewayError> {
-    let now = Instant::now();
-    let has_replica = pool.has_ready_replica(now);
+    // The request's arrival stands in for now (microseconds earlier: one clock read less), and
+    // one load of the replica set serves both questions.
+    let now = received;
+    let (has_replica, saturated) = {
+        let snapshot = pool.snapshot();
+        let has_replica = snapshot.replicas.iter().any(|r| !r.is_ejected(now));
+        let limits = &pool.config.admission;
+        let stale_after = pool.config.metrics.stale_after;
+        let saturated = || router::all_saturated(&snapshot, limits, now, stale_after);
+        (has_replica, has_replica && saturated())
+    };
     if !has_replica && !pool.config.scaler.enabled {
         return Ok(()); // nothing will come: the router answers 503 at once
     }
-    if has_replica && !pool.saturated(now) && pool.queued() == 0 {
+    if has_replica && !saturated && pool.queued() == 0 {
         return Ok(());
     }
     if sheddable && has_replica {
@@ -289,16 +307,30 @@ fn upstream_request(
             .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
     );
     let uri = Uri::from_parts(uri).expect("scheme, authority and path come from valid parts");
-    let mut headers = parts.headers.clone();
-    strip_hop_by_hop(&mut headers);
-    headers.remove(header::HOST);
-    headers.remove(header::CONTENT_LENGTH); // set from the body we send
-    headers.remove(header::EXPECT); // the body has been read already
-    let forwarded_for = match headers.get(FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(previous) => format!("{previous}, {}", peer.ip()),
-        None => peer.ip().to_string(),
+    // One pass over the client's headers (no clone of the whole map, then removals).
+    let named = connection_named(&parts.headers);
+    let mut headers = HeaderMap::with_capacity(parts.headers.len() + 2);
+    let mut previous_for = None;
+    for (name, value) in &parts.headers {
+        if is_hop_by_hop(name)
+            || name == header::HOST
+            || name == header::CONTENT_LENGTH // set from the body we send
+            || name == header::EXPECT // the body has been read already
+            || named.contains(name)
+        {
+            continue;
+        }
+        if name == FORWARDED_FOR {
+            previous_for = previous_for.or(Some(value));
+            continue;
+        }
+        headers.append(name.clone(), value.clone());
+    }
+    let forwarded_for = match previous_for.and_then(|v| v.to_str().ok()) {
+        Some(previous) => HeaderValue::from_str(&format!("{previous}, {}", peer.ip())).ok(),
+        None => Some(peer_value(peer.ip())),
     };
-    if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
+    if let Some(value) = forwarded_for {
         headers.insert(FORWARDED_FOR, value);
     }
     headers.insert(FORWARDED_PROTO, HeaderValue::from_static("http"));
@@ -309,34 +341,80 @@ fn upstream_request(
     request
 }
 
+/// A client address as a header value, remembered per worker thread for the last address seen
+/// (clients tend to come back on their keep-alive connections: no formatting per request).
+fn peer_value(ip: std::net::IpAddr) -> HeaderValue {
+    use std::cell::RefCell;
+    thread_local! {
+        static LAST: RefCell<Option<(std::net::IpAddr, HeaderValue)>> = const { RefCell::new(None) };
+    }
+    LAST.with_borrow_mut(|last| match last {
+        Some((seen, value)) if *seen == ip => value.clone(),
+        _ => {
+            let value =
+                HeaderValue::from_str(&ip.to_string()).expect("an address is a valid header value");
+            *last = Some((ip, value.clone()));
+            value
+        }
+    })
+}
+
 const FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
 /// Removes the headers that belong to one connection, including those `Connection` names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
+    // One look at each name, then removals of those present only (an answer typically has
+    // one, `transfer-encoding`).
+    let present = headers
+        .keys()
+        .filter_map(hop_by_hop_index)
+        .fold(0u16, |mask, i| mask | 1 << i);
+    if present == 0 {
+        return;
+    }
+    if present & 1 != 0 {
+        for name in connection_named(headers) {
+            headers.remove(name);
+        }
+    }
+    for (i, name) in HOP_BY_HOP.into_iter().enumerate() {
+        if present & 1 << i != 0 {
+            headers.remove(name);
+        }
+    }
+}
+
+/// The headers that always belong to one connection, `Connection` first.
+const HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    HeaderName::from_static("proxy-connection"),
+];
+
+fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
+    HOP_BY_HOP.iter().position(|h| h == name)
+}
+
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    hop_by_hop_index(name).is_some()
+}
+
+/// The headers a `Connection` header names (empty, without allocating, when there is none).
+fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
+    headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
-    }
-    for name in [
-        header::CONNECTION,
-        HeaderName::from_static("keep-alive"),
-        header::PROXY_AUTHENTICATE,
-        header::PROXY_AUTHORIZATION,
-        header::TE,
-        header::TRAILER,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-        HeaderName::from_static("proxy-connection"),
-    ] {
-        headers.remove(name);
-    }
+        .collect()
 }
 
 /// A random number per pick: a thread-local xorshift seeded from the clock (no syscall, no
@@ -373,5 +451,48 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("authorization"));
+    }
+
+    #[test]
+    fn the_upstream_request_keeps_end_to_end_headers_only() {
+        let request = Request::post("/v1/completions?x=1")
+            .header(header::HOST, "gateway")
+            .header(header::CONNECTION, "keep-alive, x-secret")
+            .header("x-secret", "1")
+            .header("keep-alive", "timeout=5")
+            .header(header::CONTENT_LENGTH, "2")
+            .header(header::EXPECT, "100-continue")
+            .header(FORWARDED_FOR, "10.0.0.1")
+            .header(FORWARDED_FOR, "10.0.0.2")
+            .header("authorization", "Bearer t")
+            .header("x-custom", "a")
+            .header("x-custom", "b")
+            .body(())
+            .unwrap();
+        let (parts, ()) = request.into_parts();
+        let replica = crate::load::Replica::new(
+            http::uri::Scheme::HTTP,
+            http::uri::Authority::from_static("127.0.0.1:9"),
+            prometheus::IntGauge::new("test_upstream_inflight", "test").unwrap(),
+            Instant::now(),
+        );
+        let peer: SocketAddr = "192.168.1.7:5000".parse().unwrap();
+        let upstream = upstream_request(&parts, Bytes::from_static(b"{}"), &replica, peer);
+        assert_eq!(upstream.uri(), "http://127.0.0.1:9/v1/completions?x=1");
+        let h = upstream.headers();
+        let names: Vec<&str> = h.keys().map(|n| n.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "authorization",
+                "x-custom",
+                FORWARDED_FOR.as_str(),
+                FORWARDED_PROTO.as_str()
+            ]
+        );
+        let custom: Vec<_> = h.get_all("x-custom").iter().collect();
+        assert_eq!(custom, ["a", "b"]);
+        assert_eq!(h[FORWARDED_FOR], "10.0.0.1, 192.168.1.7");
+        assert_eq!(h[FORWARDED_PROTO], "http");
     }
 }

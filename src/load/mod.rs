@@ -81,6 +81,9 @@ pub struct Replica {
     pub id: u64,
     pub scheme: Scheme,
     pub authority: Authority,
+    /// The `Host` an HTTP/1.1 request to it names: its authority, without the port when that
+    /// is the scheme's default (as hyper-util's client wrote it).
+    pub host: http::HeaderValue,
     /// Where the replica runs, when discovery knows it (Kubernetes): GPU samples are matched
     /// to replicas by pod name.
     pub placement: Placement,
@@ -135,8 +138,14 @@ impl Replica {
         inflight: IntGauge,
         epoch: Instant,
     ) -> Self {
+        let default_port = if scheme == Scheme::HTTPS { 443 } else { 80 };
+        let host = match authority.port_u16() {
+            Some(port) if port != default_port => authority.as_str(),
+            _ => authority.host(),
+        };
         Self {
             name: authority.to_string(),
+            host: http::HeaderValue::from_str(host).expect("an authority is a valid header value"),
             id: crate::openai::fnv1a(authority.as_str().as_bytes()),
             scheme,
             authority,
