@@ -554,7 +554,9 @@ pub struct RawScaler {
     pub scale_up_window: Quantity,
     /// Window over which load is averaged for scaling down (duration).
     pub scale_down_window: Quantity,
-    /// Scale down only to the highest count recommended during this window (duration).
+    /// Scale down only to the highest count recommended during this window (duration). The
+    /// default, 5 minutes as HPA's, keeps the replicas a burst needed for the next burst (a GPU
+    /// replica takes minutes to come back); shorten it for steady traffic to save cost.
     pub scale_down_stabilization: Quantity,
     /// Changes smaller than this share of the current count are ignored (0–1).
     pub tolerance: f64,
@@ -583,7 +585,7 @@ impl Default for RawScaler {
             targets: RawScalerTargets::default(),
             scale_up_window: "10s".into(),
             scale_down_window: "60s".into(),
-            scale_down_stabilization: "60s".into(),
+            scale_down_stabilization: "5m".into(),
             tolerance: 0.1,
             max_scale_down_step: 1,
             scale_to_zero_after: "5m".into(),
