@@ -108,10 +108,27 @@ impl SimPool {
     /// them (`PoolRuntime::refresh_prefix_budgets`).
     fn register_prefix_replicas(&self) {
         if let Some(index) = &self.prefix {
-            let block_tokens = u64::from(self.config.routing.prefix_block_chars)
-                .div_ceil(crate::openai::BYTES_PER_TOKEN as u64);
-            index.register(&self.snapshot.replicas, block_tokens);
+            index.register(
+                &self.snapshot.replicas,
+                self.config.routing.prefix_block_chars,
+            );
         }
+    }
+
+    /// Whether every replica taking traffic is saturated (`PoolRuntime::saturated`).
+    fn saturated(&self, now: Instant) -> bool {
+        router::all_saturated(
+            &self.snapshot,
+            &self.config.admission,
+            now,
+            self.config.metrics.stale_after,
+        )
+    }
+
+    /// A request left the queue after `waited` seconds (let in or expired).
+    fn left_queue(&mut self, waited: f64) {
+        self.queued -= 1;
+        self.max_wait = Some(self.max_wait.map_or(waited, |w| w.max(waited)));
     }
 }
 
@@ -334,7 +351,7 @@ impl<'w> Fleet<'w> {
                 break;
             }
             self.now = t;
-            if self.arrived == self.workload.len() && self.outstanding() == 0 {
+            if self.all_done() {
                 break;
             }
             if t >= next_report {
@@ -343,11 +360,7 @@ impl<'w> Fleet<'w> {
             }
             self.handle(ev);
         }
-        let end = if self.arrived == self.workload.len() && self.outstanding() == 0 {
-            self.now
-        } else {
-            end
-        };
+        let end = if self.all_done() { self.now } else { end };
         self.now = end;
         progress(end, end);
         // What is still queued or running did not finish in time.
@@ -366,9 +379,9 @@ impl<'w> Fleet<'w> {
         end
     }
 
-    /// Requests queued or running.
-    fn outstanding(&self) -> usize {
-        self.active
+    /// Every request has arrived and ended.
+    fn all_done(&self) -> bool {
+        self.arrived == self.workload.len() && self.active == 0
     }
 
     fn handle(&mut self, ev: Ev) {
@@ -492,6 +505,7 @@ impl<'w> Fleet<'w> {
 
     /// A request ended without an answer.
     fn fail(&mut self, i: usize, why: Failure) {
+        self.features[i] = None;
         self.active -= 1;
         self.rec.fail(why);
         if let Some(record) = self.records.get_mut(i) {
@@ -557,29 +571,20 @@ impl<'w> Fleet<'w> {
         let pool = &self.pools[p];
         let has_replica = !pool.snapshot.replicas.is_empty();
         if !has_replica && pool.policy.is_none() {
-            self.features[i] = None;
             self.fail(i, Failure::NoReplica);
             return;
         }
-        let saturated = router::all_saturated(
-            &pool.snapshot,
-            &pool.config.admission,
-            now,
-            pool.config.metrics.stale_after,
-        );
-        if has_replica && !saturated && pool.queued == 0 {
+        if has_replica && !pool.saturated(now) && pool.queued == 0 {
             self.dispatch(p, i);
             return;
         }
         let sheddable = self.config.classification.sheddable.contains(&priority);
         if sheddable && has_replica {
-            self.features[i] = None;
             self.fail(i, Failure::Shed);
             return;
         }
         let pool = &mut self.pools[p];
         if pool.queued >= u64::from(pool.config.admission.max_queue) {
-            self.features[i] = None;
             self.fail(i, Failure::QueueFull);
             return;
         }
@@ -603,23 +608,14 @@ impl<'w> Fleet<'w> {
         while self.pools[p].queued > 0 {
             let now = self.instant(self.now);
             let pool = &self.pools[p];
-            if pool.snapshot.replicas.is_empty()
-                || router::all_saturated(
-                    &pool.snapshot,
-                    &pool.config.admission,
-                    now,
-                    pool.config.metrics.stale_after,
-                )
-            {
+            if pool.snapshot.replicas.is_empty() || pool.saturated(now) {
                 return;
             }
             let pool = &mut self.pools[p];
             let Some(i) = pool.queue.iter_mut().find_map(VecDeque::pop_front) else {
                 return;
             };
-            pool.queued -= 1;
-            let waited = self.now - self.queued_at[i];
-            pool.max_wait = Some(pool.max_wait.map_or(waited, |w: f64| w.max(waited)));
+            pool.left_queue(self.now - self.queued_at[i]);
             self.dispatch(p, i);
         }
     }
@@ -629,10 +625,7 @@ impl<'w> Fleet<'w> {
         for class in &mut pool.queue {
             if let Some(at) = class.iter().position(|&q| q == i) {
                 class.remove(at);
-                pool.queued -= 1;
-                let waited = self.now - self.queued_at[i];
-                pool.max_wait = Some(pool.max_wait.map_or(waited, |w: f64| w.max(waited)));
-                self.features[i] = None;
+                pool.left_queue(self.now - self.queued_at[i]);
                 self.fail(i, Failure::QueueTimeout);
                 return;
             }
@@ -825,21 +818,17 @@ impl<'w> Fleet<'w> {
     fn scale(&mut self, p: usize) {
         let now = self.instant(self.now);
         let pool = &mut self.pools[p];
-        let stale_after = pool.config.metrics.stale_after;
-        let kv: Vec<f64> = pool
-            .snapshot
-            .replicas
-            .iter()
-            .filter_map(|r| r.fresh_stats(now, stale_after))
-            .filter_map(|s| s.stats.kv_usage)
-            .collect();
         let obs = Observation {
             now: self.now,
             ready: pool.snapshot.replicas.len() as u32,
             starting: pool.starting,
             inflight: pool.snapshot.replicas.iter().map(|r| r.inflight()).sum(),
             queued: pool.queued,
-            kv_cache_usage: (!kv.is_empty()).then(|| kv.iter().sum::<f64>() / kv.len() as f64),
+            kv_cache_usage: crate::load::mean_kv_usage(
+                &pool.snapshot.replicas,
+                now,
+                pool.config.metrics.stale_after,
+            ),
             queue_wait: pool.max_wait.take(),
             ..Default::default()
         };

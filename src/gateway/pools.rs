@@ -137,15 +137,11 @@ impl PoolRuntime {
     /// Mean KV-cache use of the replicas taking traffic whose scraped stats are fresh; None
     /// when none is (a missing signal, not a zero).
     pub fn mean_kv_usage(&self, now: Instant) -> Option<f64> {
-        let stale_after = self.config.metrics.stale_after;
-        let snapshot = self.snapshot.load();
-        let values: Vec<f64> = snapshot
-            .replicas
-            .iter()
-            .filter(|r| !r.is_ejected(now))
-            .filter_map(|r| r.fresh_stats(now, stale_after)?.stats.kv_usage)
-            .collect();
-        (!values.is_empty()).then(|| values.iter().sum::<f64>() / values.len() as f64)
+        crate::load::mean_kv_usage(
+            &self.snapshot.load().replicas,
+            now,
+            self.config.metrics.stale_after,
+        )
     }
 
     /// How old a GPU reading may be: `metrics.gpu.stale_after` (no reading is used without a
@@ -249,9 +245,10 @@ impl PoolRuntime {
         let Some(index) = &self.prefix_index else {
             return;
         };
-        let block_tokens = u64::from(self.config.routing.prefix_block_chars)
-            .div_ceil(crate::openai::BYTES_PER_TOKEN as u64);
-        index.register(&self.snapshot.load().replicas, block_tokens);
+        index.register(
+            &self.snapshot.load().replicas,
+            self.config.routing.prefix_block_chars,
+        );
     }
 
     /// Whether the pool can take a request now.

@@ -64,6 +64,21 @@ const RECENT_ADAPTERS: usize = 8;
 /// vLLM's default `max_loras`, when a replica's page does not say.
 const DEFAULT_MAX_LORAS: u32 = 4;
 
+/// Mean KV-cache use (0–1) of the replicas taking traffic (not ejected) that have fresh stats;
+/// None when none has: the scaler's KV signal, in the gateway and in the fleet simulation.
+pub fn mean_kv_usage(
+    replicas: &[Arc<Replica>],
+    now: Instant,
+    stale_after: std::time::Duration,
+) -> Option<f64> {
+    let (sum, n) = replicas
+        .iter()
+        .filter(|r| !r.is_ejected(now))
+        .filter_map(|r| r.fresh_stats(now, stale_after)?.stats.kv_usage)
+        .fold((0.0, 0u32), |(s, n), v| (s + v, n + 1));
+    (n > 0).then(|| sum / f64::from(n))
+}
+
 /// The pod and node behind a replica, as discovery reports them (empty for static and local
 /// replicas unless configured).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

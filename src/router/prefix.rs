@@ -122,9 +122,10 @@ impl PrefixIndex {
     }
 
     /// Registers `replicas` (a pool's routing snapshot) with budgets from their reported KV
-    /// capacities; `block_tokens` is the index's block size in tokens. What discovery, the
-    /// scraper and the fleet simulation call.
-    pub fn register(&self, replicas: &[Arc<crate::load::Replica>], block_tokens: u64) {
+    /// capacities; `block_chars` is the index's block size (`routing.prefix_block_chars`).
+    /// What discovery, the scraper and the fleet simulation call.
+    pub fn register(&self, replicas: &[Arc<crate::load::Replica>], block_chars: u32) {
+        let block_tokens = u64::from(block_chars).div_ceil(crate::openai::BYTES_PER_TOKEN as u64);
         let capacities: Vec<(u64, Option<u64>)> = replicas
             .iter()
             .map(|r| (r.id, r.kv_capacity_tokens()))
