@@ -5,9 +5,14 @@
 # request of the proxy process, its peak memory). Loopback only; every run is bounded by -d.
 #
 #   benches/proxy.sh [seconds-per-run]      (needs: wrk, nginx; builds --release)
+#
+# Environment: WORKERS=N gives both proxies N worker threads/processes (default: the gateway's
+# default, one per core, and nginx's `auto`); CASES="small" runs only some cases.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-10}
+workers=${WORKERS:-}
+cases=${CASES:-small large}
 conns=64
 threads=2
 command -v wrk >/dev/null && command -v nginx >/dev/null || { echo "needs wrk and nginx (apt-get install wrk nginx)"; exit 1; }
@@ -28,7 +33,7 @@ sim=$(awk '{print $3}' "$work/sim.out")
 
 gw_port=$(free_port); admin_port=$(free_port)
 cat >"$work/gw.yaml" <<YAML
-listeners: {gateway: 127.0.0.1:$gw_port, admin: 127.0.0.1:$admin_port}
+listeners: {gateway: 127.0.0.1:$gw_port, admin: 127.0.0.1:$admin_port${workers:+, worker_threads: $workers}}
 pools:
   - name: bench
     models: [m]
@@ -40,7 +45,7 @@ pids+=($gw_pid)
 
 ng_port=$(free_port)
 cat >"$work/nginx.conf" <<NGINX
-worker_processes auto;
+worker_processes ${workers:-auto};
 pid $work/nginx.pid;
 error_log $work/nginx-error.log warn;
 events { worker_connections 4096; }
@@ -81,12 +86,13 @@ hwm_kb() { local m=0; for p in "$@"; do v=$(awk '/VmHWM/{print $2}' "/proc/$p/st
 
 run() { # name url lua proxy-pids...
   local name=$1 url=$2 lua=$3; shift 3
-  local before after out rps p99 reqs
+  local before after out rps p50 p99 reqs
   before=$( [ $# -gt 0 ] && cpu_of "$@" || echo 0)
   out=$(wrk -t$threads -c$conns -d${secs}s --latency -s "$lua" "$url/v1/completions" 2>&1)
   after=$( [ $# -gt 0 ] && cpu_of "$@" || echo 0)
   rps=$(echo "$out" | awk '/Requests\/sec/{print $2}')
   reqs=$(echo "$out" | awk '/requests in/{print $1}')
+  p50=$(echo "$out" | awk '$1=="50%"{print $2}')
   p99=$(echo "$out" | awk '$1=="99%"{print $2}')
   errs=$(echo "$out" | awk '/Non-2xx|Socket errors/{print}' | tr '\n' ' ')
   local hz; hz=$(getconf CLK_TCK)
@@ -95,16 +101,16 @@ run() { # name url lua proxy-pids...
     cpu_us=$(awk -v d=$((after - before)) -v hz="$hz" -v n="$reqs" 'BEGIN{printf "%.1f", d / hz * 1e6 / n}')
     mem=$(( $(hwm_kb "$@") / 1024 ))
   fi
-  echo "| $name | $rps | $p99 | $cpu_us | $mem | ${errs:-none} |"
+  echo "| $name | $rps | $p50 | $p99 | $cpu_us | $mem | ${errs:-none} |"
 }
 
-echo "wrk -t$threads -c$conns -d${secs}s, $(nproc) cores, $(date -u +%Y-%m-%d)"
-for case in small large; do
+echo "wrk -t$threads -c$conns -d${secs}s, $(nproc) cores, proxy workers: ${workers:-default}, $(date -u '+%Y-%m-%d %H:%M') UTC"
+for case in $cases; do
   echo
   echo "**$case request** ($( [ $case = small ] && echo '~70-byte body' || echo '1 MiB prompt'))"
   echo
-  echo "| path | req/s | p99 latency | proxy CPU µs/req | proxy peak RSS MiB | errors |"
-  echo "|---|---|---|---|---|---|"
+  echo "| path | req/s | p50 latency | p99 latency | proxy CPU µs/req | proxy peak RSS MiB | errors |"
+  echo "|---|---|---|---|---|---|---|"
   run "direct to replica" "http://$sim" "$work/$case.lua"
   run "infergate" "http://127.0.0.1:$gw_port" "$work/$case.lua" "$gw_pid"
   # shellcheck disable=SC2046

@@ -45,7 +45,7 @@ impl Server {
 /// Binds `addr` (port 0 picks a free port) and returns one handle to the listening socket per
 /// worker. Call inside a runtime; the handles go to [`serve`].
 pub fn bind(addr: SocketAddr, workers: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
-    let first = bind_reuseport(addr)?;
+    let first = bind_one(addr)?;
     let mut listeners = Vec::new();
     for _ in 1..workers.max(1) {
         listeners.push(first.try_clone()?);
@@ -54,15 +54,16 @@ pub fn bind(addr: SocketAddr, workers: usize) -> std::io::Result<Vec<std::net::T
     Ok(listeners)
 }
 
-fn bind_reuseport(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+/// One listening socket. `SO_REUSEADDR` lets a restarted gateway bind while old connections
+/// linger in TIME_WAIT; no `SO_REUSEPORT`, so a second process on the same address fails with
+/// "address in use" instead of silently taking half the connections.
+fn bind_one(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     let socket = if addr.is_ipv4() {
         TcpSocket::new_v4()?
     } else {
         TcpSocket::new_v6()?
     };
     socket.set_reuseaddr(true)?;
-    #[cfg(unix)]
-    socket.set_reuseport(true)?;
     socket.bind(addr)?;
     // `listen` registers with the current runtime; the worker re-registers on its own.
     socket.listen(4096)?.into_std()

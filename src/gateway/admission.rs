@@ -3,8 +3,14 @@
 //! count (`admission.max_queue`) and wait (`admission.max_queue_wait`); released highest
 //! priority class first, and in arrival order within a class; sheddable classes are refused at
 //! once. The number waiting is exact and is the scaler's best signal.
+//!
+//! Only the first waiter of a class looks for room: freed capacity (an answer ended, a replica
+//! joined, a scrape came in) wakes that one, and each waiter let in wakes the next, so requests
+//! leave strictly in order and one wake-up never sets the whole queue racing for one place.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
@@ -19,38 +25,59 @@ pub struct Admission {
     max_wait_us: AtomicU64,
 }
 
+#[derive(Default)]
 struct ClassQueue {
+    /// Its length, readable without the lock.
     waiting: AtomicU64,
-    wake: Notify,
+    /// Waiters in arrival order, each with its own wake-up.
+    queue: Mutex<VecDeque<Arc<Notify>>>,
 }
 
-/// How often a waiter re-checks capacity on its own (scraped stats change without a wake-up).
+impl ClassQueue {
+    fn queue(&self) -> MutexGuard<'_, VecDeque<Arc<Notify>>> {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn is_first(&self, me: &Arc<Notify>) -> bool {
+        self.queue().front().is_some_and(|w| Arc::ptr_eq(w, me))
+    }
+}
+
+/// How often the first waiter re-checks capacity on its own (a safety net: scrapes, answers
+/// ending and replicas joining all wake it).
 const RECHECK: Duration = Duration::from_millis(50);
 
-/// Counts a request as waiting while it lives.
-struct Waiting<'a> {
+/// A request's place in its class's queue, given up when dropped (let in, refused or gone).
+struct Place<'a> {
     admission: &'a Admission,
     class: usize,
+    me: Arc<Notify>,
 }
 
-impl Drop for Waiting<'_> {
+impl Drop for Place<'_> {
     fn drop(&mut self) {
-        self.admission.classes[self.class]
-            .waiting
-            .fetch_sub(1, Ordering::Relaxed);
+        let class = &self.admission.classes[self.class];
+        let was_first = {
+            let mut queue = class.queue();
+            let at = queue.iter().position(|w| Arc::ptr_eq(w, &self.me));
+            if let Some(at) = at {
+                queue.remove(at);
+            }
+            at == Some(0)
+        };
+        class.waiting.fetch_sub(1, Ordering::Relaxed);
         self.admission.waiting.fetch_sub(1, Ordering::Relaxed);
+        if was_first {
+            // Whether let in or gone, the next in line looks for room now.
+            self.admission.wake();
+        }
     }
 }
 
 impl Admission {
     pub fn new(classes: usize) -> Self {
         Self {
-            classes: (0..classes.max(1))
-                .map(|_| ClassQueue {
-                    waiting: AtomicU64::new(0),
-                    wake: Notify::new(),
-                })
-                .collect(),
+            classes: (0..classes.max(1)).map(|_| ClassQueue::default()).collect(),
             waiting: AtomicU64::new(0),
             max_wait_us: AtomicU64::new(0),
         }
@@ -75,21 +102,21 @@ impl Admission {
         self.waiting.load(Ordering::Relaxed)
     }
 
-    /// Capacity freed for one request: wake the first waiter of the highest class with one.
-    pub fn wake_one(&self) {
+    /// Capacity may have freed (an answer ended, a replica joined, a scrape came in): the first
+    /// waiter of the highest class with any looks for room. Costs one atomic load when nobody
+    /// waits.
+    pub fn wake(&self) {
+        if self.waiting() == 0 {
+            return;
+        }
         if let Some(class) = self
             .classes
             .iter()
             .find(|c| c.waiting.load(Ordering::Relaxed) > 0)
+            && let Some(first) = class.queue().front()
         {
-            class.wake.notify_one();
-        }
-    }
-
-    /// Capacity changed for many (a replica joined): wake every waiter to re-check.
-    pub fn wake_all(&self) {
-        for class in &self.classes {
-            class.wake.notify_waiters();
+            // A stored permit: a waiter between its check and its sleep still sees it.
+            first.notify_one();
         }
     }
 
@@ -99,8 +126,8 @@ impl Admission {
             .any(|c| c.waiting.load(Ordering::Relaxed) > 0)
     }
 
-    /// Waits until `can_take()` holds and no higher class is waiting, or fails with 429 when the
-    /// queue is full or `deadline` passes.
+    /// Waits until this request is first in line, no higher class waits and `can_take()`
+    /// holds, or fails with 429 when the queue is full or `deadline` passes.
     pub async fn wait(
         &self,
         class: usize,
@@ -113,22 +140,28 @@ impl Admission {
             self.waiting.fetch_sub(1, Ordering::Relaxed);
             return Err(GatewayError::QueueFull);
         }
-        self.classes[class].waiting.fetch_add(1, Ordering::Relaxed);
-        let _waiting = Waiting {
+        let queue = &self.classes[class];
+        let me = Arc::new(Notify::new());
+        queue.waiting.fetch_add(1, Ordering::Relaxed);
+        queue.queue().push_back(me.clone());
+        let _place = Place {
             admission: self,
             class,
+            me: me.clone(),
         };
         loop {
-            let woken = self.classes[class].wake.notified();
-            tokio::pin!(woken);
-            woken.as_mut().enable();
-            if !self.higher_class_waiting(class) && can_take() {
-                return Ok(());
+            let first = queue.is_first(&me);
+            if first && !self.higher_class_waiting(class) && can_take() {
+                return Ok(()); // dropping the place wakes the next in line
             }
-            let recheck = (Instant::now() + RECHECK).min(deadline);
+            let until = if first {
+                (Instant::now() + RECHECK).min(deadline)
+            } else {
+                deadline
+            };
             tokio::select! {
-                _ = woken => {}
-                _ = tokio::time::sleep_until(recheck.into()) => {
+                _ = me.notified() => {}
+                _ = tokio::time::sleep_until(until.into()) => {
                     if Instant::now() >= deadline {
                         return Err(GatewayError::QueueTimeout);
                     }
@@ -161,6 +194,42 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn waiters_leave_in_arrival_order_whoever_rechecks_first() {
+        use std::sync::atomic::AtomicI64;
+        let a = Arc::new(Admission::new(1));
+        let free = Arc::new(AtomicI64::new(0));
+        let order = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut tasks = Vec::new();
+        for i in 0..4u64 {
+            let (a, free, order) = (a.clone(), free.clone(), order.clone());
+            tasks.push(tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(10 * i)).await;
+                let deadline = Instant::now() + Duration::from_secs(5);
+                let room = || free.load(Ordering::Relaxed) > 0;
+                a.wait(0, 10, deadline, room).await.unwrap();
+                free.fetch_sub(1, Ordering::Relaxed);
+                order.lock().unwrap().push(i);
+            }));
+        }
+        // Room for one appears with no wake-up (as a scrape shows it), just before the last
+        // arrival's own periodic re-check would come round: the first in line still gets it.
+        tokio::time::sleep(Duration::from_millis(75)).await;
+        free.store(1, Ordering::Relaxed);
+        let until = Instant::now() + Duration::from_secs(2);
+        while order.lock().unwrap().is_empty() && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // Room for the other three and one wake-up: each one let in wakes the next.
+        free.store(3, Ordering::Relaxed);
+        a.wake();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        assert_eq!(*order.lock().unwrap(), vec![0, 1, 2, 3]);
+        assert_eq!(a.waiting(), 0);
+    }
+
+    #[tokio::test]
     async fn higher_classes_are_released_first() {
         let a = Arc::new(Admission::new(3));
         let open = Arc::new(AtomicBool::new(false));
@@ -182,7 +251,7 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(60)).await;
         assert_eq!(a.waiting(), 2);
         open.store(true, Ordering::Relaxed);
-        a.wake_one();
+        a.wake();
         for t in tasks {
             t.await.unwrap();
         }

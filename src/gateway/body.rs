@@ -165,7 +165,7 @@ impl ProxiedBody {
             .bytes_out
             .inc_by(std::mem::take(&mut self.bytes_sent));
         // That capacity can go to the next request waiting at the gateway.
-        self.pool.admission.wake_one();
+        self.pool.admission.wake();
         self.pool
             .metrics
             .duration
@@ -202,7 +202,7 @@ impl Drop for ProxiedBody {
             // The client went away mid-answer: release the replica, then let a waiter in.
             self.pool.metrics.bytes_out.inc_by(self.bytes_sent);
             self.guard = None;
-            self.pool.admission.wake_one();
+            self.pool.admission.wake();
         }
     }
 }

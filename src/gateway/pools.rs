@@ -236,7 +236,7 @@ impl PoolRuntime {
         self.metrics.replicas.set(replicas.len() as i64);
         self.snapshot.store(Arc::new(Snapshot::new(replicas)));
         self.refresh_prefix_budgets();
-        self.admission.wake_all();
+        self.admission.wake();
     }
 
     /// Gives the prefix index the current replicas and their budgets, from the KV capacity each

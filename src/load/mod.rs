@@ -380,10 +380,12 @@ impl Replica {
         let queued_delta = pending - scraped.pending_at_scrape as f64;
         let sent_delta = self.inflight() as f64 - scraped.inflight_at_scrape as f64;
         let running = scraped.stats.running + sent_delta - queued_delta;
+        // Requests of ours that were already without a first byte at the page are in its
+        // counts, waiting or running: they are not all taken as queued (an engine that answers
+        // at once has dozens in transit, and a non-streamed answer's first byte comes only at
+        // its end).
         Some(EngineView {
-            waiting: (scraped.stats.waiting + queued_delta + running.min(0.0))
-                .max(pending)
-                .max(0.0),
+            waiting: (scraped.stats.waiting + queued_delta + running.min(0.0)).max(0.0),
             running: running.max(0.0),
             kv_usage: scraped.stats.kv_usage,
         })
@@ -606,6 +608,27 @@ mod tests {
         a.first_byte(std::time::Duration::from_millis(5));
         b.first_byte(std::time::Duration::from_millis(5));
         assert_eq!(view(&r), (2.0, 5.0));
+    }
+
+    #[test]
+    fn requests_in_transit_at_the_page_are_not_counted_as_queued() {
+        let r = replica();
+        let now = Instant::now();
+        let stale = Duration::from_secs(1);
+        // Twenty requests of ours had no first byte when the page was asked for, yet the engine
+        // showed nothing waiting: they were in transit or running. Two more sent since queue.
+        let guards: Vec<_> = (0..22).map(|_| r.start_request()).collect();
+        r.record_scrape_from(
+            EngineStats::default(),
+            now,
+            LoadMarks {
+                inflight: 20,
+                pending: 20,
+            },
+        );
+        let view = r.engine_view(now, stale).unwrap();
+        assert_eq!((view.waiting, view.running), (2.0, 0.0));
+        drop(guards);
     }
 
     #[test]

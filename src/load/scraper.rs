@@ -104,6 +104,8 @@ async fn scrape_replicas(pool: &Arc<PoolRuntime>, client: &HttpClient) {
         while scrapes.join_next().await.is_some() {}
         // KV capacities may be known now: the prefix index's budgets follow them.
         pool.refresh_prefix_budgets();
+        // Fresh counts may show room for a request waiting at the gateway.
+        pool.admission.wake();
     }
 }
 

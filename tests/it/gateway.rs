@@ -287,6 +287,35 @@ async fn client_errors_are_openai_errors() {
 }
 
 #[tokio::test]
+async fn an_address_in_use_is_refused_by_name() {
+    let replica = sim("m", "llama-8b-h100").await;
+    let first = static_gateway(&[replica.addr], "").await;
+    let yaml = format!(
+        "listeners: {{gateway: {}, admin: 127.0.0.1:0}}
+pools:
+  - name: p
+    models: [m]
+    discovery: {{static: {{endpoints: [\"http://{}\"]}}}}",
+        first.gateway_addr, replica.addr
+    );
+    let config = infergate::config::parse(&yaml, "test").unwrap();
+    let Err(error) = gateway::start(config).await else {
+        panic!("a second gateway on a taken address started");
+    };
+    let message = format!("{error:#}");
+    assert!(
+        message.contains(&format!(
+            "cannot listen on {} (listeners.gateway)",
+            first.gateway_addr
+        )) && message.contains("in use"),
+        "{message}"
+    );
+    // The first one still answers.
+    let reply = get(&format!("http://{}/v1/models", first.gateway_addr)).await;
+    assert_eq!(reply.status, 200);
+}
+
+#[tokio::test]
 async fn a_dead_replica_at_start_costs_nothing() {
     let live = sim("m", "llama-8b-h100").await;
     // A port nothing listens on.
