@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Proxy overhead, side by side in one run: wrk against an `infergate sim --instant` replica
 # directly, through infergate, and through nginx as a plain keep-alive reverse proxy.
-# Small requests and a 1 MB-prompt case. Prints a Markdown table (throughput, p99, CPU per
+# Small requests and a 1 MB-prompt case; each measured run follows a 2-second warm-up run. Prints a Markdown table (throughput, p99, CPU per
 # request of the proxy process, its peak memory). Loopback only; every run is bounded by -d.
 #
 #   benches/proxy.sh [seconds-per-run]      (needs: wrk, nginx; builds --release)
@@ -20,7 +20,7 @@ cargo build --release --locked -q
 bin=target/release/infergate
 work=$(mktemp -d)
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; [ -f "$work/nginx.pid" ] && kill "$(cat "$work/nginx.pid")" 2>/dev/null; rm -rf "$work"; }
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; kill "$(cat "$work/nginx.pid" 2>/dev/null)" 2>/dev/null; rm -rf "$work"; }
 trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -65,7 +65,10 @@ http {
   }
 }
 NGINX
-nginx -c "$work/nginx.conf"
+# In the foreground of this session like the gateway (a daemon gets a scheduler group of its
+# own, which changes its share of the two cores against wrk and the replica).
+nginx -c "$work/nginx.conf" -g 'daemon off;' &
+pids+=($!)
 sleep 1
 
 cat >"$work/small.lua" <<'LUA'
@@ -84,9 +87,16 @@ cpu_of() { local t=0; for p in "$@"; do set -- $(cut -d' ' -f14,15 "/proc/$p/sta
 nginx_pids() { pgrep -f "nginx: " | tr '\n' ' '; }
 hwm_kb() { local m=0; for p in "$@"; do v=$(awk '/VmHWM/{print $2}' "/proc/$p/status"); m=$((m + v)); done; echo "$m"; }
 
+# Requests that went through infergate's admission queue so far.
+queued() { python3 -c 'import sys,urllib.request
+page = urllib.request.urlopen(sys.argv[1]).read().decode()
+print(sum(int(float(l.split()[-1])) for l in page.splitlines() if l.startswith("infergate_queue_wait_seconds_count")))' "http://127.0.0.1:$admin_port/metrics"; }
+
 run() { # name url lua proxy-pids...
   local name=$1 url=$2 lua=$3; shift 3
   local before after out rps p50 p99 reqs
+  # A short warm-up first, for every path alike: connections, upstream pools, page cache.
+  wrk -t$threads -c$conns -d2s -s "$lua" "$url/v1/completions" >/dev/null 2>&1
   before=$( [ $# -gt 0 ] && cpu_of "$@" || echo 0)
   out=$(wrk -t$threads -c$conns -d${secs}s --latency -s "$lua" "$url/v1/completions" 2>&1)
   after=$( [ $# -gt 0 ] && cpu_of "$@" || echo 0)
@@ -112,7 +122,11 @@ for case in $cases; do
   echo "| path | req/s | p50 latency | p99 latency | proxy CPU µs/req | proxy peak RSS MiB | errors |"
   echo "|---|---|---|---|---|---|---|"
   run "direct to replica" "http://$sim" "$work/$case.lua"
+  queued_before=$(queued)
   run "infergate" "http://127.0.0.1:$gw_port" "$work/$case.lua" "$gw_pid"
+  queued_note="$case: $(( $(queued) - queued_before )) requests waited in infergate's admission queue"
   # shellcheck disable=SC2046
   run "nginx" "http://127.0.0.1:$ng_port" "$work/$case.lua" $(nginx_pids)
+  echo
+  echo "$queued_note"
 done

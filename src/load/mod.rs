@@ -24,6 +24,13 @@ use exposition::EngineStats;
 pub struct EngineView {
     /// Waiting requests, corrected by what this gateway sent since the scrape.
     pub waiting: f64,
+    /// The page's own waiting count, less what of ours started since but never raised by
+    /// what was sent since: whether the engine is queueing (what holds requests at the
+    /// gateway). Between two pages the engine's queue takes a burst as well as the gateway
+    /// would (a batch of prompts may all start in one step); counting sends as queued would
+    /// dribble a burst out a few at a time, and hold requests that are only in transit to a
+    /// fast engine.
+    pub page_waiting: f64,
     pub running: f64,
     pub kv_usage: Option<f64>,
 }
@@ -386,6 +393,8 @@ impl Replica {
         // its end).
         Some(EngineView {
             waiting: (scraped.stats.waiting + queued_delta + running.min(0.0)).max(0.0),
+            page_waiting: (scraped.stats.waiting + queued_delta.min(0.0) + running.min(0.0))
+                .max(0.0),
             running: running.max(0.0),
             kv_usage: scraped.stats.kv_usage,
         })
@@ -603,11 +612,23 @@ mod tests {
         let _c = r.start_request();
         r.record_scrape_from(stats(2.0, 3.0), now, marks(1, 1));
         assert_eq!(view(&r), (4.0, 3.0));
+        let page_waiting = || r.engine_view(now, stale).unwrap().page_waiting;
+        assert_eq!(
+            page_waiting(),
+            2.0,
+            "sends alone do not make the engine look queued"
+        );
         // Two of them started since (first byte): they run, the queue keeps the one left.
         let (mut a, mut b) = (_a, _b);
         a.first_byte(std::time::Duration::from_millis(5));
         b.first_byte(std::time::Duration::from_millis(5));
         assert_eq!(view(&r), (2.0, 5.0));
+        r.record_scrape_from(stats(2.0, 3.0), now, marks(1, 3));
+        assert_eq!(
+            page_waiting(),
+            0.0,
+            "two started since: they left the queue"
+        );
     }
 
     #[test]
@@ -628,6 +649,7 @@ mod tests {
         );
         let view = r.engine_view(now, stale).unwrap();
         assert_eq!((view.waiting, view.running), (2.0, 0.0));
+        assert_eq!(view.page_waiting, 0.0, "the engine is not queueing");
         drop(guards);
     }
 
