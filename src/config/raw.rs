@@ -460,7 +460,9 @@ pub struct RawAdmission {
     pub max_queue: u32,
     /// Longest a request waits at the gateway before it gets 429 with `Retry-After` (duration).
     pub max_queue_wait: Quantity,
-    /// A replica is saturated when its engine queue holds more than this many requests.
+    /// A replica is saturated when more than this many requests wait there: its engine queue
+    /// as last scraped (less this gateway's requests that started since), or this gateway's
+    /// streamed requests to it still without a first token, whichever is more.
     pub max_waiting_per_replica: u32,
     /// A replica is saturated when its KV-cache use (0–1) exceeds this.
     pub max_kv_cache_usage: f64,

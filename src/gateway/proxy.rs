@@ -174,7 +174,11 @@ async fn forward(
             break;
         };
         let replica = snapshot.replicas[index].clone();
-        let guard = replica.start_request_with(router::own_prefill_tokens(features, replica.id));
+        let mut guard =
+            replica.start_request_with(router::own_prefill_tokens(features, replica.id));
+        if !features.stream {
+            guard.answer_not_streamed();
+        }
         if let Some(adapter) = features.adapter {
             replica.note_adapter(adapter);
         }

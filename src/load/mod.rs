@@ -24,13 +24,12 @@ use exposition::EngineStats;
 pub struct EngineView {
     /// Waiting requests, corrected by what this gateway sent since the scrape.
     pub waiting: f64,
-    /// The page's own waiting count, less what of ours started since but never raised by
-    /// what was sent since: whether the engine is queueing (what holds requests at the
-    /// gateway). Between two pages the engine's queue takes a burst as well as the gateway
-    /// would (a batch of prompts may all start in one step); counting sends as queued would
-    /// dribble a burst out a few at a time, and hold requests that are only in transit to a
-    /// fast engine.
-    pub page_waiting: f64,
+    /// What holds requests at the gateway: the page's own waiting count less what of ours
+    /// started since, or this gateway's streams there still without a first token, whichever
+    /// is more — not raised by non-streamed requests sent since the page: those may be only in
+    /// transit to a fast engine, and the next page shows them (a gate that counted them would
+    /// keep the very sample it compares with low, and stay shut).
+    pub admission_waiting: f64,
     pub running: f64,
     pub kv_usage: Option<f64>,
 }
@@ -121,6 +120,9 @@ pub struct Replica {
     pending_prefill: AtomicU64,
     /// This gateway's requests to the replica that have no first byte yet.
     pending_requests: AtomicU64,
+    /// Those of them that stream: each is waiting or in its prefill there, whatever a page
+    /// says (a non-streamed answer's first byte is its end, so says nothing of the sort).
+    pending_streams: AtomicU64,
     /// Learned prefill speed, as two averages (f64 bits; 0 = not learned yet): time to first
     /// byte, and the prefill work (tokens) it covered. Their ratio is seconds per token — a
     /// ratio of means, so short prompts (whose first byte is mostly the step's fixed cost) do
@@ -180,6 +182,7 @@ impl Replica {
             scrape_failures: AtomicU32::new(0),
             pending_prefill: AtomicU64::new(0),
             pending_requests: AtomicU64::new(0),
+            pending_streams: AtomicU64::new(0),
             first_byte_secs: AtomicU64::new(0),
             first_byte_work: AtomicU64::new(0),
             step_secs: AtomicU64::new(0),
@@ -276,6 +279,7 @@ impl Replica {
         let step_at_dispatch = self.expected_step();
         self.inflight.inc();
         self.pending_requests.fetch_add(1, Ordering::Relaxed);
+        self.pending_streams.fetch_add(1, Ordering::Relaxed);
         let ahead = self
             .pending_prefill
             .fetch_add(prefill_tokens, Ordering::Relaxed);
@@ -286,6 +290,7 @@ impl Replica {
             ahead_at_dispatch: ahead,
             step_at_dispatch,
             prefill_done: false,
+            unstreamed: false,
         }
     }
 
@@ -300,9 +305,17 @@ impl Replica {
     }
 
     /// A request's prefill ended (first byte, or the request ended without one).
-    fn prefill_ended(&self, tokens: u64) {
-        self.pending_prefill.fetch_sub(tokens, Ordering::Relaxed);
+    fn prefill_ended(&self, tokens: u64, streamed: bool) {
         self.pending_requests.fetch_sub(1, Ordering::Relaxed);
+        if streamed {
+            self.unstream(tokens);
+        }
+    }
+
+    /// Takes a request out of the streamed requests waiting for their prefill.
+    fn unstream(&self, tokens: u64) {
+        self.pending_prefill.fetch_sub(tokens, Ordering::Relaxed);
+        self.pending_streams.fetch_sub(1, Ordering::Relaxed);
     }
 
     /// Takes the replica out of routing for `for_ms`; false if it already was out.
@@ -384,16 +397,16 @@ impl Replica {
         // short request can end between the page and now while the page still shows it
         // waiting).
         let pending = self.pending_requests.load(Ordering::Relaxed) as f64;
+        let streams = self.pending_streams.load(Ordering::Relaxed) as f64;
         let queued_delta = pending - scraped.pending_at_scrape as f64;
         let sent_delta = self.inflight() as f64 - scraped.inflight_at_scrape as f64;
         let running = scraped.stats.running + sent_delta - queued_delta;
-        // Requests of ours that were already without a first byte at the page are in its
-        // counts, waiting or running: they are not all taken as queued (an engine that answers
-        // at once has dozens in transit, and a non-streamed answer's first byte comes only at
-        // its end).
         Some(EngineView {
-            waiting: (scraped.stats.waiting + queued_delta + running.min(0.0)).max(0.0),
-            page_waiting: (scraped.stats.waiting + queued_delta.min(0.0) + running.min(0.0))
+            waiting: (scraped.stats.waiting + queued_delta + running.min(0.0))
+                .max(streams)
+                .max(0.0),
+            admission_waiting: (scraped.stats.waiting + queued_delta.min(0.0) + running.min(0.0))
+                .max(streams)
                 .max(0.0),
             running: running.max(0.0),
             kv_usage: scraped.stats.kv_usage,
@@ -457,6 +470,8 @@ pub struct InflightGuard {
     /// [`Replica::expected_step`] when the request was sent.
     step_at_dispatch: f64,
     prefill_done: bool,
+    /// The answer is not streamed: its first byte is its end.
+    unstreamed: bool,
 }
 
 /// Prefill work (tokens) below which a first byte teaches nothing about prefill speed: it is
@@ -487,7 +502,11 @@ impl InflightGuard {
             return;
         }
         self.prefill_done = true;
-        self.replica.prefill_ended(self.prefill_tokens);
+        self.replica
+            .prefill_ended(self.prefill_tokens, !self.unstreamed);
+        if self.unstreamed {
+            return; // the whole answer's time, not the prefill's
+        }
         // The prefill speed is what the first byte took beyond the step it had to wait out,
         // per token of prefill work: a fully cached prompt (1 token of work, a whole step of
         // waiting) says nothing about prefill speed and must not make the replica look slow.
@@ -501,6 +520,17 @@ impl InflightGuard {
 }
 
 impl InflightGuard {
+    /// The answer will not be streamed: its first byte comes with its end, after every token
+    /// was generated. It says nothing about when the prefill ran, so the request is not counted
+    /// as waiting or as prefill work ahead (the replica's pages show where it is), and it
+    /// teaches no prefill speed.
+    pub fn answer_not_streamed(&mut self) {
+        if !self.unstreamed && !self.prefill_done {
+            self.replica.unstream(self.prefill_tokens);
+        }
+        self.unstreamed = true;
+    }
+
     /// A streamed answer's next chunk came `gap` after the previous one: one engine step.
     pub fn chunk_gap(&self, gap: std::time::Duration) {
         ewma_f64(&self.replica.step_secs, gap.as_secs_f64());
@@ -510,7 +540,8 @@ impl InflightGuard {
 impl Drop for InflightGuard {
     fn drop(&mut self) {
         if !self.prefill_done {
-            self.replica.prefill_ended(self.prefill_tokens);
+            self.replica
+                .prefill_ended(self.prefill_tokens, !self.unstreamed);
         }
         self.replica.inflight.dec();
     }
@@ -556,6 +587,12 @@ mod tests {
             0.0,
             "nothing of ours runs: no step to wait out"
         );
+        // A non-streamed answer's first byte comes after its last token: nothing learned.
+        let mut whole = r.start_request_with(1000);
+        whole.answer_not_streamed();
+        whole.first_byte(Duration::from_secs(8));
+        assert!(close(r.secs_per_token(), 50e-6), "{:?}", r.secs_per_token());
+        assert_eq!(r.pending_prefill(), 0, "its wait ended all the same");
     }
 
     #[test]
@@ -612,11 +649,11 @@ mod tests {
         let _c = r.start_request();
         r.record_scrape_from(stats(2.0, 3.0), now, marks(1, 1));
         assert_eq!(view(&r), (4.0, 3.0));
-        let page_waiting = || r.engine_view(now, stale).unwrap().page_waiting;
+        let admission_waiting = || r.engine_view(now, stale).unwrap().admission_waiting;
         assert_eq!(
-            page_waiting(),
-            2.0,
-            "sends alone do not make the engine look queued"
+            admission_waiting(),
+            3.0,
+            "three streams there have no first token"
         );
         // Two of them started since (first byte): they run, the queue keeps the one left.
         let (mut a, mut b) = (_a, _b);
@@ -625,32 +662,39 @@ mod tests {
         assert_eq!(view(&r), (2.0, 5.0));
         r.record_scrape_from(stats(2.0, 3.0), now, marks(1, 3));
         assert_eq!(
-            page_waiting(),
-            0.0,
+            admission_waiting(),
+            1.0,
             "two started since: they left the queue"
         );
     }
 
     #[test]
-    fn requests_in_transit_at_the_page_are_not_counted_as_queued() {
+    fn non_streamed_requests_in_transit_hold_nothing_at_the_gateway() {
         let r = replica();
         let now = Instant::now();
         let stale = Duration::from_secs(1);
-        // Twenty requests of ours had no first byte when the page was asked for, yet the engine
-        // showed nothing waiting: they were in transit or running. Two more sent since queue.
-        let guards: Vec<_> = (0..22).map(|_| r.start_request()).collect();
-        r.record_scrape_from(
-            EngineStats::default(),
-            now,
-            LoadMarks {
-                inflight: 20,
-                pending: 20,
-            },
-        );
+        let unstreamed = |r: &Arc<Replica>| {
+            let mut guard = r.start_request_with(100);
+            guard.answer_not_streamed();
+            guard
+        };
+        // Twenty non-streamed requests of ours had no first byte when the page was asked for,
+        // and the engine showed nothing waiting: they were in transit or running.
+        let mut guards: Vec<_> = (0..20).map(|_| unstreamed(&r)).collect();
+        r.record_scrape(EngineStats::default(), now);
+        // Two more sent since: the router counts them queued until the next page; the gate
+        // does not, and none of them is prefill work ahead.
+        guards.extend((0..2).map(|_| unstreamed(&r)));
         let view = r.engine_view(now, stale).unwrap();
-        assert_eq!((view.waiting, view.running), (2.0, 0.0));
-        assert_eq!(view.page_waiting, 0.0, "the engine is not queueing");
-        drop(guards);
+        assert_eq!((view.waiting, view.admission_waiting), (2.0, 0.0));
+        assert_eq!(r.pending_prefill(), 0);
+        // Streams without a first token are waiting or in their prefill, whatever the page.
+        let streams: Vec<_> = (0..3).map(|_| r.start_request_with(100)).collect();
+        let view = r.engine_view(now, stale).unwrap();
+        assert_eq!((view.waiting, view.admission_waiting), (5.0, 3.0));
+        assert_eq!(r.pending_prefill(), 300);
+        drop((guards, streams));
+        assert_eq!(r.pending_prefill(), 0);
     }
 
     #[test]

@@ -124,7 +124,8 @@ pub struct PickContext {
 
 /// Whether a replica should take no more requests now: this gateway has
 /// `max_inflight_per_replica` in flight to it, or its fresh scraped stats show more than
-/// `max_waiting_per_replica` waiting (less what of ours started since) or KV-cache use above
+/// `max_waiting_per_replica` waiting (less what of ours started since, and at least this
+/// gateway's streams there without a first token) or KV-cache use above
 /// `max_kv_cache_usage`. Stale stats count as unknown, never as saturated.
 pub fn saturated(
     replica: &Replica,
@@ -136,7 +137,7 @@ pub fn saturated(
         return true;
     }
     replica.engine_view(now, stale_after).is_some_and(|view| {
-        view.page_waiting > f64::from(limits.max_waiting_per_replica)
+        view.admission_waiting > f64::from(limits.max_waiting_per_replica)
             || view
                 .kv_usage
                 .is_some_and(|kv| kv > limits.max_kv_cache_usage)

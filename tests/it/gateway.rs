@@ -755,6 +755,49 @@ async fn status_queued(gw: &RunningGateway) -> u64 {
     status(gw).await["pools"][0]["queued"].as_u64().unwrap()
 }
 
+/// Non-streamed answers tell nothing about the engine's queue until they end, so dozens of them
+/// in flight to a replica that answers at once (its pages show nothing waiting) are never held
+/// at the gateway: it passes them all on, as a plain proxy would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_streamed_requests_to_a_fast_replica_are_not_held() {
+    let mut opts = SimOptions::new(profile("llama-8b-h100").unwrap());
+    opts.models = vec!["m".into()];
+    opts.instant = true;
+    let replica = start(opts).await.unwrap();
+    let gw = static_gateway(&[replica.addr], "").await;
+    for _ in 0..200 {
+        if !status(&gw).await["pools"][0]["replicas"][0]["engine"].is_null() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        !status(&gw).await["pools"][0]["replicas"][0]["engine"].is_null(),
+        "the replica's page was read"
+    );
+    let url = format!("http://{}/v1/completions", gw.gateway_addr);
+    for _ in 0..4 {
+        let replies = futures::future::join_all((0..48).map(|i| {
+            post(
+                &url,
+                json!({"model": "m", "prompt": format!("question {i}"), "max_tokens": 8}),
+            )
+        }))
+        .await;
+        assert!(replies.iter().all(|r| r.status == 200));
+    }
+    let page = get(&format!("http://{}/metrics", gw.admin_addr)).await;
+    let page = String::from_utf8_lossy(&page.body).into_owned();
+    let answered = metric(
+        &page,
+        "infergate_requests_total",
+        &[("pool", "p"), ("status", "200")],
+    );
+    assert_eq!(answered, Some(192.0));
+    let held = metric(&page, "infergate_queue_wait_seconds_count", &[("pool", "p")]);
+    assert_eq!(held.unwrap_or(0.0), 0.0, "requests were held at the gateway");
+}
+
 /// Two long answers fill a replica limited to two in flight; what comes next waits at the
 /// gateway (and is answered once capacity frees), unless its class is sheddable, the queue is
 /// full, or its wait runs out — those get 429 with Retry-After.
