@@ -794,8 +794,16 @@ async fn non_streamed_requests_to_a_fast_replica_are_not_held() {
         &[("pool", "p"), ("status", "200")],
     );
     assert_eq!(answered, Some(192.0));
-    let held = metric(&page, "infergate_queue_wait_seconds_count", &[("pool", "p")]);
-    assert_eq!(held.unwrap_or(0.0), 0.0, "requests were held at the gateway");
+    let held = metric(
+        &page,
+        "infergate_queue_wait_seconds_count",
+        &[("pool", "p")],
+    );
+    assert_eq!(
+        held.unwrap_or(0.0),
+        0.0,
+        "requests were held at the gateway"
+    );
 }
 
 /// Two long answers fill a replica limited to two in flight; what comes next waits at the
