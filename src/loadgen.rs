@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::fleet::stats::Summary;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
@@ -56,37 +57,30 @@ pub struct LoadReport {
     pub output_tokens: u64,
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
-    sorted[rank.min(sorted.len() - 1)]
-}
-
 impl LoadReport {
     pub fn render(&self) -> String {
-        let mut ttft = self.ttft.clone();
-        let mut e2e = self.e2e.clone();
-        ttft.sort_by(f64::total_cmp);
-        e2e.sort_by(f64::total_cmp);
         let secs = self.elapsed.as_secs_f64().max(1e-9);
-        let ms = |v: f64| v * 1000.0;
+        // Percentiles in ms, the same nearest-rank ones the fleet simulation reports.
+        let line = |values: &[f64]| match Summary::of(&mut values.to_vec()) {
+            s if s.count == 0 => "none".to_string(),
+            s => format!(
+                "p50 {:.1}  p90 {:.1}  p99 {:.1}",
+                s.p50 * 1000.0,
+                s.p90 * 1000.0,
+                s.p99 * 1000.0
+            ),
+        };
         format!(
             "requests: {} ok, {} failed in {:.1}s ({:.1} req/s, {:.0} output tokens/s)\n\
-             ttft ms:   p50 {:.1}  p90 {:.1}  p99 {:.1}\n\
-             e2e  ms:   p50 {:.1}  p90 {:.1}  p99 {:.1}",
+             ttft ms:   {}\n\
+             e2e  ms:   {}",
             self.ok,
             self.failed,
             secs,
             self.ok as f64 / secs,
             self.output_tokens as f64 / secs,
-            ms(percentile(&ttft, 50.0)),
-            ms(percentile(&ttft, 90.0)),
-            ms(percentile(&ttft, 99.0)),
-            ms(percentile(&e2e, 50.0)),
-            ms(percentile(&e2e, 90.0)),
-            ms(percentile(&e2e, 99.0)),
+            line(&self.ttft),
+            line(&self.e2e),
         )
     }
 }
@@ -282,7 +276,7 @@ pub struct ReplayArgs {
 
 /// Replays the workload in real time against `args.url` and returns the measured run.
 pub async fn replay(args: ReplayArgs) -> anyhow::Result<crate::fleet::stats::RunReport> {
-    use crate::fleet::stats::{Failure, Recorder, RunReport, Sample as Point, Slo, Summary};
+    use crate::fleet::stats::{Failure, Recorder, RunReport, Sample as Point, Slo};
     let requests = args.workload.load()?;
     anyhow::ensure!(args.max_inflight > 0, "--max-inflight must be at least 1");
     let uri: http::Uri = format!("{}/v1/completions", args.url.trim_end_matches('/')).parse()?;
