@@ -273,8 +273,9 @@ impl Replica {
         f64::from_bits(self.mean_prompt_tokens.load(Ordering::Relaxed))
     }
 
-    /// Counts a request with `prefill_tokens` of prompt to compute as in flight (and its
-    /// prefill as pending until its first byte) until the guard is dropped.
+    /// Counts a request with `prefill_tokens` of prompt to compute as in flight (and, as a
+    /// stream, its prefill as pending until its first byte — see
+    /// [`InflightGuard::answer_not_streamed`]) until the guard is dropped.
     pub fn start_request_with(self: &Arc<Self>, prefill_tokens: u64) -> InflightGuard {
         let step_at_dispatch = self.expected_step();
         self.inflight.inc();
