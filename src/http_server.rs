@@ -6,7 +6,7 @@
 //! same listener (one thread for the admin API or a simulator, one per core for the gateway): a
 //! request and the upstream connection it uses then live on one thread, with no cross-thread
 //! wake-ups (the cost that dominates a proxy's profile on a small machine). A worker takes a
-//! new connection only while no other has fewer open ([`Balance`]).
+//! new connection only while no other has fewer open (`Balance`).
 
 use std::convert::Infallible;
 use std::future::Future;
