@@ -274,6 +274,7 @@ async fn answer(shared: Arc<Shared>, body: &[u8], kind: Kind) -> Response<SimBod
         done: false,
         finished: false,
         pending: std::collections::VecDeque::new(),
+        crashing: false,
     };
     if reply.accepted.stream {
         let mut response = Response::new(SimBody::Stream(Box::new(reply)));
@@ -410,6 +411,15 @@ fn instant_events(a: &Accepted, tx: &mpsc::UnboundedSender<Event>) {
 
 /// One answer in progress: turns engine events into a JSON body or SSE chunks. Dropping it
 /// before the end (client gone) aborts the request in the engine.
+/// How long a stream hit by `--crash-after` hangs before the process exits.
+const CRASH_DELAY: Duration = Duration::from_millis(50);
+
+/// The `--crash-after` fault: exit abruptly (status 70), as a replica that dies would.
+fn crash(request: u64) -> ! {
+    eprintln!("infergate sim: crashing on purpose (--crash-after {request})");
+    std::process::exit(70);
+}
+
 struct Answer {
     shared: Arc<Shared>,
     accepted: Accepted,
@@ -421,6 +431,8 @@ struct Answer {
     /// The engine finished the request.
     finished: bool,
     pending: std::collections::VecDeque<Bytes>,
+    /// `--crash-after` struck: nothing more is sent, and the process exits shortly.
+    crashing: bool,
 }
 
 impl Drop for Answer {
@@ -466,21 +478,32 @@ impl Answer {
             .observe_finished(f, self.accepted.finish_reason);
     }
 
-    fn crash_point(&self, index: u32) {
-        if self.shared.opts.crash_after == Some(self.accepted.id) && index >= 1 {
-            eprintln!(
-                "infergate sim: crashing on purpose (--crash-after {})",
-                self.accepted.id
-            );
-            std::process::exit(70);
-        }
+    /// Whether `--crash-after` strikes this request at its token `index` (its second token:
+    /// the client has a first one).
+    fn crash_due(&self, index: u32) -> bool {
+        self.shared.opts.crash_after == Some(self.accepted.id) && index >= 1
+    }
+
+
+    /// A stream stops where it is and the process exits a moment later, so the chunks already
+    /// handed over reach the client first (exiting at once could beat their write when the
+    /// engine delivers two tokens in a row).
+    fn crash_mid_stream(&mut self) {
+        self.crashing = true;
+        let id = self.accepted.id;
+        tokio::spawn(async move {
+            tokio::time::sleep(CRASH_DELAY).await;
+            crash(id);
+        });
     }
 
     async fn collect(mut self) -> Response<SimBody> {
         while let Some(event) = self.events.recv().await {
             match event {
                 Event::Token { index, .. } => {
-                    self.crash_point(index);
+                    if self.crash_due(index) {
+                        crash(self.accepted.id); // nothing of a non-streamed answer went out
+                    }
                     self.text
                         .push_str(token_text(self.accepted.content_seed, index));
                 }
@@ -541,7 +564,9 @@ impl Answer {
     fn on_event(&mut self, event: Event) {
         match event {
             Event::Token { index, .. } => {
-                self.crash_point(index);
+                if self.crash_due(index) {
+                    return self.crash_mid_stream();
+                }
                 let text = token_text(self.accepted.content_seed, index);
                 let last = index + 1 == self.accepted.output_tokens;
                 let finish = last.then_some(self.accepted.finish_reason);
@@ -605,6 +630,9 @@ impl Body for SimBody {
             SimBody::Stream(answer) => loop {
                 if let Some(bytes) = answer.pending.pop_front() {
                     return Poll::Ready(Some(Ok(Frame::data(bytes))));
+                }
+                if answer.crashing {
+                    return Poll::Pending; // the process is about to exit
                 }
                 if answer.done {
                     return Poll::Ready(None);
