@@ -484,7 +484,6 @@ impl Answer {
         self.shared.opts.crash_after == Some(self.accepted.id) && index >= 1
     }
 
-
     /// A stream stops where it is and the process exits a moment later, so the chunks already
     /// handed over reach the client first (exiting at once could beat their write when the
     /// engine delivers two tokens in a row).
