@@ -22,7 +22,7 @@ use hyper_util::rt::TokioIo;
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpSocket};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{Notify, oneshot, watch};
 
 /// A running server: its bound address and the way to stop it.
 pub struct Server {
@@ -120,27 +120,35 @@ where
 /// Open connections per worker. Clients such as load generators and connection-pooling SDKs
 /// open all their connections at once; left to race for them, the worker that woke first took
 /// up to 70 % (measured under wrk), and the requests on its connections waited behind twice
-/// the other's work. A worker with more open than another leaves the next connection to it.
+/// the other's work. A worker with more open than another leaves the next connection to it,
+/// and waits (no polling) until a connection opens or closes somewhere.
 #[derive(Clone)]
-struct Balance(Arc<[AtomicUsize]>);
+struct Balance(Arc<BalanceState>);
 
-/// How long a worker that is ahead waits before looking again.
-const BALANCE_RECHECK: Duration = Duration::from_millis(1);
+struct BalanceState {
+    open: Box<[AtomicUsize]>,
+    changed: Notify,
+}
 
 impl Balance {
     fn new(workers: usize) -> Self {
-        Self((0..workers).map(|_| AtomicUsize::new(0)).collect())
+        Self(Arc::new(BalanceState {
+            open: (0..workers).map(|_| AtomicUsize::new(0)).collect(),
+            changed: Notify::new(),
+        }))
     }
 
     /// Whether `worker` may take the next connection: none has fewer open.
     fn may_accept(&self, worker: usize) -> bool {
-        let mine = self.0[worker].load(Ordering::Relaxed);
-        self.0.iter().all(|n| n.load(Ordering::Relaxed) >= mine)
+        let open = &self.0.open;
+        let mine = open[worker].load(Ordering::Relaxed);
+        open.iter().all(|n| n.load(Ordering::Relaxed) >= mine)
     }
 
     /// Counts a connection on `worker` until the returned guard drops.
     fn open(&self, worker: usize) -> OpenConnection {
-        self.0[worker].fetch_add(1, Ordering::Relaxed);
+        self.0.open[worker].fetch_add(1, Ordering::Relaxed);
+        self.0.changed.notify_waiters();
         OpenConnection {
             balance: self.clone(),
             worker,
@@ -155,7 +163,9 @@ struct OpenConnection {
 
 impl Drop for OpenConnection {
     fn drop(&mut self) {
-        self.balance.0[self.worker].fetch_sub(1, Ordering::Relaxed);
+        let state = &self.balance.0;
+        state.open[self.worker].fetch_sub(1, Ordering::Relaxed);
+        state.changed.notify_waiters();
     }
 }
 
@@ -177,9 +187,13 @@ async fn accept_loop<H, F, B>(
     let graceful = GracefulShutdown::new();
     let builder = auto::Builder::new(LocalExecutor);
     loop {
+        // Registered before the check, so a change between the two is not missed.
+        let changed = balance.0.changed.notified();
+        tokio::pin!(changed);
+        changed.as_mut().enable();
         if !balance.may_accept(worker) {
             tokio::select! {
-                _ = tokio::time::sleep(BALANCE_RECHECK) => continue,
+                _ = changed => continue,
                 _ = stopped.changed() => break,
             }
         }
