@@ -67,7 +67,9 @@ pub struct RawListeners {
     /// How long a shutdown waits for in-flight answers to finish before closing them (duration).
     pub drain_timeout: Quantity,
     /// Threads serving the gateway listener, each with its own connections and upstream pools
-    /// (thread per core); 0 means one per available core.
+    /// (thread per core); 0 means one per available core. Where the gateway shares its cores
+    /// with busy neighbours (replicas, a load generator), fewer workers than cores give a
+    /// shorter latency tail (BENCHMARKS.md: one worker on two shared cores).
     pub worker_threads: u32,
 }
 
