@@ -141,16 +141,16 @@ impl Admission {
             return Err(GatewayError::QueueFull);
         }
         let queue = &self.classes[class];
-        let me = Arc::new(Notify::new());
         queue.waiting.fetch_add(1, Ordering::Relaxed);
-        queue.queue().push_back(me.clone());
-        let _place = Place {
+        let place = Place {
             admission: self,
             class,
-            me: me.clone(),
+            me: Arc::new(Notify::new()),
         };
+        let me = &place.me;
+        queue.queue().push_back(me.clone());
         loop {
-            let first = queue.is_first(&me);
+            let first = queue.is_first(me);
             if first && !self.higher_class_waiting(class) && can_take() {
                 return Ok(()); // dropping the place wakes the next in line
             }
@@ -174,7 +174,6 @@ impl Admission {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
     use std::sync::atomic::AtomicBool;
 
     #[tokio::test]

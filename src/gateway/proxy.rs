@@ -174,11 +174,12 @@ async fn forward(
             break;
         };
         let replica = snapshot.replicas[index].clone();
-        let mut guard =
-            replica.start_request_with(router::own_prefill_tokens(features, replica.id));
-        if !features.stream {
-            guard.answer_not_streamed();
-        }
+        let prefill_tokens = router::own_prefill_tokens(features, replica.id);
+        let guard = if features.stream {
+            replica.start_request_with(prefill_tokens)
+        } else {
+            replica.start_unstreamed_request(prefill_tokens)
+        };
         if let Some(adapter) = features.adapter {
             replica.note_adapter(adapter);
         }

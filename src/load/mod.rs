@@ -273,17 +273,31 @@ impl Replica {
         f64::from_bits(self.mean_prompt_tokens.load(Ordering::Relaxed))
     }
 
-    /// Counts a request with `prefill_tokens` of prompt to compute as in flight (and, as a
-    /// stream, its prefill as pending until its first byte — see
-    /// [`InflightGuard::answer_not_streamed`]) until the guard is dropped.
+    /// Counts a streamed request with `prefill_tokens` of prompt to compute as in flight, and
+    /// its prefill as pending until its first byte, until the guard is dropped.
     pub fn start_request_with(self: &Arc<Self>, prefill_tokens: u64) -> InflightGuard {
+        self.start(prefill_tokens, true)
+    }
+
+    /// Counts a request whose answer is not streamed as in flight until the guard is dropped.
+    /// Its first byte comes with its end, after every token was generated: it says nothing about
+    /// when the prefill ran, so the request is not counted as waiting or as prefill work ahead
+    /// (the replica's pages show where it is), and it teaches no prefill speed.
+    pub fn start_unstreamed_request(self: &Arc<Self>, prefill_tokens: u64) -> InflightGuard {
+        self.start(prefill_tokens, false)
+    }
+
+    fn start(self: &Arc<Self>, prefill_tokens: u64, streamed: bool) -> InflightGuard {
         let step_at_dispatch = self.expected_step();
         self.inflight.inc();
         self.pending_requests.fetch_add(1, Ordering::Relaxed);
-        self.pending_streams.fetch_add(1, Ordering::Relaxed);
-        let ahead = self
-            .pending_prefill
-            .fetch_add(prefill_tokens, Ordering::Relaxed);
+        let ahead = if streamed {
+            self.pending_streams.fetch_add(1, Ordering::Relaxed);
+            self.pending_prefill
+                .fetch_add(prefill_tokens, Ordering::Relaxed)
+        } else {
+            0 // learns nothing, so needs no count of what was ahead
+        };
         ewma_f64(&self.mean_prompt_tokens, prefill_tokens as f64);
         InflightGuard {
             replica: self.clone(),
@@ -291,7 +305,7 @@ impl Replica {
             ahead_at_dispatch: ahead,
             step_at_dispatch,
             prefill_done: false,
-            unstreamed: false,
+            unstreamed: !streamed,
         }
     }
 
@@ -309,14 +323,9 @@ impl Replica {
     fn prefill_ended(&self, tokens: u64, streamed: bool) {
         self.pending_requests.fetch_sub(1, Ordering::Relaxed);
         if streamed {
-            self.unstream(tokens);
+            self.pending_prefill.fetch_sub(tokens, Ordering::Relaxed);
+            self.pending_streams.fetch_sub(1, Ordering::Relaxed);
         }
-    }
-
-    /// Takes a request out of the streamed requests waiting for their prefill.
-    fn unstream(&self, tokens: u64) {
-        self.pending_prefill.fetch_sub(tokens, Ordering::Relaxed);
-        self.pending_streams.fetch_sub(1, Ordering::Relaxed);
     }
 
     /// Takes the replica out of routing for `for_ms`; false if it already was out.
@@ -521,17 +530,6 @@ impl InflightGuard {
 }
 
 impl InflightGuard {
-    /// The answer will not be streamed: its first byte comes with its end, after every token
-    /// was generated. It says nothing about when the prefill ran, so the request is not counted
-    /// as waiting or as prefill work ahead (the replica's pages show where it is), and it
-    /// teaches no prefill speed.
-    pub fn answer_not_streamed(&mut self) {
-        if !self.unstreamed && !self.prefill_done {
-            self.replica.unstream(self.prefill_tokens);
-        }
-        self.unstreamed = true;
-    }
-
     /// A streamed answer's next chunk came `gap` after the previous one: one engine step.
     pub fn chunk_gap(&self, gap: std::time::Duration) {
         ewma_f64(&self.replica.step_secs, gap.as_secs_f64());
@@ -589,8 +587,7 @@ mod tests {
             "nothing of ours runs: no step to wait out"
         );
         // A non-streamed answer's first byte comes after its last token: nothing learned.
-        let mut whole = r.start_request_with(1000);
-        whole.answer_not_streamed();
+        let mut whole = r.start_unstreamed_request(1000);
         whole.first_byte(Duration::from_secs(8));
         assert!(close(r.secs_per_token(), 50e-6), "{:?}", r.secs_per_token());
         assert_eq!(r.pending_prefill(), 0, "its wait ended all the same");
@@ -674,11 +671,7 @@ mod tests {
         let r = replica();
         let now = Instant::now();
         let stale = Duration::from_secs(1);
-        let unstreamed = |r: &Arc<Replica>| {
-            let mut guard = r.start_request_with(100);
-            guard.answer_not_streamed();
-            guard
-        };
+        let unstreamed = |r: &Arc<Replica>| r.start_unstreamed_request(100);
         // Twenty non-streamed requests of ours had no first byte when the page was asked for,
         // and the engine showed nothing waiting: they were in transit or running.
         let mut guards: Vec<_> = (0..20).map(|_| unstreamed(&r)).collect();
