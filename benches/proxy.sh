@@ -1,16 +1,27 @@
 #!/usr/bin/env bash
 # Proxy overhead, side by side in one run: wrk against an `infergate sim --instant` replica
 # directly, through infergate, and through nginx as a plain keep-alive reverse proxy.
-# Small requests and a 1 MB-prompt case; each measured run follows a 2-second warm-up run. Prints a Markdown table (throughput, p99, CPU per
-# request of the proxy process, its peak memory). Loopback only; every run is bounded by -d.
+# Small requests and a 1 MB-prompt case. Each path gets a 2-second warm-up, then ROUNDS
+# measured runs, interleaved (round r starts with a different path), because on a small shared
+# machine one run's p99 moves by 1.5x between consecutive runs: a bad stretch then falls on
+# every path alike. Prints a Markdown table per case: throughput, p50 and p99 over all rounds'
+# requests pooled, CPU per request of the proxy process, its peak memory; then each round's
+# infergate/nginx ratios. Loopback only; every run is bounded by -d.
 #
-#   benches/proxy.sh [seconds-per-run]      (needs: wrk, nginx; builds --release)
+#   benches/proxy.sh [seconds-per-run]      (needs: wrk, nginx, python3; builds --release)
 #
-# Environment: WORKERS=N gives both proxies N worker threads/processes (default: the gateway's
-# default, one per core, and nginx's `auto`); CASES="small" runs only some cases.
+# Every measured run starts after a pause of PAUSE seconds (default 2): a proxy measured right
+# after the replica was driven flat out directly showed p99 up to 1.8x of its own after a pause
+# (the scheduler still favouring the replica and wrk), so every path starts from a quiet machine.
+#
+# Environment: ROUNDS=N measured runs per path and case (default 3); PAUSE=S; WORKERS=N gives both
+# proxies N worker threads/processes (default: the gateway's default, one per core, and
+# nginx's `auto`); CASES="small" runs only some cases.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-10}
+rounds=${ROUNDS:-3}
+pause=${PAUSE:-2}
 workers=${WORKERS:-}
 cases=${CASES:-small large}
 conns=64
@@ -71,18 +82,29 @@ nginx -c "$work/nginx.conf" -g 'daemon off;' &
 pids+=($!)
 sleep 1
 
-cat >"$work/small.lua" <<'LUA'
+# Each measured run writes its request count and its latency quantiles (every 0.1 %, in µs)
+# to $WRK_OUT, so that rounds can be pooled.
+quantiles='
+done = function(summary, latency, requests)
+  local f = assert(io.open(os.getenv("WRK_OUT"), "w"))
+  f:write(summary.requests, " ", summary.duration, "\n")
+  for i = 1, 1000 do f:write(latency:percentile(i / 10), "\n") end
+  f:close()
+end'
+cat >"$work/small.lua" <<LUA
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 wrk.body = '{"model": "m", "prompt": "Say hello to the benchmark.", "max_tokens": 4}'
+$quantiles
 LUA
-cat >"$work/large.lua" <<'LUA'
+cat >"$work/large.lua" <<LUA
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 wrk.body = '{"messages": [{"role": "user", "content": "' .. string.rep("a", 1024 * 1024) .. '"}], "max_tokens": 4, "model": "m"}'
+$quantiles
 LUA
 
-# CPU seconds (user+system) of a set of processes.
+# CPU ticks (user+system) of a set of processes.
 cpu_of() { local t=0; for p in "$@"; do set -- $(cut -d' ' -f14,15 "/proc/$p/stat"); t=$((t + $1 + $2)); done; echo "$t"; }
 nginx_pids() { pgrep -f "nginx: " | tr '\n' ' '; }
 hwm_kb() { local m=0; for p in "$@"; do v=$(awk '/VmHWM/{print $2}' "/proc/$p/status"); m=$((m + v)); done; echo "$m"; }
@@ -92,41 +114,105 @@ queued() { python3 -c 'import sys,urllib.request
 page = urllib.request.urlopen(sys.argv[1]).read().decode()
 print(sum(int(float(l.split()[-1])) for l in page.splitlines() if l.startswith("infergate_queue_wait_seconds_count")))' "http://127.0.0.1:$admin_port/metrics"; }
 
-run() { # name url lua proxy-pids...
-  local name=$1 url=$2 lua=$3; shift 3
-  local before after out rps p50 p99 reqs
-  # A short warm-up first, for every path alike: connections, upstream pools, page cache.
-  wrk -t$threads -c$conns -d2s -s "$lua" "$url/v1/completions" >/dev/null 2>&1
-  before=$( [ $# -gt 0 ] && cpu_of "$@" || echo 0)
-  out=$(wrk -t$threads -c$conns -d${secs}s --latency -s "$lua" "$url/v1/completions" 2>&1)
-  after=$( [ $# -gt 0 ] && cpu_of "$@" || echo 0)
-  rps=$(echo "$out" | awk '/Requests\/sec/{print $2}')
-  reqs=$(echo "$out" | awk '/requests in/{print $1}')
-  p50=$(echo "$out" | awk '$1=="50%"{print $2}')
-  p99=$(echo "$out" | awk '$1=="99%"{print $2}')
-  errs=$(echo "$out" | awk '/Non-2xx|Socket errors/{print}' | tr '\n' ' ')
-  local hz; hz=$(getconf CLK_TCK)
-  local cpu_us="-" mem="-"
-  if [ $# -gt 0 ]; then
-    cpu_us=$(awk -v d=$((after - before)) -v hz="$hz" -v n="$reqs" 'BEGIN{printf "%.1f", d / hz * 1e6 / n}')
-    mem=$(( $(hwm_kb "$@") / 1024 ))
-  fi
-  echo "| $name | $rps | $p50 | $p99 | $cpu_us | $mem | ${errs:-none} |"
+declare -A url=([direct]="http://$sim" [infergate]="http://127.0.0.1:$gw_port" [nginx]="http://127.0.0.1:$ng_port")
+paths=(direct infergate nginx)
+proxy_pids() { case $1 in infergate) echo "$gw_pid" ;; nginx) nginx_pids ;; esac; }
+
+# One measured run: quantiles to $work/$case.$path.$round, CPU ticks of the proxy added to
+# $work/$case.$path.cpu, wrk's error lines to $work/$case.$path.errors.
+measure() { # case path round
+  local case=$1 path=$2 round=$3 pids before after out
+  pids=$(proxy_pids "$path")
+  sleep "$pause"
+  # shellcheck disable=SC2086
+  before=$( [ -n "$pids" ] && cpu_of $pids || echo 0)
+  out=$(WRK_OUT="$work/$case.$path.$round" wrk -t$threads -c$conns -d${secs}s -s "$work/$case.lua" "${url[$path]}/v1/completions" 2>&1)
+  # shellcheck disable=SC2086
+  after=$( [ -n "$pids" ] && cpu_of $pids || echo 0)
+  echo $((after - before)) >>"$work/$case.$path.cpu"
+  echo "$out" | awk '/Non-2xx|Socket errors/{print}' >>"$work/$case.$path.errors"
 }
 
-echo "wrk -t$threads -c$conns -d${secs}s, $(nproc) cores, proxy workers: ${workers:-default}, $(date -u '+%Y-%m-%d %H:%M') UTC"
+# Pools the rounds of one case and prints its table and per-round ratios.
+report() { # case
+  python3 - "$work" "$1" "$rounds" "$(getconf CLK_TCK)" "$gw_pid" <<'PY'
+import os, sys
+work, case, rounds, hz = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+
+def run(path, r):
+    lines = open(f"{work}/{case}.{path}.{r}").read().split()
+    return int(lines[0]), int(lines[1]), [float(x) for x in lines[2:]]
+
+def pooled(path):
+    samples, requests, micros = [], 0, 0
+    for r in range(rounds):
+        n, duration, q = run(path, r)
+        requests, micros = requests + n, micros + duration
+        samples += [(v, n / len(q)) for v in q]   # each quantile stands for n/1000 requests
+    samples.sort()
+    total, acc, out = sum(w for _, w in samples), 0.0, {}
+    for v, w in samples:
+        acc += w
+        for p in (0.5, 0.99):
+            if p not in out and acc >= p * total:
+                out[p] = v
+    return requests, requests / (micros / 1e6), out[0.5], out[0.99]
+
+def ms(us):
+    return f"{us / 1000:.2f} ms" if us >= 1000 else f"{us:.0f} µs"
+
+def read(name, default=""):
+    path = f"{work}/{name}"
+    return open(path).read().strip() if os.path.exists(path) else default
+
+print("| path | req/s | p50 latency | p99 latency | proxy CPU µs/req | proxy peak RSS MiB | errors |")
+print("|---|---|---|---|---|---|---|")
+result = {}
+for path in ("direct", "infergate", "nginx"):
+    requests, rps, p50, p99 = pooled(path)
+    result[path] = (rps, p99)
+    cpu = mem = "-"
+    if path != "direct":
+        ticks = sum(int(x) for x in read(f"{case}.{path}.cpu", "0").split())
+        cpu = f"{ticks / hz * 1e6 / requests:.1f}"
+        mem = read(f"{path}.rss_mib", "-")
+    errors = " ".join(read(f"{case}.{path}.errors").split()) or "none"
+    print(f"| {path} | {rps:.0f} | {ms(p50)} | {ms(p99)} | {cpu} | {mem} | {errors} |")
+print()
+ratios = []
+for r in range(rounds):
+    (gn, gd, gq), (nn, nd, nq) = run("infergate", r), run("nginx", r)
+    g99, n99 = gq[989], nq[989]
+    ratios.append(f"round {r + 1}: {gn / gd * 1e6:.0f} / {nn / nd * 1e6:.0f} req/s = "
+                  f"{gn / gd / (nn / nd):.2f}x, p99 {ms(g99)} / {ms(n99)} = {g99 / n99:.2f}x")
+(g_rps, g99), (n_rps, n99) = result["infergate"], result["nginx"]
+print(f"infergate / nginx, rounds pooled: throughput {g_rps / n_rps:.2f}x, p99 {g99 / n99:.2f}x; "
+      + "; ".join(ratios))
+PY
+}
+
+echo "wrk -t$threads -c$conns -d${secs}s, $rounds rounds after ${pause} s pauses, $(nproc) cores, proxy workers: ${workers:-default}, $(date -u '+%Y-%m-%d %H:%M') UTC"
 for case in $cases; do
+  # A short warm-up first, for every path alike: connections, upstream pools, page cache.
+  for path in "${paths[@]}"; do
+    wrk -t$threads -c$conns -d2s -s "$work/$case.lua" "${url[$path]}/v1/completions" >/dev/null 2>&1 </dev/null || true
+  done
+  rm -f "$work"/*.rss_mib
+  queued_before=$(queued)
+  for ((round = 0; round < rounds; round++)); do
+    for ((i = 0; i < 3; i++)); do
+      path=${paths[$(( (round + i) % 3 ))]}
+      measure "$case" "$path" "$round"
+    done
+  done
+  queued_note="$case: $(( $(queued) - queued_before )) requests waited in infergate's admission queue"
+  echo $(( $(hwm_kb "$gw_pid") / 1024 )) >"$work/infergate.rss_mib"
+  # shellcheck disable=SC2046
+  echo $(( $(hwm_kb $(nginx_pids)) / 1024 )) >"$work/nginx.rss_mib"
   echo
   echo "**$case request** ($( [ $case = small ] && echo '~70-byte body' || echo '1 MiB prompt'))"
   echo
-  echo "| path | req/s | p50 latency | p99 latency | proxy CPU µs/req | proxy peak RSS MiB | errors |"
-  echo "|---|---|---|---|---|---|---|"
-  run "direct to replica" "http://$sim" "$work/$case.lua"
-  queued_before=$(queued)
-  run "infergate" "http://127.0.0.1:$gw_port" "$work/$case.lua" "$gw_pid"
-  queued_note="$case: $(( $(queued) - queued_before )) requests waited in infergate's admission queue"
-  # shellcheck disable=SC2046
-  run "nginx" "http://127.0.0.1:$ng_port" "$work/$case.lua" $(nginx_pids)
+  report "$case"
   echo
   echo "$queued_note"
 done
