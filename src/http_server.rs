@@ -72,10 +72,12 @@ fn bind_one(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     socket.listen(4096)?.into_std()
 }
 
-/// Serves on one thread per listener, each a single-threaded runtime. `make_handler(worker)`
-/// builds each thread's handler on that thread, so per-thread state (such as upstream
-/// connection pools) stays on it.
+/// Serves on one thread per listener, each a single-threaded runtime, named `{name}-{worker}`
+/// (so `top -H` and `perf` tell the gateway's workers from its admin API or a simulator).
+/// `make_handler(worker)` builds each thread's handler on that thread, so per-thread state
+/// (such as upstream connection pools) stays on it.
 pub fn serve<M, H, F, B>(
+    name: &str,
     listeners: Vec<std::net::TcpListener>,
     drain: Duration,
     make_handler: M,
@@ -98,7 +100,7 @@ where
         let (stopped, make_handler) = (stopped.clone(), make_handler.clone());
         let balance = balance.clone();
         std::thread::Builder::new()
-            .name(format!("infergate-w{worker}"))
+            .name(format!("{name}-{worker}"))
             .spawn(move || {
                 let runtime = tokio::runtime::Builder::new_current_thread()
                     .enable_all()

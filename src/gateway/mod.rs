@@ -225,12 +225,12 @@ pub async fn start_with(config: Config, options: Options) -> anyhow::Result<Runn
         metrics,
     });
     let gateway_state = state.clone();
-    let gateway = http_server::serve(gateway_listeners, drain, move |worker| {
+    let gateway = http_server::serve("gateway", gateway_listeners, drain, move |worker| {
         let state = gateway_state.clone();
         move |req, peer| proxy::handle(state.clone(), worker, req, peer)
     })?;
     let admin_state = state.clone();
-    let admin = http_server::serve(admin_listener, Duration::from_secs(1), move |_| {
+    let admin = http_server::serve("admin", admin_listener, Duration::from_secs(1), move |_| {
         let state = admin_state.clone();
         move |req, _| crate::admin::handle(state.clone(), req)
     })?;

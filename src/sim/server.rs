@@ -121,7 +121,7 @@ pub async fn start(opts: SimOptions) -> std::io::Result<Server> {
         started,
         next_id: AtomicU64::new(1),
     });
-    http_server::serve(listener, drain, move |_| {
+    http_server::serve("sim", listener, drain, move |_| {
         let shared = shared.clone();
         move |req, _peer| handle(shared.clone(), req)
     })

@@ -117,6 +117,7 @@ DCGM_FI_DEV_GPU_UTIL{gpu="3",UUID="GPU-3",device="nvidia3",modelName="NVIDIA H10
 
 fn exporter() -> Server {
     infergate::http_server::serve(
+        "exporter",
         infergate::http_server::bind("127.0.0.1:0".parse().unwrap(), 1).unwrap(),
         Duration::from_millis(100),
         |_| {
