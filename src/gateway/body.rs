@@ -231,6 +231,10 @@ impl Body for GatewayBody {
                                 && let Some(guard) = &mut body.guard
                             {
                                 guard.first_byte(now - body.sent);
+                                // Its prefill is done: a stream no longer counts as waiting
+                                // there, so a request held at the gateway may go now (the
+                                // fleet simulation re-checks after every engine step too).
+                                body.pool.admission.wake();
                             }
                             if body.sse {
                                 match body.last_chunk {

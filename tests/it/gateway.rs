@@ -806,6 +806,64 @@ async fn non_streamed_requests_to_a_fast_replica_are_not_held() {
     );
 }
 
+/// A stream held at the gateway (its replica already had streams waiting for their first
+/// token) goes on as soon as one of those gets its first token, not at the first waiter's
+/// periodic re-check (every 50 ms). With one stream let through per first token (an engine step
+/// of about 10 ms here), 40 held streams all start well within the first answer's ~1 s; one per
+/// re-check would take 2 s. Pages come every 30 s, so scrapes wake nobody.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_streams_go_on_when_a_stream_there_starts() {
+    let replica = sim("m", "llama-8b-h100").await;
+    let gw = static_gateway(
+        &[replica.addr],
+        "    admission: {max_waiting_per_replica: 1}\n    metrics: {scrape_interval: 30s, stale_after: 120s}\n",
+    )
+    .await;
+    for _ in 0..200 {
+        if !status(&gw).await["pools"][0]["replicas"][0]["engine"].is_null() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let url = format!("http://{}/v1/completions", gw.gateway_addr);
+    let t0 = std::time::Instant::now();
+    let streams: Vec<_> = (0..42)
+        .map(|i| {
+            let url = url.clone();
+            let body = json!({"model": "m", "prompt": format!("question {i}"), "max_tokens": 100,
+                              "ignore_eos": true, "stream": true});
+            tokio::spawn(async move {
+                let sent = t0.elapsed();
+                let (status, chunks) = post_stream(&url, body).await;
+                assert_eq!(status, 200);
+                let first = sent + chunks.first().expect("a chunk").0;
+                let end = sent + chunks.last().unwrap().0;
+                (first, end)
+            })
+        })
+        .collect();
+    let mut times = Vec::new();
+    for stream in streams {
+        times.push(stream.await.unwrap());
+    }
+    let first_end = times.iter().map(|t| t.1).min().unwrap();
+    let last_start = times.iter().map(|t| t.0).max().unwrap();
+    assert!(
+        last_start < first_end,
+        "a held stream's first token ({last_start:?}) came only after an answer ended ({first_end:?})"
+    );
+    let page = get(&format!("http://{}/metrics", gw.admin_addr)).await;
+    let held = metric(
+        &String::from_utf8_lossy(&page.body),
+        "infergate_queue_wait_seconds_count",
+        &[("pool", "p")],
+    );
+    assert!(
+        held.unwrap_or(0.0) >= 1.0,
+        "no stream was held: the test tests nothing"
+    );
+}
+
 /// Two long answers fill a replica limited to two in flight; what comes next waits at the
 /// gateway (and is answered once capacity frees), unless its class is sheddable, the queue is
 /// full, or its wait runs out — those get 429 with Retry-After.
