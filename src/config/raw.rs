@@ -464,7 +464,10 @@ pub struct RawAdmission {
     pub max_queue_wait: Quantity,
     /// A replica is saturated when more than this many requests wait there: its engine queue
     /// as last scraped (less this gateway's requests that started since), or this gateway's
-    /// streamed requests to it still without a first token, whichever is more.
+    /// streamed requests to it still without a first token, whichever is more. Those include
+    /// streams in their prefill step, so this also bounds the prefills started at once: a
+    /// replica that prefills many short prompts per step (vLLM's 8192 batched tokens) needs
+    /// room for a burst of them (BENCHMARKS.md, streamed bursts).
     pub max_waiting_per_replica: u32,
     /// A replica is saturated when its KV-cache use (0–1) exceeds this.
     pub max_kv_cache_usage: f64,
@@ -477,7 +480,7 @@ impl Default for RawAdmission {
         Self {
             max_queue: 1000,
             max_queue_wait: "30s".into(),
-            max_waiting_per_replica: 8,
+            max_waiting_per_replica: 32,
             max_kv_cache_usage: 0.95,
             max_inflight_per_replica: 256,
         }

@@ -910,22 +910,25 @@ mod tests {
         let f = with_session(0x9E3779B97F4A7C15);
         let home = pick(&r, &s, &f, c, &[]).unwrap();
         let next_on_ring = pick(&r, &s, &f, c, &[home]).unwrap();
-        assert_eq!(c.limits.max_waiting_per_replica, 8, "the default threshold");
-        // Nine waiting on the session's replica: saturated, the session goes to the next one on
+        assert_eq!(
+            c.limits.max_waiting_per_replica, 32,
+            "the default threshold"
+        );
+        // 33 waiting on the session's replica: saturated, the session goes to the next one on
         // the ring, the same one every time.
-        s.replicas[home].record_scrape(stats(9.0, 0.0), now);
+        s.replicas[home].record_scrape(stats(33.0, 0.0), now);
         for q in 0..10 {
             assert_eq!(
                 pick(&r, &s, &f, PickContext { now, ..ctx(q, q) }, &[]),
                 Some(next_on_ring)
             );
         }
-        // Eight waiting is not saturated: back home.
-        s.replicas[home].record_scrape(stats(8.0, 0.0), now);
+        // 32 waiting is not saturated: back home.
+        s.replicas[home].record_scrape(stats(32.0, 0.0), now);
         assert_eq!(pick(&r, &s, &f, c, &[]), Some(home));
         // Every replica saturated: the session stays home.
         for replica in &s.replicas {
-            replica.record_scrape(stats(20.0, 0.0), now);
+            replica.record_scrape(stats(40.0, 0.0), now);
         }
         assert_eq!(pick(&r, &s, &f, c, &[]), Some(home));
         // Stale stats are unknown, not saturated.
@@ -933,7 +936,7 @@ mod tests {
             now: now + std::time::Duration::from_secs(2),
             ..c
         };
-        s.replicas[home].record_scrape(stats(20.0, 0.0), now);
+        s.replicas[home].record_scrape(stats(40.0, 0.0), now);
         assert_eq!(pick(&r, &s, &f, later, &[]), Some(home));
     }
 
