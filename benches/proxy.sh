@@ -82,13 +82,15 @@ nginx -c "$work/nginx.conf" -g 'daemon off;' &
 pids+=($!)
 sleep 1
 
-# Each measured run writes its request count and its latency quantiles (every 0.1 %, in µs)
-# to $WRK_OUT, so that rounds can be pooled.
+# Each measured run writes its request count and its latency quantiles (every 0.1 %, in µs;
+# the last is the maximum: wrk's percentile(100) gives 0) to $WRK_OUT, so that rounds can be
+# pooled.
 quantiles='
 done = function(summary, latency, requests)
   local f = assert(io.open(os.getenv("WRK_OUT"), "w"))
   f:write(summary.requests, " ", summary.duration, "\n")
-  for i = 1, 1000 do f:write(latency:percentile(i / 10), "\n") end
+  for i = 1, 999 do f:write(latency:percentile(i / 10), "\n") end
+  f:write(latency.max, "\n")
   f:close()
 end'
 cat >"$work/small.lua" <<LUA
@@ -141,7 +143,9 @@ work, case, rounds, hz = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.arg
 
 def run(path, r):
     lines = open(f"{work}/{case}.{path}.{r}").read().split()
-    return int(lines[0]), int(lines[1]), [float(x) for x in lines[2:]]
+    q = [float(x) for x in lines[2:]]
+    assert q == sorted(q), f"{path} round {r}: wrk's quantiles are not in order"
+    return int(lines[0]), int(lines[1]), q
 
 def pooled(path):
     samples, requests, micros = [], 0, 0
