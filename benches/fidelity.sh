@@ -15,7 +15,8 @@ OUT=${OUT:-target/fidelity}
 mkdir -p "$OUT"
 cargo build --release --locked -q
 BIN=$PWD/target/release/infergate
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# shellcheck source=benches/common.sh
+. benches/common.sh
 GW=$(free_port)
 ADMIN=$(free_port)
 # The embedded default on free ports.

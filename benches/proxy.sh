@@ -29,12 +29,9 @@ threads=2
 command -v wrk >/dev/null && command -v nginx >/dev/null || { echo "needs wrk and nginx (apt-get install wrk nginx)"; exit 1; }
 cargo build --release --locked -q
 bin=target/release/infergate
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; kill "$(cat "$work/nginx.pid" 2>/dev/null)" 2>/dev/null; rm -rf "$work"; }
-trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# shellcheck source=benches/common.sh
+. benches/common.sh
+with_workdir
 
 # The replica: answers at once, context large enough for the 1 MB prompt.
 "$bin" sim --port 0 --model m --instant --max-model-len 1000000 >"$work/sim.out" 2>/dev/null &

@@ -13,11 +13,9 @@ cd "$(dirname "$0")/.."
 n=${1:-20000}
 bin=${2:-target/release/infergate}
 [ $# -ge 2 ] || cargo build --release --locked -q
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# shellcheck source=benches/common.sh
+. benches/common.sh
+with_workdir
 
 "$bin" sim --port 0 --model m --instant >"$work/sim.out" 2>/dev/null &
 pids+=($!)

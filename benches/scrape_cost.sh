@@ -11,10 +11,9 @@ n=${1:-200}
 secs=${2:-20}
 cargo build --release --locked -q
 bin=target/release/infergate
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
-trap cleanup EXIT
+# shellcheck source=benches/common.sh
+. benches/common.sh
+with_workdir
 
 for i in $(seq 1 "$n"); do
   "$bin" sim --port 0 --model m >"$work/sim$i.out" 2>/dev/null &
@@ -25,7 +24,6 @@ for i in $(seq 1 "$n"); do
   for _ in $(seq 1 100); do [ -s "$work/sim$i.out" ] && break; sleep 0.05; done
   endpoints="$endpoints\"http://$(awk '{print $3}' "$work/sim$i.out")\", "
 done
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 admin=$(free_port)
 cat >"$work/gw.yaml" <<YAML
 listeners: {gateway: 127.0.0.1:$(free_port), admin: 127.0.0.1:$admin}

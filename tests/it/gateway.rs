@@ -755,6 +755,18 @@ async fn status_queued(gw: &RunningGateway) -> u64 {
     status(gw).await["pools"][0]["queued"].as_u64().unwrap()
 }
 
+/// Waits (at most 2 s) until the gateway has read its first replica's metrics page.
+async fn wait_for_first_page(gw: &RunningGateway) {
+    let read = || async { !status(gw).await["pools"][0]["replicas"][0]["engine"].is_null() };
+    for _ in 0..200 {
+        if read().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the replica's page was not read within 2 s");
+}
+
 /// Non-streamed answers tell nothing about the engine's queue until they end, so dozens of them
 /// in flight to a replica that answers at once (its pages show nothing waiting) are never held
 /// at the gateway: it passes them all on, as a plain proxy would.
@@ -765,16 +777,7 @@ async fn non_streamed_requests_to_a_fast_replica_are_not_held() {
     opts.instant = true;
     let replica = start(opts).await.unwrap();
     let gw = static_gateway(&[replica.addr], "").await;
-    for _ in 0..200 {
-        if !status(&gw).await["pools"][0]["replicas"][0]["engine"].is_null() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert!(
-        !status(&gw).await["pools"][0]["replicas"][0]["engine"].is_null(),
-        "the replica's page was read"
-    );
+    wait_for_first_page(&gw).await;
     let url = format!("http://{}/v1/completions", gw.gateway_addr);
     for _ in 0..4 {
         let replies = futures::future::join_all((0..48).map(|i| {
@@ -819,12 +822,7 @@ async fn held_streams_go_on_when_a_stream_there_starts() {
         "    admission: {max_waiting_per_replica: 1}\n    metrics: {scrape_interval: 30s, stale_after: 120s}\n",
     )
     .await;
-    for _ in 0..200 {
-        if !status(&gw).await["pools"][0]["replicas"][0]["engine"].is_null() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_for_first_page(&gw).await;
     let url = format!("http://{}/v1/completions", gw.gateway_addr);
     let t0 = std::time::Instant::now();
     let streams: Vec<_> = (0..42)

@@ -1,0 +1,12 @@
+# Shared by the benchmark scripts, sourced from the repository root: `. benches/common.sh`.
+
+# A free loopback TCP port.
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# A scratch directory in $work, removed on exit after every process whose pid was added to the
+# array `pids` has been stopped.
+with_workdir() {
+  work=$(mktemp -d)
+  pids=()
+  trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"' EXIT
+}
