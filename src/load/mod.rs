@@ -305,7 +305,7 @@ impl Replica {
             ahead_at_dispatch: ahead,
             step_at_dispatch,
             prefill_done: false,
-            unstreamed: !streamed,
+            streamed,
         }
     }
 
@@ -480,8 +480,8 @@ pub struct InflightGuard {
     /// [`Replica::expected_step`] when the request was sent.
     step_at_dispatch: f64,
     prefill_done: bool,
-    /// The answer is not streamed: its first byte is its end.
-    unstreamed: bool,
+    /// The answer streams; if not, its first byte is its end.
+    streamed: bool,
 }
 
 /// Prefill work (tokens) below which a first byte teaches nothing about prefill speed: it is
@@ -513,8 +513,8 @@ impl InflightGuard {
         }
         self.prefill_done = true;
         self.replica
-            .prefill_ended(self.prefill_tokens, !self.unstreamed);
-        if self.unstreamed {
+            .prefill_ended(self.prefill_tokens, self.streamed);
+        if !self.streamed {
             return; // the whole answer's time, not the prefill's
         }
         // The prefill speed is what the first byte took beyond the step it had to wait out,
@@ -540,7 +540,7 @@ impl Drop for InflightGuard {
     fn drop(&mut self) {
         if !self.prefill_done {
             self.replica
-                .prefill_ended(self.prefill_tokens, !self.unstreamed);
+                .prefill_ended(self.prefill_tokens, self.streamed);
         }
         self.replica.inflight.dec();
     }
