@@ -11,7 +11,7 @@ use http::HeaderMap;
 use http::uri::{Authority, Scheme};
 use infergate::config::RoutingPolicy;
 use infergate::gateway::classify::classify;
-use infergate::load::Replica;
+use infergate::replica::Replica;
 use infergate::router::{PickContext, RequestFeatures, Snapshot, pick};
 
 fn chat_body(prompt_bytes: usize) -> Vec<u8> {
@@ -83,7 +83,7 @@ fn bench_pick(c: &mut Criterion) {
             // Fresh scraped stats and latency history on every replica: the policy's full path.
             let now = Instant::now();
             for (i, r) in snap.replicas.iter().enumerate() {
-                let stats = infergate::load::exposition::EngineStats {
+                let stats = infergate::replica::EngineStats {
                     waiting: (i % 5) as f64,
                     running: (i % 17) as f64,
                     ..Default::default()
@@ -156,15 +156,15 @@ fn bench_prefix(c: &mut Criterion) {
 /// A simulator replica's full `/metrics` page (histograms included, as vLLM serves it) after
 /// some traffic, parsed as the scraper does.
 fn bench_metrics_page(c: &mut Criterion) {
-    let profile = infergate::sim::profile::profile("llama-8b-h100").unwrap();
-    let metrics = infergate::sim::metrics::SimMetrics::new(
-        infergate::sim::metrics::MetricsFlavor::Vllm,
+    let profile = infergate::vllm_sim::profile::profile("llama-8b-h100").unwrap();
+    let metrics = infergate::vllm_sim::metrics::SimMetrics::new(
+        infergate::vllm_sim::metrics::MetricsFlavor::Vllm,
         "bench-model",
         &profile,
         "bench-pod",
         false,
     );
-    let stats = infergate::sim::engine::EngineStats {
+    let stats = infergate::vllm_sim::engine::EngineStats {
         waiting: 7,
         running: 48,
         kv_usage: 0.62,
@@ -181,7 +181,7 @@ fn bench_metrics_page(c: &mut Criterion) {
     group.throughput(Throughput::Bytes(page.len() as u64));
     group.bench_function(BenchmarkId::new("parse_vllm", page.len()), |b| {
         b.iter(|| {
-            infergate::load::exposition::parse(
+            infergate::scrape::exposition::parse(
                 infergate::config::MetricsFormat::Vllm,
                 black_box(&page),
             )
@@ -220,7 +220,7 @@ fn bench_scaler(c: &mut Criterion) {
             p.recommend(&obs(t));
         }
         let mut t = 600;
-        group.bench_function(infergate::fleet::policy_name(&kind), |b| {
+        group.bench_function(infergate::fleet_sim::policy_name(&kind), |b| {
             b.iter(|| {
                 t += 1;
                 p.recommend(black_box(&obs(t)))

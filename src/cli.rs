@@ -60,7 +60,7 @@ pub enum Command {
     Load(crate::loadgen::LoadArgs),
     /// Replay a workload (trace or generator) through the real router and scaler code against
     /// simulated replicas in virtual time; compare policies side by side.
-    Simulate(crate::fleet::SimulateArgs),
+    Simulate(crate::fleet_sim::SimulateArgs),
     /// Replay a workload (trace or generator) in real time against an OpenAI-compatible
     /// endpoint, streaming; report latencies as `simulate` does.
     Loadgen(crate::loadgen::ReplayArgs),
@@ -128,7 +128,7 @@ pub struct SimArgs {
     pub instant: bool,
     /// Metric names to expose.
     #[arg(long, value_enum, default_value = "vllm")]
-    pub metrics_format: crate::sim::metrics::MetricsFlavor,
+    pub metrics_format: crate::vllm_sim::metrics::MetricsFlavor,
     /// Mean answer length when a request sets no max_tokens (tokens).
     #[arg(long, default_value_t = 128.0)]
     pub mean_output_tokens: f64,
@@ -164,7 +164,7 @@ pub fn run(args: impl IntoIterator<Item = impl Into<OsString> + Clone>) -> ExitC
         Command::Serve { config } => report(serve(config)),
         Command::Sim(args) => report(run_sim(args)),
         Command::Load(args) => report(run_load(args)),
-        Command::Simulate(args) => report(crate::fleet::simulate(args)),
+        Command::Simulate(args) => report(crate::fleet_sim::simulate(args)),
         Command::Loadgen(args) => report(run_loadgen(args)),
     }
 }
@@ -227,8 +227,9 @@ fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
     })
 }
 
-pub(crate) fn sim_options(args: SimArgs) -> anyhow::Result<crate::sim::SimOptions> {
-    let mut profile = crate::sim::profile::profile(&args.profile).map_err(anyhow::Error::msg)?;
+pub(crate) fn sim_options(args: SimArgs) -> anyhow::Result<crate::vllm_sim::SimOptions> {
+    let mut profile =
+        crate::vllm_sim::profile::profile(&args.profile).map_err(anyhow::Error::msg)?;
     if let Some(v) = args.max_num_seqs {
         profile.max_num_seqs = v;
     }
@@ -260,7 +261,7 @@ pub(crate) fn sim_options(args: SimArgs) -> anyhow::Result<crate::sim::SimOption
         profile.max_num_seqs > 0 && profile.kv_blocks > 0 && profile.max_num_batched_tokens > 0,
         "--max-num-seqs, --kv-blocks and --max-num-batched-tokens must be greater than 0"
     );
-    let mut opts = crate::sim::SimOptions::new(profile);
+    let mut opts = crate::vllm_sim::SimOptions::new(profile);
     opts.listen = std::net::SocketAddr::new(args.host, args.port);
     opts.models = args.model;
     opts.loras = args.lora;
@@ -284,7 +285,7 @@ fn run_sim(args: SimArgs) -> anyhow::Result<()> {
         .build()?;
     runtime.block_on(async move {
         let drain = opts.drain_timeout;
-        let server = crate::sim::start(opts.clone())
+        let server = crate::vllm_sim::start(opts.clone())
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", opts.listen))?;
         println!("listening on {}", server.addr);
@@ -318,7 +319,7 @@ fn run_loadgen(args: crate::loadgen::ReplayArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let report = runtime.block_on(crate::loadgen::replay(args))?;
-    println!("{}", crate::fleet::table(std::slice::from_ref(&report)));
+    println!("{}", crate::fleet_sim::table(std::slice::from_ref(&report)));
     if let Some(path) = out {
         std::fs::write(&path, serde_json::to_string_pretty(&report)?)
             .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;

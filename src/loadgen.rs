@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::fleet::stats::Summary;
+use crate::fleet_sim::stats::Summary;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
@@ -247,7 +247,7 @@ pub struct ReplayArgs {
     #[arg(long, default_value = "llama")]
     pub model: String,
     #[command(flatten)]
-    pub workload: crate::fleet::WorkloadArgs,
+    pub workload: crate::fleet_sim::WorkloadArgs,
     /// Header carrying a request's session key (when the workload has one).
     #[arg(long, default_value = "x-session-id")]
     pub session_header: String,
@@ -275,8 +275,8 @@ pub struct ReplayArgs {
 }
 
 /// Replays the workload in real time against `args.url` and returns the measured run.
-pub async fn replay(args: ReplayArgs) -> anyhow::Result<crate::fleet::stats::RunReport> {
-    use crate::fleet::stats::{Failure, Recorder, RunReport, Sample as Point, Slo};
+pub async fn replay(args: ReplayArgs) -> anyhow::Result<crate::fleet_sim::stats::RunReport> {
+    use crate::fleet_sim::stats::{Failure, Recorder, RunReport, Sample as Point, Slo};
     let requests = args.workload.load()?;
     anyhow::ensure!(args.max_inflight > 0, "--max-inflight must be at least 1");
     let uri: http::Uri = format!("{}/v1/completions", args.url.trim_end_matches('/')).parse()?;

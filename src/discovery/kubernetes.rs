@@ -27,7 +27,7 @@ use tokio::task::JoinHandle;
 use crate::config::{KubernetesDiscovery, KubernetesSource, PortRef};
 use crate::gateway::pools::PoolRuntime;
 use crate::kubernetes::{ApiHealth, KubeContext, KubeError};
-use crate::load::Placement;
+use crate::replica::Placement;
 
 /// One endpoint (one pod) of the pool as the API server last described it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -16,7 +16,7 @@ use tokio::time::Sleep;
 use super::error::GatewayError;
 use super::pools::PoolRuntime;
 use super::upstream::Lent;
-use crate::load::InflightGuard;
+use crate::replica::InflightGuard;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 

@@ -7,7 +7,6 @@ pub mod admission;
 pub mod body;
 pub mod classify;
 pub mod error;
-pub mod metrics;
 pub mod pools;
 pub mod proxy;
 pub mod upstream;
@@ -26,7 +25,7 @@ use crate::kubernetes::lease::{Elector, Leadership};
 use crate::kubernetes::{ApiHealth, KubeContext};
 use crate::scaler::Actuation;
 use crate::scaler::kubernetes::KubeScaler;
-use crate::scaler::local::LocalFleet;
+use crate::scaler::local::LocalProvider;
 use proxy::GatewayState;
 
 /// A running gateway: where it listens and how to stop it.
@@ -36,7 +35,7 @@ pub struct RunningGateway {
     pub state: Arc<GatewayState>,
     gateway: Server,
     admin: Server,
-    fleets: Vec<Arc<LocalFleet>>,
+    fleets: Vec<Arc<LocalProvider>>,
     /// Scrapers, scalers, watchers and the lease, stopped at shutdown.
     background: Vec<tokio::task::JoinHandle<()>>,
     /// The leader election, whose lease is handed back at shutdown.
@@ -87,7 +86,7 @@ pub async fn start_with(config: Config, options: Options) -> anyhow::Result<Runn
             config.listeners.admin
         )
     })?;
-    let metrics = Arc::new(metrics::GatewayMetrics::new());
+    let metrics = Arc::new(crate::metrics::Metrics::new());
     let epoch = Instant::now();
     let pools = pools::Pools::new(
         &config.pools,
@@ -121,7 +120,7 @@ pub async fn start_with(config: Config, options: Options) -> anyhow::Result<Runn
         }
         _ => None,
     };
-    let mut fleets: Vec<(Arc<pools::PoolRuntime>, Arc<LocalFleet>)> = Vec::new();
+    let mut fleets: Vec<(Arc<pools::PoolRuntime>, Arc<LocalProvider>)> = Vec::new();
     let mut actuations: Vec<(Arc<pools::PoolRuntime>, Actuation)> = Vec::new();
     for (pool, runtime) in config.pools.iter().zip(&pools.pools) {
         match &pool.discovery {
@@ -132,7 +131,7 @@ pub async fn start_with(config: Config, options: Options) -> anyhow::Result<Runn
                         .authority()
                         .cloned()
                         .expect("validated URL has a host");
-                    let placement = crate::load::Placement {
+                    let placement = crate::replica::Placement {
                         pod: pod.clone(),
                         node: None,
                     };
@@ -140,7 +139,7 @@ pub async fn start_with(config: Config, options: Options) -> anyhow::Result<Runn
                 }
             }
             Discovery::Local(local_config) => {
-                let fleet = LocalFleet::new(
+                let fleet = LocalProvider::new(
                     runtime.clone(),
                     local_config.clone(),
                     pool.scaler.drain_timeout,
@@ -196,7 +195,7 @@ pub async fn start_with(config: Config, options: Options) -> anyhow::Result<Runn
     }
 
     for runtime in &pools.pools {
-        background.push(crate::load::scraper::spawn(runtime.clone()));
+        background.push(crate::scrape::spawn(runtime.clone()));
         if runtime.config.scaler.enabled {
             let actuation = actuations
                 .iter()

@@ -11,10 +11,10 @@ use bytes::Bytes;
 use http::uri::{Authority, Scheme};
 use serde_json::json;
 
-use super::metrics::{GatewayMetrics, PoolMetrics};
 use super::upstream::UpstreamClient;
 use crate::config::{self, RoutingPolicy};
-use crate::load::{Placement, Replica};
+use crate::metrics::{Metrics, PoolMetrics};
+use crate::replica::{Placement, Replica};
 use crate::router::Snapshot;
 
 /// One pool while the gateway runs.
@@ -57,7 +57,7 @@ pub struct ScalerStatus {
 impl PoolRuntime {
     pub fn new(
         config: config::Pool,
-        metrics: &GatewayMetrics,
+        metrics: &Metrics,
         epoch: Instant,
         workers: usize,
         priority_classes: usize,
@@ -137,7 +137,7 @@ impl PoolRuntime {
     /// Mean KV-cache use of the replicas taking traffic whose scraped stats are fresh; None
     /// when none is (a missing signal, not a zero).
     pub fn mean_kv_usage(&self, now: Instant) -> Option<f64> {
-        crate::load::mean_kv_usage(
+        crate::replica::mean_kv_usage(
             &self.snapshot.load().replicas,
             now,
             self.config.metrics.stale_after,
@@ -285,7 +285,7 @@ pub struct Pools {
 impl Pools {
     pub fn new(
         configs: &[config::Pool],
-        metrics: &GatewayMetrics,
+        metrics: &Metrics,
         epoch: Instant,
         workers: usize,
         priority_classes: usize,
@@ -298,7 +298,7 @@ impl Pools {
                 pool.routing
                     .lora_adapters
                     .contains(served)
-                    .then(|| crate::load::adapter_id(served))
+                    .then(|| crate::replica::adapter_id(served))
             };
             for model in &pool.models {
                 by_model.insert(
@@ -364,14 +364,14 @@ mod tests {
         let mut config = crate::config::embedded_default().pools[0].clone();
         config.routing.policy = RoutingPolicy::PredictedTtft;
         config.routing.prefix_cache_entries = 1000;
-        let metrics = GatewayMetrics::new();
+        let metrics = Metrics::new();
         let pool = PoolRuntime::new(config, &metrics, Instant::now(), 1, 1);
         let a = pool.add_replica(Scheme::HTTP, "127.0.0.1:1".parse().unwrap());
         let b = pool.add_replica(Scheme::HTTP, "127.0.0.1:2".parse().unwrap());
         let index = pool.prefix_index.as_ref().unwrap();
         // Replica a reports a KV cache of 8 blocks of 16 tokens: 128 tokens, two index blocks
         // of 64 tokens (256 prompt bytes). Replica b reports nothing: half the index.
-        let small = crate::load::exposition::EngineStats {
+        let small = crate::replica::EngineStats {
             kv_blocks: Some(8),
             kv_block_tokens: Some(16),
             ..Default::default()

@@ -23,7 +23,7 @@ use crate::router::{self, PickContext};
 pub struct GatewayState {
     pub config: Config,
     pub pools: Pools,
-    pub metrics: Arc<super::metrics::GatewayMetrics>,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Answers one request on gateway worker thread `worker`.
@@ -297,7 +297,7 @@ async fn admit(
 fn upstream_request(
     parts: &http::request::Parts,
     body: Bytes,
-    replica: &crate::load::Replica,
+    replica: &crate::replica::Replica,
     peer: SocketAddr,
 ) -> Request<Full<Bytes>> {
     // Scheme, authority and path are all shared `Bytes`: building the URI copies nothing.
@@ -475,7 +475,7 @@ mod tests {
             .body(())
             .unwrap();
         let (parts, ()) = request.into_parts();
-        let replica = crate::load::Replica::new(
+        let replica = crate::replica::Replica::new(
             http::uri::Scheme::HTTP,
             http::uri::Authority::from_static("127.0.0.1:9"),
             prometheus::IntGauge::new("test_upstream_inflight", "test").unwrap(),

@@ -22,7 +22,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioIo;
 
 use crate::config::{self, UpstreamProtocol};
-use crate::load::Replica;
+use crate::replica::Replica;
 
 /// Idle connections kept per replica and worker.
 const MAX_IDLE: usize = 1024;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::config::{Routing, RoutingPolicy};
-use crate::load::Replica;
+use crate::replica::Replica;
 
 mod block_table;
 pub mod prefix;
@@ -102,7 +102,7 @@ pub struct RequestFeatures {
     pub session: Option<u64>,
     /// Which replicas hold how much of the prompt's prefix (from the pool's prefix index).
     pub prefix: prefix::PrefixMatch,
-    /// The LoRA adapter the request names ([`crate::load::adapter_id`]), if any.
+    /// The LoRA adapter the request names ([`crate::replica::adapter_id`]), if any.
     pub adapter: Option<u64>,
 }
 
@@ -573,7 +573,7 @@ mod tests {
         f: &RequestFeatures,
         now: Instant,
         n: u64,
-    ) -> (Vec<usize>, Vec<crate::load::InflightGuard>) {
+    ) -> (Vec<usize>, Vec<crate::replica::InflightGuard>) {
         let mut order = Vec::new();
         let mut guards = Vec::new();
         for q in 0..n {
@@ -597,8 +597,8 @@ mod tests {
             .collect()
     }
 
-    fn stats(waiting: f64, running: f64) -> crate::load::exposition::EngineStats {
-        crate::load::exposition::EngineStats {
+    fn stats(waiting: f64, running: f64) -> crate::replica::EngineStats {
+        crate::replica::EngineStats {
             waiting,
             running,
             ..Default::default()
@@ -666,7 +666,7 @@ mod tests {
     fn predicted_ttft_avoids_a_nearly_full_kv_cache() {
         let s = snapshot(2);
         let now = Instant::now();
-        let full = crate::load::exposition::EngineStats {
+        let full = crate::replica::EngineStats {
             kv_usage: Some(0.99),
             ..Default::default()
         };
@@ -1085,7 +1085,7 @@ mod tests {
     fn weighted_scores_queue_kv_and_prefix() {
         let s = snapshot(3);
         let now = Instant::now();
-        let with = |waiting: f64, kv: f64| crate::load::exposition::EngineStats {
+        let with = |waiting: f64, kv: f64| crate::replica::EngineStats {
             waiting,
             kv_usage: Some(kv),
             ..Default::default()
@@ -1208,8 +1208,8 @@ mod tests {
     fn predicted_ttft_goes_where_the_adapter_is_loaded_until_the_queue_costs_more() {
         let s = snapshot(2);
         let now = Instant::now();
-        let sql = crate::load::adapter_id("sql");
-        let loaded = crate::load::exposition::EngineStats {
+        let sql = crate::replica::adapter_id("sql");
+        let loaded = crate::replica::EngineStats {
             running_loras: vec!["sql".into()],
             ..Default::default()
         };
@@ -1243,13 +1243,13 @@ mod tests {
         assert_eq!(pick(&r, &s, &base, c, &[]), Some(0));
         // An adapter no replica holds costs the same everywhere: load decides.
         let other = RequestFeatures {
-            adapter: Some(crate::load::adapter_id("other")),
+            adapter: Some(crate::replica::adapter_id("other")),
             ..base.clone()
         };
         assert_eq!(pick(&r, &s, &other, c, &[]), Some(0));
         // What this gateway sent counts too: replica 1 got `other` lately, so it takes it
         // despite its one pending token; `sql` is unknown everywhere once the scrape is stale.
-        s.replicas[1].note_adapter(crate::load::adapter_id("other"));
+        s.replicas[1].note_adapter(crate::replica::adapter_id("other"));
         let later = PickContext {
             now: now + std::time::Duration::from_secs(2),
             ..c
@@ -1262,7 +1262,7 @@ mod tests {
     fn weighted_scores_gpu_use() {
         let s = snapshot(3);
         let now = Instant::now();
-        let with = |waiting: f64, kv: f64| crate::load::exposition::EngineStats {
+        let with = |waiting: f64, kv: f64| crate::replica::EngineStats {
             waiting,
             kv_usage: Some(kv),
             ..Default::default()

@@ -124,7 +124,7 @@ impl PrefixIndex {
     /// Registers `replicas` (a pool's routing snapshot) with budgets from their reported KV
     /// capacities; `block_chars` is the index's block size (`routing.prefix_block_chars`).
     /// What discovery, the scraper and the fleet simulation call.
-    pub fn register(&self, replicas: &[Arc<crate::load::Replica>], block_chars: u32) {
+    pub fn register(&self, replicas: &[Arc<crate::replica::Replica>], block_chars: u32) {
         let block_tokens = u64::from(block_chars).div_ceil(crate::openai::BYTES_PER_TOKEN as u64);
         let capacities: Vec<(u64, Option<u64>)> = replicas
             .iter()

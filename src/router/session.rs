@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use pingora_ketama::{Bucket, Continuum};
 
-use crate::load::Replica;
+use crate::replica::Replica;
 
 pub struct SessionRing {
     ring: Continuum,

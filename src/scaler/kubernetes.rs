@@ -26,7 +26,7 @@ use crate::discovery::kubernetes::{Member, Members};
 use crate::gateway::pools::PoolRuntime;
 use crate::kubernetes::lease::Leadership;
 use crate::kubernetes::{KubeContext, KubeError};
-use crate::load::Replica;
+use crate::replica::Replica;
 
 /// The annotation ReplicaSets read to choose which pods to remove first (lowest first).
 pub const DELETION_COST: &str = "controller.kubernetes.io/pod-deletion-cost";

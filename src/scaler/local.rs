@@ -18,9 +18,9 @@ use crate::config::LocalDiscovery;
 use crate::discovery::local::{self, LocalReplica};
 use crate::gateway::pools::PoolRuntime;
 
-pub struct LocalFleet {
+pub struct LocalProvider {
     /// Itself, for the drain tasks it spawns.
-    this: std::sync::Weak<LocalFleet>,
+    this: std::sync::Weak<LocalProvider>,
     pool: Arc<PoolRuntime>,
     config: LocalDiscovery,
     drain_timeout: Duration,
@@ -30,7 +30,7 @@ pub struct LocalFleet {
     draining: AtomicU32,
 }
 
-impl LocalFleet {
+impl LocalProvider {
     pub fn new(
         pool: Arc<PoolRuntime>,
         config: LocalDiscovery,
@@ -148,7 +148,7 @@ impl LocalFleet {
     }
 }
 
-impl Provider for LocalFleet {
+impl Provider for LocalProvider {
     fn observe(&self) -> BoxFuture<'_, Supply> {
         Box::pin(async {
             Supply {

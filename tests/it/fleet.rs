@@ -4,11 +4,11 @@
 use std::process::Command;
 
 use infergate::config::{self, RoutingPolicy};
-use infergate::fleet::sim::{self, FleetSpec, RunSpec};
-use infergate::fleet::stats::{Failure, RunReport, Slo};
-use infergate::fleet::workload::{self, Request, Segment, Shaping, Source, TraceFormat};
-use infergate::sim::engine::{Engine, EngineRequest, Event};
-use infergate::sim::profile;
+use infergate::fleet_sim::sim::{self, FleetSpec, RunSpec};
+use infergate::fleet_sim::stats::{Failure, RunReport, Slo};
+use infergate::fleet_sim::workload::{self, Request, Segment, Shaping, Source, TraceFormat};
+use infergate::vllm_sim::engine::{Engine, EngineRequest, Event};
+use infergate::vllm_sim::profile;
 
 fn pool_config(endpoints: usize, policy: &str, scaler: &str) -> config::Config {
     let endpoints: Vec<String> = (0..endpoints)
@@ -298,7 +298,7 @@ fn predicted_ttft_routes_around_slow_replicas_in_simulation() {
         seed: 5,
     };
     let workload = workload::generate(&g);
-    let runs = infergate::fleet::compared_runs(
+    let runs = infergate::fleet_sim::compared_runs(
         &[RoutingPolicy::PredictedTtft, RoutingPolicy::RoundRobin],
         &[],
     );

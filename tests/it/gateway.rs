@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use infergate::gateway::{self, RunningGateway};
 use infergate::openai::fnv1a;
-use infergate::sim::profile::profile;
-use infergate::sim::{SimOptions, start};
+use infergate::vllm_sim::profile::profile;
+use infergate::vllm_sim::{SimOptions, start};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use infergate::gateway::{self, Options, RunningGateway};
 use infergate::kubernetes::KubeContext;
-use infergate::sim::profile::profile;
-use infergate::sim::{SimOptions, start};
+use infergate::vllm_sim::profile::profile;
+use infergate::vllm_sim::{SimOptions, start};
 use serde_json::{Value, json};
 
 use crate::fake_kube::{DEPLOYMENTS, FakeKube, LEASES, PODS, SLICES};

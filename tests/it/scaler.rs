@@ -126,10 +126,11 @@ async fn from_zero_the_first_request_is_held_and_answered() {
 /// shown while the replica set stays as it is.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn static_provider_exports_the_recommendation_only() {
-    let mut opts =
-        infergate::sim::SimOptions::new(infergate::sim::profile::profile("llama-8b-l4").unwrap());
+    let mut opts = infergate::vllm_sim::SimOptions::new(
+        infergate::vllm_sim::profile::profile("llama-8b-l4").unwrap(),
+    );
     opts.models = vec!["m".into()];
-    let replica = infergate::sim::start(opts).await.unwrap();
+    let replica = infergate::vllm_sim::start(opts).await.unwrap();
     let yaml = format!(
         "listeners: {{gateway: 127.0.0.1:0, admin: 127.0.0.1:0}}
 pools:

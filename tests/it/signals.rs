@@ -12,8 +12,8 @@ use http::Response;
 use infergate::gateway::body::GatewayBody;
 use infergate::gateway::{self, RunningGateway};
 use infergate::http_server::Server;
-use infergate::sim::profile::profile;
-use infergate::sim::{SimOptions, start};
+use infergate::vllm_sim::profile::profile;
+use infergate::vllm_sim::{SimOptions, start};
 use serde_json::json;
 
 use crate::support::*;

@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
-use infergate::sim::profile::profile;
-use infergate::sim::{SimOptions, start};
+use infergate::vllm_sim::profile::profile;
+use infergate::vllm_sim::{SimOptions, start};
 use serde_json::json;
 
 use crate::support::*;
@@ -239,7 +239,7 @@ async fn embeddings_profile_answers_unit_vectors() {
 #[tokio::test]
 async fn sglang_metric_names_on_request() {
     let mut opts = options("llama-8b-h100");
-    opts.metrics_flavor = infergate::sim::metrics::MetricsFlavor::Sglang;
+    opts.metrics_flavor = infergate::vllm_sim::metrics::MetricsFlavor::Sglang;
     let sim = start(opts).await.unwrap();
     let text = get(&format!("http://{}/metrics", sim.addr)).await.text();
     assert_eq!(

@@ -333,11 +333,12 @@ fn fleet_spec(config: &config::Config, args: &SimulateArgs) -> anyhow::Result<si
     let mut initial = Vec::new();
     for pool in &config.pools {
         let profile = match &args.profile {
-            Some(name) => crate::sim::profile::profile(name).map_err(anyhow::Error::msg)?,
+            Some(name) => crate::vllm_sim::profile::profile(name).map_err(anyhow::Error::msg)?,
             None => match &pool.discovery {
                 Discovery::Local(local) => local_profile(&local.command)
                     .with_context(|| format!("pool `{}`: reading its sim command", pool.name))?,
-                _ => crate::sim::profile::profile("llama-8b-h100").map_err(anyhow::Error::msg)?,
+                _ => crate::vllm_sim::profile::profile("llama-8b-h100")
+                    .map_err(anyhow::Error::msg)?,
             },
         };
         let mut profile = profile;
@@ -376,14 +377,14 @@ fn fleet_spec(config: &config::Config, args: &SimulateArgs) -> anyhow::Result<si
 
 /// The engine profile a local pool's `infergate sim ...` command runs, with its overrides and
 /// `--speed` applied (a replica at speed 10 takes a tenth of the time per step).
-fn local_profile(command: &[String]) -> anyhow::Result<crate::sim::profile::Profile> {
+fn local_profile(command: &[String]) -> anyhow::Result<crate::vllm_sim::profile::Profile> {
     #[derive(clap::Parser)]
     struct SimCommand {
         #[command(flatten)]
         args: crate::cli::SimArgs,
     }
     let Some(at) = command.iter().position(|a| a == "sim") else {
-        return crate::sim::profile::profile("llama-8b-h100").map_err(anyhow::Error::msg);
+        return crate::vllm_sim::profile::profile("llama-8b-h100").map_err(anyhow::Error::msg);
     };
     let argv = std::iter::once("sim").chain(command[at + 1..].iter().map(String::as_str));
     let parsed = <SimCommand as clap::Parser>::try_parse_from(argv)

@@ -6,28 +6,10 @@
 //! silently read as zero.
 
 use crate::config::MetricsFormat;
+use crate::replica::EngineStats;
 
 /// Largest metrics page accepted (bytes).
 pub const MAX_PAGE_BYTES: usize = 4 << 20;
-
-/// A replica's engine state as scraped.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct EngineStats {
-    pub waiting: f64,
-    pub running: f64,
-    /// KV-cache use, 0–1.
-    pub kv_usage: Option<f64>,
-    /// Prefix-cache hit rate, 0–1 (cumulative since the replica started).
-    pub prefix_hit_rate: Option<f64>,
-    /// KV-cache capacity in blocks.
-    pub kv_blocks: Option<u64>,
-    /// Tokens per KV-cache block.
-    pub kv_block_tokens: Option<u64>,
-    pub running_loras: Vec<String>,
-    pub waiting_loras: Vec<String>,
-    /// Adapters a replica holds at once (vLLM `max_lora`).
-    pub max_loras: Option<u32>,
-}
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ParseError {

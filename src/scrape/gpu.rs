@@ -8,9 +8,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::Replica;
 use super::exposition::Sample;
 use crate::config::GpuMetric;
+use crate::replica::Replica;
 
 /// Mean use (0–1) over every series of `metric` on a replica's own page; None when absent.
 pub fn replica_page_use(metric: GpuMetric, samples: &[Sample]) -> Option<f64> {
@@ -72,7 +72,7 @@ pub fn record_by_pod(replicas: &[Arc<Replica>], by_pod: &HashMap<&str, f64>, at:
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::load::exposition::samples;
+    use crate::scrape::exposition::samples;
 
     // Written from dcgm-exporter's documented output: one series per GPU, entity labels (`gpu`,
     // `UUID`, `device`, `modelName`, `Hostname`) plus the workload labels of its Kubernetes mode.
@@ -139,7 +139,7 @@ DCGM_FI_DEV_GPU_UTIL{gpu="0",pod="dcgm-exporter-x7k2p",Hostname="node-2"} 250
             Arc::new(Replica::placed(
                 http::uri::Scheme::HTTP,
                 format!("127.0.0.1:{port}").parse().unwrap(),
-                super::super::Placement {
+                crate::replica::Placement {
                     pod: pod.map(String::from),
                     node: None,
                 },

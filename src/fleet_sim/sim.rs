@@ -22,11 +22,11 @@ use super::stats::{
 };
 use super::workload::Request;
 use crate::config::{self, RoutingPolicy, ScalerPolicy};
-use crate::load::{InflightGuard, Replica};
+use crate::replica::{InflightGuard, Replica};
 use crate::router::{self, PickContext, RequestFeatures, Snapshot, prefix::PrefixIndex};
 use crate::scaler::policy::{self, Observation, Policy};
-use crate::sim::engine::{Engine, EngineRequest, Event};
-use crate::sim::profile::Profile;
+use crate::vllm_sim::engine::{Engine, EngineRequest, Event};
+use crate::vllm_sim::profile::Profile;
 
 /// How one run differs from the configuration, and what it measures.
 #[derive(Debug, Clone)]
@@ -796,7 +796,7 @@ impl<'w> Fleet<'w> {
             let s = replica.engine.stats();
             let queries = s.prefix_queries_tokens;
             replica.replica.record_scrape(
-                crate::load::exposition::EngineStats {
+                crate::replica::EngineStats {
                     waiting: s.waiting as f64,
                     running: s.running as f64,
                     kv_usage: Some(s.kv_usage),
@@ -824,7 +824,7 @@ impl<'w> Fleet<'w> {
             starting: pool.starting,
             inflight: pool.snapshot.replicas.iter().map(|r| r.inflight()).sum(),
             queued: pool.queued,
-            kv_cache_usage: crate::load::mean_kv_usage(
+            kv_cache_usage: crate::replica::mean_kv_usage(
                 &pool.snapshot.replicas,
                 now,
                 pool.config.metrics.stale_after,

@@ -2,12 +2,7 @@
 //! answer's body ends), consecutive failures and ejection, the latest scraped engine stats and
 //! GPU reading, the learned prefill speed and the LoRA adapters sent lately. One [`Replica`] per
 //! upstream, shared by the router (reads) and the proxy and scraper (writes) through atomics and
-//! one swapped pointer. [`exposition`] reads the replicas' own metrics pages, [`gpu`] DCGM
-//! samples, [`scraper`] fetches both.
-
-pub mod exposition;
-pub mod gpu;
-pub mod scraper;
+//! one swapped pointer. The scraper that fills in its engine stats is [`crate::scrape`].
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -17,7 +12,24 @@ use arc_swap::ArcSwapOption;
 use http::uri::{Authority, Scheme};
 use prometheus::IntGauge;
 
-use exposition::EngineStats;
+/// A replica's engine state as scraped.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EngineStats {
+    pub waiting: f64,
+    pub running: f64,
+    /// KV-cache use, 0–1.
+    pub kv_usage: Option<f64>,
+    /// Prefix-cache hit rate, 0–1 (cumulative since the replica started).
+    pub prefix_hit_rate: Option<f64>,
+    /// KV-cache capacity in blocks.
+    pub kv_blocks: Option<u64>,
+    /// Tokens per KV-cache block.
+    pub kv_block_tokens: Option<u64>,
+    pub running_loras: Vec<String>,
+    pub waiting_loras: Vec<String>,
+    /// Adapters a replica holds at once (vLLM `max_lora`).
+    pub max_loras: Option<u32>,
+}
 
 /// A replica's fresh engine state as the router sees it.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -1,4 +1,5 @@
-//! The per-pool scraper: polls every replica's `/metrics` over keep-alive connections at the
+//! The per-pool scraper (its parsers: [`exposition`] for the replicas' own pages, [`gpu`] for
+//! DCGM samples): polls every replica's `/metrics` over keep-alive connections at the
 //! configured interval (all replicas concurrently, each bounded by the scrape timeout and the
 //! page-size limit) and stores the parsed [`EngineStats`] on the replica. A failed scrape changes
 //! nothing but a failure count; stale stats age out on their own. With `metrics.gpu`, GPU use
@@ -15,10 +16,13 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use tokio::task::{JoinHandle, JoinSet};
 
-use super::exposition::{self, EngineStats, MAX_PAGE_BYTES};
-use super::gpu;
+pub mod exposition;
+pub mod gpu;
+
 use crate::config::{GpuMetric, GpuMetrics};
 use crate::gateway::pools::PoolRuntime;
+use crate::replica::EngineStats;
+use exposition::MAX_PAGE_BYTES;
 
 /// Scrapes the pool's replicas until aborted.
 pub fn spawn(pool: Arc<PoolRuntime>) -> JoinHandle<()> {

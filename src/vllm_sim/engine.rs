@@ -527,7 +527,7 @@ enum LoraReady {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sim::profile::profile;
+    use crate::vllm_sim::profile::profile;
 
     fn request(id: u64, prompt_tokens: u32, output_tokens: u32, prefix: u64) -> EngineRequest {
         // Block hashes chained from a per-prefix seed: equal `prefix` = equal prompt.

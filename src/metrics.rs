@@ -1,5 +1,6 @@
-//! The gateway's own Prometheus metrics, registered once; per-pool handles are resolved at
-//! start so the request path only touches atomics.
+//! The process's Prometheus metrics, registered once in one registry (gateway, pools, scaler,
+//! discovery, leader election); per-pool handles are resolved at start so the request path
+//! only touches atomics.
 
 use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
@@ -14,7 +15,7 @@ const CHUNK_BUCKETS: &[f64] = &[
     0.0001, 0.0005, 0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0,
 ];
 
-pub struct GatewayMetrics {
+pub struct Metrics {
     pub registry: Registry,
     pub requests: IntCounterVec,
     pub inflight: IntGaugeVec,
@@ -51,13 +52,13 @@ pub struct PoolMetrics {
     pub queue_wait: Histogram,
 }
 
-impl Default for GatewayMetrics {
+impl Default for Metrics {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl GatewayMetrics {
+impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
         let counter = |name: &str, help: &str, labels: &[&str]| {
