@@ -214,7 +214,7 @@ fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(async move {
-        let gateway = crate::gateway::start(config).await?;
+        let gateway = crate::app::start(config).await?;
         tracing::info!("gateway listening on http://{}", gateway.gateway_addr);
         tracing::info!(
             "admin listening on http://{} (/metrics, /healthz, /readyz, /admin/status)",

@@ -4,6 +4,7 @@
 //! in [`cli`] wires the parts together.
 
 pub mod admin;
+pub mod app;
 pub mod cli;
 pub mod config;
 pub mod discovery;
@@ -14,6 +15,7 @@ pub mod kubernetes;
 pub mod loadgen;
 pub mod metrics;
 pub mod openai;
+pub mod pool;
 pub mod replica;
 pub mod router;
 pub mod scaler;

@@ -37,7 +37,7 @@ pub struct Metrics {
     queue_wait: HistogramVec,
 }
 
-/// Handles for one pool.
+/// The request path's handles for one pool.
 #[derive(Clone)]
 pub struct PoolMetrics {
     pub ttfb: Histogram,
@@ -47,9 +47,16 @@ pub struct PoolMetrics {
     pub bytes_out: IntCounter,
     pub bytes_in: IntCounter,
     pub retries: IntCounter,
-    pub ejections: IntCounter,
-    pub replicas: IntGauge,
     pub queue_wait: Histogram,
+}
+
+/// Handles for one pool's live state ([`crate::pool::PoolState`]): its replica count, the
+/// ejections from routing, and the family of per-replica in-flight gauges.
+#[derive(Clone)]
+pub struct PoolGauges {
+    pub replicas: IntGauge,
+    pub ejections: IntCounter,
+    pub inflight: IntGaugeVec,
 }
 
 impl Default for Metrics {
@@ -187,6 +194,7 @@ impl Metrics {
         }
     }
 
+    /// The request path's handles for one pool.
     pub fn pool(&self, pool: &str) -> PoolMetrics {
         PoolMetrics {
             ttfb: self.ttfb.with_label_values(&[pool]),
@@ -196,9 +204,15 @@ impl Metrics {
             bytes_out: self.bytes_out.with_label_values(&[pool]),
             bytes_in: self.bytes_in.with_label_values(&[pool]),
             retries: self.retries.with_label_values(&[pool]),
-            ejections: self.ejections.with_label_values(&[pool]),
-            replicas: self.replicas.with_label_values(&[pool]),
             queue_wait: self.queue_wait.with_label_values(&[pool]),
+        }
+    }
+
+    pub fn pool_gauges(&self, pool: &str) -> PoolGauges {
+        PoolGauges {
+            replicas: self.replicas.with_label_values(&[pool]),
+            ejections: self.ejections.with_label_values(&[pool]),
+            inflight: self.inflight.clone(),
         }
     }
 

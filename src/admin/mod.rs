@@ -56,7 +56,7 @@ pub async fn handle(state: Arc<GatewayState>, req: Request<Incoming>) -> Respons
                 .pools
                 .iter()
                 .filter_map(|p| {
-                    let (since, error) = p.kube_health.get()?.outage()?;
+                    let (since, error) = p.api_health.get()?.outage()?;
                     let message = format!(
                         "Kubernetes API unreachable for {}s, routing on the last known {} replica(s): {error}",
                         now.saturating_duration_since(since).as_secs(),
@@ -110,7 +110,7 @@ pub fn status(state: &GatewayState) -> serde_json::Value {
                 "queued": pool.queued(),
                 "replicas": replicas,
                 "scaler": pool.scaler_status.load().as_deref(),
-                "kubernetes_api_up": pool.kube_health.get().map(|h| h.is_up()),
+                "kubernetes_api_up": pool.api_health.get().map(|h| h.is_up()),
             })
         })
         .collect();

@@ -42,6 +42,24 @@ pub struct Classification {
     pub sheddable: Vec<usize>,
 }
 
+impl Classification {
+    /// The priority class a request names (its header, or a trace's field), matched trimmed
+    /// and in any case; the default class when it names none or an unknown one.
+    pub fn priority_of(&self, name: Option<&str>) -> usize {
+        name.and_then(|name| {
+            self.priority_classes
+                .iter()
+                .position(|c| c.eq_ignore_ascii_case(name.trim()))
+        })
+        .unwrap_or(self.default_priority)
+    }
+
+    /// Whether requests of `class` are refused rather than held when every replica is busy.
+    pub fn is_sheddable(&self, class: usize) -> bool {
+        self.sheddable.contains(&class)
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct LeaderElection {
     pub enabled: bool,

@@ -25,8 +25,8 @@ use serde::de::DeserializeOwned;
 use tokio::task::JoinHandle;
 
 use crate::config::{KubernetesDiscovery, KubernetesSource, PortRef};
-use crate::gateway::pools::PoolRuntime;
 use crate::kubernetes::{ApiHealth, KubeContext, KubeError};
+use crate::pool::PoolState;
 use crate::replica::Placement;
 
 /// One endpoint (one pod) of the pool as the API server last described it.
@@ -57,7 +57,7 @@ impl Member {
 /// the scale provider (exclusions of draining victims); every change goes through
 /// [`Members::reconcile`], the only code that adds or removes the pool's replicas.
 pub struct Members {
-    pool: Arc<PoolRuntime>,
+    pool: Arc<PoolState>,
     state: Mutex<State>,
     /// Whether a first list has arrived.
     listed: AtomicBool,
@@ -72,7 +72,7 @@ struct State {
 }
 
 impl Members {
-    pub fn new(pool: Arc<PoolRuntime>) -> Arc<Self> {
+    pub fn new(pool: Arc<PoolState>) -> Arc<Self> {
         Arc::new(Self {
             pool,
             state: Mutex::new(State::default()),

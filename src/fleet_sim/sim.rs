@@ -105,7 +105,7 @@ struct SimPool {
 
 impl SimPool {
     /// Budgets of the prefix index from the replicas' scraped KV capacity, as the gateway sets
-    /// them (`PoolRuntime::refresh_prefix_budgets`).
+    /// them (`PoolState::refresh_prefix_budgets`).
     fn register_prefix_replicas(&self) {
         if let Some(index) = &self.prefix {
             index.register(
@@ -115,7 +115,7 @@ impl SimPool {
         }
     }
 
-    /// Whether every replica taking traffic is saturated (`PoolRuntime::saturated`).
+    /// Whether every replica taking traffic is saturated (`PoolState::saturated`).
     fn saturated(&self, now: Instant) -> bool {
         router::all_saturated(
             &self.snapshot,

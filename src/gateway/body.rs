@@ -14,7 +14,7 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use tokio::time::Sleep;
 
 use super::error::GatewayError;
-use super::pools::PoolRuntime;
+use super::pools::GatewayPool;
 use super::upstream::Lent;
 use crate::replica::InflightGuard;
 
@@ -41,7 +41,7 @@ pub struct ProxiedBody {
     /// worker's pool once the answer is read to the end; dropped (closing it) otherwise.
     connection: (usize, Option<Lent>),
     guard: Option<InflightGuard>,
-    pool: Arc<PoolRuntime>,
+    pool: Arc<GatewayPool>,
     sse: bool,
     received: Instant,
     /// When the request went to the replica (for its first-byte latency).
@@ -62,7 +62,7 @@ impl ProxiedBody {
     pub fn new(
         inner: Incoming,
         guard: InflightGuard,
-        pool: Arc<PoolRuntime>,
+        pool: Arc<GatewayPool>,
         connection: (usize, Option<Lent>),
         sse: bool,
         received: Instant,
@@ -165,7 +165,7 @@ impl ProxiedBody {
             .bytes_out
             .inc_by(std::mem::take(&mut self.bytes_sent));
         // That capacity can go to the next request waiting at the gateway.
-        self.pool.admission.wake();
+        self.pool.queue.wake();
         self.pool
             .metrics
             .duration
@@ -202,7 +202,7 @@ impl Drop for ProxiedBody {
             // The client went away mid-answer: release the replica, then let a waiter in.
             self.pool.metrics.bytes_out.inc_by(self.bytes_sent);
             self.guard = None;
-            self.pool.admission.wake();
+            self.pool.queue.wake();
         }
     }
 }
@@ -234,7 +234,7 @@ impl Body for GatewayBody {
                                 // Its prefill is done: a stream no longer counts as waiting
                                 // there, so a request held at the gateway may go now (the
                                 // fleet simulation re-checks after every engine step too).
-                                body.pool.admission.wake();
+                                body.pool.queue.wake();
                             }
                             if body.sse {
                                 match body.last_chunk {

@@ -55,16 +55,11 @@ pub fn classify(
         let start = raw.get().as_ptr() as usize - body.as_ptr() as usize;
         start..start + raw.get().len()
     });
-    let priority = headers
-        .get(&classes.priority_header)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|name| {
-            classes
-                .priority_classes
-                .iter()
-                .position(|c| c.eq_ignore_ascii_case(name.trim()))
-        })
-        .unwrap_or(classes.default_priority);
+    let priority = classes.priority_of(
+        headers
+            .get(&classes.priority_header)
+            .and_then(|v| v.to_str().ok()),
+    );
     let session = headers
         .get(&classes.session_header)
         .map(|v| crate::openai::fnv1a(v.as_bytes()));

@@ -15,8 +15,10 @@ use hyper::body::Incoming;
 use super::body::{GatewayBody, ProxiedBody};
 use super::classify::{classify, rewrite_model};
 use super::error::GatewayError;
-use super::pools::{PoolRuntime, Pools};
+use super::pools::{GatewayPool, Pools};
 use crate::config::Config;
+use crate::pool::admission::{self, Admit};
+use crate::pool::queue::Refused;
 use crate::router::{self, PickContext};
 
 /// Shared by every request.
@@ -41,7 +43,8 @@ pub async fn handle(
                 .unwrap_or_else(GatewayError::into_response)
         }
         (&Method::GET, "/v1/models") => {
-            let mut response = Response::new(GatewayBody::full(state.pools.models_json.clone()));
+            let mut response =
+                Response::new(GatewayBody::full(state.pools.models.models_json.clone()));
             response.headers_mut().insert(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("application/json"),
@@ -77,8 +80,8 @@ async fn proxy(
         .pools
         .route(&classified.model)
         .ok_or_else(|| GatewayError::UnknownModel(classified.model.clone()))?;
-    let pool = state.pools.pools[route.pool].clone();
-    classified.features.adapter = route.adapter;
+    let pool = state.pools.pools[route.route.pool].clone();
+    classified.features.adapter = route.route.adapter;
     pool.metrics.bytes_in.inc_by(body.len() as u64);
     // Prefix blocks of the prompt as sent (before any alias rewrite), for pools that use them.
     let blocks = match (&pool.prefix_index, &classified.prompt_span) {
@@ -94,7 +97,7 @@ async fn proxy(
         }
         _ => Vec::new(),
     };
-    let body = match &route.rewrite_to {
+    let body = match &route.route.rewrite_to {
         Some(target) => Bytes::from(rewrite_model(&body, target)?),
         None => body,
     };
@@ -135,7 +138,7 @@ struct Outgoing<'a> {
 }
 
 async fn forward(
-    pool: &Arc<PoolRuntime>,
+    pool: &Arc<GatewayPool>,
     worker: usize,
     classes: &crate::config::Classification,
     request: Outgoing<'_>,
@@ -148,8 +151,13 @@ async fn forward(
         blocks,
         received,
     } = request;
-    let sheddable = classes.sheddable.contains(&features.priority);
-    admit(pool, features.priority, sheddable, received).await?;
+    admit(
+        pool,
+        features.priority,
+        classes.is_sheddable(features.priority),
+        received,
+    )
+    .await?;
     let snapshot = pool.snapshot();
     let retries = &pool.config.retries;
     let mut tried: Vec<usize> = Vec::new();
@@ -241,55 +249,41 @@ async fn forward(
     Err(last_error)
 }
 
-/// Admission: a request goes on at once while some replica has room. When every replica is
-/// saturated — or there is none yet and the scaler is starting one (scale from zero) — it waits
-/// in the pool's queue by priority class, bounded by `admission.max_queue` and
-/// `admission.max_queue_wait`; a sheddable class is refused at once instead. Both refusals are
-/// 429 with `Retry-After`.
+/// Admission ([`crate::pool::admission`]): a request goes on at once while some replica has
+/// room. When every replica is saturated — or there is none yet and the scaler is starting one
+/// (scale from zero) — it waits in the pool's queue by priority class, bounded by
+/// `admission.max_queue` and `admission.max_queue_wait`; a sheddable class is refused at once
+/// instead. Both refusals are 429 with `Retry-After`.
 async fn admit(
-    pool: &PoolRuntime,
+    pool: &GatewayPool,
     priority: usize,
     sheddable: bool,
     received: Instant,
 ) -> Result<(), GatewayError> {
-    // The request's arrival stands in for now (microseconds earlier: one clock read less), and
-    // one load of the replica set serves both questions.
-    let now = received;
-    let (has_replica, saturated) = {
-        let snapshot = pool.snapshot();
-        let has_replica = snapshot.replicas.iter().any(|r| !r.is_ejected(now));
-        let limits = &pool.config.admission;
-        let stale_after = pool.config.metrics.stale_after;
-        let saturated = || router::all_saturated(&snapshot, limits, now, stale_after);
-        (has_replica, has_replica && saturated())
-    };
-    if !has_replica && !pool.config.scaler.enabled {
-        return Ok(()); // nothing will come: the router answers 503 at once
+    // The request's arrival stands in for now (microseconds earlier: one clock read less).
+    match admission::on_arrival(pool.gate(received), sheddable) {
+        Admit::Go => return Ok(()),
+        Admit::Shed => return Err(GatewayError::Shed),
+        Admit::Queue => {}
     }
-    if has_replica && !saturated && pool.queued() == 0 {
-        return Ok(());
-    }
-    if sheddable && has_replica {
-        return Err(GatewayError::Shed);
-    }
-    let admission = &pool.config.admission;
+    let limits = &pool.config.admission;
     let waited = Instant::now();
     let result = pool
-        .admission
+        .queue
         .wait(
             priority,
-            u64::from(admission.max_queue),
-            received + admission.max_queue_wait,
-            || {
-                let now = Instant::now();
-                pool.has_ready_replica(now) && !pool.saturated(now)
-            },
+            u64::from(limits.max_queue),
+            received + limits.max_queue_wait,
+            || admission::may_release(pool.gate(Instant::now())),
         )
         .await;
     pool.metrics
         .queue_wait
         .observe(waited.elapsed().as_secs_f64());
-    result
+    result.map_err(|refused| match refused {
+        Refused::Full => GatewayError::QueueFull,
+        Refused::Timeout => GatewayError::QueueTimeout,
+    })
 }
 
 /// The request as sent to the replica: same method, path, query, body and end-to-end headers;

@@ -23,9 +23,9 @@ use super::policy::Observation;
 use super::provider::{Action, Provider, ProviderError, Supply};
 use crate::config::ScaleTarget;
 use crate::discovery::kubernetes::{Member, Members};
-use crate::gateway::pools::PoolRuntime;
 use crate::kubernetes::lease::Leadership;
 use crate::kubernetes::{KubeContext, KubeError};
+use crate::pool::PoolState;
 use crate::replica::Replica;
 
 /// The annotation ReplicaSets read to choose which pods to remove first (lowest first).
@@ -43,7 +43,7 @@ pub struct KubeScaler {
 }
 
 struct Inner {
-    pool: Arc<PoolRuntime>,
+    pool: Arc<PoolState>,
     members: Arc<Members>,
     workload: Api<DynamicObject>,
     pods: Api<Pod>,
@@ -61,7 +61,7 @@ struct Inner {
 
 impl KubeScaler {
     pub fn new(
-        pool: Arc<PoolRuntime>,
+        pool: Arc<PoolState>,
         members: Arc<Members>,
         context: &KubeContext,
         target: ScaleTarget,

@@ -16,12 +16,12 @@ use super::policy::Observation;
 use super::provider::{Action, Provider, ProviderError, Supply};
 use crate::config::LocalDiscovery;
 use crate::discovery::local::{self, LocalReplica};
-use crate::gateway::pools::PoolRuntime;
+use crate::pool::PoolState;
 
 pub struct LocalProvider {
     /// Itself, for the drain tasks it spawns.
     this: std::sync::Weak<LocalProvider>,
-    pool: Arc<PoolRuntime>,
+    pool: Arc<PoolState>,
     config: LocalDiscovery,
     drain_timeout: Duration,
     /// Running replicas that take traffic.
@@ -31,11 +31,7 @@ pub struct LocalProvider {
 }
 
 impl LocalProvider {
-    pub fn new(
-        pool: Arc<PoolRuntime>,
-        config: LocalDiscovery,
-        drain_timeout: Duration,
-    ) -> Arc<Self> {
+    pub fn new(pool: Arc<PoolState>, config: LocalDiscovery, drain_timeout: Duration) -> Arc<Self> {
         Arc::new_cyclic(|this| Self {
             this: this.clone(),
             pool,

@@ -14,8 +14,8 @@ use std::time::Instant;
 
 use tokio::task::JoinHandle;
 
-use crate::gateway::pools::{PoolRuntime, ScalerStatus};
 use crate::kubernetes::lease::Leadership;
+use crate::pool::{PoolState, ScalerStatus};
 use policy::Observation;
 use provider::{Action, Provider, Supply};
 
@@ -32,7 +32,7 @@ pub struct Actuation {
 /// Runs the pool's scaler every `scaler.interval` until aborted. Every replica computes and
 /// exports the recommendation; only an enabled provider on the leader acts on it.
 pub fn spawn(
-    pool: Arc<PoolRuntime>,
+    pool: Arc<PoolState>,
     actuation: Actuation,
     desired_gauge: prometheus::IntGauge,
     scale_events: prometheus::IntCounterVec,
@@ -60,7 +60,7 @@ pub fn spawn(
                 queued: pool.queued(),
                 kv_cache_usage: pool.mean_kv_usage(now),
                 gpu_utilization: pool.mean_gpu_use(now),
-                queue_wait: pool.admission.take_max_wait().map(|d| d.as_secs_f64()),
+                queue_wait: pool.queue.take_max_wait().map(|d| d.as_secs_f64()),
             };
             let rec = policy.recommend(&obs);
             desired_gauge.set(i64::from(rec.desired));

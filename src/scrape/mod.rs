@@ -20,12 +20,12 @@ pub mod exposition;
 pub mod gpu;
 
 use crate::config::{GpuMetric, GpuMetrics};
-use crate::gateway::pools::PoolRuntime;
+use crate::pool::PoolState;
 use crate::replica::EngineStats;
 use exposition::MAX_PAGE_BYTES;
 
 /// Scrapes the pool's replicas until aborted.
-pub fn spawn(pool: Arc<PoolRuntime>) -> JoinHandle<()> {
+pub fn spawn(pool: Arc<PoolState>) -> JoinHandle<()> {
     tokio::spawn(async move {
         let client: HttpClient = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
@@ -48,7 +48,7 @@ pub fn spawn(pool: Arc<PoolRuntime>) -> JoinHandle<()> {
 type HttpClient = Client<HttpConnector, Empty<Bytes>>;
 
 /// Polls the replicas' own pages until the task is aborted.
-async fn scrape_replicas(pool: &Arc<PoolRuntime>, client: &HttpClient) {
+async fn scrape_replicas(pool: &Arc<PoolState>, client: &HttpClient) {
     let metrics = pool.config.metrics.clone();
     // The GPU metric is read from the replica pages when no exporter is configured.
     let gpu_on_page = metrics
@@ -109,7 +109,7 @@ async fn scrape_replicas(pool: &Arc<PoolRuntime>, client: &HttpClient) {
         // KV capacities may be known now: the prefix index's budgets follow them.
         pool.refresh_prefix_budgets();
         // Fresh counts may show room for a request waiting at the gateway.
-        pool.admission.wake();
+        pool.queue.wake();
     }
 }
 
@@ -117,7 +117,7 @@ async fn scrape_replicas(pool: &Arc<PoolRuntime>, client: &HttpClient) {
 /// use by pod name. A failed scrape is logged once per run of failures and changes nothing: the
 /// readings go stale on their own.
 async fn scrape_exporter(
-    pool: &PoolRuntime,
+    pool: &PoolState,
     client: &HttpClient,
     url: http::Uri,
     metric: GpuMetric,

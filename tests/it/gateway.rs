@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use infergate::gateway::{self, RunningGateway};
+use infergate::app::{self, App};
 use infergate::openai::fnv1a;
 use infergate::vllm_sim::profile::profile;
 use infergate::vllm_sim::{SimOptions, start};
@@ -20,13 +20,13 @@ async fn sim(model: &str, profile_name: &str) -> infergate::http_server::Server 
     start(opts).await.unwrap()
 }
 
-async fn gateway_with(yaml: &str) -> RunningGateway {
+async fn gateway_with(yaml: &str) -> App {
     let config = infergate::config::parse(yaml, "test").unwrap_or_else(|e| panic!("{e}"));
-    gateway::start(config).await.unwrap()
+    app::start(config).await.unwrap()
 }
 
 /// A gateway in front of static replicas at `endpoints`.
-async fn static_gateway(endpoints: &[SocketAddr], extra: &str) -> RunningGateway {
+async fn static_gateway(endpoints: &[SocketAddr], extra: &str) -> App {
     let list: Vec<String> = endpoints
         .iter()
         .map(|a| format!("\"http://{a}\""))
@@ -45,13 +45,13 @@ pools:
     .await
 }
 
-async fn status(gw: &RunningGateway) -> serde_json::Value {
+async fn status(gw: &App) -> serde_json::Value {
     get(&format!("http://{}/admin/status", gw.admin_addr))
         .await
         .json()
 }
 
-async fn total_inflight(gw: &RunningGateway) -> u64 {
+async fn total_inflight(gw: &App) -> u64 {
     status(gw).await["pools"][0]["inflight"].as_u64().unwrap()
 }
 
@@ -299,7 +299,7 @@ pools:
         first.gateway_addr, replica.addr
     );
     let config = infergate::config::parse(&yaml, "test").unwrap();
-    let Err(error) = gateway::start(config).await else {
+    let Err(error) = app::start(config).await else {
         panic!("a second gateway on a taken address started");
     };
     let message = format!("{error:#}");
@@ -751,12 +751,12 @@ async fn prefix_affinity_raises_replica_cache_hits() {
     assert!(hits[1].1 > 2.0 * hits[0].1, "{hits:?}");
 }
 
-async fn status_queued(gw: &RunningGateway) -> u64 {
+async fn status_queued(gw: &App) -> u64 {
     status(gw).await["pools"][0]["queued"].as_u64().unwrap()
 }
 
 /// Requests of pool `p` that have waited in the gateway's admission queue so far.
-async fn held_so_far(gw: &RunningGateway) -> f64 {
+async fn held_so_far(gw: &App) -> f64 {
     let page = get(&format!("http://{}/metrics", gw.admin_addr)).await;
     metric(
         &String::from_utf8_lossy(&page.body),
@@ -767,7 +767,7 @@ async fn held_so_far(gw: &RunningGateway) -> f64 {
 }
 
 /// Waits (at most 2 s) until the gateway has read its first replica's metrics page.
-async fn wait_for_first_page(gw: &RunningGateway) {
+async fn wait_for_first_page(gw: &App) {
     let read = || async { !status(gw).await["pools"][0]["replicas"][0]["engine"].is_null() };
     for _ in 0..200 {
         if read().await {

@@ -8,7 +8,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use infergate::gateway::{self, Options, RunningGateway};
+use infergate::app::{self, App, Options};
 use infergate::kubernetes::KubeContext;
 use infergate::vllm_sim::profile::profile;
 use infergate::vllm_sim::{SimOptions, start};
@@ -62,13 +62,7 @@ fn deployment(replicas: u32) -> Value {
 
 /// A gateway whose one pool `p` is discovered through the fake; `scaler` is the pool's scaler
 /// section (YAML flow mapping) or empty.
-async fn gateway(
-    fake: &FakeKube,
-    who: &str,
-    discovery: &str,
-    scaler: &str,
-    lease: bool,
-) -> RunningGateway {
+async fn gateway(fake: &FakeKube, who: &str, discovery: &str, scaler: &str, lease: bool) -> App {
     let scaler = if scaler.is_empty() {
         String::new()
     } else {
@@ -94,14 +88,14 @@ pools:
         client: fake.client(who),
         identity: who.into(),
     };
-    gateway::start_with(config, Options { kube: Some(kube) })
+    app::start_with(config, Options { kube: Some(kube) })
         .await
         .unwrap()
 }
 
 const BY_SERVICE: &str = "{service: sim, port: http}";
 
-async fn status(gw: &RunningGateway) -> Value {
+async fn status(gw: &App) -> Value {
     get(&format!("http://{}/admin/status", gw.admin_addr))
         .await
         .json()["pools"][0]
@@ -109,7 +103,7 @@ async fn status(gw: &RunningGateway) -> Value {
 }
 
 /// The replicas routing now, by address.
-async fn routed(gw: &RunningGateway) -> Vec<String> {
+async fn routed(gw: &App) -> Vec<String> {
     let mut names: Vec<String> = status(gw).await["replicas"]
         .as_array()
         .unwrap()
@@ -139,7 +133,7 @@ macro_rules! eventually {
     }};
 }
 
-async fn chat(gw: &RunningGateway) -> Reply {
+async fn chat(gw: &App) -> Reply {
     post(
         &format!("http://{}/v1/chat/completions", gw.gateway_addr),
         json!({"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}),
@@ -147,7 +141,7 @@ async fn chat(gw: &RunningGateway) -> Reply {
     .await
 }
 
-async fn metrics(gw: &RunningGateway) -> String {
+async fn metrics(gw: &App) -> String {
     get(&format!("http://{}/metrics", gw.admin_addr))
         .await
         .text()
@@ -668,7 +662,7 @@ pools:
         up = before + 1
     );
     let config = infergate::config::parse(&yaml, "test").unwrap();
-    let gw = gateway::start_with(config, Options { kube: Some(kube) })
+    let gw = app::start_with(config, Options { kube: Some(kube) })
         .await
         .unwrap();
     assert!(

@@ -5,13 +5,13 @@
 
 use std::time::{Duration, Instant};
 
-use infergate::gateway::{self, RunningGateway};
+use infergate::app::{self, App};
 use infergate::loadgen::{self, LoadArgs};
 use serde_json::json;
 
 use crate::support::*;
 
-async fn local_gateway(min: u32, max: u32, initial: u32, extra: &str) -> RunningGateway {
+async fn local_gateway(min: u32, max: u32, initial: u32, extra: &str) -> App {
     let exe = env!("CARGO_BIN_EXE_infergate");
     let yaml = format!(
         "listeners: {{gateway: 127.0.0.1:0, admin: 127.0.0.1:0, drain_timeout: 5s}}
@@ -37,10 +37,10 @@ pools:
 {extra}"
     );
     let config = infergate::config::parse(&yaml, "test").unwrap_or_else(|e| panic!("{e}"));
-    gateway::start(config).await.unwrap()
+    app::start(config).await.unwrap()
 }
 
-async fn scaler_status(gw: &RunningGateway) -> serde_json::Value {
+async fn scaler_status(gw: &App) -> serde_json::Value {
     get(&format!("http://{}/admin/status", gw.admin_addr))
         .await
         .json()["pools"][0]
@@ -148,7 +148,7 @@ pools:
 ",
         replica.addr
     );
-    let gw = gateway::start(infergate::config::parse(&yaml, "test").unwrap())
+    let gw = app::start(infergate::config::parse(&yaml, "test").unwrap())
         .await
         .unwrap();
     let url = format!("http://{}/v1/completions", gw.gateway_addr);

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::Response;
+use infergate::app::{self, App};
 use infergate::gateway::body::GatewayBody;
-use infergate::gateway::{self, RunningGateway};
 use infergate::http_server::Server;
 use infergate::vllm_sim::profile::profile;
 use infergate::vllm_sim::{SimOptions, start};
@@ -26,7 +26,7 @@ async fn sim() -> Server {
 }
 
 /// A gateway over `replicas` (URL, pod name) with `extra` YAML under the pool.
-async fn gateway_over(replicas: &[(SocketAddr, &str)], extra: &str) -> RunningGateway {
+async fn gateway_over(replicas: &[(SocketAddr, &str)], extra: &str) -> App {
     let endpoints: Vec<String> = replicas
         .iter()
         .map(|(a, _)| format!("\"http://{a}\""))
@@ -46,10 +46,10 @@ pools:
         pods.join(", ")
     );
     let config = infergate::config::parse(&yaml, "test").unwrap_or_else(|e| panic!("{e}"));
-    gateway::start(config).await.unwrap()
+    app::start(config).await.unwrap()
 }
 
-async fn status(gw: &RunningGateway) -> serde_json::Value {
+async fn status(gw: &App) -> serde_json::Value {
     get(&format!("http://{}/admin/status", gw.admin_addr))
         .await
         .json()
@@ -66,10 +66,7 @@ fn gpu_readings(status: &serde_json::Value) -> Vec<Option<f64>> {
 }
 
 /// Polls `/admin/status` (bounded: 5 s) until `done` holds; returns the last status.
-async fn status_until(
-    gw: &RunningGateway,
-    done: impl Fn(&serde_json::Value) -> bool,
-) -> serde_json::Value {
+async fn status_until(gw: &App, done: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let s = status(gw).await;
@@ -92,7 +89,7 @@ async fn answered(sim: &Server) -> f64 {
 }
 
 /// Sends `n` short requests for `model` one after the other through the gateway, `gap` apart.
-async fn sequential(gw: &RunningGateway, model: &str, n: usize, gap: Duration) {
+async fn sequential(gw: &App, model: &str, n: usize, gap: Duration) {
     let url = format!("http://{}/v1/completions", gw.gateway_addr);
     for _ in 0..n {
         tokio::time::sleep(gap).await;

@@ -1,4 +1,4 @@
-//! The gateway queue: when every replica of a pool is saturated (or none is up yet while the
+//! The gateway queue (its rules in [`super::admission`]): when every replica of a pool is saturated (or none is up yet while the
 //! scaler starts one), requests wait here instead of piling into engine queues. Bounded by
 //! count (`admission.max_queue`) and wait (`admission.max_queue_wait`); released highest
 //! priority class first, and in arrival order within a class; sheddable classes are refused at
@@ -15,9 +15,18 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
-use super::error::GatewayError;
+use super::admission;
 
-pub struct Admission {
+/// Why a request left the queue without being let in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// `admission.max_queue` requests were waiting already.
+    Full,
+    /// Its deadline (`admission.max_queue_wait`) passed.
+    Timeout,
+}
+
+pub struct AdmissionQueue {
     /// One queue per priority class, highest first.
     classes: Vec<ClassQueue>,
     waiting: AtomicU64,
@@ -49,14 +58,14 @@ const RECHECK: Duration = Duration::from_millis(50);
 
 /// A request's place in its class's queue, given up when dropped (let in, refused or gone).
 struct Place<'a> {
-    admission: &'a Admission,
+    queue: &'a AdmissionQueue,
     class: usize,
     me: Arc<Notify>,
 }
 
 impl Drop for Place<'_> {
     fn drop(&mut self) {
-        let class = &self.admission.classes[self.class];
+        let class = &self.queue.classes[self.class];
         let was_first = {
             let mut queue = class.queue();
             let at = queue.iter().position(|w| Arc::ptr_eq(w, &self.me));
@@ -66,15 +75,15 @@ impl Drop for Place<'_> {
             at == Some(0)
         };
         class.waiting.fetch_sub(1, Ordering::Relaxed);
-        self.admission.waiting.fetch_sub(1, Ordering::Relaxed);
+        self.queue.waiting.fetch_sub(1, Ordering::Relaxed);
         if was_first {
             // Whether let in or gone, the next in line looks for room now.
-            self.admission.wake();
+            self.queue.wake();
         }
     }
 }
 
-impl Admission {
+impl AdmissionQueue {
     pub fn new(classes: usize) -> Self {
         Self {
             classes: (0..classes.max(1)).map(|_| ClassQueue::default()).collect(),
@@ -109,11 +118,11 @@ impl Admission {
         if self.waiting() == 0 {
             return;
         }
-        if let Some(class) = self
-            .classes
-            .iter()
-            .find(|c| c.waiting.load(Ordering::Relaxed) > 0)
-            && let Some(first) = class.queue().front()
+        if let Some(class) = admission::class_to_release(
+            self.classes
+                .iter()
+                .map(|c| c.waiting.load(Ordering::Relaxed)),
+        ) && let Some(first) = self.classes[class].queue().front()
         {
             // A stored permit: a waiter between its check and its sleep still sees it.
             first.notify_one();
@@ -121,29 +130,33 @@ impl Admission {
     }
 
     fn higher_class_waiting(&self, class: usize) -> bool {
-        self.classes[..class]
-            .iter()
-            .any(|c| c.waiting.load(Ordering::Relaxed) > 0)
+        admission::class_to_release(
+            self.classes
+                .iter()
+                .map(|c| c.waiting.load(Ordering::Relaxed)),
+        )
+        .is_some_and(|first| first < class)
     }
 
     /// Waits until this request is first in line, no higher class waits and `can_take()`
-    /// holds, or fails with 429 when the queue is full or `deadline` passes.
+    /// holds ([`admission::may_release`] on the pool's gate), or is refused when the queue is
+    /// full or `deadline` passes.
     pub async fn wait(
         &self,
         class: usize,
         max_queue: u64,
         deadline: Instant,
         can_take: impl Fn() -> bool,
-    ) -> Result<(), GatewayError> {
+    ) -> Result<(), Refused> {
         let class = class.min(self.classes.len() - 1);
-        if self.waiting.fetch_add(1, Ordering::Relaxed) >= max_queue {
+        if !admission::has_room(self.waiting.fetch_add(1, Ordering::Relaxed), max_queue) {
             self.waiting.fetch_sub(1, Ordering::Relaxed);
-            return Err(GatewayError::QueueFull);
+            return Err(Refused::Full);
         }
         let queue = &self.classes[class];
         queue.waiting.fetch_add(1, Ordering::Relaxed);
         let place = Place {
-            admission: self,
+            queue: self,
             class,
             me: Arc::new(Notify::new()),
         };
@@ -163,7 +176,7 @@ impl Admission {
                 _ = me.notified() => {}
                 _ = tokio::time::sleep_until(until.into()) => {
                     if Instant::now() >= deadline {
-                        return Err(GatewayError::QueueTimeout);
+                        return Err(Refused::Timeout);
                     }
                 }
             }
@@ -178,16 +191,16 @@ mod tests {
 
     #[tokio::test]
     async fn full_queue_and_expired_wait_are_refused() {
-        let a = Admission::new(3);
+        let a = AdmissionQueue::new(3);
         let never = || false;
         let deadline = Instant::now() + Duration::from_millis(100);
         assert!(matches!(
             a.wait(1, 0, deadline, never).await,
-            Err(GatewayError::QueueFull)
+            Err(Refused::Full)
         ));
         assert!(matches!(
             a.wait(1, 10, deadline, never).await,
-            Err(GatewayError::QueueTimeout)
+            Err(Refused::Timeout)
         ));
         assert_eq!(a.waiting(), 0, "waiters leave the count when they go");
     }
@@ -195,7 +208,7 @@ mod tests {
     #[tokio::test]
     async fn waiters_leave_in_arrival_order_whoever_rechecks_first() {
         use std::sync::atomic::AtomicI64;
-        let a = Arc::new(Admission::new(1));
+        let a = Arc::new(AdmissionQueue::new(1));
         let free = Arc::new(AtomicI64::new(0));
         let order = Arc::new(std::sync::Mutex::new(Vec::new()));
         let mut tasks = Vec::new();
@@ -230,7 +243,7 @@ mod tests {
 
     #[tokio::test]
     async fn higher_classes_are_released_first() {
-        let a = Arc::new(Admission::new(3));
+        let a = Arc::new(AdmissionQueue::new(3));
         let open = Arc::new(AtomicBool::new(false));
         let order = Arc::new(std::sync::Mutex::new(Vec::new()));
         let mut tasks = Vec::new();

@@ -1,0 +1,325 @@
+//! The one place that wires infergate together, top to bottom: listeners, the process's
+//! metrics, the pools' live state, leader election, then per pool its discovery, scraper and
+//! scaler loop, then the gateway and admin servers. Each part is started by a function that
+//! returns its handle; [`App::shutdown`] stops them in reverse.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use http::uri::Scheme;
+use tokio::task::JoinHandle;
+
+use crate::config::{Config, Discovery, Provider};
+use crate::discovery::kubernetes::Members;
+use crate::gateway::pools::Pools;
+use crate::gateway::proxy::GatewayState;
+use crate::http_server::{self, Server};
+use crate::kubernetes::lease::{Elector, Leadership};
+use crate::kubernetes::{ApiHealth, KubeContext};
+use crate::metrics::Metrics;
+use crate::pool::PoolState;
+use crate::replica::Placement;
+use crate::scaler::Actuation;
+use crate::scaler::kubernetes::KubeScaler;
+use crate::scaler::local::LocalProvider;
+
+/// A running infergate: where it listens and how to stop it.
+pub struct App {
+    pub gateway_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub state: Arc<GatewayState>,
+    gateway: Server,
+    admin: Server,
+    locals: Vec<Arc<LocalProvider>>,
+    /// Scrapers, scalers, watchers and the lease, stopped at shutdown.
+    background: Vec<JoinHandle<()>>,
+    /// The leader election, whose lease is handed back at shutdown.
+    lease: Option<Lease>,
+}
+
+/// What the config does not say about the environment.
+#[derive(Clone, Default)]
+pub struct Options {
+    /// The Kubernetes client and identity; inferred (kubeconfig or in-cluster) when a pool
+    /// needs one and this is None.
+    pub kube: Option<KubeContext>,
+}
+
+/// How long `start` waits for a Kubernetes pool's first list before serving without it.
+const FIRST_LIST_WAIT: Duration = Duration::from_secs(10);
+
+/// Binds the listeners, starts local replicas, and serves until [`App::shutdown`].
+pub async fn start(config: Config) -> anyhow::Result<App> {
+    start_with(config, Options::default()).await
+}
+
+/// [`start`] with an explicit environment.
+pub async fn start_with(config: Config, options: Options) -> anyhow::Result<App> {
+    let kube = kube_context(&config, options.kube).await?;
+    let workers = config.listeners.worker_threads;
+    let gateway_listeners = bind(config.listeners.gateway, workers, "listeners.gateway")?;
+    let admin_listener = bind(config.listeners.admin, 1, "listeners.admin")?;
+    let metrics = Arc::new(Metrics::new());
+    let epoch = Instant::now();
+    let pools = Pools::new(
+        &config.pools,
+        &metrics,
+        epoch,
+        workers,
+        config.classification.priority_classes.len(),
+    );
+    let mut background = Vec::new();
+    let lease = start_leader_election(&config, kube.as_ref(), &metrics, &mut background);
+    let leadership = lease.as_ref().map(|l| l.leadership.clone());
+    let mut locals = Vec::new();
+    for pool in pools.live() {
+        let found = start_discovery(pool, kube.as_ref(), leadership.clone(), &metrics).await;
+        background.extend(found.task);
+        locals.extend(found.local.clone());
+        background.push(crate::scrape::spawn(pool.clone()));
+        if pool.config.scaler.enabled {
+            background.push(start_scaler(pool, found.actuation, &metrics, epoch));
+        }
+    }
+    let state = Arc::new(GatewayState {
+        config,
+        pools,
+        metrics,
+    });
+    let (gateway, admin) = serve(&state, gateway_listeners, admin_listener)?;
+    Ok(App {
+        gateway_addr: gateway.addr,
+        admin_addr: admin.addr,
+        state,
+        gateway,
+        admin,
+        locals,
+        background,
+        lease,
+    })
+}
+
+/// The Kubernetes client, when a pool needs one.
+async fn kube_context(
+    config: &Config,
+    given: Option<KubeContext>,
+) -> anyhow::Result<Option<KubeContext>> {
+    let on_kubernetes = config
+        .pools
+        .iter()
+        .any(|p| matches!(p.discovery, Discovery::Kubernetes(_)));
+    Ok(match (given, on_kubernetes) {
+        (Some(kube), _) => Some(kube),
+        (None, true) => Some(
+            KubeContext::infer()
+                .await
+                .context("a pool uses Kubernetes discovery, but no Kubernetes API is configured")?,
+        ),
+        (None, false) => None,
+    })
+}
+
+fn bind(
+    addr: SocketAddr,
+    workers: usize,
+    field: &str,
+) -> anyhow::Result<Vec<std::net::TcpListener>> {
+    http_server::bind(addr, workers).with_context(|| format!("cannot listen on {addr} ({field})"))
+}
+
+/// The leader election and this replica's view of it.
+struct Lease {
+    elector: Elector,
+    leadership: Arc<Leadership>,
+}
+
+/// Starts campaigning for the lease when `leader_election` is on (Kubernetes pools only).
+fn start_leader_election(
+    config: &Config,
+    kube: Option<&KubeContext>,
+    metrics: &Metrics,
+    background: &mut Vec<JoinHandle<()>>,
+) -> Option<Lease> {
+    let election = &config.leader_election;
+    if !election.enabled {
+        return None;
+    }
+    let Some(kube) = kube else {
+        tracing::warn!("leader_election is on but no pool is on Kubernetes; ignored");
+        return None;
+    };
+    let namespace = kube.namespace(election.namespace.as_ref());
+    let leadership = Arc::new(Leadership::new(
+        kube.identity.clone(),
+        metrics.leader.clone(),
+    ));
+    let elector = Elector::new(
+        kube::Api::namespaced(kube.client.clone(), &namespace),
+        election.lease_name.clone(),
+        namespace,
+        election.lease_duration,
+    );
+    background.push(elector.clone().spawn(leadership.clone()));
+    Some(Lease {
+        elector,
+        leadership,
+    })
+}
+
+/// What a pool's discovery started.
+struct Discovered {
+    /// The watch task (Kubernetes).
+    task: Option<JoinHandle<()>>,
+    /// The local processes (local discovery).
+    local: Option<Arc<LocalProvider>>,
+    /// How the pool's scaler acts on its recommendations.
+    actuation: Actuation,
+}
+
+/// Fills the pool's replica set: the static list, local replicas started now (and waited
+/// for), or a watch of Kubernetes endpoints (waited for up to [`FIRST_LIST_WAIT`]).
+async fn start_discovery(
+    pool: &Arc<PoolState>,
+    kube: Option<&KubeContext>,
+    leadership: Option<Arc<Leadership>>,
+    metrics: &Metrics,
+) -> Discovered {
+    let config = &pool.config;
+    let mut found = Discovered {
+        task: None,
+        local: None,
+        actuation: Actuation {
+            provider: None,
+            enabled: false,
+            leadership: None,
+        },
+    };
+    match &config.discovery {
+        Discovery::Static { endpoints, pods } => {
+            for (endpoint, pod) in endpoints.iter().zip(pods) {
+                let scheme = endpoint.scheme().cloned().unwrap_or(Scheme::HTTP);
+                let authority = endpoint
+                    .authority()
+                    .cloned()
+                    .expect("validated URL has a host");
+                let placement = Placement {
+                    pod: pod.clone(),
+                    node: None,
+                };
+                pool.add_placed_replica(scheme, authority, placement);
+            }
+        }
+        Discovery::Local(local) => {
+            let provider =
+                LocalProvider::new(pool.clone(), local.clone(), config.scaler.drain_timeout);
+            provider.start_and_wait(local.replicas).await;
+            found.actuation = Actuation {
+                provider: Some(provider.clone()),
+                enabled: matches!(config.scaler.provider, Provider::Local),
+                leadership: None,
+            };
+            found.local = Some(provider);
+        }
+        Discovery::Kubernetes(discovery) => {
+            let kube = kube.expect("inferred at start for Kubernetes pools");
+            let health = Arc::new(ApiHealth::new(
+                metrics.kube_api_up.with_label_values(&[&config.name]),
+                metrics.kube_watch_errors.with_label_values(&[&config.name]),
+            ));
+            let _ = pool.api_health.set(health.clone());
+            let members = Members::new(pool.clone());
+            found.task = Some(crate::discovery::kubernetes::spawn(
+                discovery,
+                kube,
+                members.clone(),
+                health,
+            ));
+            if !members.wait_listed(FIRST_LIST_WAIT).await {
+                tracing::warn!(pool = %config.name, "no answer from the Kubernetes API within {FIRST_LIST_WAIT:?}; serving while discovery keeps trying");
+            }
+            if let Provider::Kubernetes(target) = &config.scaler.provider {
+                let scaler = KubeScaler::new(
+                    pool.clone(),
+                    members,
+                    kube,
+                    target.clone(),
+                    leadership.clone(),
+                );
+                found.actuation = Actuation {
+                    provider: Some(Arc::new(scaler)),
+                    enabled: true,
+                    leadership,
+                };
+            }
+        }
+    }
+    found
+}
+
+/// The pool's scaler loop, exporting its recommendation and acting through `actuation`.
+fn start_scaler(
+    pool: &Arc<PoolState>,
+    actuation: Actuation,
+    metrics: &Metrics,
+    epoch: Instant,
+) -> JoinHandle<()> {
+    let gauge = metrics.scaler_desired.with_label_values(&[pool.name()]);
+    crate::scaler::spawn(
+        pool.clone(),
+        actuation,
+        gauge,
+        metrics.scale_events.clone(),
+        epoch,
+    )
+}
+
+/// Serves the gateway (one thread per worker) and the admin listener.
+fn serve(
+    state: &Arc<GatewayState>,
+    gateway_listeners: Vec<std::net::TcpListener>,
+    admin_listener: Vec<std::net::TcpListener>,
+) -> anyhow::Result<(Server, Server)> {
+    let drain = state.config.listeners.drain_timeout;
+    let gateway_state = state.clone();
+    let gateway = http_server::serve("gateway", gateway_listeners, drain, move |worker| {
+        let state = gateway_state.clone();
+        move |req, peer| crate::gateway::proxy::handle(state.clone(), worker, req, peer)
+    })?;
+    let admin_state = state.clone();
+    let admin = http_server::serve("admin", admin_listener, Duration::from_secs(1), move |_| {
+        let state = admin_state.clone();
+        move |req, _| crate::admin::handle(state.clone(), req)
+    })?;
+    Ok((gateway, admin))
+}
+
+impl App {
+    /// Addresses and PIDs of the running local replicas (for tests that kill one).
+    pub async fn local_replica_pids(&self) -> Vec<(SocketAddr, u32)> {
+        let mut all = Vec::new();
+        for local in &self.locals {
+            all.extend(local.pids().await);
+        }
+        all
+    }
+
+    /// Stops the scalers, stops accepting, lets in-flight answers finish (up to
+    /// `listeners.drain_timeout`), then stops local replicas.
+    pub async fn shutdown(self) {
+        for task in &self.background {
+            task.abort();
+        }
+        if let Some(lease) = &self.lease {
+            let release = lease.elector.release(&lease.leadership);
+            let _ = tokio::time::timeout(Duration::from_secs(2), release).await;
+        }
+        let drain = self.state.config.listeners.drain_timeout;
+        self.gateway.shutdown(drain).await;
+        self.admin.shutdown(Duration::from_millis(100)).await;
+        for local in &self.locals {
+            local.stop_all(drain).await;
+        }
+    }
+}

@@ -1,0 +1,299 @@
+//! A pool's live state, below everything that reads or changes it (gateway, scaler,
+//! discovery, scraper): its replica set (one immutable [`Snapshot`] behind an `ArcSwap`), the
+//! requests held at the gateway ([`queue`]), the prefix index, the scaler's latest decision and
+//! the Kubernetes API's health. The rules that decide on it are pure functions here and in the
+//! router and scaler, called alike by `serve` and by the fleet simulation ([`admission`]), and
+//! [`models`] says which pool serves which model name.
+//!
+//! One writer per piece:
+//! - the replica set: discovery (static list at start, the local provider, the Kubernetes
+//!   `Members`), through [`PoolState::add_replica`] and [`PoolState::remove_replica`];
+//! - each replica's ejection: [`PoolState::record_failure`] and [`PoolState::eject`] (the
+//!   request path and the scraper report failures; only these two decide), lifted by a
+//!   successful scrape ([`crate::replica::Replica::record_scrape`]);
+//! - the queue: the requests themselves, each entering and leaving its own place;
+//! - the prefix index: the request path records, replica-set changes and scrapes re-budget;
+//! - the scaler status: the pool's scaler loop; the API health: Kubernetes discovery.
+
+pub mod admission;
+pub mod models;
+pub mod queue;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use http::uri::{Authority, Scheme};
+
+use crate::config::{self, RoutingPolicy};
+use crate::metrics::PoolGauges;
+use crate::replica::{Placement, Replica};
+use crate::router::Snapshot;
+use queue::AdmissionQueue;
+
+/// One pool while the process runs.
+pub struct PoolState {
+    pub config: config::Pool,
+    snapshot: ArcSwap<Snapshot>,
+    /// Request sequence number, for round robin.
+    sequence: AtomicU64,
+    gauges: PoolGauges,
+    epoch: Instant,
+    /// Requests waiting at the gateway for capacity.
+    pub queue: AdmissionQueue,
+    /// Which replica served which prompt blocks, for policies that use prefix affinity.
+    pub prefix_index: Option<crate::router::prefix::PrefixIndex>,
+    /// The scaler's latest decision, for `/admin/status` (written by the scaler only).
+    pub scaler_status: arc_swap::ArcSwapOption<ScalerStatus>,
+    /// Whether the Kubernetes API answers this pool's watch (Kubernetes discovery only).
+    pub api_health: std::sync::OnceLock<Arc<crate::kubernetes::ApiHealth>>,
+}
+
+/// The scaler's latest decision about a pool.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ScalerStatus {
+    pub desired: u32,
+    pub ready: u32,
+    pub starting: u32,
+    pub draining: u32,
+    pub reason: String,
+    /// Whether this gateway replica acts on the decision (an enabled provider, and the leader
+    /// lease when leader election is on).
+    pub acting: bool,
+    /// The last failure to act, until an action succeeds.
+    pub error: Option<String>,
+}
+
+impl PoolState {
+    pub fn new(
+        config: config::Pool,
+        gauges: PoolGauges,
+        epoch: Instant,
+        priority_classes: usize,
+    ) -> Self {
+        let prefix_index = matches!(
+            config.routing.policy,
+            RoutingPolicy::PrefixAffinity | RoutingPolicy::PredictedTtft | RoutingPolicy::Weighted
+        )
+        .then(|| {
+            crate::router::prefix::PrefixIndex::new(config.routing.prefix_cache_entries as usize)
+        });
+        Self {
+            gauges,
+            snapshot: ArcSwap::from_pointee(Snapshot::default()),
+            sequence: AtomicU64::new(0),
+            config,
+            epoch,
+            prefix_index,
+            queue: AdmissionQueue::new(priority_classes),
+            scaler_status: arc_swap::ArcSwapOption::empty(),
+            api_health: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Requests waiting at the gateway for this pool.
+    pub fn queued(&self) -> u64 {
+        self.queue.waiting()
+    }
+
+    /// What the pool looks like to a request at `now` ([`admission::gate`]).
+    pub fn gate(&self, now: Instant) -> admission::Gate {
+        admission::gate(&self.snapshot.load(), &self.config, now, self.queued())
+    }
+
+    /// In-flight requests over all replicas.
+    pub fn inflight(&self) -> u64 {
+        self.snapshot
+            .load()
+            .replicas
+            .iter()
+            .map(|r| r.inflight())
+            .sum()
+    }
+
+    /// One failure of `replica` (connect error, broken stream): after
+    /// `retries.eject_after_failures` in a row it leaves routing for `retries.ejection_time`.
+    pub fn record_failure(&self, replica: &Replica, now: Instant, cause: &str) {
+        let retries = &self.config.retries;
+        let ejection_ms = retries.ejection_time.as_millis() as u64;
+        if replica.record_failure(now, retries.eject_after_failures, ejection_ms) {
+            self.ejected(replica, cause);
+        }
+    }
+
+    /// Takes `replica` out of routing at once for `retries.ejection_time` (it is unreachable).
+    pub fn eject(&self, replica: &Replica, now: Instant, cause: &str) {
+        if replica.eject(now, self.config.retries.ejection_time.as_millis() as u64) {
+            self.ejected(replica, cause);
+        }
+    }
+
+    fn ejected(&self, replica: &Replica, cause: &str) {
+        self.gauges.ejections.inc();
+        tracing::warn!(pool = self.name(), replica = %replica.name, cause, "replica ejected from routing");
+    }
+
+    /// Mean KV-cache use of the replicas taking traffic whose scraped stats are fresh; None
+    /// when none is (a missing signal, not a zero).
+    pub fn mean_kv_usage(&self, now: Instant) -> Option<f64> {
+        crate::replica::mean_kv_usage(
+            &self.snapshot.load().replicas,
+            now,
+            self.config.metrics.stale_after,
+        )
+    }
+
+    /// How old a GPU reading may be: `metrics.gpu.stale_after` (no reading is used without a
+    /// GPU source; the engine stats' age then stands in).
+    pub fn gpu_stale_after(&self) -> Duration {
+        self.config.metrics.gpu_stale_after()
+    }
+
+    /// Mean GPU use (0–1) of the replicas taking traffic that have a fresh reading; None when
+    /// none has (a missing signal, not a zero).
+    pub fn mean_gpu_use(&self, now: Instant) -> Option<f64> {
+        let stale_after = self.gpu_stale_after();
+        let snapshot = self.snapshot.load();
+        let (sum, n) = snapshot
+            .replicas
+            .iter()
+            .filter(|r| !r.is_ejected(now))
+            .filter_map(|r| r.gpu_use(now, stale_after))
+            .fold((0.0, 0u32), |(s, n), v| (s + v, n + 1));
+        (n > 0).then(|| sum / f64::from(n))
+    }
+
+    /// Replicas taking traffic now.
+    pub fn ready_count(&self, now: Instant) -> u32 {
+        self.snapshot
+            .load()
+            .replicas
+            .iter()
+            .filter(|r| !r.is_ejected(now))
+            .count() as u32
+    }
+
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    pub fn snapshot(&self) -> arc_swap::Guard<Arc<Snapshot>> {
+        self.snapshot.load()
+    }
+
+    pub fn next_sequence(&self) -> u64 {
+        self.sequence.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Adds a replica (no-op if it is already there). Called by discovery, off the hot path.
+    pub fn add_replica(&self, scheme: Scheme, authority: Authority) -> Arc<Replica> {
+        self.add_placed_replica(scheme, authority, Placement::default())
+    }
+
+    /// Adds a replica whose pod and node are known (no-op if its address is already there).
+    pub fn add_placed_replica(
+        &self,
+        scheme: Scheme,
+        authority: Authority,
+        placement: Placement,
+    ) -> Arc<Replica> {
+        let current = self.snapshot.load();
+        if let Some(existing) = current.replicas.iter().find(|r| r.authority == authority) {
+            return existing.clone();
+        }
+        let gauge = self
+            .gauges
+            .inflight
+            .with_label_values(&[&self.config.name, authority.as_str()]);
+        let replica = Arc::new(Replica::placed(
+            scheme, authority, placement, gauge, self.epoch,
+        ));
+        let mut replicas = current.replicas.clone();
+        replicas.push(replica.clone());
+        self.publish(replicas);
+        replica
+    }
+
+    /// Removes a replica from routing; requests already sent to it finish normally.
+    pub fn remove_replica(&self, authority: &Authority) -> Option<Arc<Replica>> {
+        let current = self.snapshot.load();
+        let index = current
+            .replicas
+            .iter()
+            .position(|r| &r.authority == authority)?;
+        let mut replicas = current.replicas.clone();
+        let removed = replicas.remove(index);
+        self.publish(replicas);
+        Some(removed)
+    }
+
+    fn publish(&self, replicas: Vec<Arc<Replica>>) {
+        self.gauges.replicas.set(replicas.len() as i64);
+        self.snapshot.store(Arc::new(Snapshot::new(replicas)));
+        self.refresh_prefix_budgets();
+        self.queue.wake();
+    }
+
+    /// Gives the prefix index the current replicas and their budgets, from the KV capacity each
+    /// has reported (after a replica-set change and after each scrape round).
+    pub fn refresh_prefix_budgets(&self) {
+        let Some(index) = &self.prefix_index else {
+            return;
+        };
+        index.register(
+            &self.snapshot.load().replicas,
+            self.config.routing.prefix_block_chars,
+        );
+    }
+
+    /// Whether the pool can take a request now.
+    pub fn has_ready_replica(&self, now: Instant) -> bool {
+        self.snapshot
+            .load()
+            .replicas
+            .iter()
+            .any(|r| !r.is_ejected(now))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_prefix_index_follows_the_replica_set_and_reported_kv_capacity() {
+        let mut config = crate::config::embedded_default().pools[0].clone();
+        config.routing.policy = RoutingPolicy::PredictedTtft;
+        config.routing.prefix_cache_entries = 1000;
+        let metrics = crate::metrics::Metrics::new();
+        let gauges = metrics.pool_gauges(&config.name);
+        let pool = PoolState::new(config, gauges, Instant::now(), 1);
+        let a = pool.add_replica(Scheme::HTTP, "127.0.0.1:1".parse().unwrap());
+        let b = pool.add_replica(Scheme::HTTP, "127.0.0.1:2".parse().unwrap());
+        let index = pool.prefix_index.as_ref().unwrap();
+        // Replica a reports a KV cache of 8 blocks of 16 tokens: 128 tokens, two index blocks
+        // of 64 tokens (256 prompt bytes). Replica b reports nothing: half the index.
+        let small = crate::replica::EngineStats {
+            kv_blocks: Some(8),
+            kv_block_tokens: Some(16),
+            ..Default::default()
+        };
+        a.record_scrape(small, Instant::now());
+        pool.refresh_prefix_budgets();
+        for block in 1..=3 {
+            index.record(&[block], a.id);
+            index.record(&[block + 100], b.id);
+        }
+        let holder = |block: u64| index.lookup(&[block]).replicas.first().map(|r| r.0);
+        assert_eq!(holder(1), None, "evicted from a's two-block cache");
+        assert_eq!(holder(2), Some(a.id));
+        assert_eq!(holder(3), Some(a.id));
+        assert_eq!(holder(101), Some(b.id));
+        // b leaves the pool: its entries go with it.
+        pool.remove_replica(&b.authority);
+        assert_eq!(holder(101), None);
+        assert_eq!(holder(103), None);
+        assert_eq!(holder(3), Some(a.id));
+    }
+}
