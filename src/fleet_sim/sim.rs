@@ -1,9 +1,9 @@
 //! The discrete-event fleet simulation: one run of a workload through a configured fleet in
-//! virtual time. The parts that decide are the real ones — the router's `pick` over a real
-//! [`Snapshot`] of real [`Replica`]s (exact in-flight guards, learned prefill speed, scraped
-//! stats with staleness), the pool's prefix index, the saturation rules of admission, and the
-//! scaler's policy — and each replica is the simulator's engine model (the code behind
-//! `infergate sim`). What the real system does over the network happens here as events:
+//! virtual time. The parts that decide are the real ones — the model index and priority
+//! lookup, the admission rules ([`admission`]), the router's `pick` over a real [`Snapshot`]
+//! of real [`Replica`]s (exact in-flight guards, learned prefill speed, scraped stats with
+//! staleness), the pool's prefix index, the scaler's observation, policy and actuation — and
+//! each replica is the simulator's engine model (the code behind `infergate sim`). What the real system does over the network happens here as events:
 //! arrivals, engine steps, scrapes every `scrape_interval`, scaler ticks, replicas becoming
 //! ready after their cold start, drains.
 //!
@@ -22,9 +22,13 @@ use super::stats::{
 };
 use super::workload::Request;
 use crate::config::{self, RoutingPolicy, ScalerPolicy};
+use crate::pool::admission::{self, Admit, Gate};
+use crate::pool::models::ModelIndex;
 use crate::replica::{InflightGuard, Replica};
-use crate::router::{self, PickContext, RequestFeatures, Snapshot, prefix::PrefixIndex};
-use crate::scaler::policy::{self, Observation, Policy};
+use crate::router::{self, RequestFeatures, Snapshot, prefix::PrefixIndex};
+use crate::scaler::actuation::{self, Plan};
+use crate::scaler::observation::{self, Beyond};
+use crate::scaler::policy::{self, Policy};
 use crate::vllm_sim::engine::{Engine, EngineRequest, Event};
 use crate::vllm_sim::profile::Profile;
 
@@ -115,14 +119,9 @@ impl SimPool {
         }
     }
 
-    /// Whether every replica taking traffic is saturated (`PoolState::saturated`).
-    fn saturated(&self, now: Instant) -> bool {
-        router::all_saturated(
-            &self.snapshot,
-            &self.config.admission,
-            now,
-            self.config.metrics.stale_after,
-        )
+    /// What the pool looks like to a request at `now` (`PoolState::gate`).
+    fn gate(&self, now: Instant) -> Gate {
+        admission::gate(&self.snapshot, &self.config, now, self.queued)
     }
 
     /// A request left the queue after `waited` seconds (let in or expired).
@@ -140,6 +139,8 @@ struct Classified {
     blocks: Vec<u64>,
     /// The prompt's blocks as the gateway's prefix index cuts them (`prefix_block_chars`).
     indexed: Vec<u64>,
+    /// The LoRA adapter the request's model is, by its served name.
+    lora: Option<String>,
 }
 
 /// The gateway's prefix blocks of a prompt from its engine blocks: `prefix_block_chars`
@@ -189,6 +190,7 @@ fn ticks(t: f64) -> Tick {
 pub struct Fleet<'w> {
     workload: &'w [Request],
     config: &'w config::Config,
+    models: ModelIndex,
     spec: &'w FleetSpec,
     epoch: Instant,
     now: f64,
@@ -283,6 +285,7 @@ impl<'w> Fleet<'w> {
         let mut fleet = Self {
             workload,
             config,
+            models: ModelIndex::new(&config.pools),
             spec,
             epoch: Instant::now(),
             now: 0.0,
@@ -518,14 +521,14 @@ impl<'w> Fleet<'w> {
         self.active += 1;
         self.rec.window_arrivals += 1;
         let request = &self.workload[i];
-        let pool =
-            match &request.model {
-                None => Some(0),
-                Some(model) => self.config.pools.iter().position(|p| {
-                    p.models.iter().any(|m| m == model) || p.aliases.contains_key(model)
-                }),
-            };
-        let Some(p) = pool else {
+        let route = match &request.model {
+            None => Some((0, None)),
+            Some(model) => self.models.lookup(model).map(|(_, route)| {
+                let served = route.rewrite_to.as_ref().unwrap_or(&route.model);
+                (route.pool, route.adapter.map(|a| (a, served.clone())))
+            }),
+        };
+        let Some((p, adapter)) = route else {
             self.fail(i, Failure::UnknownModel);
             return;
         };
@@ -533,12 +536,10 @@ impl<'w> Fleet<'w> {
             self.fail(i, Failure::TooLong);
             return;
         }
-        let classes = &self.config.classification;
-        let priority = request
-            .priority
-            .as_ref()
-            .and_then(|name| classes.priority_classes.iter().position(|c| c == name))
-            .unwrap_or(classes.default_priority);
+        let priority = self
+            .config
+            .classification
+            .priority_of(request.priority.as_deref());
         let blocks = request.block_hashes();
         let indexed = index_blocks(&blocks, self.pools[p].config.routing.prefix_block_chars);
         let features = RequestFeatures {
@@ -555,36 +556,29 @@ impl<'w> Fleet<'w> {
                 .as_ref()
                 .map(|index| index.lookup(&indexed))
                 .unwrap_or_default(),
-            adapter: None,
+            adapter: adapter.as_ref().map(|(id, _)| *id),
         };
         self.features[i] = Some(Classified {
             features,
             blocks,
             indexed,
+            lora: adapter.map(|(_, served)| served),
         });
         self.admit(p, i, priority);
     }
 
-    /// The gateway's admission rule (`gateway::proxy::admit`) in virtual time.
+    /// Admission in virtual time, by the gateway's rules (`gateway::proxy::admit`).
     fn admit(&mut self, p: usize, i: usize, priority: usize) {
         let now = self.instant(self.now);
-        let pool = &self.pools[p];
-        let has_replica = !pool.snapshot.replicas.is_empty();
-        if !has_replica && pool.policy.is_none() {
-            self.fail(i, Failure::NoReplica);
-            return;
-        }
-        if has_replica && !pool.saturated(now) && pool.queued == 0 {
-            self.dispatch(p, i);
-            return;
-        }
-        let sheddable = self.config.classification.sheddable.contains(&priority);
-        if sheddable && has_replica {
-            self.fail(i, Failure::Shed);
-            return;
+        let gate = self.pools[p].gate(now);
+        let sheddable = self.config.classification.is_sheddable(priority);
+        match admission::on_arrival(gate, sheddable) {
+            Admit::Go => return self.dispatch(p, i),
+            Admit::Shed => return self.fail(i, Failure::Shed),
+            Admit::Queue => {}
         }
         let pool = &mut self.pools[p];
-        if pool.queued >= u64::from(pool.config.admission.max_queue) {
+        if !admission::has_room(pool.queued, u64::from(pool.config.admission.max_queue)) {
             self.fail(i, Failure::QueueFull);
             return;
         }
@@ -607,14 +601,15 @@ impl<'w> Fleet<'w> {
     fn release_queue(&mut self, p: usize) {
         while self.pools[p].queued > 0 {
             let now = self.instant(self.now);
-            let pool = &self.pools[p];
-            if pool.snapshot.replicas.is_empty() || pool.saturated(now) {
+            if !admission::may_release(self.pools[p].gate(now)) {
                 return;
             }
             let pool = &mut self.pools[p];
-            let Some(i) = pool.queue.iter_mut().find_map(VecDeque::pop_front) else {
+            let waiting = pool.queue.iter().map(|class| class.len() as u64);
+            let Some(class) = admission::class_to_release(waiting) else {
                 return;
             };
+            let i = pool.queue[class].pop_front().expect("a class with waiters");
             pool.left_queue(self.now - self.queued_at[i]);
             self.dispatch(p, i);
         }
@@ -638,6 +633,7 @@ impl<'w> Fleet<'w> {
             features,
             blocks,
             indexed,
+            lora,
         }) = self.features[i].take()
         else {
             return;
@@ -646,14 +642,7 @@ impl<'w> Fleet<'w> {
         let random = self.rng.next_u64();
         let pool = &mut self.pools[p];
         pool.sequence += 1;
-        let ctx = PickContext {
-            now,
-            random,
-            sequence: pool.sequence,
-            stale_after: pool.config.metrics.stale_after,
-            gpu_stale_after: pool.config.metrics.gpu_stale_after(),
-            limits: pool.config.admission,
-        };
+        let ctx = crate::pool::pick_context(&pool.config, now, random, pool.sequence);
         let Some(index) = router::pick(&pool.config.routing, &pool.snapshot, &features, ctx, &[])
         else {
             self.fail(i, Failure::NoReplica);
@@ -677,7 +666,7 @@ impl<'w> Fleet<'w> {
                 prompt_tokens: request.prompt_tokens,
                 block_hashes: blocks,
                 output_tokens: request.output_tokens,
-                lora: None,
+                lora,
             },
             self.now,
         );
@@ -818,68 +807,67 @@ impl<'w> Fleet<'w> {
     fn scale(&mut self, p: usize) {
         let now = self.instant(self.now);
         let pool = &mut self.pools[p];
-        let obs = Observation {
-            now: self.now,
-            ready: pool.snapshot.replicas.len() as u32,
+        let beyond = Beyond {
+            now_secs: self.now,
             starting: pool.starting,
-            inflight: pool.snapshot.replicas.iter().map(|r| r.inflight()).sum(),
             queued: pool.queued,
-            kv_cache_usage: crate::replica::mean_kv_usage(
-                &pool.snapshot.replicas,
-                now,
-                pool.config.metrics.stale_after,
-            ),
             queue_wait: pool.max_wait.take(),
-            ..Default::default()
         };
+        let obs = observation::observe(&pool.snapshot, &pool.config, now, beyond);
         let Some(policy) = pool.policy.as_mut() else {
             return;
         };
         let rec = policy.recommend(&obs);
-        let desired = rec.desired;
-        let capacity = obs.ready + obs.starting;
-        if desired > capacity {
-            self.scale_ups += 1;
-            for _ in 0..desired - capacity {
-                let r = self.add_replica(p);
-                self.pools[p].starting += 1;
-                let ready_at = self.now + self.pools[p].cold_start;
-                self.at(
-                    ready_at,
-                    Ev::Ready {
-                        pool: p,
-                        replica: r,
-                    },
-                );
-            }
-            self.publish(p);
-        } else if desired < capacity && obs.starting == 0 {
-            self.scale_downs += 1;
-            for _ in 0..capacity - desired {
-                // Fewest in flight leaves first (as the local provider chooses).
-                let victim = self.pools[p]
-                    .replicas
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, r)| r.state == State::Ready)
-                    .min_by_key(|(_, r)| r.replica.inflight())
-                    .map(|(i, _)| i);
-                let Some(v) = victim else { break };
-                self.pools[p].replicas[v].state = State::Draining;
-                self.publish(p);
-                if self.pools[p].replicas[v].replica.inflight() == 0 {
-                    self.stop_replica(p, v);
-                } else {
-                    let drain = self.pools[p].config.scaler.drain_timeout.as_secs_f64();
+        let ready: Vec<usize> = (0..pool.replicas.len())
+            .filter(|&r| pool.replicas[r].state == State::Ready)
+            .collect();
+        let inflight: Vec<u64> = ready
+            .iter()
+            .map(|&r| pool.replicas[r].replica.inflight())
+            .collect();
+        match actuation::plan(rec.desired, obs.ready, obs.starting, &inflight) {
+            Plan::Hold => {}
+            Plan::Add(n) => {
+                self.scale_ups += 1;
+                for _ in 0..n {
+                    let r = self.add_replica(p);
+                    self.pools[p].starting += 1;
+                    let ready_at = self.now + self.pools[p].cold_start;
                     self.at(
-                        self.now + drain,
-                        Ev::DrainDeadline {
+                        ready_at,
+                        Ev::Ready {
                             pool: p,
-                            replica: v,
+                            replica: r,
                         },
                     );
                 }
+                self.publish(p);
             }
+            Plan::Drain(victims) => {
+                self.scale_downs += 1;
+                for v in victims {
+                    self.drain(p, ready[v]);
+                }
+            }
+        }
+    }
+
+    /// Takes replica `r` out of routing; it stops once its answers end (or at the drain
+    /// timeout), as the local provider drains it.
+    fn drain(&mut self, p: usize, r: usize) {
+        self.pools[p].replicas[r].state = State::Draining;
+        self.publish(p);
+        if self.pools[p].replicas[r].replica.inflight() == 0 {
+            self.stop_replica(p, r);
+        } else {
+            let drain = self.pools[p].config.scaler.drain_timeout.as_secs_f64();
+            self.at(
+                self.now + drain,
+                Ev::DrainDeadline {
+                    pool: p,
+                    replica: r,
+                },
+            );
         }
     }
 

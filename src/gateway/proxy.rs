@@ -17,9 +17,8 @@ use super::classify::{classify, rewrite_model};
 use super::error::GatewayError;
 use super::pools::{GatewayPool, Pools};
 use crate::config::Config;
-use crate::pool::admission::{self, Admit};
 use crate::pool::queue::Refused;
-use crate::router::{self, PickContext};
+use crate::router;
 
 /// Shared by every request.
 pub struct GatewayState {
@@ -164,19 +163,13 @@ async fn forward(
     let mut last_error = GatewayError::NoReplica;
     for attempt in 0..retries.max_attempts {
         let now = Instant::now();
-        let ctx = PickContext {
-            now,
-            random: random_u64(),
-            // A shared counter bounces between cores: only round robin needs it.
-            sequence: if pool.config.routing.policy == crate::config::RoutingPolicy::RoundRobin {
-                pool.next_sequence()
-            } else {
-                0
-            },
-            stale_after: pool.config.metrics.stale_after,
-            gpu_stale_after: pool.gpu_stale_after(),
-            limits: pool.config.admission,
+        // A shared counter bounces between cores: only round robin needs it.
+        let sequence = if pool.config.routing.policy == crate::config::RoutingPolicy::RoundRobin {
+            pool.next_sequence()
+        } else {
+            0
         };
+        let ctx = crate::pool::pick_context(&pool.config, now, random_u64(), sequence);
         let Some(index) = router::pick(&pool.config.routing, &snapshot, features, ctx, &tried)
         else {
             break;
@@ -249,38 +242,23 @@ async fn forward(
     Err(last_error)
 }
 
-/// Admission ([`crate::pool::admission`]): a request goes on at once while some replica has
-/// room. When every replica is saturated — or there is none yet and the scaler is starting one
-/// (scale from zero) — it waits in the pool's queue by priority class, bounded by
-/// `admission.max_queue` and `admission.max_queue_wait`; a sheddable class is refused at once
-/// instead. Both refusals are 429 with `Retry-After`.
+/// Admission ([`PoolState::admit`](crate::pool::PoolState::admit)): a request goes on at
+/// once while some replica has room. When every replica is saturated — or there is none yet
+/// and the scaler is starting one (scale from zero) — it waits in the pool's queue by priority
+/// class, bounded by `admission.max_queue` and `admission.max_queue_wait`; a sheddable class is
+/// refused at once instead. Every refusal is 429 with `Retry-After`.
 async fn admit(
     pool: &GatewayPool,
     priority: usize,
     sheddable: bool,
     received: Instant,
 ) -> Result<(), GatewayError> {
-    // The request's arrival stands in for now (microseconds earlier: one clock read less).
-    match admission::on_arrival(pool.gate(received), sheddable) {
-        Admit::Go => return Ok(()),
-        Admit::Shed => return Err(GatewayError::Shed),
-        Admit::Queue => {}
+    let (outcome, held) = pool.admit(priority, sheddable, received).await;
+    if let Some(held) = held {
+        pool.metrics.queue_wait.observe(held.as_secs_f64());
     }
-    let limits = &pool.config.admission;
-    let waited = Instant::now();
-    let result = pool
-        .queue
-        .wait(
-            priority,
-            u64::from(limits.max_queue),
-            received + limits.max_queue_wait,
-            || admission::may_release(pool.gate(Instant::now())),
-        )
-        .await;
-    pool.metrics
-        .queue_wait
-        .observe(waited.elapsed().as_secs_f64());
-    result.map_err(|refused| match refused {
+    outcome.map_err(|refused| match refused {
+        Refused::Shed => GatewayError::Shed,
         Refused::Full => GatewayError::QueueFull,
         Refused::Timeout => GatewayError::QueueTimeout,
     })

@@ -29,8 +29,22 @@ use http::uri::{Authority, Scheme};
 use crate::config::{self, RoutingPolicy};
 use crate::metrics::PoolGauges;
 use crate::replica::{Placement, Replica};
-use crate::router::Snapshot;
-use queue::AdmissionQueue;
+use crate::router::{PickContext, Snapshot};
+use admission::Admit;
+use queue::{AdmissionQueue, Refused};
+
+/// The router's context for one pick in `pool` at `now`: its staleness bounds and admission
+/// limits, with the caller's random number and request sequence (round robin's only input).
+pub fn pick_context(pool: &config::Pool, now: Instant, random: u64, sequence: u64) -> PickContext {
+    PickContext {
+        now,
+        random,
+        sequence,
+        stale_after: pool.metrics.stale_after,
+        gpu_stale_after: pool.metrics.gpu_stale_after(),
+        limits: pool.admission,
+    }
+}
 
 /// One pool while the process runs.
 pub struct PoolState {
@@ -102,14 +116,39 @@ impl PoolState {
         admission::gate(&self.snapshot.load(), &self.config, now, self.queued())
     }
 
-    /// In-flight requests over all replicas.
-    pub fn inflight(&self) -> u64 {
-        self.snapshot
-            .load()
-            .replicas
-            .iter()
-            .map(|r| r.inflight())
-            .sum()
+    /// The gateway's admission of one request that arrived at `received`: on at once, shed,
+    /// or held in the queue until [`admission::may_release`] lets it go (refused when the
+    /// queue is full or `admission.max_queue_wait` passes). Returns the outcome, and how long
+    /// the request was held when it queued.
+    pub async fn admit(
+        &self,
+        priority: usize,
+        sheddable: bool,
+        received: Instant,
+    ) -> (Result<(), Refused>, Option<Duration>) {
+        // The request's arrival stands in for now (microseconds earlier: one clock read less).
+        match admission::on_arrival(self.gate(received), sheddable) {
+            Admit::Go => return (Ok(()), None),
+            Admit::Shed => return (Err(Refused::Shed), None),
+            Admit::Queue => {}
+        }
+        let limits = &self.config.admission;
+        let queued = Instant::now();
+        let result = self
+            .queue
+            .wait(
+                priority,
+                u64::from(limits.max_queue),
+                received + limits.max_queue_wait,
+                || admission::may_release(self.gate(Instant::now())),
+            )
+            .await;
+        let held = queued.elapsed();
+        if result != Err(Refused::Full) {
+            // Let in or expired: the scaler's queue-wait signal (a full queue held nobody).
+            self.queue.record_wait(held);
+        }
+        (result, Some(held))
     }
 
     /// One failure of `replica` (connect error, broken stream): after
@@ -134,34 +173,10 @@ impl PoolState {
         tracing::warn!(pool = self.name(), replica = %replica.name, cause, "replica ejected from routing");
     }
 
-    /// Mean KV-cache use of the replicas taking traffic whose scraped stats are fresh; None
-    /// when none is (a missing signal, not a zero).
-    pub fn mean_kv_usage(&self, now: Instant) -> Option<f64> {
-        crate::replica::mean_kv_usage(
-            &self.snapshot.load().replicas,
-            now,
-            self.config.metrics.stale_after,
-        )
-    }
-
     /// How old a GPU reading may be: `metrics.gpu.stale_after` (no reading is used without a
     /// GPU source; the engine stats' age then stands in).
     pub fn gpu_stale_after(&self) -> Duration {
         self.config.metrics.gpu_stale_after()
-    }
-
-    /// Mean GPU use (0–1) of the replicas taking traffic that have a fresh reading; None when
-    /// none has (a missing signal, not a zero).
-    pub fn mean_gpu_use(&self, now: Instant) -> Option<f64> {
-        let stale_after = self.gpu_stale_after();
-        let snapshot = self.snapshot.load();
-        let (sum, n) = snapshot
-            .replicas
-            .iter()
-            .filter(|r| !r.is_ejected(now))
-            .filter_map(|r| r.gpu_use(now, stale_after))
-            .fold((0.0, 0u32), |(s, n), v| (s + v, n + 1));
-        (n > 0).then(|| sum / f64::from(n))
     }
 
     /// Replicas taking traffic now.

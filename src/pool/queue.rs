@@ -17,9 +17,11 @@ use tokio::sync::Notify;
 
 use super::admission;
 
-/// Why a request left the queue without being let in.
+/// Why a request was not let in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refused {
+    /// A sheddable class while every replica is saturated (refused on arrival).
+    Shed,
     /// `admission.max_queue` requests were waiting already.
     Full,
     /// Its deadline (`admission.max_queue_wait`) passed.

@@ -7,16 +7,18 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use http::uri::Scheme;
+use http::uri::{Authority, Scheme};
 use tokio::sync::Mutex;
 
 use futures::future::BoxFuture;
 
+use super::actuation::{self, Plan};
 use super::policy::Observation;
 use super::provider::{Action, Provider, ProviderError, Supply};
 use crate::config::LocalDiscovery;
 use crate::discovery::local::{self, LocalReplica};
 use crate::pool::PoolState;
+use crate::router::Snapshot;
 
 pub struct LocalProvider {
     /// Itself, for the drain tasks it spawns.
@@ -87,25 +89,50 @@ impl LocalProvider {
         }
     }
 
-    /// Removes `n` replicas, fewest in flight first: out of routing now, stopped once their
-    /// answers have finished (or the drain timeout passed). Returns at once.
-    pub async fn scale_down(self: &Arc<Self>, n: u32) {
-        let snapshot = self.pool.snapshot();
+    /// What scaling to `desired` does with replicas running at `running` (in this provider's
+    /// order), given the routing snapshot's in-flight counts: [`actuation::plan`] — the same
+    /// rule the fleet simulation applies.
+    pub fn plan(
+        running: &[Authority],
+        snapshot: &Snapshot,
+        desired: u32,
+        obs: &Observation,
+    ) -> Plan {
+        let inflight: Vec<u64> = running
+            .iter()
+            .map(|authority| {
+                snapshot
+                    .replicas
+                    .iter()
+                    .find(|s| &s.authority == authority)
+                    .map_or(0, |s| s.inflight())
+            })
+            .collect();
+        actuation::plan(desired, obs.ready, obs.starting, &inflight)
+    }
+
+    /// Moves towards `desired`: starts the missing replicas, or drains the victims — out of
+    /// routing now, stopped once their answers have finished (or the drain timeout passed).
+    /// Returns at once.
+    async fn scale_to(self: &Arc<Self>, desired: u32, obs: &Observation) -> Action {
         let mut running = self.running.lock().await;
-        for _ in 0..n {
-            let victim = running
-                .iter()
-                .enumerate()
-                .min_by_key(|(_, r)| {
-                    snapshot
-                        .replicas
-                        .iter()
-                        .find(|s| s.authority == r.authority())
-                        .map_or(0, |s| s.inflight())
-                })
-                .map(|(i, _)| i);
-            let Some(i) = victim else { break };
-            let replica_process = running.remove(i);
+        let authorities: Vec<Authority> = running.iter().map(|r| r.authority()).collect();
+        let victims = match Self::plan(&authorities, &self.pool.snapshot(), desired, obs) {
+            Plan::Hold => return Action::None,
+            Plan::Add(n) => {
+                self.start_replicas(n);
+                return Action::Up(n);
+            }
+            Plan::Drain(victims) => victims,
+        };
+        let (leaving, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut *running)
+            .into_iter()
+            .enumerate()
+            .partition(|(i, _)| victims.contains(i));
+        *running = kept.into_iter().map(|(_, r)| r).collect();
+        let count = leaving.len() as u32;
+        // They drain side by side, so the order they leave in does not matter.
+        for (_, replica_process) in leaving {
             let routed = self.pool.remove_replica(&replica_process.authority());
             self.draining.fetch_add(1, Ordering::Relaxed);
             let fleet = self.clone();
@@ -121,6 +148,7 @@ impl LocalProvider {
                 fleet.draining.fetch_sub(1, Ordering::Relaxed);
             });
         }
+        Action::Down(count)
     }
 
     /// Stops every running replica (at shutdown).
@@ -155,7 +183,7 @@ impl Provider for LocalProvider {
     }
 
     /// Starts the missing replicas; removes surplus ones only once none is starting (a replica
-    /// that is loading may be the one the load needs).
+    /// that is loading may be the one the load needs), fewest in flight first.
     fn scale<'a>(
         &'a self,
         desired: u32,
@@ -165,16 +193,7 @@ impl Provider for LocalProvider {
             let Some(fleet) = self.this.upgrade() else {
                 return Ok(Action::None);
             };
-            let capacity = obs.ready + obs.starting;
-            if desired > capacity {
-                fleet.start_replicas(desired - capacity);
-                Ok(Action::Up(desired - capacity))
-            } else if desired < capacity && obs.starting == 0 {
-                fleet.scale_down(capacity - desired).await;
-                Ok(Action::Down(capacity - desired))
-            } else {
-                Ok(Action::None)
-            }
+            Ok(fleet.scale_to(desired, obs).await)
         })
     }
 }

@@ -1,11 +1,15 @@
-//! The scaling controller: pure policies in [`policy`], the providers that act ([`local`]
+//! The scaling controller: pure policies in [`policy`], what they see in [`observation`], how a
+//! recommendation becomes action in [`actuation`], the providers that act ([`local`]
 //! processes, [`kubernetes`] workloads, behind [`provider::Provider`]), and the control loop
 //! that feeds a policy the gateway's live view of its pool (exact in-flight and queued counts,
 //! ready and starting replicas) and acts on each recommendation — when this gateway replica
-//! holds the leader lease, if leader election is on.
+//! holds the leader lease, if leader election is on. The fleet simulation runs the same
+//! policy, observation and actuation code in virtual time.
 
+pub mod actuation;
 pub mod kubernetes;
 pub mod local;
+pub mod observation;
 pub mod policy;
 pub mod provider;
 
@@ -16,7 +20,7 @@ use tokio::task::JoinHandle;
 
 use crate::kubernetes::lease::Leadership;
 use crate::pool::{PoolState, ScalerStatus};
-use policy::Observation;
+use observation::Beyond;
 use provider::{Action, Provider, Supply};
 
 /// How a pool's scaler acts.
@@ -52,16 +56,13 @@ pub fn spawn(
                 None => Supply::default(),
             };
             let now = Instant::now();
-            let obs = Observation {
-                now: now.duration_since(epoch).as_secs_f64(),
-                ready: pool.ready_count(now),
+            let beyond = Beyond {
+                now_secs: now.duration_since(epoch).as_secs_f64(),
                 starting: supply.starting,
-                inflight: pool.inflight(),
                 queued: pool.queued(),
-                kv_cache_usage: pool.mean_kv_usage(now),
-                gpu_utilization: pool.mean_gpu_use(now),
                 queue_wait: pool.queue.take_max_wait().map(|d| d.as_secs_f64()),
             };
+            let obs = observation::observe(&pool.snapshot(), &pool.config, now, beyond);
             let rec = policy.recommend(&obs);
             desired_gauge.set(i64::from(rec.desired));
             if last_desired != Some(rec.desired) {
