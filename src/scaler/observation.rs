@@ -23,7 +23,12 @@ pub struct Beyond {
 }
 
 /// The scaler's [`Observation`] of the pool's replica set at `now`.
-pub fn observe(snapshot: &Snapshot, pool: &config::Pool, now: Instant, beyond: Beyond) -> Observation {
+pub fn observe(
+    snapshot: &Snapshot,
+    pool: &config::Pool,
+    now: Instant,
+    beyond: Beyond,
+) -> Observation {
     let routed = || snapshot.replicas.iter().filter(|r| !r.is_ejected(now));
     let gpu_stale_after = pool.metrics.gpu_stale_after();
     let (gpu_sum, gpu_n) = routed()
@@ -60,7 +65,12 @@ mod tests {
         let replica = |port: u16| {
             let gauge = prometheus::IntGauge::new("test_obs_inflight", "test").unwrap();
             let authority = format!("127.0.0.1:{port}").parse().unwrap();
-            Arc::new(Replica::new(http::uri::Scheme::HTTP, authority, gauge, epoch))
+            Arc::new(Replica::new(
+                http::uri::Scheme::HTTP,
+                authority,
+                gauge,
+                epoch,
+            ))
         };
         let (a, b, c) = (replica(1), replica(2), replica(3));
         let now = epoch + Duration::from_secs(10);
@@ -84,7 +94,10 @@ mod tests {
         let obs = observe(&snapshot, &pool, now, beyond);
         assert_eq!(obs.ready, 2, "the ejected replica takes no traffic");
         assert_eq!(obs.inflight, 3);
-        assert_eq!((obs.starting, obs.queued, obs.queue_wait), (2, 7, Some(1.5)));
+        assert_eq!(
+            (obs.starting, obs.queued, obs.queue_wait),
+            (2, 7, Some(1.5))
+        );
         assert_eq!(obs.kv_cache_usage, Some(0.2), "b is ejected, c is stale");
         assert_eq!(obs.gpu_utilization, Some(0.5));
         assert_eq!(obs.now, 10.0);

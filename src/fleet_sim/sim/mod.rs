@@ -1,0 +1,445 @@
+//! The discrete-event fleet simulation: one run of a workload through a configured fleet in
+//! virtual time. The parts that decide are the real ones — the model index and priority
+//! lookup, the admission rules ([`admission`]), the router's `pick` over a real [`Snapshot`]
+//! of real [`Replica`]s (exact in-flight guards, learned prefill speed, scraped stats with
+//! staleness), the pool's prefix index, the scaler's observation, policy and actuation — and
+//! each replica is the simulator's engine model (the code behind `infergate sim`). What the real system does over the network happens here as events:
+//! arrivals, engine steps, scrapes every `scrape_interval`, scaler ticks, replicas becoming
+//! ready after their cold start, drains.
+//!
+//! Virtual seconds map onto `Instant`s as `epoch + t`, so the router's time-based rules
+//! (staleness, ejection) run unchanged.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::stats::{Failure, Recorder, RequestRecord, RunReport, Sample, Slo};
+use super::workload::Request;
+
+mod gateway;
+mod replicas;
+mod report;
+mod scaling;
+use crate::config::{self, RoutingPolicy, ScalerPolicy};
+use crate::pool::admission::{self, Gate};
+use crate::pool::models::ModelIndex;
+use crate::replica::{InflightGuard, Replica};
+use crate::router::{self, RequestFeatures, Snapshot, prefix::PrefixIndex};
+use crate::scaler::policy::{self, Policy};
+use crate::vllm_sim::engine::{Engine, Event};
+use crate::vllm_sim::profile::Profile;
+
+/// How one run differs from the configuration, and what it measures.
+#[derive(Debug, Clone)]
+pub struct RunSpec {
+    pub name: String,
+    /// Routing policy for every pool (None: as configured).
+    pub routing: Option<RoutingPolicy>,
+    /// Scaler policy for every pool with a scaler (None: as configured).
+    pub scaler: Option<ScalerPolicy>,
+}
+
+/// The fleet's shape and the run's limits, shared by every run of a comparison.
+#[derive(Debug, Clone)]
+pub struct FleetSpec {
+    /// Engine profile per pool (index as in the config).
+    pub profiles: Vec<Profile>,
+    /// Replicas each pool starts with.
+    pub initial: Vec<u32>,
+    /// Share of each pool's replicas (every k-th) that run `slow_factor` times slower.
+    pub slow_fraction: f64,
+    pub slow_factor: f64,
+    /// Seconds a new replica takes to become ready (None: each pool's `scaler.cold_start`).
+    pub cold_start: Option<f64>,
+    pub slo: Slo,
+    pub seed: u64,
+    /// Virtual seconds between timeline points.
+    pub sample_every: f64,
+    /// Requests still running this long after the last arrival are counted as unfinished.
+    pub tail: f64,
+    /// Keep a record per request in the report.
+    pub keep_requests: bool,
+}
+
+/// Called now and then with (virtual seconds done, of total).
+pub type Progress<'a> = &'a mut dyn FnMut(f64, f64);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Starting,
+    Ready,
+    Draining,
+    Stopped,
+}
+
+struct SimReplica {
+    replica: Arc<Replica>,
+    engine: Engine,
+    state: State,
+    /// A step is running; its events happen at its end.
+    busy: bool,
+    step_events: Vec<Event>,
+    started: f64,
+    stopped: Option<f64>,
+    /// Requests sent to it, and seconds its engine was busy.
+    served: u64,
+    busy_seconds: f64,
+    slow: bool,
+}
+
+struct SimPool {
+    config: config::Pool,
+    profile: Profile,
+    replicas: Vec<SimReplica>,
+    snapshot: Snapshot,
+    prefix: Option<PrefixIndex>,
+    policy: Option<Box<dyn Policy>>,
+    /// One FIFO per priority class, highest first: (request, arrived).
+    queue: Vec<VecDeque<usize>>,
+    queued: u64,
+    sequence: u64,
+    /// Longest wait of the requests that left the queue since the scaler's last look.
+    max_wait: Option<f64>,
+    starting: u32,
+    cold_start: f64,
+}
+
+impl SimPool {
+    /// Budgets of the prefix index from the replicas' scraped KV capacity, as the gateway sets
+    /// them (`PoolState::refresh_prefix_budgets`).
+    fn register_prefix_replicas(&self) {
+        if let Some(index) = &self.prefix {
+            index.register(
+                &self.snapshot.replicas,
+                self.config.routing.prefix_block_chars,
+            );
+        }
+    }
+
+    /// What the pool looks like to a request at `now` (`PoolState::gate`).
+    fn gate(&self, now: Instant) -> Gate {
+        admission::gate(&self.snapshot, &self.config, now, self.queued)
+    }
+
+    /// A request left the queue after `waited` seconds (let in or expired).
+    fn left_queue(&mut self, waited: f64) {
+        self.queued -= 1;
+        self.max_wait = Some(self.max_wait.map_or(waited, |w| w.max(waited)));
+    }
+}
+
+/// What the gateway knows of a request between its arrival and its dispatch.
+#[derive(Clone)]
+struct Classified {
+    features: RequestFeatures,
+    /// The prompt's engine blocks (16 tokens), what the replica's prefix cache sees.
+    blocks: Vec<u64>,
+    /// The prompt's blocks as the gateway's prefix index cuts them (`prefix_block_chars`).
+    indexed: Vec<u64>,
+    /// The LoRA adapter the request's model is, by its served name.
+    lora: Option<String>,
+}
+
+/// The gateway's prefix blocks of a prompt from its engine blocks: `prefix_block_chars`
+/// bytes are `k` engine blocks of 16 tokens (64 bytes), and a chained hash names its whole
+/// prefix, so every k-th engine block's hash names the gateway block ending there.
+fn index_blocks(blocks: &[u64], block_chars: u32) -> Vec<u64> {
+    let bytes_per_block = (super::workload::BLOCK_TOKENS as usize) * crate::openai::BYTES_PER_TOKEN;
+    let k = (block_chars as usize / bytes_per_block).max(1);
+    blocks
+        .iter()
+        .skip(k - 1)
+        .step_by(k)
+        .take(router::prefix::MAX_BLOCKS)
+        .copied()
+        .collect()
+}
+
+/// A request between dispatch and its end.
+struct Running {
+    pool: usize,
+    replica: usize,
+    guard: Option<InflightGuard>,
+    dispatched: f64,
+    first_token: Option<f64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Ev {
+    Arrival(usize),
+    StepEnd { pool: usize, replica: usize },
+    Ready { pool: usize, replica: usize },
+    Scrape(usize),
+    ScalerTick(usize),
+    QueueDeadline { pool: usize, request: usize },
+    FirstByteDeadline(usize),
+    DrainDeadline { pool: usize, replica: usize },
+    Sample,
+}
+
+/// Virtual time in nanoseconds (exact ordering; no float comparisons in the heap).
+type Tick = u64;
+
+fn ticks(t: f64) -> Tick {
+    (t * 1e9).round().max(0.0) as Tick
+}
+
+pub struct Fleet<'w> {
+    workload: &'w [Request],
+    config: &'w config::Config,
+    models: ModelIndex,
+    spec: &'w FleetSpec,
+    epoch: Instant,
+    now: f64,
+    events: BinaryHeap<Reverse<(Tick, u64, Ev)>>,
+    order: u64,
+    pools: Vec<SimPool>,
+    running: Vec<Option<Running>>,
+    /// Per request: (queued at, features, block hashes) while it waits or runs.
+    features: Vec<Option<Classified>>,
+    queued_at: Vec<f64>,
+    rng: super::workload::Rng,
+    rec: Recorder,
+    timeline: Vec<Sample>,
+    scale_ups: u32,
+    scale_downs: u32,
+    max_replicas: u32,
+    /// Requests that have arrived, and those of them not ended yet.
+    arrived: usize,
+    active: usize,
+    /// Per request, when kept.
+    records: Vec<RequestRecord>,
+}
+
+/// Runs `workload` through the fleet `config` describes, changed by `run`.
+pub fn run(
+    config: &config::Config,
+    spec: &FleetSpec,
+    run: &RunSpec,
+    workload: &[Request],
+    progress: Progress<'_>,
+) -> RunReport {
+    let wall = Instant::now();
+    let mut fleet = Fleet::new(config, spec, run, workload);
+    let limit = workload.last().map_or(0.0, |r| r.arrival) + spec.tail;
+    let end = fleet.run_until(limit, progress);
+    fleet.report(run, end, wall.elapsed().as_secs_f64())
+}
+
+impl<'w> Fleet<'w> {
+    fn new(
+        config: &'w config::Config,
+        spec: &'w FleetSpec,
+        run: &RunSpec,
+        workload: &'w [Request],
+    ) -> Self {
+        let pools = config
+            .pools
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let mut pool = p.clone();
+                if let Some(policy) = run.routing {
+                    pool.routing.policy = policy;
+                }
+                if let Some(policy) = run.scaler {
+                    pool.scaler.policy = policy;
+                    // Compared as their users run them: the HPA controller syncs every 15 s,
+                    // Knative's autoscaler ticks every 2 s.
+                    match policy {
+                        ScalerPolicy::Hpa => pool.scaler.interval = Duration::from_secs(15),
+                        ScalerPolicy::Kpa => pool.scaler.interval = Duration::from_secs(2),
+                        ScalerPolicy::Infergate => {}
+                    }
+                }
+                let prefix = matches!(
+                    pool.routing.policy,
+                    RoutingPolicy::PrefixAffinity
+                        | RoutingPolicy::PredictedTtft
+                        | RoutingPolicy::Weighted
+                )
+                .then(|| PrefixIndex::new(pool.routing.prefix_cache_entries as usize));
+                SimPool {
+                    policy: pool.scaler.enabled.then(|| policy::build(&pool.scaler)),
+                    cold_start: spec
+                        .cold_start
+                        .unwrap_or(pool.scaler.cold_start.as_secs_f64()),
+                    queue: (0..config.classification.priority_classes.len().max(1))
+                        .map(|_| VecDeque::new())
+                        .collect(),
+                    profile: spec.profiles[i].clone(),
+                    config: pool,
+                    replicas: Vec::new(),
+                    snapshot: Snapshot::default(),
+                    prefix,
+                    queued: 0,
+                    sequence: 0,
+                    max_wait: None,
+                    starting: 0,
+                }
+            })
+            .collect();
+        let mut fleet = Self {
+            workload,
+            config,
+            models: ModelIndex::new(&config.pools),
+            spec,
+            epoch: Instant::now(),
+            now: 0.0,
+            events: BinaryHeap::new(),
+            order: 0,
+            pools,
+            running: (0..workload.len()).map(|_| None).collect(),
+            features: vec![None; workload.len()],
+            queued_at: vec![0.0; workload.len()],
+            rng: super::workload::Rng::new(spec.seed),
+            rec: Recorder::default(),
+            timeline: Vec::new(),
+            scale_ups: 0,
+            scale_downs: 0,
+            max_replicas: 0,
+            arrived: 0,
+            active: 0,
+            records: if spec.keep_requests {
+                workload
+                    .iter()
+                    .map(|r| RequestRecord {
+                        arrival: r.arrival,
+                        ..Default::default()
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            },
+        };
+        for p in 0..fleet.pools.len() {
+            for _ in 0..spec.initial[p] {
+                let r = fleet.add_replica(p);
+                fleet.make_ready(p, r);
+            }
+            let pool = &fleet.pools[p].config;
+            let (scrape, interval) = (pool.metrics.scrape_interval, pool.scaler.interval);
+            fleet.at(scrape.as_secs_f64(), Ev::Scrape(p));
+            if fleet.pools[p].policy.is_some() {
+                fleet.at(interval.as_secs_f64(), Ev::ScalerTick(p));
+            }
+        }
+        if let Some(first) = workload.first() {
+            fleet.at(first.arrival, Ev::Arrival(0));
+        }
+        fleet.at(spec.sample_every, Ev::Sample);
+        fleet
+    }
+
+    fn at(&mut self, t: f64, ev: Ev) {
+        self.order += 1;
+        self.events.push(Reverse((ticks(t), self.order, ev)));
+    }
+
+    fn instant(&self, t: f64) -> Instant {
+        self.epoch + Duration::from_secs_f64(t.max(0.0))
+    }
+
+    /// Runs events until `end`, or until every request has ended (whichever comes first);
+    /// returns the time the run stopped.
+    fn run_until(&mut self, end: f64, progress: Progress<'_>) -> f64 {
+        let report_every = (end / 100.0).max(1.0);
+        let mut next_report = report_every;
+        while let Some(Reverse((tick, _, ev))) = self.events.pop() {
+            let t = tick as f64 / 1e9;
+            if t > end {
+                break;
+            }
+            self.now = t;
+            if self.all_done() {
+                break;
+            }
+            if t >= next_report {
+                progress(t, end);
+                next_report = t + report_every;
+            }
+            self.handle(ev);
+        }
+        let end = if self.all_done() { self.now } else { end };
+        self.now = end;
+        progress(end, end);
+        // What is still queued or running did not finish in time.
+        let unfinished = self.running.iter().filter(|r| r.is_some()).count()
+            + self.pools.iter().map(|p| p.queued as usize).sum::<usize>();
+        for _ in 0..unfinished {
+            self.rec.fail(Failure::Unfinished);
+        }
+        for pool in &mut self.pools {
+            for r in &mut pool.replicas {
+                if r.stopped.is_none() {
+                    r.stopped = Some(end);
+                }
+            }
+        }
+        end
+    }
+
+    /// Every request has arrived and ended.
+    fn all_done(&self) -> bool {
+        self.arrived == self.workload.len() && self.active == 0
+    }
+
+    fn handle(&mut self, ev: Ev) {
+        match ev {
+            Ev::Arrival(i) => {
+                if let Some(next) = self.workload.get(i + 1) {
+                    self.at(next.arrival, Ev::Arrival(i + 1));
+                }
+                self.arrive(i);
+            }
+            Ev::StepEnd { pool, replica } => self.step_end(pool, replica),
+            Ev::Ready { pool, replica } => {
+                if self.pools[pool].replicas[replica].state == State::Starting {
+                    self.pools[pool].starting -= 1;
+                    self.make_ready(pool, replica);
+                    self.release_queue(pool);
+                }
+            }
+            Ev::Scrape(pool) => {
+                self.scrape(pool);
+                self.release_queue(pool);
+                let every = self.pools[pool]
+                    .config
+                    .metrics
+                    .scrape_interval
+                    .as_secs_f64();
+                self.at(self.now + every, Ev::Scrape(pool));
+            }
+            Ev::ScalerTick(pool) => {
+                self.scale(pool);
+                let every = self.pools[pool].config.scaler.interval.as_secs_f64();
+                self.at(self.now + every, Ev::ScalerTick(pool));
+            }
+            Ev::QueueDeadline { pool, request } => self.expire(pool, request),
+            Ev::FirstByteDeadline(request) => {
+                let late = self.running[request]
+                    .as_ref()
+                    .is_some_and(|r| r.first_token.is_none());
+                if late {
+                    let r = self.running[request].take().expect("checked");
+                    self.pools[r.pool].replicas[r.replica]
+                        .engine
+                        .abort(request as u64);
+                    self.fail(request, Failure::FirstByteTimeout);
+                    self.after_release(r.pool, r.replica);
+                }
+            }
+            Ev::DrainDeadline { pool, replica } => {
+                if self.pools[pool].replicas[replica].state == State::Draining {
+                    self.stop_replica(pool, replica);
+                }
+            }
+            Ev::Sample => {
+                self.sample();
+                self.at(self.now + self.spec.sample_every, Ev::Sample);
+            }
+        }
+    }
+}

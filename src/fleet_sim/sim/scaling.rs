@@ -1,0 +1,76 @@
+//! The scaler in virtual time: each tick observes the pool, asks the policy and acts on the
+//! plan with the same code as the control loop and the local provider.
+
+use super::{Ev, Fleet, State};
+use crate::scaler::actuation::{self, Plan};
+use crate::scaler::observation::{self, Beyond};
+
+impl Fleet<'_> {
+    /// One tick of the scaler's control loop (`scaler::spawn`) in virtual time.
+    pub(super) fn scale(&mut self, p: usize) {
+        let now = self.instant(self.now);
+        let pool = &mut self.pools[p];
+        let beyond = Beyond {
+            now_secs: self.now,
+            starting: pool.starting,
+            queued: pool.queued,
+            queue_wait: pool.max_wait.take(),
+        };
+        let obs = observation::observe(&pool.snapshot, &pool.config, now, beyond);
+        let Some(policy) = pool.policy.as_mut() else {
+            return;
+        };
+        let rec = policy.recommend(&obs);
+        let ready: Vec<usize> = (0..pool.replicas.len())
+            .filter(|&r| pool.replicas[r].state == State::Ready)
+            .collect();
+        let inflight: Vec<u64> = ready
+            .iter()
+            .map(|&r| pool.replicas[r].replica.inflight())
+            .collect();
+        match actuation::plan(rec.desired, obs.ready, obs.starting, &inflight) {
+            Plan::Hold => {}
+            Plan::Add(n) => {
+                self.scale_ups += 1;
+                for _ in 0..n {
+                    let r = self.add_replica(p);
+                    self.pools[p].starting += 1;
+                    let ready_at = self.now + self.pools[p].cold_start;
+                    self.at(
+                        ready_at,
+                        Ev::Ready {
+                            pool: p,
+                            replica: r,
+                        },
+                    );
+                }
+                self.publish(p);
+            }
+            Plan::Drain(victims) => {
+                self.scale_downs += 1;
+                for v in victims {
+                    self.drain(p, ready[v]);
+                }
+            }
+        }
+    }
+
+    /// Takes replica `r` out of routing; it stops once its answers end (or at the drain
+    /// timeout), as the local provider drains it.
+    pub(super) fn drain(&mut self, p: usize, r: usize) {
+        self.pools[p].replicas[r].state = State::Draining;
+        self.publish(p);
+        if self.pools[p].replicas[r].replica.inflight() == 0 {
+            self.stop_replica(p, r);
+        } else {
+            let drain = self.pools[p].config.scaler.drain_timeout.as_secs_f64();
+            self.at(
+                self.now + drain,
+                Ev::DrainDeadline {
+                    pool: p,
+                    replica: r,
+                },
+            );
+        }
+    }
+}
