@@ -19,6 +19,8 @@ use super::stats::{Failure, Recorder, RequestRecord, RunReport, Sample, Slo};
 use super::workload::Request;
 
 mod gateway;
+#[cfg(test)]
+mod parity;
 mod replicas;
 mod report;
 mod scaling;

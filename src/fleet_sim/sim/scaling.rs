@@ -4,6 +4,7 @@
 use super::{Ev, Fleet, State};
 use crate::scaler::actuation::{self, Plan};
 use crate::scaler::observation::{self, Beyond};
+use crate::scaler::policy::Observation;
 
 impl Fleet<'_> {
     /// One tick of the scaler's control loop (`scaler::spawn`) in virtual time.
@@ -20,7 +21,14 @@ impl Fleet<'_> {
         let Some(policy) = pool.policy.as_mut() else {
             return;
         };
-        let rec = policy.recommend(&obs);
+        let desired = policy.recommend(&obs).desired;
+        self.actuate(p, desired, &obs);
+    }
+
+    /// Acts on `desired` as the local provider does ([`actuation::plan`]): starts replicas,
+    /// ready after the cold start, or drains the least busy.
+    pub(super) fn actuate(&mut self, p: usize, desired: u32, obs: &Observation) {
+        let pool = &self.pools[p];
         let ready: Vec<usize> = (0..pool.replicas.len())
             .filter(|&r| pool.replicas[r].state == State::Ready)
             .collect();
@@ -28,7 +36,7 @@ impl Fleet<'_> {
             .iter()
             .map(|&r| pool.replicas[r].replica.inflight())
             .collect();
-        match actuation::plan(rec.desired, obs.ready, obs.starting, &inflight) {
+        match actuation::plan(desired, obs.ready, obs.starting, &inflight) {
             Plan::Hold => {}
             Plan::Add(n) => {
                 self.scale_ups += 1;
