@@ -1,7 +1,20 @@
 //! infergate: a load-aware inference gateway and autoscaler for LLM model servers.
 //!
-//! The request path reads top-down through the modules: [`config`] describes the fleet, the CLI
-//! in [`cli`] wires the parts together.
+//! [`cli`] parses a command and hands over; [`app`] wires the running parts together. Read
+//! along the data flow:
+//!
+//! - request path: [`gateway`] (read, classify, admit, forward, stream back) → [`router`]
+//!   (pick a replica: pure, over a snapshot) → a replica;
+//! - live state below them: [`pool`] (a pool's replica set, admission queue and rules, prefix
+//!   index, model index) holding [`replica`]s (exact in-flight counts, scraped stats, learned
+//!   speed), filled by [`scrape`] (replica pages, DCGM) and [`discovery`] (local processes,
+//!   Kubernetes);
+//! - control: [`scaler`] (pure policies, observation, actuation; local and Kubernetes
+//!   providers), [`kubernetes`] (client, leader lease);
+//! - beside them: [`config`], [`metrics`], [`admin`], [`http_server`], [`openai`] (wire
+//!   formats), [`telemetry`] (logs);
+//! - tools: [`vllm_sim`] (a simulated vLLM replica, `infergate sim`), [`fleet_sim`] (the
+//!   fleet simulation, `infergate simulate`), [`loadgen`] (`infergate load` and `loadgen`).
 
 pub mod admin;
 pub mod app;

@@ -25,6 +25,12 @@ pub enum GatewayBody {
     Proxied(Box<ProxiedBody>),
 }
 
+impl From<Bytes> for GatewayBody {
+    fn from(bytes: Bytes) -> Self {
+        Self::full(bytes)
+    }
+}
+
 impl GatewayBody {
     pub fn full(bytes: Bytes) -> Self {
         Self::Full(Some(bytes))

@@ -5,7 +5,6 @@
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 
-use super::body::GatewayBody;
 use crate::openai;
 
 #[derive(Debug, thiserror::Error)]
@@ -71,8 +70,10 @@ impl GatewayError {
         openai::error_body(&self.to_string(), self.kind(), self.status().as_u16())
     }
 
-    pub fn into_response(self) -> Response<GatewayBody> {
-        let mut response = Response::new(GatewayBody::full(Bytes::from(self.body())));
+    /// The error as a response with any body type built from bytes (the gateway's
+    /// [`super::body::GatewayBody`]).
+    pub fn into_response<B: From<Bytes>>(self) -> Response<B> {
+        let mut response = Response::new(B::from(Bytes::from(self.body())));
         *response.status_mut() = self.status();
         response.headers_mut().insert(
             header::CONTENT_TYPE,
