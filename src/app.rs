@@ -19,6 +19,7 @@ use crate::http_server::{self, Server};
 use crate::kubernetes::lease::{Elector, Leadership};
 use crate::kubernetes::{ApiHealth, KubeContext};
 use crate::metrics::Metrics;
+use crate::peers::Peers;
 use crate::pool::PoolState;
 use crate::replica::Placement;
 use crate::scaler::Actuation;
@@ -71,6 +72,7 @@ pub async fn start_with(config: Config, options: Options) -> anyhow::Result<App>
         config.classification.priority_classes.len(),
     );
     let mut background = Vec::new();
+    let peers = start_peers(&config, &metrics, &mut background);
     let lease = start_leader_election(&config, kube.as_ref(), &metrics, &mut background);
     let leadership = lease.as_ref().map(|l| l.leadership.clone());
     let mut locals = Vec::new();
@@ -80,13 +82,15 @@ pub async fn start_with(config: Config, options: Options) -> anyhow::Result<App>
         locals.extend(found.local.clone());
         background.push(crate::scrape::spawn(pool.clone()));
         if pool.config.scaler.enabled {
-            background.push(start_scaler(pool, found.actuation, &metrics, epoch));
+            let actuation = found.actuation;
+            background.push(start_scaler(pool, &peers, actuation, &metrics, epoch));
         }
     }
     let state = Arc::new(GatewayState {
         config,
         pools,
         metrics,
+        peers,
     });
     let (gateway, admin) = serve(&state, gateway_listeners, admin_listener)?;
     Ok(App {
@@ -258,9 +262,30 @@ async fn start_discovery(
     found
 }
 
-/// The pool's scaler loop, exporting its recommendation and acting through `actuation`.
+/// This gateway's identity, and the reading of its peers' load (none configured: none read).
+fn start_peers(
+    config: &Config,
+    metrics: &Metrics,
+    background: &mut Vec<JoinHandle<()>>,
+) -> Arc<Peers> {
+    let cluster = &config.cluster;
+    let peers = Arc::new(Peers::new(
+        crate::peers::new_id(),
+        &cluster.peers,
+        cluster.peer_interval,
+        cluster.peer_stale_after,
+        &metrics.peer_up,
+    ));
+    metrics.gateway_info.with_label_values(&[&peers.id]).set(1);
+    background.extend(crate::peers::spawn(peers.clone()));
+    peers
+}
+
+/// The pool's scaler loop, exporting its recommendation and acting through `actuation`, on
+/// the load of this gateway and its peers.
 fn start_scaler(
     pool: &Arc<PoolState>,
+    peers: &Arc<Peers>,
     actuation: Actuation,
     metrics: &Metrics,
     epoch: Instant,
@@ -268,6 +293,7 @@ fn start_scaler(
     let gauge = metrics.scaler_desired.with_label_values(&[pool.name()]);
     crate::scaler::spawn(
         pool.clone(),
+        peers.clone(),
         actuation,
         gauge,
         metrics.scale_events.clone(),

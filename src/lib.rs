@@ -10,7 +10,8 @@
 //!   speed), filled by [`scrape`] (replica pages, DCGM) and [`discovery`] (local processes,
 //!   Kubernetes);
 //! - control: [`scaler`] (pure policies, observation, actuation; local and Kubernetes
-//!   providers), [`kubernetes`] (client, leader lease);
+//!   providers), [`peers`] (the load only other gateways know), [`kubernetes`] (client,
+//!   leader lease);
 //! - beside them: [`config`], [`metrics`], [`admin`], [`http_server`], [`openai`] (wire
 //!   formats), [`telemetry`] (logs);
 //! - tools: [`vllm_sim`] (a simulated vLLM replica, `infergate sim`), [`fleet_sim`] (the
@@ -28,6 +29,7 @@ pub mod kubernetes;
 pub mod loadgen;
 pub mod metrics;
 pub mod openai;
+pub mod peers;
 pub mod pool;
 pub mod replica;
 pub mod router;

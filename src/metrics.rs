@@ -23,6 +23,11 @@ pub struct Metrics {
     pub scaler_desired: IntGaugeVec,
     pub scale_events: IntCounterVec,
     pub queued: IntGaugeVec,
+    /// Answers in flight from this gateway per pool (read by peer gateways).
+    pub pool_inflight: IntGaugeVec,
+    /// This gateway's identity (`id`), so that a peer list may include the gateway itself.
+    pub gateway_info: IntGaugeVec,
+    pub peer_up: IntGaugeVec,
     pub kube_api_up: IntGaugeVec,
     pub kube_watch_errors: IntCounterVec,
     pub leader: IntGauge,
@@ -123,6 +128,21 @@ impl Metrics {
                 "infergate_queued_requests",
                 "Requests waiting at the gateway for a replica, per pool.",
                 &["pool"],
+            ),
+            pool_inflight: gauge(
+                "infergate_pool_inflight",
+                "Answers in flight from this gateway to the pool's replicas (peer gateways add it to their scaler's signal).",
+                &["pool"],
+            ),
+            gateway_info: gauge(
+                "infergate_gateway_info",
+                "1, labelled with this gateway's identity (unique per process start).",
+                &["id"],
+            ),
+            peer_up: gauge(
+                "infergate_peer_up",
+                "1 while the peer gateway's page was read at the last attempt, 0 when it was not.",
+                &["peer"],
             ),
             kube_api_up: gauge(
                 "infergate_kubernetes_api_up",

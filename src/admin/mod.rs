@@ -20,11 +20,17 @@ pub async fn handle(state: Arc<GatewayState>, req: Request<Incoming>) -> Respons
         "/metrics" => {
             // Gauges read from live state at scrape time.
             for pool in &state.pools.pools {
-                state
-                    .metrics
+                let name = &[pool.name()];
+                let metrics = &state.metrics;
+                metrics
                     .queued
-                    .with_label_values(&[pool.name()])
+                    .with_label_values(name)
                     .set(pool.queued() as i64);
+                let inflight: u64 = pool.snapshot().replicas.iter().map(|r| r.inflight()).sum();
+                metrics
+                    .pool_inflight
+                    .with_label_values(name)
+                    .set(inflight as i64);
             }
             let mut r = Response::new(GatewayBody::full(Bytes::from(state.metrics.render())));
             r.headers_mut().insert(
@@ -114,7 +120,7 @@ pub fn status(state: &GatewayState) -> serde_json::Value {
             })
         })
         .collect();
-    json!({"pools": pools})
+    json!({"gateway": state.peers.id, "pools": pools, "peers": state.peers.status(now)})
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<GatewayBody> {

@@ -50,6 +50,10 @@ pub struct RawConfig {
     /// Leader election among gateway replicas on Kubernetes: every replica routes, only the
     /// leader resizes pools.
     pub leader_election: RawLeaderElection,
+    /// The other gateway replicas of this deployment, whose own queued and in-flight requests
+    /// join this gateway's scaler signal (so that the signal is the cluster's, whichever
+    /// replica leads).
+    pub cluster: RawCluster,
     /// The model pools. Each serves a set of model names from a set of replicas. At least one.
     pub pools: Vec<RawPool>,
 }
@@ -108,6 +112,30 @@ impl Default for RawClassification {
             priority_classes: vec!["critical".into(), "standard".into(), "sheddable".into()],
             default_priority: "standard".into(),
             sheddable_classes: vec!["sheddable".into()],
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawCluster {
+    /// Admin addresses (host:port) of the other gateway replicas, read every `peer_interval`
+    /// at `/metrics`. This gateway's own address may be listed too (it recognises itself).
+    pub peers: Vec<String>,
+    /// How often each peer's page is read (duration); a request held at a peer reaches this
+    /// gateway's scaler within it.
+    pub peer_interval: Quantity,
+    /// How long a peer's last reading counts once it cannot be read any more (duration); after
+    /// that its load is unknown and left out (reported in `/admin/status`).
+    pub peer_stale_after: Quantity,
+}
+
+impl Default for RawCluster {
+    fn default() -> Self {
+        Self {
+            peers: Vec::new(),
+            peer_interval: "250ms".into(),
+            peer_stale_after: "5s".into(),
         }
     }
 }

@@ -16,7 +16,17 @@ pub struct Config {
     pub listeners: Listeners,
     pub classification: Classification,
     pub leader_election: LeaderElection,
+    pub cluster: Cluster,
     pub pools: Vec<Pool>,
+}
+
+/// The other gateway replicas whose load joins this gateway's scaler signal.
+#[derive(Debug, Clone)]
+pub struct Cluster {
+    /// Their admin addresses (`host:port`).
+    pub peers: Vec<String>,
+    pub peer_interval: Duration,
+    pub peer_stale_after: Duration,
 }
 
 #[derive(Debug, Clone)]

@@ -103,6 +103,7 @@ pub fn validate(raw: RawConfig, locations: &Locations) -> Result<Config, Vec<Con
             &raw.leader_election.lease_duration,
         ),
     };
+    let cluster = cluster(&mut c, &raw.cluster);
     if raw.pools.is_empty() {
         c.fail("pools", "at least one pool is required");
     }
@@ -138,10 +139,31 @@ pub fn validate(raw: RawConfig, locations: &Locations) -> Result<Config, Vec<Con
             listeners,
             classification,
             leader_election,
+            cluster,
             pools,
         })
     } else {
         Err(c.errors)
+    }
+}
+
+fn cluster(c: &mut Checker, raw: &RawCluster) -> Cluster {
+    for (i, peer) in raw.peers.iter().enumerate() {
+        let ok = peer.rsplit_once(':').is_some_and(|(host, port)| {
+            !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
+        });
+        if !ok {
+            c.fail(
+                format!("cluster.peers[{i}]"),
+                format!("`{peer}` is not host:port (the peer's admin address)"),
+            );
+        }
+    }
+    Cluster {
+        peers: raw.peers.clone(),
+        peer_interval: c.positive_duration("cluster.peer_interval".into(), &raw.peer_interval),
+        peer_stale_after: c
+            .positive_duration("cluster.peer_stale_after".into(), &raw.peer_stale_after),
     }
 }
 

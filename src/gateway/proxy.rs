@@ -25,6 +25,8 @@ pub struct GatewayState {
     pub config: Config,
     pub pools: Pools,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// The other gateways of the deployment (for `/admin/status`).
+    pub peers: Arc<crate::peers::Peers>,
 }
 
 /// Answers one request on gateway worker thread `worker`.

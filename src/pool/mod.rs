@@ -77,6 +77,11 @@ pub struct ScalerStatus {
     pub acting: bool,
     /// The last failure to act, until an action succeeds.
     pub error: Option<String>,
+    /// Answers in flight and requests queued, over this gateway and the peers it could read.
+    pub inflight: u64,
+    pub queued: u64,
+    /// Peer gateways whose load is unknown (unreadable for longer than it stays fresh).
+    pub peers_unknown: u32,
 }
 
 impl PoolState {

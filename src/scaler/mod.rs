@@ -2,7 +2,7 @@
 //! recommendation becomes action in [`actuation`], the providers that act ([`local`]
 //! processes, [`kubernetes`] workloads, behind [`provider::Provider`]), and the control loop
 //! that feeds a policy the gateway's live view of its pool (exact in-flight and queued counts,
-//! ready and starting replicas) and acts on each recommendation — when this gateway replica
+//! its own and its peer gateways', ready and starting replicas) and acts on each recommendation — when this gateway replica
 //! holds the leader lease, if leader election is on. The fleet simulation runs the same
 //! policy, observation and actuation code in virtual time.
 
@@ -19,6 +19,7 @@ use std::time::Instant;
 use tokio::task::JoinHandle;
 
 use crate::kubernetes::lease::Leadership;
+use crate::peers::Peers;
 use crate::pool::{PoolState, ScalerStatus};
 use observation::Beyond;
 use provider::{Action, Provider, Supply};
@@ -37,6 +38,7 @@ pub struct Actuation {
 /// exports the recommendation; only an enabled provider on the leader acts on it.
 pub fn spawn(
     pool: Arc<PoolState>,
+    peers: Arc<Peers>,
     actuation: Actuation,
     desired_gauge: prometheus::IntGauge,
     scale_events: prometheus::IntCounterVec,
@@ -56,7 +58,9 @@ pub fn spawn(
                 None => Supply::default(),
             };
             let now = Instant::now();
+            let from_peers = peers.load(pool.name(), now);
             let beyond = Beyond {
+                peers: from_peers.load,
                 now_secs: now.duration_since(epoch).as_secs_f64(),
                 starting: supply.starting,
                 queued: pool.queued(),
@@ -103,6 +107,9 @@ pub fn spawn(
                 reason: rec.reason.clone(),
                 acting,
                 error: last_error.clone().filter(|_| acting),
+                inflight: obs.inflight,
+                queued: obs.queued,
+                peers_unknown: from_peers.unknown,
             })));
         }
     })

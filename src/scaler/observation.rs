@@ -1,12 +1,14 @@
 //! What the scaler sees of a pool at one tick, read the same way by the control loop and the
 //! fleet simulation: the replicas taking traffic, the gateway's exact in-flight count to them,
 //! their mean KV-cache and GPU use (fresh readings only; None is a missing signal, not a zero),
-//! and what the caller knows besides — replicas starting, requests queued, the longest wait.
+//! and what the caller knows besides — replicas starting, requests queued, the longest wait,
+//! and the other gateways' own in-flight and queued counts (so the signal is the cluster's).
 
 use std::time::Instant;
 
 use super::policy::Observation;
 use crate::config;
+use crate::peers::PoolLoad;
 use crate::router::Snapshot;
 
 /// What the replica set does not tell.
@@ -20,6 +22,8 @@ pub struct Beyond {
     pub queued: u64,
     /// Longest wait of the requests that left the queue since the last tick (seconds).
     pub queue_wait: Option<f64>,
+    /// What the other gateways hold and have in flight on the pool.
+    pub peers: PoolLoad,
 }
 
 /// The scaler's [`Observation`] of the pool's replica set at `now`.
@@ -38,8 +42,9 @@ pub fn observe(
         now: beyond.now_secs,
         ready: routed().count() as u32,
         starting: beyond.starting,
-        inflight: snapshot.replicas.iter().map(|r| r.inflight()).sum(),
-        queued: beyond.queued,
+        inflight: snapshot.replicas.iter().map(|r| r.inflight()).sum::<u64>()
+            + beyond.peers.inflight,
+        queued: beyond.queued + beyond.peers.queued,
         kv_cache_usage: crate::replica::mean_kv_usage(
             &snapshot.replicas,
             now,
@@ -90,6 +95,7 @@ mod tests {
             starting: 2,
             queued: 7,
             queue_wait: Some(1.5),
+            peers: PoolLoad::default(),
         };
         let obs = observe(&snapshot, &pool, now, beyond);
         assert_eq!(obs.ready, 2, "the ejected replica takes no traffic");
@@ -101,5 +107,12 @@ mod tests {
         assert_eq!(obs.kv_cache_usage, Some(0.2), "b is ejected, c is stale");
         assert_eq!(obs.gpu_utilization, Some(0.5));
         assert_eq!(obs.now, 10.0);
+        // Other gateways' load adds to this gateway's own.
+        let peers = PoolLoad {
+            inflight: 10,
+            queued: 4,
+        };
+        let with_peers = observe(&snapshot, &pool, now, Beyond { peers, ..beyond });
+        assert_eq!((with_peers.inflight, with_peers.queued), (13, 11));
     }
 }

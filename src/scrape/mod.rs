@@ -45,7 +45,7 @@ pub fn spawn(pool: Arc<PoolState>) -> JoinHandle<()> {
     })
 }
 
-type HttpClient = Client<HttpConnector, Empty<Bytes>>;
+pub(crate) type HttpClient = Client<HttpConnector, Empty<Bytes>>;
 
 /// Polls the replicas' own pages until the task is aborted.
 async fn scrape_replicas(pool: &Arc<PoolState>, client: &HttpClient) {
@@ -164,7 +164,7 @@ async fn scrape_exporter(
     }
 }
 
-enum ScrapeError {
+pub(crate) enum ScrapeError {
     /// No connection could be made.
     Unreachable(String),
     /// A connection, but no readable metrics page.
@@ -192,7 +192,7 @@ async fn scrape(
 }
 
 /// GETs a metrics page, at most [`MAX_PAGE_BYTES`] of it.
-async fn fetch(client: &HttpClient, uri: http::Uri) -> Result<Bytes, ScrapeError> {
+pub(crate) async fn fetch(client: &HttpClient, uri: http::Uri) -> Result<Bytes, ScrapeError> {
     let response = client.get(uri).await.map_err(|e| {
         if e.is_connect() {
             ScrapeError::Unreachable(e.to_string())

@@ -140,8 +140,7 @@ fn gateway_decisions(config: &Config) -> Vec<Decision> {
                 }
             }
         }
-        let log = log.lock().unwrap().clone();
-        log
+        log.lock().unwrap().clone()
     })
 }
 

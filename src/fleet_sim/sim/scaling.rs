@@ -16,6 +16,7 @@ impl Fleet<'_> {
             starting: pool.starting,
             queued: pool.queued,
             queue_wait: pool.max_wait.take(),
+            peers: Default::default(), // one gateway
         };
         let obs = observation::observe(&pool.snapshot, &pool.config, now, beyond);
         let Some(policy) = pool.policy.as_mut() else {

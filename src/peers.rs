@@ -1,0 +1,365 @@
+//! The other gateways of a deployment, and the load only they know. The replicas' own pages are
+//! read alike by every gateway; what each gateway alone knows is the requests it holds in its
+//! queue and the answers it has in flight. Every gateway publishes both per pool on its
+//! `/metrics` (`infergate_pool_inflight`, `infergate_queued_requests`, and its identity in
+//! `infergate_gateway_info`); this module reads the peers' pages so that the scaler's signal is
+//! the cluster's, the same whichever gateway holds the lease.
+//!
+//! A peer that cannot be read is reported (`/admin/status`, `infergate_peer_up`) and its last
+//! reading still counts until it is older than `stale_after`; then the signal is what the
+//! readable gateways know — never zero because one peer is gone. A peer list may include this
+//! gateway itself (every endpoint of the gateways' Service): a page with its own identity is
+//! skipped.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwapOption;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tokio::task::{JoinHandle, JoinSet};
+
+use crate::scrape::exposition;
+use crate::scrape::{HttpClient, ScrapeError, fetch};
+
+/// One gateway's own load on one pool.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PoolLoad {
+    /// Answers in flight from that gateway to the pool's replicas.
+    pub inflight: u64,
+    /// Requests held in that gateway's queue for the pool.
+    pub queued: u64,
+}
+
+/// A peer's page, as last read.
+#[derive(Debug, Clone, PartialEq)]
+struct Reading {
+    at: Instant,
+    pools: HashMap<String, PoolLoad>,
+}
+
+/// One peer gateway.
+struct Peer {
+    /// Its admin address (`host:port`).
+    address: String,
+    last: ArcSwapOption<Reading>,
+    /// The last failure, until a read succeeds.
+    error: ArcSwapOption<String>,
+    /// It is this gateway (its page carries our identity).
+    is_self: std::sync::atomic::AtomicBool,
+    up: prometheus::IntGauge,
+}
+
+/// The peers of this gateway and what they last said.
+pub struct Peers {
+    /// This gateway's identity, published on its own page.
+    pub id: String,
+    peers: Vec<Peer>,
+    interval: Duration,
+    stale_after: Duration,
+}
+
+/// The load of the readable peers on one pool, and how many could not be counted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PeerSum {
+    pub load: PoolLoad,
+    /// Peers whose reading is missing or stale (their load is unknown, not zero).
+    pub unknown: u32,
+}
+
+/// What `/admin/status` shows of a peer.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PeerStatus {
+    pub address: String,
+    pub up: bool,
+    /// Seconds since its page was last read.
+    pub read_ago: Option<f64>,
+    pub error: Option<String>,
+}
+
+impl Peers {
+    /// Peers at `addresses` (admin `host:port`), read every `interval`, a reading counted for
+    /// `stale_after`; `up` is the `infergate_peer_up` family.
+    pub fn new(
+        id: String,
+        addresses: &[String],
+        interval: Duration,
+        stale_after: Duration,
+        up: &prometheus::IntGaugeVec,
+    ) -> Self {
+        Self {
+            id,
+            peers: addresses
+                .iter()
+                .map(|address| Peer {
+                    address: address.clone(),
+                    last: ArcSwapOption::empty(),
+                    error: ArcSwapOption::empty(),
+                    is_self: std::sync::atomic::AtomicBool::new(false),
+                    up: up.with_label_values(&[address]),
+                })
+                .collect(),
+            interval,
+            stale_after,
+        }
+    }
+
+    /// No peers: a gateway on its own.
+    pub fn none() -> Self {
+        Self {
+            id: new_id(),
+            peers: Vec::new(),
+            interval: Duration::from_secs(1),
+            stale_after: Duration::from_secs(1),
+        }
+    }
+
+    fn others(&self) -> impl Iterator<Item = &Peer> {
+        self.peers
+            .iter()
+            .filter(|p| !p.is_self.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    /// The other gateways' load on `pool` at `now`.
+    pub fn load(&self, pool: &str, now: Instant) -> PeerSum {
+        let mut sum = PeerSum::default();
+        for peer in self.others() {
+            let last = peer.last.load();
+            match last
+                .as_deref()
+                .filter(|r| now.saturating_duration_since(r.at) <= self.stale_after)
+            {
+                Some(reading) => {
+                    let load = reading.pools.get(pool).copied().unwrap_or_default();
+                    sum.load.inflight += load.inflight;
+                    sum.load.queued += load.queued;
+                }
+                None => sum.unknown += 1,
+            }
+        }
+        sum
+    }
+
+    /// Each peer's state, for `/admin/status`.
+    pub fn status(&self, now: Instant) -> Vec<PeerStatus> {
+        self.others()
+            .map(|peer| {
+                let last = peer.last.load();
+                let read_ago = last
+                    .as_deref()
+                    .map(|r| now.saturating_duration_since(r.at).as_secs_f64());
+                PeerStatus {
+                    address: peer.address.clone(),
+                    up: peer.up.get() == 1,
+                    read_ago,
+                    error: peer.error.load().as_deref().cloned(),
+                }
+            })
+            .collect()
+    }
+}
+
+/// A new gateway identity: unique per process start.
+pub fn new_id() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("{:x}-{:x}", std::process::id(), nanos & 0xffff_ffff_ffff)
+}
+
+/// Reads every peer's page every `interval` until aborted (nothing when there is no peer).
+pub fn spawn(peers: Arc<Peers>) -> Option<JoinHandle<()>> {
+    if peers.peers.is_empty() {
+        return None;
+    }
+    Some(tokio::spawn(async move {
+        let client: HttpClient = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build_http();
+        let mut tick = tokio::time::interval(peers.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // A read may take up to one interval (at least 100 ms).
+        let timeout = peers.interval.max(Duration::from_millis(100));
+        loop {
+            tick.tick().await;
+            let mut reads = JoinSet::new();
+            for i in 0..peers.peers.len() {
+                let (peers, client) = (peers.clone(), client.clone());
+                reads.spawn(async move {
+                    let peer = &peers.peers[i];
+                    let read = tokio::time::timeout(timeout, read(&client, &peer.address)).await;
+                    let result =
+                        read.unwrap_or_else(|_| Err(format!("no answer within {timeout:?}")));
+                    record(&peers.id, peer, result);
+                });
+            }
+            while reads.join_next().await.is_some() {}
+        }
+    }))
+}
+
+fn record(own_id: &str, peer: &Peer, result: Result<(String, Reading), String>) {
+    match result {
+        Ok((id, reading)) => {
+            if id == own_id {
+                peer.is_self
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+            peer.last.store(Some(Arc::new(reading)));
+            if peer.error.load().is_some() {
+                tracing::info!(peer = %peer.address, "peer gateway answers again");
+            }
+            peer.error.store(None);
+            peer.up.set(1);
+        }
+        Err(e) => {
+            if peer.error.load().is_none() {
+                tracing::warn!(peer = %peer.address, "cannot read peer gateway: {e}");
+            }
+            peer.error.store(Some(Arc::new(e)));
+            peer.up.set(0);
+        }
+    }
+}
+
+async fn read(client: &HttpClient, address: &str) -> Result<(String, Reading), String> {
+    let uri: http::Uri = format!("http://{address}/metrics")
+        .parse()
+        .map_err(|e| format!("bad peer address {address}: {e}"))?;
+    let body = fetch(client, uri).await.map_err(|e| match e {
+        ScrapeError::Unreachable(e) | ScrapeError::Bad(e) => e,
+    })?;
+    let page = std::str::from_utf8(&body).map_err(|_| "metrics page is not UTF-8".to_string())?;
+    parse(page, Instant::now())
+}
+
+/// A peer's identity and per-pool load from its `/metrics` page.
+fn parse(page: &str, at: Instant) -> Result<(String, Reading), String> {
+    let samples = exposition::samples(page).map_err(|e| e.to_string())?;
+    let mut id = None;
+    let mut pools: HashMap<String, PoolLoad> = HashMap::new();
+    for sample in &samples {
+        let count = || sample.value.max(0.0) as u64;
+        match sample.name {
+            "infergate_gateway_info" => id = sample.label("id").map(str::to_string),
+            "infergate_pool_inflight" | "infergate_queued_requests" => {
+                let Some(pool) = sample.label("pool") else {
+                    continue;
+                };
+                let load = pools.entry(pool.to_string()).or_default();
+                if sample.name == "infergate_pool_inflight" {
+                    load.inflight = count();
+                } else {
+                    load.queued = count();
+                }
+            }
+            _ => {}
+        }
+    }
+    let id = id.ok_or("not an infergate page (no infergate_gateway_info)")?;
+    Ok((id, Reading { at, pools }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PAGE: &str = "\
+# TYPE infergate_gateway_info gauge
+infergate_gateway_info{id=\"peer-1\"} 1
+infergate_pool_inflight{pool=\"chat\"} 7
+infergate_pool_inflight{pool=\"embed\"} 0
+infergate_queued_requests{pool=\"chat\"} 3
+infergate_upstream_inflight{pool=\"chat\",replica=\"10.0.0.1:8000\"} 7
+";
+
+    fn peers(addresses: &[&str]) -> Peers {
+        let up =
+            prometheus::IntGaugeVec::new(prometheus::Opts::new("test_peer_up", "t"), &["peer"])
+                .unwrap();
+        let addresses: Vec<String> = addresses.iter().map(|a| a.to_string()).collect();
+        Peers::new(
+            "me".into(),
+            &addresses,
+            Duration::from_millis(100),
+            Duration::from_secs(2),
+            &up,
+        )
+    }
+
+    #[test]
+    fn a_peer_page_gives_its_identity_and_load_per_pool() {
+        let now = Instant::now();
+        let (id, reading) = parse(PAGE, now).unwrap();
+        assert_eq!(id, "peer-1");
+        assert_eq!(
+            reading.pools["chat"],
+            PoolLoad {
+                inflight: 7,
+                queued: 3
+            }
+        );
+        assert_eq!(reading.pools["embed"], PoolLoad::default());
+        assert!(
+            parse("up 1\n", now)
+                .unwrap_err()
+                .contains("not an infergate page")
+        );
+    }
+
+    #[test]
+    fn peers_add_up_skip_themselves_and_count_what_is_unknown() {
+        let p = peers(&["a:1", "b:1", "c:1", "self:1"]);
+        let now = Instant::now();
+        let reading = |inflight, queued, at| {
+            let pools = [("chat".to_string(), PoolLoad { inflight, queued })].into();
+            Ok(("peer".to_string(), Reading { at, pools }))
+        };
+        record("me", &p.peers[0], reading(5, 1, now));
+        record(
+            "me",
+            &p.peers[1],
+            reading(2, 4, now - Duration::from_secs(1)),
+        );
+        record("me", &p.peers[2], Err("connection refused".into()));
+        record(
+            "me",
+            &p.peers[3],
+            Ok((
+                "me".to_string(),
+                Reading {
+                    at: now,
+                    pools: HashMap::new(),
+                },
+            )),
+        );
+        let sum = p.load("chat", now);
+        assert_eq!(
+            sum.load,
+            PoolLoad {
+                inflight: 7,
+                queued: 5
+            }
+        );
+        assert_eq!(sum.unknown, 1, "c was never read");
+        assert_eq!(p.load("other", now).load, PoolLoad::default());
+        // b's reading ages out; a's last one still counts while fresh, even after a failure.
+        record("me", &p.peers[0], Err("timed out".into()));
+        let later = now + Duration::from_millis(1500);
+        let sum = p.load("chat", later);
+        assert_eq!(
+            sum.load,
+            PoolLoad {
+                inflight: 5,
+                queued: 1
+            }
+        );
+        assert_eq!(sum.unknown, 2);
+        let status = p.status(later);
+        assert_eq!(status.len(), 3, "this gateway is not its own peer");
+        assert!(!status[0].up);
+        assert_eq!(status[0].error.as_deref(), Some("timed out"));
+        assert!(status[1].up);
+    }
+}

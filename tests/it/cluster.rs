@@ -1,0 +1,143 @@
+//! Several gateways in front of the same replicas: each reads the others' own load (held and
+//! in-flight requests) from their `/metrics`, so every scaler sees the cluster's signal; a peer
+//! that goes away is reported and the signal falls back to what is still known.
+
+use std::time::{Duration, Instant};
+
+use infergate::app::{self, App};
+use infergate::vllm_sim::profile::profile;
+use infergate::vllm_sim::{SimOptions, start};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use crate::support::*;
+
+/// A free port on 127.0.0.1 (bound, read, released: the gateways need each other's admin
+/// address before they start).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn gateway(admin: u16, peers: &[u16], replica: std::net::SocketAddr) -> App {
+    let peers: Vec<String> = peers.iter().map(|p| format!("\"127.0.0.1:{p}\"")).collect();
+    let yaml = format!(
+        "listeners: {{gateway: 127.0.0.1:0, admin: 127.0.0.1:{admin}, drain_timeout: 1s}}
+cluster: {{peers: [{}], peer_interval: 100ms, peer_stale_after: 1s}}
+pools:
+  - name: p
+    models: [m]
+    discovery: {{static: {{endpoints: [\"http://{replica}\"]}}}}
+    scaler: {{enabled: true, provider: static, interval: 100ms, min_replicas: 1, max_replicas: 8,
+              targets: {{concurrency: 1}}}}
+",
+        peers.join(", ")
+    );
+    let config = infergate::config::parse(&yaml, "test").unwrap_or_else(|e| panic!("{e}"));
+    app::start(config).await.unwrap()
+}
+
+/// Opens a stream through `gw` and leaves it running (the answer is long and slow).
+async fn open_stream(gw: &App) -> TcpStream {
+    let body = r#"{"model":"m","stream":true,"max_tokens":2000,"messages":[{"role":"user","content":"hi"}]}"#;
+    let mut conn = TcpStream::connect(gw.gateway_addr).await.unwrap();
+    let request = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    conn.write_all(request.as_bytes()).await.unwrap();
+    conn
+}
+
+async fn scaler(gw: &App) -> serde_json::Value {
+    let status = get(&format!("http://{}/admin/status", gw.admin_addr))
+        .await
+        .json();
+    status["pools"][0]["scaler"].clone()
+}
+
+/// Polls `gw`'s status until `ok` holds for it (or fails after 10 s, showing the last one).
+async fn until(gw: &App, what: &str, ok: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = get(&format!("http://{}/admin/status", gw.admin_addr))
+            .await
+            .json();
+        if ok(&status) {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "{what}: last status {status}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn each_gateway_scales_on_the_sum_of_all_and_on_what_it_still_knows() {
+    let mut opts = SimOptions::new(profile("llama-8b-h100").unwrap());
+    opts.models = vec!["m".into()];
+    opts.speed = 0.01; // a decode step of ~1 s: streams stay open
+    let replica = start(opts).await.unwrap();
+    let (port_a, port_b) = (free_port(), free_port());
+    // Both list both admin addresses, as a Service's endpoints would: each skips itself.
+    let a = gateway(port_a, &[port_a, port_b], replica.addr).await;
+    let b = gateway(port_b, &[port_a, port_b], replica.addr).await;
+
+    let mut through_a = Vec::new();
+    for _ in 0..3 {
+        through_a.push(open_stream(&a).await);
+    }
+    let mut through_b = Vec::new();
+    for _ in 0..2 {
+        through_b.push(open_stream(&b).await);
+    }
+    let five = |s: &serde_json::Value| s["pools"][0]["scaler"]["inflight"] == 5;
+    let seen_by_a = until(&a, "a sees 3 + 2 in flight", five).await;
+    let seen_by_b = until(&b, "b sees 2 + 3 in flight", five).await;
+    for (name, status) in [("a", &seen_by_a), ("b", &seen_by_b)] {
+        assert_eq!(
+            status["pools"][0]["inflight"],
+            if name == "a" { 3 } else { 2 }
+        );
+        let peers = status["peers"].as_array().unwrap();
+        assert_eq!(peers.len(), 1, "{name} lists itself as no peer: {peers:?}");
+        assert_eq!(peers[0]["up"], true);
+    }
+    // One replica per request in flight (target concurrency 1): the same on both.
+    let desired = |s: &serde_json::Value| s["pools"][0]["scaler"]["desired"] == 5;
+    until(&a, "a recommends 5", desired).await;
+    until(&b, "b recommends 5", desired).await;
+    // Each publishes its own count for the other.
+    let page = get(&format!("http://{}/metrics", b.admin_addr))
+        .await
+        .text();
+    assert_eq!(
+        metric(&page, "infergate_pool_inflight", &[("pool", "p")]),
+        Some(2.0)
+    );
+
+    // b goes away: a says so at once and keeps b's last reading while it is fresh, then falls
+    // back to its own load — what it knows, not zero.
+    drop(through_b);
+    b.shutdown().await;
+    let down = until(&a, "a reports b down", |s| s["peers"][0]["up"] == false).await;
+    assert!(down["peers"][0]["error"].is_string(), "{down}");
+    let own = until(&a, "a falls back to its own load", |s| {
+        s["pools"][0]["scaler"]["peers_unknown"] == 1
+    })
+    .await;
+    assert_eq!(own["pools"][0]["scaler"]["inflight"], 3, "{own}");
+    assert_eq!(scaler(&a).await["inflight"], 3);
+    let page = get(&format!("http://{}/metrics", a.admin_addr))
+        .await
+        .text();
+    let peer_b = format!("127.0.0.1:{port_b}");
+    assert_eq!(
+        metric(&page, "infergate_peer_up", &[("peer", &peer_b)]),
+        Some(0.0)
+    );
+    drop(through_a);
+    a.shutdown().await;
+}
