@@ -72,7 +72,7 @@ pub async fn start_with(config: Config, options: Options) -> anyhow::Result<App>
         config.classification.priority_classes.len(),
     );
     let mut background = Vec::new();
-    let peers = start_peers(&config, &metrics, &mut background);
+    let peers = start_peers(&config, kube.as_ref(), &metrics, &mut background);
     let lease = start_leader_election(&config, kube.as_ref(), &metrics, &mut background);
     let leadership = lease.as_ref().map(|l| l.leadership.clone());
     let mut locals = Vec::new();
@@ -110,10 +110,11 @@ async fn kube_context(
     config: &Config,
     given: Option<KubeContext>,
 ) -> anyhow::Result<Option<KubeContext>> {
-    let on_kubernetes = config
-        .pools
-        .iter()
-        .any(|p| matches!(p.discovery, Discovery::Kubernetes(_)));
+    let on_kubernetes = config.cluster.kubernetes.is_some()
+        || config
+            .pools
+            .iter()
+            .any(|p| matches!(p.discovery, Discovery::Kubernetes(_)));
     Ok(match (given, on_kubernetes) {
         (Some(kube), _) => Some(kube),
         (None, true) => Some(
@@ -262,9 +263,11 @@ async fn start_discovery(
     found
 }
 
-/// This gateway's identity, and the reading of its peers' load (none configured: none read).
+/// This gateway's identity, and the reading of its peers' load: a static list, or the
+/// endpoints of the gateways' own Service, watched (none configured: none read).
 fn start_peers(
     config: &Config,
+    kube: Option<&KubeContext>,
     metrics: &Metrics,
     background: &mut Vec<JoinHandle<()>>,
 ) -> Arc<Peers> {
@@ -277,7 +280,26 @@ fn start_peers(
         &metrics.peer_up,
     ));
     metrics.gateway_info.with_label_values(&[&peers.id]).set(1);
-    background.extend(crate::peers::spawn(peers.clone()));
+    if let Some(service) = &cluster.kubernetes {
+        let kube = kube.expect("inferred at start for a Kubernetes cluster");
+        // Its health is in the peers' own status; not a pool's gauge.
+        let health = Arc::new(ApiHealth::new(
+            prometheus::IntGauge::new("peers_api_up", "unexported").expect("valid"),
+            prometheus::IntCounter::new("peers_watch_errors", "unexported").expect("valid"),
+        ));
+        background.push(crate::discovery::kubernetes::watch_service(
+            kube,
+            kube.namespace(service.namespace.as_ref()),
+            &service.service,
+            service.port.clone(),
+            peers.clone(),
+            health,
+            "cluster peers".to_string(),
+        ));
+    }
+    if !cluster.peers.is_empty() || cluster.kubernetes.is_some() {
+        background.push(crate::peers::spawn(peers.clone()));
+    }
     peers
 }
 

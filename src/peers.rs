@@ -9,13 +9,14 @@
 //! reading still counts until it is older than `stale_after`; then the signal is what the
 //! readable gateways know — never zero because one peer is gone. A peer list may include this
 //! gateway itself (every endpoint of the gateways' Service): a page with its own identity is
-//! skipped.
+//! skipped. The list is static (`cluster.peers`) or the endpoints of the gateways' own
+//! Kubernetes Service (`cluster.kubernetes`), watched.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwapOption;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tokio::task::{JoinHandle, JoinSet};
@@ -55,9 +56,11 @@ struct Peer {
 pub struct Peers {
     /// This gateway's identity, published on its own page.
     pub id: String,
-    peers: Vec<Peer>,
+    /// The current peer list (static, or the gateways' Service endpoints as watched).
+    peers: ArcSwap<Vec<Arc<Peer>>>,
     interval: Duration,
     stale_after: Duration,
+    up: prometheus::IntGaugeVec,
 }
 
 /// The load of the readable peers on one pool, and how many could not be counted.
@@ -88,43 +91,57 @@ impl Peers {
         stale_after: Duration,
         up: &prometheus::IntGaugeVec,
     ) -> Self {
-        Self {
+        let peers = Self {
             id,
-            peers: addresses
-                .iter()
-                .map(|address| Peer {
-                    address: address.clone(),
-                    last: ArcSwapOption::empty(),
-                    error: ArcSwapOption::empty(),
-                    is_self: std::sync::atomic::AtomicBool::new(false),
-                    up: up.with_label_values(&[address]),
-                })
-                .collect(),
+            peers: ArcSwap::from_pointee(Vec::new()),
             interval,
             stale_after,
-        }
+            up: up.clone(),
+        };
+        peers.set_addresses(addresses);
+        peers
     }
 
-    /// No peers: a gateway on its own.
-    pub fn none() -> Self {
-        Self {
-            id: new_id(),
-            peers: Vec::new(),
-            interval: Duration::from_secs(1),
-            stale_after: Duration::from_secs(1),
+    /// Replaces the peer list; peers still listed keep their last reading.
+    pub fn set_addresses(&self, addresses: &[String]) {
+        let current = self.peers.load();
+        let next: Vec<Arc<Peer>> = addresses
+            .iter()
+            .map(|address| {
+                current
+                    .iter()
+                    .find(|p| &p.address == address)
+                    .cloned()
+                    .unwrap_or_else(|| {
+                        Arc::new(Peer {
+                            address: address.clone(),
+                            last: ArcSwapOption::empty(),
+                            error: ArcSwapOption::empty(),
+                            is_self: std::sync::atomic::AtomicBool::new(false),
+                            up: self.up.with_label_values(&[address]),
+                        })
+                    })
+            })
+            .collect();
+        for gone in current.iter().filter(|p| !addresses.contains(&p.address)) {
+            let _ = self.up.remove_label_values(&[&gone.address]);
         }
+        self.peers.store(Arc::new(next));
     }
 
-    fn others(&self) -> impl Iterator<Item = &Peer> {
+    fn others(&self) -> Vec<Arc<Peer>> {
         self.peers
+            .load()
             .iter()
             .filter(|p| !p.is_self.load(std::sync::atomic::Ordering::Relaxed))
+            .cloned()
+            .collect()
     }
 
     /// The other gateways' load on `pool` at `now`.
     pub fn load(&self, pool: &str, now: Instant) -> PeerSum {
         let mut sum = PeerSum::default();
-        for peer in self.others() {
+        for peer in &self.others() {
             let last = peer.last.load();
             match last
                 .as_deref()
@@ -144,6 +161,7 @@ impl Peers {
     /// Each peer's state, for `/admin/status`.
     pub fn status(&self, now: Instant) -> Vec<PeerStatus> {
         self.others()
+            .iter()
             .map(|peer| {
                 let last = peer.last.load();
                 let read_ago = last
@@ -160,6 +178,22 @@ impl Peers {
     }
 }
 
+/// The gateways' Service endpoints are the peers (their admin listeners).
+impl crate::discovery::kubernetes::EndpointSink for Peers {
+    fn set(&self, members: Vec<crate::discovery::kubernetes::Member>) {
+        let addresses: Vec<String> = members
+            .iter()
+            .filter(|m| !m.terminating)
+            .filter_map(|m| m.authority.as_ref().map(|a| a.to_string()))
+            .collect();
+        self.set_addresses(&addresses);
+    }
+
+    fn known(&self) -> usize {
+        self.peers.load().len()
+    }
+}
+
 /// A new gateway identity: unique per process start.
 pub fn new_id() -> String {
     let nanos = std::time::SystemTime::now()
@@ -168,12 +202,9 @@ pub fn new_id() -> String {
     format!("{:x}-{:x}", std::process::id(), nanos & 0xffff_ffff_ffff)
 }
 
-/// Reads every peer's page every `interval` until aborted (nothing when there is no peer).
-pub fn spawn(peers: Arc<Peers>) -> Option<JoinHandle<()>> {
-    if peers.peers.is_empty() {
-        return None;
-    }
-    Some(tokio::spawn(async move {
+/// Reads every peer's page every `interval` until aborted.
+pub fn spawn(peers: Arc<Peers>) -> JoinHandle<()> {
+    tokio::spawn(async move {
         let client: HttpClient = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .build_http();
@@ -184,19 +215,18 @@ pub fn spawn(peers: Arc<Peers>) -> Option<JoinHandle<()>> {
         loop {
             tick.tick().await;
             let mut reads = JoinSet::new();
-            for i in 0..peers.peers.len() {
-                let (peers, client) = (peers.clone(), client.clone());
+            for peer in peers.peers.load().iter().cloned() {
+                let (id, client) = (peers.id.clone(), client.clone());
                 reads.spawn(async move {
-                    let peer = &peers.peers[i];
                     let read = tokio::time::timeout(timeout, read(&client, &peer.address)).await;
                     let result =
                         read.unwrap_or_else(|_| Err(format!("no answer within {timeout:?}")));
-                    record(&peers.id, peer, result);
+                    record(&id, &peer, result);
                 });
             }
             while reads.join_next().await.is_some() {}
         }
-    }))
+    })
 }
 
 fn record(own_id: &str, peer: &Peer, result: Result<(String, Reading), String>) {
@@ -311,21 +341,18 @@ infergate_upstream_inflight{pool=\"chat\",replica=\"10.0.0.1:8000\"} 7
     #[test]
     fn peers_add_up_skip_themselves_and_count_what_is_unknown() {
         let p = peers(&["a:1", "b:1", "c:1", "self:1"]);
+        let list = p.peers.load_full();
         let now = Instant::now();
         let reading = |inflight, queued, at| {
             let pools = [("chat".to_string(), PoolLoad { inflight, queued })].into();
             Ok(("peer".to_string(), Reading { at, pools }))
         };
-        record("me", &p.peers[0], reading(5, 1, now));
+        record("me", &list[0], reading(5, 1, now));
+        record("me", &list[1], reading(2, 4, now - Duration::from_secs(1)));
+        record("me", &list[2], Err("connection refused".into()));
         record(
             "me",
-            &p.peers[1],
-            reading(2, 4, now - Duration::from_secs(1)),
-        );
-        record("me", &p.peers[2], Err("connection refused".into()));
-        record(
-            "me",
-            &p.peers[3],
+            &list[3],
             Ok((
                 "me".to_string(),
                 Reading {
@@ -345,7 +372,7 @@ infergate_upstream_inflight{pool=\"chat\",replica=\"10.0.0.1:8000\"} 7
         assert_eq!(sum.unknown, 1, "c was never read");
         assert_eq!(p.load("other", now).load, PoolLoad::default());
         // b's reading ages out; a's last one still counts while fresh, even after a failure.
-        record("me", &p.peers[0], Err("timed out".into()));
+        record("me", &list[0], Err("timed out".into()));
         let later = now + Duration::from_millis(1500);
         let sum = p.load("chat", later);
         assert_eq!(
@@ -361,5 +388,16 @@ infergate_upstream_inflight{pool=\"chat\",replica=\"10.0.0.1:8000\"} 7
         assert!(!status[0].up);
         assert_eq!(status[0].error.as_deref(), Some("timed out"));
         assert!(status[1].up);
+        // The list changes (the gateways' Service scaled): b stays with its reading, c goes.
+        p.set_addresses(&["b:1".to_string(), "d:1".to_string()]);
+        let sum = p.load("chat", now);
+        assert_eq!(
+            sum.load,
+            PoolLoad {
+                inflight: 2,
+                queued: 4
+            }
+        );
+        assert_eq!(sum.unknown, 1, "d is not read yet");
     }
 }

@@ -211,6 +211,14 @@ def main():
             if plural:
                 needed |= {(tns, group, f"{plural}/scale", v, t["name"]) for v in SCALE_VERBS}
             needed.add((ns, "", "pods", "patch", None))
+    cluster = (config.get("cluster") or {}).get("kubernetes")
+    if cluster:
+        ns = cluster.get("namespace") or release_ns
+        needed |= {(ns, "discovery.k8s.io", "endpointslices", v, None) for v in ("list", "watch")}
+        # The peers are the metrics Service's endpoints, on its admin port.
+        metrics_svc = [s for s in by_kind["Service"] if s["metadata"]["name"] == cluster["service"]]
+        if not metrics_svc or cluster.get("port") not in [p["name"] for p in metrics_svc[0]["spec"]["ports"]]:
+            problem(f"cluster.kubernetes names {cluster.get('service')}:{cluster.get('port')}, which is no rendered Service port")
     le = config.get("leader_election") or {}
     if le.get("enabled"):
         ns = le.get("namespace") or release_ns

@@ -122,6 +122,9 @@ pub struct RawCluster {
     /// Admin addresses (host:port) of the other gateway replicas, read every `peer_interval`
     /// at `/metrics`. This gateway's own address may be listed too (it recognises itself).
     pub peers: Vec<String>,
+    /// On Kubernetes, instead of `peers`: the gateways' own Service, whose endpoints (on its
+    /// admin port) are the peers, watched as they come and go.
+    pub kubernetes: Option<RawClusterService>,
     /// How often each peer's page is read (duration); a request held at a peer reaches this
     /// gateway's scaler within it.
     pub peer_interval: Quantity,
@@ -130,10 +133,23 @@ pub struct RawCluster {
     pub peer_stale_after: Quantity,
 }
 
+/// The Service in front of the gateway replicas' admin listeners.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawClusterService {
+    /// Name of the Service. Required.
+    pub service: String,
+    /// The Service's admin port, by number or name; the first port when unset.
+    pub port: Option<PortRef>,
+    /// Namespace; empty means the gateway pod's own namespace.
+    pub namespace: String,
+}
+
 impl Default for RawCluster {
     fn default() -> Self {
         Self {
             peers: Vec::new(),
+            kubernetes: None,
             peer_interval: "250ms".into(),
             peer_stale_after: "5s".into(),
         }

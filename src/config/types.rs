@@ -20,11 +20,21 @@ pub struct Config {
     pub pools: Vec<Pool>,
 }
 
+/// The Service whose endpoints are the gateway replicas' admin listeners.
+#[derive(Debug, Clone)]
+pub struct ClusterService {
+    pub service: String,
+    pub port: Option<PortRef>,
+    pub namespace: Option<String>,
+}
+
 /// The other gateway replicas whose load joins this gateway's scaler signal.
 #[derive(Debug, Clone)]
 pub struct Cluster {
     /// Their admin addresses (`host:port`).
     pub peers: Vec<String>,
+    /// Or the gateways' own Service, whose endpoints are the peers.
+    pub kubernetes: Option<ClusterService>,
     pub peer_interval: Duration,
     pub peer_stale_after: Duration,
 }

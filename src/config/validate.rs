@@ -159,8 +159,28 @@ fn cluster(c: &mut Checker, raw: &RawCluster) -> Cluster {
             );
         }
     }
+    let kubernetes = raw.kubernetes.as_ref().map(|k| {
+        if k.service.is_empty() {
+            c.fail(
+                "cluster.kubernetes.service",
+                "the gateways' Service name is required",
+            );
+        }
+        if !raw.peers.is_empty() {
+            c.fail(
+                "cluster.kubernetes",
+                "give either cluster.peers or cluster.kubernetes, not both",
+            );
+        }
+        ClusterService {
+            service: k.service.clone(),
+            port: k.port.clone(),
+            namespace: Checker::namespace(&k.namespace),
+        }
+    });
     Cluster {
         peers: raw.peers.clone(),
+        kubernetes,
         peer_interval: c.positive_duration("cluster.peer_interval".into(), &raw.peer_interval),
         peer_stale_after: c
             .positive_duration("cluster.peer_stale_after".into(), &raw.peer_stale_after),

@@ -169,6 +169,51 @@ impl Members {
     }
 }
 
+/// Where watched endpoints go: a pool's replica set ([`Members`]) or the peer gateways.
+pub trait EndpointSink: Send + Sync + 'static {
+    /// Replaces the endpoints with what the API server said last.
+    fn set(&self, members: Vec<Member>);
+    /// How many it uses now (for the outage log line).
+    fn known(&self) -> usize;
+}
+
+impl EndpointSink for Members {
+    fn set(&self, members: Vec<Member>) {
+        Members::set(self, members);
+    }
+
+    fn known(&self) -> usize {
+        self.pool.snapshot().replicas.len()
+    }
+}
+
+/// Watches the endpoints of a Service (its EndpointSlices) until aborted; `port` picks the
+/// slice port by number or name. `what` names the watch in logs.
+pub fn watch_service(
+    context: &KubeContext,
+    namespace: String,
+    service: &str,
+    port: Option<PortRef>,
+    sink: Arc<dyn EndpointSink>,
+    health: Arc<ApiHealth>,
+    what: String,
+) -> JoinHandle<()> {
+    let api: Api<EndpointSlice> = Api::namespaced(context.client.clone(), &namespace);
+    let watch = watcher::Config::default().labels(&format!("kubernetes.io/service-name={service}"));
+    tokio::spawn(run(
+        api,
+        watch,
+        move |slice: &EndpointSlice| slice_members(slice, port.as_ref()),
+        Watched {
+            what,
+            resource: "endpointslices.discovery.k8s.io",
+            namespace,
+            sink,
+            health,
+        },
+    ))
+}
+
 /// Watches the pool's endpoints until aborted.
 pub fn spawn(
     config: &KubernetesDiscovery,
@@ -182,21 +227,7 @@ pub fn spawn(
     let pool = members.pool.name().to_string();
     match &config.source {
         KubernetesSource::Service(service) => {
-            let api: Api<EndpointSlice> = Api::namespaced(client, &namespace);
-            let watch =
-                watcher::Config::default().labels(&format!("kubernetes.io/service-name={service}"));
-            tokio::spawn(run(
-                api,
-                watch,
-                move |slice: &EndpointSlice| slice_members(slice, port.as_ref()),
-                Watched {
-                    pool,
-                    resource: "endpointslices.discovery.k8s.io",
-                    namespace,
-                    members,
-                    health,
-                },
-            ))
+            watch_service(context, namespace, service, port, members, health, pool)
         }
         KubernetesSource::Selector(selector) => {
             let api: Api<Pod> = Api::namespaced(client, &namespace);
@@ -207,10 +238,10 @@ pub fn spawn(
                 watch,
                 move |pod: &Pod| pod_member(pod, port.as_ref()).into_iter().collect(),
                 Watched {
-                    pool,
+                    what: pool,
                     resource: "pods",
                     namespace,
-                    members,
+                    sink: members,
                     health,
                 },
             ))
@@ -219,10 +250,11 @@ pub fn spawn(
 }
 
 struct Watched {
-    pool: String,
+    /// The pool's name, or what else is watched.
+    what: String,
     resource: &'static str,
     namespace: String,
-    members: Arc<Members>,
+    sink: Arc<dyn EndpointSink>,
     health: Arc<ApiHealth>,
 }
 
@@ -240,7 +272,7 @@ async fn run<K>(
     let mut objects: HashMap<String, Vec<Member>> = HashMap::new();
     let mut relisting: Option<HashMap<String, Vec<Member>>> = None;
     let publish = |objects: &HashMap<String, Vec<Member>>| {
-        w.members.set(objects.values().flatten().cloned().collect());
+        w.sink.set(objects.values().flatten().cloned().collect());
     };
     while let Some(event) = stream.next().await {
         let event = match event {
@@ -283,23 +315,23 @@ fn failed(w: &Watched, error: watcher::Error) {
     let (verb, source) = match error {
         // The resourceVersion is too old: the watcher relists at once. Not an outage.
         watcher::Error::WatchError(status) if status.code == 410 => {
-            tracing::debug!(pool = %w.pool, "watch expired (410 Gone); relisting");
+            tracing::debug!(pool = %w.what, "watch expired (410 Gone); relisting");
             return;
         }
         watcher::Error::InitialListFailed(e) => ("list", e),
         watcher::Error::WatchStartFailed(e) | watcher::Error::WatchFailed(e) => ("watch", e),
         other => {
             let message = other.to_string();
-            tracing::warn!(pool = %w.pool, "watch of {} failed: {message}", w.resource);
+            tracing::warn!(pool = %w.what, "watch of {} failed: {message}", w.resource);
             w.health.failed(message);
             return;
         }
     };
     let error = KubeError::new(source, verb, w.resource, &w.namespace);
     let message = error.to_string();
-    let replicas = w.members.pool.snapshot().replicas.len();
+    let replicas = w.sink.known();
     if w.health.outage().is_none_or(|(_, last)| last != message) {
-        tracing::warn!(pool = %w.pool, replicas, "Kubernetes API unreachable, routing on the last known replicas: {message}");
+        tracing::warn!(pool = %w.what, replicas, "Kubernetes API unreachable, routing on the last known replicas: {message}");
     }
     w.health.failed(message);
 }

@@ -84,6 +84,11 @@ ConfigMap, its checksum, the RBAC rules) renders it through this one definition.
 {{- if $le -}}
 {{- $_ := set $cfg "leader_election" $le -}}
 {{- end -}}
+{{- /* Several gateway replicas: each reads the others' own load through the metrics Service's
+endpoints (their admin port), so that every scaler sees the cluster's signal. */ -}}
+{{- if and (eq $mode "gateway") (gt (int .Values.replicaCount) 1) .Values.metricsService.enabled (not (hasKey $cfg "cluster")) -}}
+{{- $_ := set $cfg "cluster" (dict "kubernetes" (dict "service" (printf "%s-metrics" (include "infergate.fullname" .)) "port" "admin")) -}}
+{{- end -}}
 {{- if not (get $cfg "pools") -}}
 {{- fail "config.pools: at least one model pool is needed" -}}
 {{- end -}}
@@ -134,6 +139,13 @@ that a Kubernetes scale provider with several gateway replicas has leader electi
 {{- $r = append $r (dict "apiGroups" (list "") "resources" (list "pods") "verbs" (list "patch")) -}}
 {{- $_ := set $rules $discNs $r -}}
 {{- end -}}
+{{- end -}}
+{{- $cluster := get (get $cfg "cluster" | default dict) "kubernetes" | default dict -}}
+{{- if $cluster -}}
+{{- $clusterNs := get $cluster "namespace" | default $relNs -}}
+{{- $r := get $rules $clusterNs | default list -}}
+{{- $r = append $r (dict "apiGroups" (list "discovery.k8s.io") "resources" (list "endpointslices") "verbs" (list "list" "watch")) -}}
+{{- $_ := set $rules $clusterNs $r -}}
 {{- end -}}
 {{- $le := get $cfg "leader_election" | default dict -}}
 {{- if get $le "enabled" -}}
