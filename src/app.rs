@@ -91,6 +91,7 @@ pub async fn start_with(config: Config, options: Options) -> anyhow::Result<App>
         pools,
         metrics,
         peers,
+        draining: false.into(),
     });
     let (gateway, admin) = serve(&state, gateway_listeners, admin_listener)?;
     Ok(App {
@@ -329,14 +330,23 @@ fn serve(
     gateway_listeners: Vec<std::net::TcpListener>,
     admin_listener: Vec<std::net::TcpListener>,
 ) -> anyhow::Result<(Server, Server)> {
-    let drain = state.config.listeners.drain_timeout;
+    let listeners = &state.config.listeners;
+    let drain = listeners.drain_timeout;
+    let limits = http_server::Limits {
+        header_timeout: listeners.header_timeout,
+        max_connections: match listeners.max_connections {
+            0 => http_server::default_max_connections(http_server::raise_open_file_limit()),
+            n => n,
+        },
+    };
     let gateway_state = state.clone();
-    let gateway = http_server::serve("gateway", gateway_listeners, drain, move |worker| {
+    let gateway = http_server::serve("gateway", gateway_listeners, drain, limits, move |worker| {
         let state = gateway_state.clone();
         move |req, peer| crate::gateway::proxy::handle(state.clone(), worker, req, peer)
     })?;
     let admin_state = state.clone();
-    let admin = http_server::serve("admin", admin_listener, Duration::from_secs(1), move |_| {
+    let (admin_drain, small) = (Duration::from_secs(1), http_server::Limits::SMALL);
+    let admin = http_server::serve("admin", admin_listener, admin_drain, small, move |_| {
         let state = admin_state.clone();
         move |req, _| crate::admin::handle(state.clone(), req)
     })?;
@@ -356,6 +366,9 @@ impl App {
     /// Stops the scalers, stops accepting, lets in-flight answers finish (up to
     /// `listeners.drain_timeout`), then stops local replicas.
     pub async fn shutdown(self) {
+        self.state
+            .draining
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         for task in &self.background {
             task.abort();
         }

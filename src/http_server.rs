@@ -7,6 +7,12 @@
 //! request and the upstream connection it uses then live on one thread, with no cross-thread
 //! wake-ups (the cost that dominates a proxy's profile on a small machine). A worker takes a
 //! new connection only while no other has fewer open (`Balance`).
+//!
+//! Slow and greedy clients are bounded ([`Limits`]): a request's headers must arrive within
+//! `header_timeout` (hyper's timer), a body within [`BodyTimeouts`], and a listener holds at
+//! most `max_connections` open — one more is answered 503 and closed at once, so that a flood
+//! of idle connections cannot use up the process's file descriptors (and take the admin
+//! listener down with the gateway).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -18,7 +24,7 @@ use std::time::Duration;
 use hyper::body::{Body, Incoming};
 use hyper::service::service_fn;
 use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpSocket};
@@ -72,6 +78,44 @@ fn bind_one(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     socket.listen(4096)?.into_std()
 }
 
+/// What one listener allows its clients.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// A request's headers must arrive in full within this.
+    pub header_timeout: Duration,
+    /// Connections open at once; more are answered 503 and closed.
+    pub max_connections: usize,
+}
+
+impl Limits {
+    /// For a listener that only tools and probes use (admin, a simulator).
+    pub const SMALL: Limits = Limits {
+        header_timeout: Duration::from_secs(10),
+        max_connections: 1024,
+    };
+}
+
+/// Raises the soft open-file limit to the hard one (as Go's runtime does at start), and returns
+/// the limit now in force (None where it cannot be read).
+pub fn raise_open_file_limit() -> Option<u64> {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).ok()?;
+    if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+        return Some(hard);
+    }
+    Some(soft)
+}
+
+/// The gateway listener's default connection cap for an open-file limit of `files`: half of it
+/// less 256, so that each client connection can have an upstream one and the admin listener,
+/// scrapes and replicas keep descriptors.
+pub fn default_max_connections(files: Option<u64>) -> usize {
+    match files {
+        Some(files) => (files.saturating_sub(256) / 2).max(16) as usize,
+        None => 4096,
+    }
+}
+
 /// Serves on one thread per listener, each a single-threaded runtime, named `{name}-{worker}`
 /// (so `top -H` and `perf` tell the gateway's workers from its admin API or a simulator).
 /// `make_handler(worker)` builds each thread's handler on that thread, so per-thread state
@@ -80,6 +124,7 @@ pub fn serve<M, H, F, B>(
     name: &str,
     listeners: Vec<std::net::TcpListener>,
     drain: Duration,
+    limits: Limits,
     make_handler: M,
 ) -> std::io::Result<Server>
 where
@@ -111,7 +156,14 @@ where
                     let listener =
                         TcpListener::from_std(listener).expect("a bound listener converts");
                     let handler = make_handler(worker);
-                    accept_loop(listener, drain, handler, stopped, balance, worker).await;
+                    let accept = Accept {
+                        listener,
+                        drain,
+                        limits,
+                        balance,
+                        worker,
+                    };
+                    accept.run(handler, stopped).await;
                 });
                 let _ = done_tx.send(());
             })?;
@@ -147,6 +199,11 @@ impl Balance {
         open.iter().all(|n| n.load(Ordering::Relaxed) >= mine)
     }
 
+    /// Connections open over all workers.
+    fn total(&self) -> usize {
+        self.0.open.iter().map(|n| n.load(Ordering::Relaxed)).sum()
+    }
+
     /// Counts a connection on `worker` until the returned guard drops.
     fn open(&self, worker: usize) -> OpenConnection {
         self.0.open[worker].fetch_add(1, Ordering::Relaxed);
@@ -171,59 +228,100 @@ impl Drop for OpenConnection {
     }
 }
 
-/// Accepts until stopped, then drains. Connections are `spawn_local`ed on the worker's own
-/// thread, so handlers and bodies need not be `Send`.
-async fn accept_loop<H, F, B>(
+/// One worker's accept loop and what it enforces.
+struct Accept {
     listener: TcpListener,
     drain: Duration,
-    handler: H,
-    mut stopped: watch::Receiver<bool>,
+    limits: Limits,
     balance: Balance,
     worker: usize,
-) where
-    H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + 'static,
-    F: Future<Output = Response<B>> + 'static,
-    B: Body<Data = bytes::Bytes> + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    let graceful = GracefulShutdown::new();
-    let builder = auto::Builder::new(LocalExecutor);
-    loop {
-        // Registered before the check, so a change between the two is not missed.
-        let changed = balance.0.changed.notified();
-        tokio::pin!(changed);
-        changed.as_mut().enable();
-        if !balance.may_accept(worker) {
+}
+
+/// What a connection over the cap gets before it is closed.
+const OVER_CAPACITY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nconnection: close\r\ncontent-type: application/json\r\nretry-after: 1\r\ncontent-length: 108\r\n\r\n{\"error\": {\"message\": \"too many open connections; retry later\", \"type\": \"service_unavailable\", \"code\": 503}}";
+
+impl Accept {
+    /// Accepts until stopped, then drains. Connections are `spawn_local`ed on the worker's own
+    /// thread, so handlers and bodies need not be `Send`.
+    async fn run<H, F, B>(self, handler: H, mut stopped: watch::Receiver<bool>)
+    where
+        H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + 'static,
+        F: Future<Output = Response<B>> + 'static,
+        B: Body<Data = bytes::Bytes> + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let Self {
+            listener,
+            drain,
+            limits,
+            balance,
+            worker,
+        } = self;
+        let graceful = GracefulShutdown::new();
+        let mut builder = auto::Builder::new(LocalExecutor);
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_timeout);
+        builder.http2().timer(TokioTimer::new());
+        let mut over_cap = false;
+        loop {
+            // Registered before the check, so a change between the two is not missed.
+            let changed = balance.0.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if !balance.may_accept(worker) {
+                tokio::select! {
+                    _ = changed => continue,
+                    _ = stopped.changed() => break,
+                }
+            }
             tokio::select! {
-                _ = changed => continue,
+                accepted = listener.accept() => {
+                    let Ok((stream, peer)) = accepted else {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        continue;
+                    };
+                    if balance.total() >= limits.max_connections {
+                        if !over_cap {
+                            tracing::warn!(max_connections = limits.max_connections, "connection cap reached: refusing new connections");
+                        }
+                        over_cap = true;
+                        tokio::task::spawn_local(refuse(stream));
+                        continue;
+                    }
+                    over_cap = false;
+                    let _ = stream.set_nodelay(true);
+                    let handler = handler.clone();
+                    let service = service_fn(move |req| {
+                        let response = handler(req, peer);
+                        async move { Ok::<_, Infallible>(response.await) }
+                    });
+                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                    let conn = graceful.watch(conn.into_owned());
+                    let open = balance.open(worker);
+                    tokio::task::spawn_local(async move {
+                        let _ = conn.await;
+                        drop(open);
+                    });
+                }
                 _ = stopped.changed() => break,
             }
         }
-        tokio::select! {
-            accepted = listener.accept() => {
-                let Ok((stream, peer)) = accepted else {
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                    continue;
-                };
-                let _ = stream.set_nodelay(true);
-                let handler = handler.clone();
-                let service = service_fn(move |req| {
-                    let response = handler(req, peer);
-                    async move { Ok::<_, Infallible>(response.await) }
-                });
-                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                let conn = graceful.watch(conn.into_owned());
-                let open = balance.open(worker);
-                tokio::task::spawn_local(async move {
-                    let _ = conn.await;
-                    drop(open);
-                });
-            }
-            _ = stopped.changed() => break,
-        }
+        drop(listener);
+        let _ = tokio::time::timeout(drain, graceful.shutdown()).await;
     }
-    drop(listener);
-    let _ = tokio::time::timeout(drain, graceful.shutdown()).await;
+}
+
+/// Answers a connection over the cap with 503 and closes it (bounded: a client that does not
+/// read is dropped after a second).
+async fn refuse(mut stream: tokio::net::TcpStream) {
+    use tokio::io::AsyncWriteExt;
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        let _ = stream.write_all(OVER_CAPACITY).await;
+        let _ = stream.shutdown().await;
+    })
+    .await;
 }
 
 /// Runs hyper's background futures (h2 streams, upstream connections) on the worker's own
@@ -249,12 +347,45 @@ pub enum BodyError {
     TooLarge,
     /// The client broke off or sent malformed framing.
     Unreadable,
+    /// The client paused longer than the idle timeout, or took longer than the total one.
+    TimedOut,
 }
 
-/// Reads a request body of at most `limit` bytes. Over the limit, the rest is read and dropped
-/// (up to a bound and a few seconds) before the caller answers 413, so the client, still
-/// sending, gets that answer instead of a reset connection.
-pub async fn read_body(mut body: Incoming, limit: usize) -> Result<bytes::Bytes, BodyError> {
+/// How long a client may take over a request body.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyTimeouts {
+    /// Longest pause between two pieces.
+    pub idle: Duration,
+    /// Longest time for the whole body.
+    pub total: Duration,
+}
+
+impl BodyTimeouts {
+    /// For tools and tests: a minute for the whole, ten seconds between pieces.
+    pub const DEFAULT: BodyTimeouts = BodyTimeouts {
+        idle: Duration::from_secs(10),
+        total: Duration::from_secs(60),
+    };
+}
+
+/// Reads a request body of at most `limit` bytes within `timeouts`. Over the limit, the rest
+/// is read and dropped (up to a bound and a few seconds) before the caller answers 413, so the
+/// client, still sending, gets that answer instead of a reset connection.
+pub async fn read_body(
+    body: Incoming,
+    limit: usize,
+    timeouts: BodyTimeouts,
+) -> Result<bytes::Bytes, BodyError> {
+    tokio::time::timeout(timeouts.total, read_body_idle(body, limit, timeouts.idle))
+        .await
+        .unwrap_or(Err(BodyError::TimedOut))
+}
+
+async fn read_body_idle(
+    mut body: Incoming,
+    limit: usize,
+    idle: Duration,
+) -> Result<bytes::Bytes, BodyError> {
     use http_body_util::BodyExt;
     let mut collected = bytes::BytesMut::new();
     // A declared length within the limit is allocated at once (a 1 MiB prompt otherwise grows
@@ -263,7 +394,11 @@ pub async fn read_body(mut body: Incoming, limit: usize) -> Result<bytes::Bytes,
         n if n <= limit as u64 => n as usize,
         _ => 0, // refused below anyway
     };
-    while let Some(frame) = body.frame().await {
+    loop {
+        let Ok(next) = tokio::time::timeout(idle, body.frame()).await else {
+            return Err(BodyError::TimedOut);
+        };
+        let Some(frame) = next else { break };
         let Ok(frame) = frame else {
             return Err(BodyError::Unreadable);
         };

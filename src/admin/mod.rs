@@ -40,6 +40,10 @@ pub async fn handle(state: Arc<GatewayState>, req: Request<Incoming>) -> Respons
             r
         }
         "/healthz" => text(StatusCode::OK, "ok\n"),
+        "/readyz" if state.draining.load(std::sync::atomic::Ordering::Relaxed) => json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({"ready": false, "draining": true}),
+        ),
         "/readyz" => {
             let now = Instant::now();
             let ready: Vec<&str> = state

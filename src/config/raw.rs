@@ -75,6 +75,19 @@ pub struct RawListeners {
     /// with busy neighbours (replicas, a load generator), fewer workers than cores give a
     /// shorter latency tail (BENCHMARKS.md: one worker on two shared cores).
     pub worker_threads: u32,
+    /// Longest time a client may take to send a request's headers (duration); a slower
+    /// connection is closed (slowloris). Also bounds an idle keep-alive connection's wait for its
+    /// next request's first bytes to arrive in full.
+    pub header_timeout: Quantity,
+    /// Longest pause between two pieces of a request body (duration); the request then gets 408.
+    pub body_idle_timeout: Quantity,
+    /// Longest time to receive a whole request body (duration); the request then gets 408.
+    pub body_timeout: Quantity,
+    /// Client connections the gateway listener holds open at once; a connection over it is
+    /// answered 503 and closed at once, while the admin listener and established streams go on.
+    /// 0: from the open-file limit (raised to its hard limit at start) — half of it less 256, so
+    /// that upstream and scrape connections and the admin listener keep file descriptors.
+    pub max_connections: u32,
 }
 
 impl Default for RawListeners {
@@ -85,6 +98,10 @@ impl Default for RawListeners {
             max_body_size: "32MiB".into(),
             drain_timeout: "30s".into(),
             worker_threads: 0,
+            header_timeout: "10s".into(),
+            body_idle_timeout: "10s".into(),
+            body_timeout: "60s".into(),
+            max_connections: 0,
         }
     }
 }

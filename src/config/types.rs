@@ -48,6 +48,11 @@ pub struct Listeners {
     pub drain_timeout: Duration,
     /// Threads serving the gateway listener (0 resolved to the core count).
     pub worker_threads: usize,
+    pub header_timeout: Duration,
+    pub body_idle_timeout: Duration,
+    pub body_timeout: Duration,
+    /// Open client connections on the gateway listener (0: from the open-file limit at start).
+    pub max_connections: usize,
 }
 
 #[derive(Debug, Clone)]

@@ -209,6 +209,11 @@ fn listeners(c: &mut Checker, raw: &RawListeners) -> Listeners {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n as usize,
         },
+        header_timeout: c.positive_duration("listeners.header_timeout".into(), &raw.header_timeout),
+        body_idle_timeout: c
+            .positive_duration("listeners.body_idle_timeout".into(), &raw.body_idle_timeout),
+        body_timeout: c.positive_duration("listeners.body_timeout".into(), &raw.body_timeout),
+        max_connections: raw.max_connections as usize,
     }
 }
 

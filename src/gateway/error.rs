@@ -19,6 +19,8 @@ pub enum GatewayError {
     BodyTooLarge(u64),
     #[error("could not read the request body")]
     BodyRead,
+    #[error("the request body came too slowly")]
+    BodyTimeout,
     #[error("no route for {0}")]
     NotFound(String),
     #[error("method not allowed")]
@@ -39,12 +41,24 @@ pub enum GatewayError {
     Shed,
 }
 
+/// Longest piece of client input an error message repeats (a model name, a path).
+const ECHO_CHARS: usize = 128;
+
+/// `text` as an error message may repeat it: at most [`ECHO_CHARS`] characters.
+pub fn echo(text: &str) -> String {
+    match text.char_indices().nth(ECHO_CHARS) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text.to_string(),
+    }
+}
+
 impl GatewayError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::MalformedJson(_) | Self::MissingModel | Self::BodyRead => StatusCode::BAD_REQUEST,
             Self::UnknownModel(_) | Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::NoReplica => StatusCode::SERVICE_UNAVAILABLE,
             Self::UpstreamUnreachable | Self::UpstreamFailed => StatusCode::BAD_GATEWAY,
@@ -55,7 +69,9 @@ impl GatewayError {
 
     fn kind(&self) -> &'static str {
         match self.status() {
-            StatusCode::BAD_REQUEST => "invalid_request_error",
+            StatusCode::BAD_REQUEST
+            | StatusCode::METHOD_NOT_ALLOWED
+            | StatusCode::REQUEST_TIMEOUT => "invalid_request_error",
             StatusCode::NOT_FOUND => "not_found_error",
             StatusCode::PAYLOAD_TOO_LARGE => "request_too_large",
             StatusCode::SERVICE_UNAVAILABLE => "service_unavailable",

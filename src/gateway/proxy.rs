@@ -14,9 +14,10 @@ use hyper::body::Incoming;
 
 use super::body::{GatewayBody, ProxiedBody};
 use super::classify::{classify, rewrite_model};
-use super::error::GatewayError;
+use super::error::{GatewayError, echo};
 use super::pools::{GatewayPool, Pools};
 use crate::config::Config;
+use crate::http_server::{BodyError, BodyTimeouts, read_body};
 use crate::pool::queue::Refused;
 use crate::router;
 
@@ -27,6 +28,9 @@ pub struct GatewayState {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// The other gateways of the deployment (for `/admin/status`).
     pub peers: Arc<crate::peers::Peers>,
+    /// Set when shutdown begins: `/readyz` says so, so that load balancers stop sending here
+    /// while the open answers finish.
+    pub draining: std::sync::atomic::AtomicBool,
 }
 
 /// Answers one request on gateway worker thread `worker`.
@@ -56,7 +60,7 @@ pub async fn handle(
         (_, "/v1/models" | "/v1/completions" | "/v1/chat/completions" | "/v1/embeddings") => {
             GatewayError::MethodNotAllowed.into_response()
         }
-        (_, path) => GatewayError::NotFound(path.to_string()).into_response(),
+        (_, path) => GatewayError::NotFound(echo(path)).into_response(),
     }
 }
 
@@ -68,19 +72,32 @@ async fn proxy(
 ) -> Result<Response<GatewayBody>, GatewayError> {
     let received = Instant::now();
     let (parts, body) = req.into_parts();
-    let limit = state.config.listeners.max_body_size;
-    let body = match crate::http_server::read_body(body, limit as usize).await {
+    let listeners = &state.config.listeners;
+    let limit = listeners.max_body_size;
+    // A client waiting for `100 Continue` with a declared body over the limit gets 413 at once:
+    // it has sent nothing to read and drop yet.
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit) && parts.headers.contains_key(header::EXPECT) {
+        return Err(GatewayError::BodyTooLarge(limit));
+    }
+    let timeouts = BodyTimeouts {
+        idle: listeners.body_idle_timeout,
+        total: listeners.body_timeout,
+    };
+    let body = match read_body(body, limit as usize, timeouts).await {
         Ok(body) => body,
-        Err(crate::http_server::BodyError::TooLarge) => {
-            return Err(GatewayError::BodyTooLarge(limit));
-        }
-        Err(crate::http_server::BodyError::Unreadable) => return Err(GatewayError::BodyRead),
+        Err(BodyError::TooLarge) => return Err(GatewayError::BodyTooLarge(limit)),
+        Err(BodyError::Unreadable) => return Err(GatewayError::BodyRead),
+        Err(BodyError::TimedOut) => return Err(GatewayError::BodyTimeout),
     };
     let mut classified = classify(&body, &parts.headers, &state.config.classification)?;
     let route = state
         .pools
         .route(&classified.model)
-        .ok_or_else(|| GatewayError::UnknownModel(classified.model.clone()))?;
+        .ok_or_else(|| GatewayError::UnknownModel(echo(&classified.model)))?;
     let pool = state.pools.pools[route.route.pool].clone();
     classified.features.adapter = route.route.adapter;
     pool.metrics.bytes_in.inc_by(body.len() as u64);

@@ -121,10 +121,16 @@ pub async fn start(opts: SimOptions) -> std::io::Result<Server> {
         started,
         next_id: AtomicU64::new(1),
     });
-    http_server::serve("sim", listener, drain, move |_| {
-        let shared = shared.clone();
-        move |req, _peer| handle(shared.clone(), req)
-    })
+    http_server::serve(
+        "sim",
+        listener,
+        drain,
+        http_server::Limits::SMALL,
+        move |_| {
+            let shared = shared.clone();
+            move |req, _peer| handle(shared.clone(), req)
+        },
+    )
 }
 
 async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<SimBody> {
@@ -208,13 +214,25 @@ async fn generate(shared: Arc<Shared>, req: Request<Incoming>, kind: Kind) -> Re
         return error(status, "error forced by the x-sim-force-error header");
     }
     let version = req.version();
-    let body = match http_server::read_body(req.into_body(), shared.opts.max_body_bytes).await {
+    let body = match http_server::read_body(
+        req.into_body(),
+        shared.opts.max_body_bytes,
+        http_server::BodyTimeouts::DEFAULT,
+    )
+    .await
+    {
         Ok(body) => body,
         Err(http_server::BodyError::TooLarge) => {
             return error(StatusCode::PAYLOAD_TOO_LARGE, "request body too large");
         }
         Err(http_server::BodyError::Unreadable) => {
             return error(StatusCode::BAD_REQUEST, "could not read the request body");
+        }
+        Err(http_server::BodyError::TimedOut) => {
+            return error(
+                StatusCode::REQUEST_TIMEOUT,
+                "the request body came too slowly",
+            );
         }
     };
     let fingerprint = (body.len(), fnv1a(&body));

@@ -5,6 +5,7 @@ mod config_files;
 mod fake_kube;
 mod fleet;
 mod gateway;
+mod hardening;
 mod kube;
 mod scaler;
 mod signals;

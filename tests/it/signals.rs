@@ -117,6 +117,7 @@ fn exporter() -> Server {
         "exporter",
         infergate::http_server::bind("127.0.0.1:0".parse().unwrap(), 1).unwrap(),
         Duration::from_millis(100),
+        infergate::http_server::Limits::SMALL,
         |_| {
             |_req, _peer| async {
                 Response::new(GatewayBody::full(Bytes::from_static(
