@@ -31,6 +31,9 @@ pub struct App {
     pub gateway_addr: SocketAddr,
     pub admin_addr: SocketAddr,
     pub state: Arc<GatewayState>,
+    /// The listening sockets, kept to hand over to the next config on a reload.
+    sockets: Sockets,
+    options: Options,
     gateway: Server,
     admin: Server,
     locals: Vec<Arc<LocalProvider>>,
@@ -46,6 +49,43 @@ pub struct Options {
     /// The Kubernetes client and identity; inferred (kubeconfig or in-cluster) when a pool
     /// needs one and this is None.
     pub kube: Option<KubeContext>,
+    /// The process's metrics, kept across reloads (None: a new registry).
+    pub metrics: Option<Arc<Metrics>>,
+    /// What reloads have done so far, kept across them (None: none yet).
+    pub reloads: Option<Arc<crate::admin::Reloads>>,
+    /// This gateway's identity among its peers, kept across reloads (None: a new one).
+    pub gateway_id: Option<String>,
+}
+
+/// The bound listening sockets and the addresses they were configured with.
+struct Sockets {
+    gateway: Vec<std::net::TcpListener>,
+    admin: Vec<std::net::TcpListener>,
+    configured: (SocketAddr, SocketAddr, usize),
+}
+
+impl Sockets {
+    fn bind(config: &Config) -> anyhow::Result<Self> {
+        let listeners = &config.listeners;
+        let workers = listeners.worker_threads;
+        Ok(Self {
+            gateway: bind(listeners.gateway, workers, "listeners.gateway")?,
+            admin: bind(listeners.admin, 1, "listeners.admin")?,
+            configured: (listeners.gateway, listeners.admin, workers),
+        })
+    }
+
+    /// Handles to the same sockets (for the next config's servers).
+    fn share(&self) -> std::io::Result<Self> {
+        let clone = |all: &[std::net::TcpListener]| -> std::io::Result<Vec<_>> {
+            all.iter().map(|l| l.try_clone()).collect()
+        };
+        Ok(Self {
+            gateway: clone(&self.gateway)?,
+            admin: clone(&self.admin)?,
+            configured: self.configured,
+        })
+    }
 }
 
 /// How long `start` waits for a Kubernetes pool's first list before serving without it.
@@ -58,11 +98,20 @@ pub async fn start(config: Config) -> anyhow::Result<App> {
 
 /// [`start`] with an explicit environment.
 pub async fn start_with(config: Config, options: Options) -> anyhow::Result<App> {
-    let kube = kube_context(&config, options.kube).await?;
+    let sockets = Sockets::bind(&config)?;
+    start_on(config, options, sockets).await
+}
+
+/// Starts everything on sockets already bound.
+async fn start_on(config: Config, options: Options, sockets: Sockets) -> anyhow::Result<App> {
+    let kube = kube_context(&config, options.kube.clone()).await?;
     let workers = config.listeners.worker_threads;
-    let gateway_listeners = bind(config.listeners.gateway, workers, "listeners.gateway")?;
-    let admin_listener = bind(config.listeners.admin, 1, "listeners.admin")?;
-    let metrics = Arc::new(Metrics::new());
+    let (gateway_listeners, admin_listener) = {
+        let shared = sockets.share()?;
+        (shared.gateway, shared.admin)
+    };
+    let metrics = options.metrics.clone().unwrap_or_default();
+    let reloads = options.reloads.clone().unwrap_or_default();
     let epoch = Instant::now();
     let pools = Pools::new(
         &config.pools,
@@ -72,7 +121,11 @@ pub async fn start_with(config: Config, options: Options) -> anyhow::Result<App>
         config.classification.priority_classes.len(),
     );
     let mut background = Vec::new();
-    let peers = start_peers(&config, kube.as_ref(), &metrics, &mut background);
+    let id = options
+        .gateway_id
+        .clone()
+        .unwrap_or_else(crate::peers::new_id);
+    let peers = start_peers(&config, id, kube.as_ref(), &metrics, &mut background);
     let lease = start_leader_election(&config, kube.as_ref(), &metrics, &mut background);
     let leadership = lease.as_ref().map(|l| l.leadership.clone());
     let mut locals = Vec::new();
@@ -92,12 +145,21 @@ pub async fn start_with(config: Config, options: Options) -> anyhow::Result<App>
         metrics,
         peers,
         draining: false.into(),
+        reloads,
     });
     let (gateway, admin) = serve(&state, gateway_listeners, admin_listener)?;
+    let options = Options {
+        kube,
+        metrics: Some(state.metrics.clone()),
+        reloads: Some(state.reloads.clone()),
+        gateway_id: Some(state.peers.id.clone()),
+    };
     Ok(App {
         gateway_addr: gateway.addr,
         admin_addr: admin.addr,
         state,
+        sockets,
+        options,
         gateway,
         admin,
         locals,
@@ -268,13 +330,14 @@ async fn start_discovery(
 /// endpoints of the gateways' own Service, watched (none configured: none read).
 fn start_peers(
     config: &Config,
+    id: String,
     kube: Option<&KubeContext>,
     metrics: &Metrics,
     background: &mut Vec<JoinHandle<()>>,
 ) -> Arc<Peers> {
     let cluster = &config.cluster;
     let peers = Arc::new(Peers::new(
-        crate::peers::new_id(),
+        id,
         &cluster.peers,
         cluster.peer_interval,
         cluster.peer_stale_after,
@@ -354,6 +417,35 @@ fn serve(
 }
 
 impl App {
+    /// Applies `config` the way `nginx -s reload` does: everything starts anew on the new
+    /// config — pools, discovery, scrapers, scalers, local replicas — on the same listening
+    /// sockets, and new connections go to it; then this one stops accepting and its open
+    /// answers finish on the pool state they started with (up to its drain timeout) before its
+    /// local replicas stop. Changed listener addresses or worker counts need a restart, and
+    /// a config that cannot start leaves this one serving: both come back as errors with this
+    /// app.
+    pub async fn reload(self, config: Config) -> Result<App, (App, anyhow::Error)> {
+        let listeners = &config.listeners;
+        let wanted = (listeners.gateway, listeners.admin, listeners.worker_threads);
+        if wanted != self.sockets.configured {
+            let error = anyhow::anyhow!(
+                "listeners.gateway, listeners.admin or listeners.worker_threads changed: restart to apply"
+            );
+            return Err((self, error));
+        }
+        let sockets = match self.sockets.share() {
+            Ok(sockets) => sockets,
+            Err(e) => return Err((self, e.into())),
+        };
+        match start_on(config, self.options.clone(), sockets).await {
+            Ok(next) => {
+                tokio::spawn(self.shutdown());
+                Ok(next)
+            }
+            Err(e) => Err((self, e)),
+        }
+    }
+
     /// Addresses and PIDs of the running local replicas (for tests that kill one).
     pub async fn local_replica_pids(&self) -> Vec<(SocketAddr, u32)> {
         let mut all = Vec::new();

@@ -208,23 +208,98 @@ fn load_config(path: Option<PathBuf>) -> anyhow::Result<config::Config> {
 }
 
 fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
-    let config = load_config(path)?;
+    let config = load_config(path.clone())?;
     tracing::info!("{}", config.summary());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async move {
-        let gateway = crate::app::start(config).await?;
+        let mut gateway = crate::app::start(config).await?;
         tracing::info!("gateway listening on http://{}", gateway.gateway_addr);
         tracing::info!(
             "admin listening on http://{} (/metrics, /healthz, /readyz, /admin/status)",
             gateway.admin_addr
         );
-        shutdown_signal().await;
+        let mut hangups = hangups();
+        loop {
+            tokio::select! {
+                () = shutdown_signal() => break,
+                Some(()) = hangups.recv() => gateway = reload(gateway, path.as_deref()).await,
+            }
+        }
         tracing::info!("shutting down: draining in-flight answers");
         gateway.shutdown().await;
         Ok(())
     })
+}
+
+/// SIGHUPs (what `systemctl reload` and most supervisors send), as a stream.
+fn hangups() -> tokio::sync::mpsc::Receiver<()> {
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    #[cfg(unix)]
+    tokio::spawn(async move {
+        let kind = tokio::signal::unix::SignalKind::hangup();
+        let Ok(mut hup) = tokio::signal::unix::signal(kind) else {
+            return;
+        };
+        while hup.recv().await.is_some() {
+            let _ = tx.try_send(()); // one pending reload covers several signals
+        }
+    });
+    #[cfg(not(unix))]
+    drop(tx);
+    rx
+}
+
+/// Re-reads the config file and applies it ([`crate::app::App::reload`]); a file that does not
+/// validate or a config that cannot start is reported and the current one keeps serving.
+async fn reload(gateway: crate::app::App, path: Option<&std::path::Path>) -> crate::app::App {
+    let state = gateway.state.clone();
+    let outcome = |error: Option<String>| {
+        let result = if error.is_none() {
+            "applied"
+        } else {
+            "rejected"
+        };
+        state
+            .metrics
+            .config_reloads
+            .with_label_values(&[result])
+            .inc();
+        state.reloads.record(error);
+    };
+    let Some(path) = path else {
+        tracing::warn!("SIGHUP: the embedded default configuration has no file to reload");
+        outcome(Some("no configuration file (the embedded default)".into()));
+        return gateway;
+    };
+    let config = match config::load(path) {
+        Ok(config) => config,
+        Err(errors) => {
+            tracing::error!(
+                "SIGHUP: {} is not applied; the previous configuration keeps serving:\n{errors}",
+                path.display()
+            );
+            outcome(Some(errors.to_string()));
+            return gateway;
+        }
+    };
+    let summary = config.summary();
+    match gateway.reload(config).await {
+        Ok(next) => {
+            tracing::info!("SIGHUP: configuration reloaded: {summary}");
+            outcome(None);
+            next
+        }
+        Err((previous, e)) => {
+            tracing::error!(
+                "SIGHUP: {} is not applied; the previous configuration keeps serving: {e:#}",
+                path.display()
+            );
+            outcome(Some(format!("{e:#}")));
+            previous
+        }
+    }
 }
 
 pub(crate) fn sim_options(args: SimArgs) -> anyhow::Result<crate::vllm_sim::SimOptions> {

@@ -293,9 +293,23 @@ impl Accept {
                     over_cap = false;
                     let _ = stream.set_nodelay(true);
                     let handler = handler.clone();
+                    let stopping = stopped.clone();
                     let service = service_fn(move |req| {
                         let response = handler(req, peer);
-                        async move { Ok::<_, Infallible>(response.await) }
+                        let stopping = stopping.clone();
+                        async move {
+                            let mut response = response.await;
+                            if *stopping.borrow() {
+                                // Stopping: this answer is the connection's last, so that its
+                                // client opens a new one (to the next server, on a reload)
+                                // instead of racing the close of an idle keep-alive.
+                                response.headers_mut().insert(
+                                    http::header::CONNECTION,
+                                    http::HeaderValue::from_static("close"),
+                                );
+                            }
+                            Ok::<_, Infallible>(response)
+                        }
                     });
                     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
                     let conn = graceful.watch(conn.into_owned());
@@ -309,9 +323,22 @@ impl Accept {
             }
         }
         drop(listener);
+        // Clients that send on their keep-alive connections now get an answer marked as the
+        // last; a moment later the idle ones are closed.
+        let grace = tokio::time::Instant::now() + KEEPALIVE_GRACE.min(drain);
+        while balance.0.open[worker].load(Ordering::Relaxed) > 0
+            && tokio::time::Instant::now() < grace
+        {
+            let changed = balance.0.changed.notified();
+            let _ = tokio::time::timeout_at(grace, changed).await;
+        }
         let _ = tokio::time::timeout(drain, graceful.shutdown()).await;
     }
 }
+
+/// How long a stopping server lets keep-alive connections carry one more request (answered
+/// with `connection: close`) before it closes the idle ones.
+const KEEPALIVE_GRACE: Duration = Duration::from_millis(500);
 
 /// Answers a connection over the cap with 503 and closes it (bounded: a client that does not
 /// read is dropped after a second).

@@ -28,6 +28,7 @@ pub struct Metrics {
     /// This gateway's identity (`id`), so that a peer list may include the gateway itself.
     pub gateway_info: IntGaugeVec,
     pub peer_up: IntGaugeVec,
+    pub config_reloads: IntCounterVec,
     pub kube_api_up: IntGaugeVec,
     pub kube_watch_errors: IntCounterVec,
     pub leader: IntGauge,
@@ -143,6 +144,11 @@ impl Metrics {
                 "infergate_peer_up",
                 "1 while the peer gateway's page was read at the last attempt, 0 when it was not.",
                 &["peer"],
+            ),
+            config_reloads: counter(
+                "infergate_config_reloads_total",
+                "Configuration reloads (SIGHUP), by result: applied, or rejected (the previous configuration keeps serving).",
+                &["result"],
             ),
             kube_api_up: gauge(
                 "infergate_kubernetes_api_up",

@@ -12,6 +12,35 @@ use serde_json::json;
 use crate::gateway::body::GatewayBody;
 use crate::gateway::proxy::GatewayState;
 
+/// What configuration reloads have done, for `/admin/status` (kept across reloads).
+#[derive(Default)]
+pub struct Reloads {
+    last: arc_swap::ArcSwapOption<ReloadOutcome>,
+}
+
+/// The last reload: when, and why it was refused if it was.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ReloadOutcome {
+    /// Unix seconds.
+    pub at: u64,
+    pub applied: bool,
+    pub error: Option<String>,
+}
+
+impl Reloads {
+    pub fn record(&self, error: Option<String>) {
+        self.last.store(Some(Arc::new(ReloadOutcome {
+            at: crate::openai::unix_seconds(),
+            applied: error.is_none(),
+            error,
+        })));
+    }
+
+    pub fn last(&self) -> Option<Arc<ReloadOutcome>> {
+        self.last.load_full()
+    }
+}
+
 pub async fn handle(state: Arc<GatewayState>, req: Request<Incoming>) -> Response<GatewayBody> {
     if req.method() != Method::GET {
         return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
@@ -124,7 +153,12 @@ pub fn status(state: &GatewayState) -> serde_json::Value {
             })
         })
         .collect();
-    json!({"gateway": state.peers.id, "pools": pools, "peers": state.peers.status(now)})
+    json!({
+        "gateway": state.peers.id,
+        "pools": pools,
+        "peers": state.peers.status(now),
+        "config_reload": state.reloads.last().as_deref(),
+    })
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<GatewayBody> {

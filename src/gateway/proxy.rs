@@ -31,6 +31,8 @@ pub struct GatewayState {
     /// Set when shutdown begins: `/readyz` says so, so that load balancers stop sending here
     /// while the open answers finish.
     pub draining: std::sync::atomic::AtomicBool,
+    /// What configuration reloads have done (for `/admin/status`).
+    pub reloads: Arc<crate::admin::Reloads>,
 }
 
 /// Answers one request on gateway worker thread `worker`.

@@ -42,7 +42,7 @@ pools:
 
 /// Opens a stream through `gw` and leaves it running (the answer is long and slow).
 async fn open_stream(gw: &App) -> TcpStream {
-    let body = r#"{"model":"m","stream":true,"max_tokens":2000,"messages":[{"role":"user","content":"hi"}]}"#;
+    let body = r#"{"model":"m","stream":true,"max_tokens":2000,"ignore_eos":true,"messages":[{"role":"user","content":"hi"}]}"#;
     let mut conn = TcpStream::connect(gw.gateway_addr).await.unwrap();
     let request = format!(
         "POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",

@@ -232,7 +232,7 @@ pools:
     let admin = gw.admin_addr;
     assert_eq!(get(&format!("http://{admin}/readyz")).await.status, 200);
     let mut stream = TcpStream::connect(gw.gateway_addr).await.unwrap();
-    let body = r#"{"model":"m","stream":true,"max_tokens":500,"messages":[{"role":"user","content":"hi"}]}"#;
+    let body = r#"{"model":"m","stream":true,"max_tokens":500,"ignore_eos":true,"messages":[{"role":"user","content":"hi"}]}"#;
     stream
         .write_all(
             format!(
@@ -250,4 +250,167 @@ pools:
     assert_eq!(ready.status, 503, "{}", ready.text());
     assert_eq!(ready.json()["draining"], true);
     shutdown.await.unwrap();
+}
+
+/// `infergate serve -c FILE` as a child process, with its gateway and admin addresses (read
+/// from its log).
+fn serve(file: &std::path::Path) -> (ChildGuard, std::net::SocketAddr, std::net::SocketAddr) {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_infergate"))
+        .args(["serve", "--config"])
+        .arg(file)
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("infergate serve starts");
+    let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let (mut gateway, mut admin) = (None, None);
+    let mut lines = stderr.lines();
+    while gateway.is_none() || admin.is_none() {
+        let line = lines.next().expect("serve logs its addresses").unwrap();
+        let addr = || {
+            line.split("http://")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        };
+        if line.contains("gateway listening") {
+            gateway = addr();
+        } else if line.contains("admin listening") {
+            admin = addr();
+        }
+    }
+    // Keep draining its log so that it never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    (ChildGuard(child), gateway.unwrap(), admin.unwrap())
+}
+
+#[tokio::test]
+async fn sighup_applies_a_changed_file_without_cutting_streams_and_keeps_serving_on_a_broken_one() {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    let mut opts = SimOptions::new(profile("llama-8b-h100").unwrap());
+    opts.models = vec!["m".into()];
+    opts.speed = 0.2; // a 60-token answer takes a few seconds
+    let replica = start(opts).await.unwrap();
+    let dir = std::env::temp_dir().join(format!("infergate-reload-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("gateway.yaml");
+    let config = |aliases: &str| {
+        format!(
+            "listeners: {{gateway: 127.0.0.1:0, admin: 127.0.0.1:0, drain_timeout: 20s}}
+pools:
+  - name: p
+    models: [m]
+    aliases: {{{aliases}}}
+    discovery: {{static: {{endpoints: [\"http://{}\"]}}}}
+",
+            replica.addr
+        )
+    };
+    std::fs::write(&file, config("")).unwrap();
+    let (child, gateway, admin) = serve(&file);
+    let pid = Pid::from_raw(child.0.id() as i32);
+    let models = || async move {
+        get(&format!("http://{gateway}/v1/models")).await.json()["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["id"].as_str().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(models().await, ["m"]);
+
+    // A stream runs across the reload.
+    let mut conn = TcpStream::connect(gateway).await.unwrap();
+    let body = r#"{"model":"m","stream":true,"max_tokens":60,"ignore_eos":true,"messages":[{"role":"user","content":"hi"}]}"#;
+    conn.write_all(
+        format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let stream = tokio::spawn(async move {
+        let mut answer = Vec::new();
+        conn.read_to_end(&mut answer).await.unwrap();
+        String::from_utf8_lossy(&answer).to_string()
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    std::fs::write(&file, config("m2: m")).unwrap();
+    assert!(!stream.is_finished(), "the stream runs across the reload");
+    kill(pid, Signal::SIGHUP).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !models().await.contains(&"m2".to_string()) {
+        assert!(Instant::now() < deadline, "the new alias never appeared");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let url = format!("http://{gateway}/v1/chat/completions");
+    let mut request = chat();
+    request["model"] = json!("m2");
+    assert_eq!(
+        post(&url, request).await.status,
+        200,
+        "the new config serves"
+    );
+    let answer = stream.await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        answer.contains("data: [DONE]"),
+        "the stream finished whole: {answer}"
+    );
+    let status = get(&format!("http://{admin}/admin/status")).await.json();
+    assert_eq!(status["config_reload"]["applied"], true, "{status}");
+
+    // A broken file: reported, and the previous config keeps serving.
+    std::fs::write(&file, "pools: [ {name: p, models: [m]").unwrap();
+    kill(pid, Signal::SIGHUP).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        let status = get(&format!("http://{admin}/admin/status")).await.json();
+        if status["config_reload"]["applied"] == false {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the broken reload was not reported: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        status["config_reload"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("line"),
+        "{status}"
+    );
+    assert_eq!(models().await, ["m", "m2"]);
+    let mut request = chat();
+    request["model"] = json!("m2");
+    assert_eq!(post(&url, request).await.status, 200);
+    let page = get(&format!("http://{admin}/metrics")).await.text();
+    assert_eq!(
+        metric(
+            &page,
+            "infergate_config_reloads_total",
+            &[("result", "applied")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(
+            &page,
+            "infergate_config_reloads_total",
+            &[("result", "rejected")]
+        ),
+        Some(1.0)
+    );
+    drop(child);
+    let _ = std::fs::remove_dir_all(&dir);
 }

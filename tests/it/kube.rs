@@ -88,9 +88,15 @@ pools:
         client: fake.client(who),
         identity: who.into(),
     };
-    app::start_with(config, Options { kube: Some(kube) })
-        .await
-        .unwrap()
+    app::start_with(
+        config,
+        Options {
+            kube: Some(kube),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap()
 }
 
 const BY_SERVICE: &str = "{service: sim, port: http}";
@@ -662,9 +668,15 @@ pools:
         up = before + 1
     );
     let config = infergate::config::parse(&yaml, "test").unwrap();
-    let gw = app::start_with(config, Options { kube: Some(kube) })
-        .await
-        .unwrap();
+    let gw = app::start_with(
+        config,
+        Options {
+            kube: Some(kube),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
     assert!(
         !routed(&gw).await.is_empty(),
         "ready endpoints of {service} are routed"
