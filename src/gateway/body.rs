@@ -48,6 +48,8 @@ pub struct ProxiedBody {
     connection: (usize, Option<Lent>),
     guard: Option<InflightGuard>,
     pool: Arc<GatewayPool>,
+    /// The replica answered 5xx: a failure for outlier detection once the answer is read.
+    server_error: bool,
     sse: bool,
     received: Instant,
     /// When the request went to the replica (for its first-byte latency).
@@ -83,6 +85,7 @@ impl ProxiedBody {
             guard: Some(guard),
             pool,
             sse,
+            server_error: false,
             received,
             sent,
             last_chunk: None,
@@ -151,10 +154,23 @@ impl ProxiedBody {
             .sum()
     }
 
-    /// The answer was read to the end: the replica did well, its connection can serve again.
+    /// The replica answered with a server error (5xx): counted as a failure once read.
+    pub fn server_error(mut self, is: bool) -> Self {
+        self.server_error = is;
+        self
+    }
+
+    /// The answer was read to the end: the replica did well unless it answered 5xx; its
+    /// connection can serve again.
     fn completed(&mut self, now: Instant) {
         if let Some(guard) = &self.guard {
-            guard.replica().record_success();
+            let replica = guard.replica();
+            if self.server_error {
+                self.pool
+                    .record_failure(replica, now, "answered with a server error");
+            } else {
+                replica.record_success();
+            }
         }
         let (worker, lent) = &mut self.connection;
         if let Some(lent) = lent.take() {

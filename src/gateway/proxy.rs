@@ -232,7 +232,8 @@ async fn forward(
                     sse,
                     received,
                     sent,
-                );
+                )
+                .server_error(head.status.is_server_error());
                 body.gather().await;
                 return Ok(Response::from_parts(
                     head,
@@ -256,6 +257,8 @@ async fn forward(
             }
             Err(_) => {
                 tracing::warn!(pool = pool.name(), replica = %replica.name, "no response headers within timeouts.first_byte");
+                // Not retried (the replica may be working on it), but a failure all the same.
+                pool.record_failure(&replica, Instant::now(), "no first byte in time");
                 return Err(GatewayError::UpstreamTimeout);
             }
         }

@@ -79,6 +79,9 @@ pub fn adapter_id(name: &str) -> u64 {
 /// recently used ones loaded, `max_lora` of them).
 const RECENT_ADAPTERS: usize = 8;
 
+/// Longest ejection, however many in a row (Envoy's `max_ejection_time` default).
+pub const MAX_EJECTION_MS: u64 = 300_000;
+
 /// vLLM's default `max_loras`, when a replica's page does not say.
 const DEFAULT_MAX_LORAS: u32 = 4;
 
@@ -122,6 +125,10 @@ pub struct Replica {
     pub placement: Placement,
     inflight: IntGauge,
     consecutive_failures: AtomicU32,
+    /// Ejections in a row with no success since: each lasts that many times the base time.
+    ejections: AtomicU32,
+    /// Back from an ejection with no success yet: the next failure ejects it again at once.
+    half_open: std::sync::atomic::AtomicBool,
     /// Milliseconds since `epoch` until which the replica is ejected (0 = not ejected).
     ejected_until_ms: AtomicU64,
     epoch: Instant,
@@ -188,6 +195,8 @@ impl Replica {
             placement,
             inflight,
             consecutive_failures: AtomicU32::new(0),
+            ejections: AtomicU32::new(0),
+            half_open: std::sync::atomic::AtomicBool::new(false),
             ejected_until_ms: AtomicU64::new(0),
             epoch,
             scraped: ArcSwapOption::empty(),
@@ -340,18 +349,29 @@ impl Replica {
         }
     }
 
-    /// Takes the replica out of routing for `for_ms`; false if it already was out.
-    pub fn eject(&self, now: Instant, for_ms: u64) -> bool {
+    /// Takes the replica out of routing (outlier detection, as Envoy's): for `base_ms` times the
+    /// number of ejections in a row, at most [`MAX_EJECTION_MS`] (or `base_ms` when that is
+    /// longer). When the time is up it returns half-open: its next answer is the probe — a
+    /// failure ejects it again at once, for longer; a success closes the run. False if it
+    /// already was out.
+    pub fn eject(&self, now: Instant, base_ms: u64) -> bool {
         if self.is_ejected(now) {
             return false;
         }
+        let run = u64::from(self.ejections.fetch_add(1, Ordering::Relaxed) + 1);
+        let for_ms = base_ms
+            .saturating_mul(run)
+            .min(MAX_EJECTION_MS.max(base_ms))
+            .max(1);
         self.ejected_until_ms
-            .store(self.ms_since_epoch(now) + for_ms.max(1), Ordering::Relaxed);
+            .store(self.ms_since_epoch(now) + for_ms, Ordering::Relaxed);
+        self.half_open.store(true, Ordering::Relaxed);
+        self.consecutive_failures.store(0, Ordering::Relaxed);
         true
     }
 
-    /// Stores a successful scrape (one writer: the pool's scraper). A replica that answers its
-    /// metrics is up: it comes back into routing if it was ejected.
+    /// Stores a successful scrape (one writer: the pool's scraper). An ejected replica stays
+    /// out: a page that answers says nothing of whether its answers do.
     pub fn record_scrape(&self, stats: EngineStats, at: Instant) {
         self.record_scrape_from(stats, at, self.load_marks());
     }
@@ -368,7 +388,6 @@ impl Replica {
     /// answers that ended while the page was on its way are then not counted again.
     pub fn record_scrape_from(&self, stats: EngineStats, at: Instant, marks: LoadMarks) {
         self.scrape_failures.store(0, Ordering::Relaxed);
-        self.ejected_until_ms.store(0, Ordering::Relaxed);
         let adapters = stats
             .running_loras
             .iter()
@@ -463,20 +482,23 @@ impl Replica {
         self.ms_since_epoch(now) < self.ejected_until_ms.load(Ordering::Relaxed)
     }
 
-    /// Records a failure; after `eject_after` in a row the replica is ejected for `for_ms`.
-    /// Returns true when this failure ejected it.
-    pub fn record_failure(&self, now: Instant, eject_after: u32, for_ms: u64) -> bool {
+    /// Records a failure (connect error, 5xx answer, no first byte in time, a broken stream);
+    /// after `eject_after` in a row — or the first after returning from an ejection — the
+    /// replica is ejected ([`Self::eject`], `base_ms`). Returns true when this failure ejected it.
+    pub fn record_failure(&self, now: Instant, eject_after: u32, base_ms: u64) -> bool {
         let failures = self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
-        if failures >= eject_after && self.eject(now, for_ms) {
-            self.consecutive_failures.store(0, Ordering::Relaxed);
-            return true;
-        }
-        false
+        let probe_failed = self.half_open.load(Ordering::Relaxed) && !self.is_ejected(now);
+        (failures >= eject_after || probe_failed) && self.eject(now, base_ms)
     }
 
+    /// Records an answer that went well: the run of failures and of ejections ends.
     pub fn record_success(&self) {
         if self.consecutive_failures.load(Ordering::Relaxed) != 0 {
             self.consecutive_failures.store(0, Ordering::Relaxed);
+        }
+        if self.half_open.load(Ordering::Relaxed) {
+            self.half_open.store(false, Ordering::Relaxed);
+            self.ejections.store(0, Ordering::Relaxed);
         }
     }
 }
@@ -628,7 +650,50 @@ mod tests {
         assert!(r.record_failure(now, 3, 1000));
         assert!(r.is_ejected(now));
         assert!(r.is_ejected(now + Duration::from_millis(999)));
-        assert!(!r.is_ejected(now + Duration::from_millis(1001)));
+        let back = now + Duration::from_millis(1001);
+        assert!(!r.is_ejected(back));
+        // A metrics page that answers does not bring an ejected replica back early.
+        assert!(
+            r.record_failure(back, 3, 1000) && r.is_ejected(back),
+            "half-open: the probe failed"
+        );
+        r.record_scrape(EngineStats::default(), back);
+        assert!(
+            r.is_ejected(back + Duration::from_millis(1500)),
+            "second ejection: twice as long"
+        );
+        let back = back + Duration::from_millis(2001);
+        assert!(!r.is_ejected(back));
+        // The probe answers: the run ends, and the next ejection is short again.
+        r.record_success();
+        assert!(
+            !r.record_failure(back, 3, 1000),
+            "closed: one failure is not enough"
+        );
+        assert!(!r.record_failure(back, 3, 1000));
+        assert!(r.record_failure(back, 3, 1000));
+        assert!(!r.is_ejected(back + Duration::from_millis(1001)));
+    }
+
+    #[test]
+    fn ejections_grow_up_to_a_bound() {
+        let r = replica();
+        let mut now = Instant::now();
+        let mut lengths = Vec::new();
+        for _ in 0..4 {
+            assert!(r.eject(now, 120_000));
+            let mut out = 0;
+            while r.is_ejected(now + Duration::from_millis(out)) {
+                out += 10_000;
+            }
+            lengths.push(out / 1000);
+            now += Duration::from_millis(out);
+        }
+        assert_eq!(
+            lengths,
+            [120, 240, 300, 300],
+            "seconds, capped at five minutes"
+        );
     }
 
     #[test]

@@ -71,14 +71,10 @@ async fn scrape_replicas(pool: &Arc<PoolState>, client: &HttpClient) {
             scrapes.spawn(async move {
                 let marks = replica.load_marks();
                 let result =
-                    tokio::time::timeout(timeout, scrape(&client, &uri, format, gpu_on_page))
-                        .await;
+                    tokio::time::timeout(timeout, scrape(&client, &uri, format, gpu_on_page)).await;
                 match result {
                     Ok(Ok((stats, gpu))) => {
                         let now = Instant::now();
-                        if replica.is_ejected(now) {
-                            tracing::info!(pool = pool.name(), replica = %replica.name, "replica answers again: back in routing");
-                        }
                         replica.record_scrape_from(stats, now, marks);
                         if let Some(gpu) = gpu {
                             replica.record_gpu(gpu, now);
@@ -87,7 +83,7 @@ async fn scrape_replicas(pool: &Arc<PoolState>, client: &HttpClient) {
                     Ok(Err(ScrapeError::Unreachable(e))) => {
                         // Nothing listens there: the replica is gone, not just its metrics.
                         if replica.record_scrape_failure() >= eject_after {
-                            let cause = format!("metrics unreachable ({e}); back when it answers");
+                            let cause = format!("metrics unreachable ({e})");
                             pool.eject(&replica, Instant::now(), &cause);
                         }
                     }

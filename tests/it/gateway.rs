@@ -980,12 +980,22 @@ async fn a_queued_request_times_out_with_429() {
 }
 
 /// A replica whose metrics port stops answering leaves routing without any request failing on
-/// it, and comes back once it answers again.
+/// it, and comes back half-open when its ejection time is up — not because its page answers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_replicas_leave_routing_and_come_back() {
     let replica = sim("m", "llama-8b-h100").await;
     let addr = replica.addr;
-    let gw = static_gateway(&[addr], "    metrics: {scrape_interval: 50ms}\n").await;
+    let gw = gateway_with(&format!(
+        "listeners: {{gateway: 127.0.0.1:0, admin: 127.0.0.1:0}}
+pools:
+  - name: p
+    models: [m]
+    discovery: {{static: {{endpoints: [\"http://{addr}\"]}}}}
+    retries: {{max_attempts: 3, eject_after_failures: 2, ejection_time: 1500ms}}
+    metrics: {{scrape_interval: 50ms}}
+"
+    ))
+    .await;
     let ejected = |s: serde_json::Value| s["pools"][0]["replicas"][0]["ejected"].as_bool().unwrap();
     assert!(!ejected(status(&gw).await));
     replica.shutdown(Duration::from_millis(100)).await;
@@ -998,20 +1008,27 @@ async fn unreachable_replicas_leave_routing_and_come_back() {
         }
     }
     assert!(out, "two failed scrapes eject it");
+    let ejected_at = std::time::Instant::now();
     // The same address answers again.
     let mut opts = SimOptions::new(profile("llama-8b-h100").unwrap());
     opts.models = vec!["m".into()];
     opts.listen = addr;
     let back = start(opts).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        ejected(status(&gw).await),
+        "scrapes answer again, but that does not end the ejection"
+    );
     let mut returned = false;
-    for _ in 0..100 {
+    for _ in 0..200 {
         tokio::time::sleep(Duration::from_millis(20)).await;
         returned = !ejected(status(&gw).await);
         if returned {
             break;
         }
     }
-    assert!(returned, "a successful scrape brings it back");
+    assert!(returned, "back when the ejection time is up");
+    assert!(ejected_at.elapsed() >= Duration::from_millis(1000));
     let reply = post(
         &format!("http://{}/v1/completions", gw.gateway_addr),
         json!({"model": "m", "prompt": "x", "max_tokens": 1}),

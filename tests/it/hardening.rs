@@ -414,3 +414,150 @@ pools:
     drop(child);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A replica that answers 500 at once would draw ever more traffic under least-in-flight (it is
+/// always idle); outlier detection ejects it after consecutive 5xx, keeps it out longer each
+/// time its probe fails, and lets it back once a probe answers well.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_failing_fast_is_ejected_and_comes_back_through_a_probe() {
+    let healthy = {
+        let mut opts = SimOptions::new(profile("llama-8b-h100").unwrap());
+        opts.models = vec!["m".into()];
+        opts.speed = 20.0;
+        start(opts).await.unwrap()
+    };
+    let failing_opts = |listen| {
+        let mut opts = SimOptions::new(profile("llama-8b-h100").unwrap());
+        opts.models = vec!["m".into()];
+        opts.speed = 20.0;
+        opts.fail_rate = 1.0;
+        opts.listen = listen;
+        opts
+    };
+    let failing = start(failing_opts("127.0.0.1:0".parse().unwrap()))
+        .await
+        .unwrap();
+    let bad = failing.addr;
+    let yaml = format!(
+        "listeners: {{gateway: 127.0.0.1:0, admin: 127.0.0.1:0}}
+pools:
+  - name: p
+    models: [m]
+    discovery: {{static: {{endpoints: [\"http://{}\", \"http://{bad}\"]}}}}
+    routing: {{policy: least-inflight}}
+    retries: {{max_attempts: 1, eject_after_failures: 2, ejection_time: 400ms}}
+",
+        healthy.addr
+    );
+    let gw = app::start(infergate::config::parse(&yaml, "test").unwrap())
+        .await
+        .unwrap();
+    let url = format!("http://{}/v1/chat/completions", gw.gateway_addr);
+    let mut failed = 0;
+    let started = Instant::now();
+    for _ in 0..60 {
+        if post(&url, chat()).await.status != 200 {
+            failed += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Two failures eject it; after each ejection one probe fails and the next ejection is
+    // longer (400 ms, 800, 1200, ...): a handful of failures over the run, not half of 60.
+    let elapsed = started.elapsed().as_secs_f64();
+    assert!(
+        (2..=8).contains(&failed),
+        "{failed} of 60 requests failed in {elapsed:.1} s"
+    );
+    let page = get(&format!("http://{}/metrics", gw.admin_addr))
+        .await
+        .text();
+    let ejections = metric(&page, "infergate_ejections_total", &[("pool", "p")]).unwrap();
+    assert!(
+        ejections >= 2.0,
+        "ejected again after a failed probe: {ejections}"
+    );
+
+    // The replica is mended (the same address now answers well): a probe succeeds and it
+    // takes traffic again.
+    failing.shutdown(Duration::from_millis(100)).await;
+    let mut mended = failing_opts(bad);
+    mended.fail_rate = 0.0;
+    let mended = start(mended).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let served_by_bad = || async {
+        let page = get(&format!("http://{bad}/metrics")).await.text();
+        // Answers it finished, whatever their finish reason.
+        page.lines()
+            .filter(|l| l.starts_with("vllm:request_success_total{"))
+            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+            .sum::<f64>()
+    };
+    while served_by_bad().await < 3.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the mended replica never took traffic again"
+        );
+        assert_eq!(
+            post(&url, chat()).await.status,
+            200,
+            "no failure once mended"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let s = get(&format!("http://{}/admin/status", gw.admin_addr))
+        .await
+        .json();
+    let replicas = s["pools"][0]["replicas"].as_array().unwrap();
+    assert!(replicas.iter().all(|r| r["ejected"] == false), "{s}");
+    gw.shutdown().await;
+    mended.shutdown(Duration::from_millis(100)).await;
+    healthy.shutdown(Duration::from_millis(100)).await;
+}
+
+/// A replica too slow for the pool's timeouts: a non-streamed answer without response headers
+/// within `first_byte` gets 504 and counts as a failure (here enough to eject); a stream whose
+/// next chunk does not come within `idle_stream` ends with an SSE error event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_byte_and_idle_stream_timeouts_end_requests_and_count_as_failures() {
+    let mut opts = SimOptions::new(profile("llama-8b-h100").unwrap());
+    opts.models = vec!["m".into()];
+    opts.speed = 0.002; // an engine step of several seconds
+    let slow = start(opts).await.unwrap();
+    let yaml = format!(
+        "listeners: {{gateway: 127.0.0.1:0, admin: 127.0.0.1:0}}
+pools:
+  - name: p
+    models: [m]
+    discovery: {{static: {{endpoints: [\"http://{}\"]}}}}
+    timeouts: {{first_byte: 300ms, idle_stream: 300ms}}
+    retries: {{max_attempts: 1, eject_after_failures: 2, ejection_time: 60s}}
+",
+        slow.addr
+    );
+    let gw = app::start(infergate::config::parse(&yaml, "test").unwrap())
+        .await
+        .unwrap();
+    let url = format!("http://{}/v1/chat/completions", gw.gateway_addr);
+
+    // A stream: headers at once, then no token within 300 ms.
+    let mut request = chat();
+    request["stream"] = json!(true);
+    let started = Instant::now();
+    let (status, chunks) = post_stream(&url, request).await;
+    assert_eq!(status, 200);
+    assert!(started.elapsed() < Duration::from_secs(3), "cut at the idle timeout");
+    let events = sse_events(&chunks);
+    let last = events.last().expect("an error event");
+    assert!(last.contains("\"error\""), "{events:?}");
+
+    // Non-streamed: no response headers within 300 ms.
+    let started = Instant::now();
+    let reply = post(&url, chat()).await;
+    assert_openai_error(&reply, 504, "in time");
+    assert!(started.elapsed() < Duration::from_secs(3));
+    // The broken stream and the timeout: two failures in a row eject the replica.
+    let s = get(&format!("http://{}/admin/status", gw.admin_addr)).await.json();
+    assert_eq!(s["pools"][0]["replicas"][0]["ejected"], true, "{s}");
+    gw.shutdown().await;
+    slow.shutdown(Duration::from_millis(100)).await;
+}
