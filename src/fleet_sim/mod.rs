@@ -177,7 +177,7 @@ fn local_profile(command: &[String]) -> anyhow::Result<crate::vllm_sim::profile:
     #[derive(clap::Parser)]
     struct SimCommand {
         #[command(flatten)]
-        args: crate::cli::SimArgs,
+        args: crate::vllm_sim::SimArgs,
     }
     let Some(at) = command.iter().position(|a| a == "sim") else {
         return crate::vllm_sim::profile::profile("llama-8b-h100").map_err(anyhow::Error::msg);
@@ -185,7 +185,7 @@ fn local_profile(command: &[String]) -> anyhow::Result<crate::vllm_sim::profile:
     let argv = std::iter::once("sim").chain(command[at + 1..].iter().map(String::as_str));
     let parsed = <SimCommand as clap::Parser>::try_parse_from(argv)
         .map_err(|e| anyhow::anyhow!("{}", e.to_string().trim()))?;
-    let opts = crate::cli::sim_options(parsed.args)?;
+    let opts = crate::vllm_sim::sim_options(parsed.args)?;
     let mut profile = opts.profile;
     let speed = opts.speed;
     profile.t0 /= speed;
