@@ -3,6 +3,10 @@
 //! GPU reading, the learned prefill speed and the LoRA adapters sent lately. One [`Replica`] per
 //! upstream, shared by the router (reads) and the proxy and scraper (writes) through atomics and
 //! one swapped pointer. The scraper that fills in its engine stats is [`crate::scrape`].
+//!
+//! This file holds the replica's state, its scrape, GPU and failure records and the views the
+//! router reads; the in-flight guard and what a request teaches the replica are in `guard`, the
+//! LoRA adapters it holds in `adapters`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -11,6 +15,12 @@ use std::time::Instant;
 use arc_swap::ArcSwapOption;
 use http::uri::{Authority, Scheme};
 use prometheus::IntGauge;
+
+mod adapters;
+mod guard;
+
+pub use adapters::adapter_id;
+pub use guard::InflightGuard;
 
 /// A replica's engine state as scraped.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -70,20 +80,8 @@ pub struct LoadMarks {
     pub pending: u64,
 }
 
-/// How a LoRA adapter's name is known on the hot path.
-pub fn adapter_id(name: &str) -> u64 {
-    crate::openai::fnv1a(name.as_bytes())
-}
-
-/// Adapters this gateway remembers sending to each replica (the replica keeps its most
-/// recently used ones loaded, `max_lora` of them).
-const RECENT_ADAPTERS: usize = 8;
-
 /// Longest ejection, however many in a row (Envoy's `max_ejection_time` default).
 pub const MAX_EJECTION_MS: u64 = 300_000;
-
-/// vLLM's default `max_loras`, when a replica's page does not say.
-const DEFAULT_MAX_LORAS: u32 = 4;
 
 /// Mean KV-cache use (0–1) of the replicas taking traffic (not ejected) that have fresh stats;
 /// None when none has: the scaler's KV signal, in the gateway and in the fleet simulation.
@@ -162,7 +160,7 @@ pub struct Replica {
     gpu_at_ms: AtomicU64,
     /// The LoRA adapters this gateway sent here, a ring of [`adapter_id`]s (0 = empty) with
     /// the count written so far.
-    recent_adapters: [AtomicU64; RECENT_ADAPTERS],
+    recent_adapters: [AtomicU64; adapters::RECENT_ADAPTERS],
     adapters_sent: AtomicU64,
 }
 
@@ -215,44 +213,6 @@ impl Replica {
         }
     }
 
-    /// Notes that a request for LoRA adapter `adapter` was sent here (one after the other
-    /// requests for the same adapter take no new place).
-    pub fn note_adapter(&self, adapter: u64) {
-        let sent = self.adapters_sent.load(Ordering::Relaxed);
-        let last = (sent + RECENT_ADAPTERS as u64 - 1) % RECENT_ADAPTERS as u64;
-        if sent > 0 && self.recent_adapters[last as usize].load(Ordering::Relaxed) == adapter {
-            return;
-        }
-        let at = self.adapters_sent.fetch_add(1, Ordering::Relaxed) % RECENT_ADAPTERS as u64;
-        self.recent_adapters[at as usize].store(adapter, Ordering::Relaxed);
-    }
-
-    /// Whether the replica likely has LoRA adapter `adapter` loaded: its fresh scrape shows it
-    /// running or waiting, or it is among the `max_lora` adapters this gateway sent here last.
-    pub fn holds_adapter(
-        &self,
-        adapter: u64,
-        now: Instant,
-        stale_after: std::time::Duration,
-    ) -> bool {
-        let guard = self.scraped.load();
-        let scraped = guard.as_deref();
-        if scraped.is_some_and(|s| {
-            now.saturating_duration_since(s.at) <= stale_after && s.adapters.contains(&adapter)
-        }) {
-            return true;
-        }
-        let slots = scraped
-            .and_then(|s| s.stats.max_loras)
-            .unwrap_or(DEFAULT_MAX_LORAS)
-            .min(RECENT_ADAPTERS as u32);
-        let sent = self.adapters_sent.load(Ordering::Relaxed);
-        (1..=u64::from(slots).min(sent)).any(|back| {
-            let at = (sent - back) % RECENT_ADAPTERS as u64;
-            self.recent_adapters[at as usize].load(Ordering::Relaxed) == adapter
-        })
-    }
-
     /// Stores a GPU-use reading (0–1) taken at `at` (one writer: the pool's scraper).
     pub fn record_gpu(&self, fraction: f64, at: Instant) {
         self.gpu_use.store(fraction.to_bits(), Ordering::Relaxed);
@@ -294,42 +254,6 @@ impl Replica {
         f64::from_bits(self.mean_prompt_tokens.load(Ordering::Relaxed))
     }
 
-    /// Counts a streamed request with `prefill_tokens` of prompt to compute as in flight, and
-    /// its prefill as pending until its first byte, until the guard is dropped.
-    pub fn start_request_with(self: &Arc<Self>, prefill_tokens: u64) -> InflightGuard {
-        self.start(prefill_tokens, true)
-    }
-
-    /// Counts a request whose answer is not streamed as in flight until the guard is dropped.
-    /// Its first byte comes with its end, after every token was generated: it says nothing about
-    /// when the prefill ran, so the request is not counted as waiting or as prefill work ahead
-    /// (the replica's pages show where it is), and it teaches no prefill speed.
-    pub fn start_unstreamed_request(self: &Arc<Self>, prefill_tokens: u64) -> InflightGuard {
-        self.start(prefill_tokens, false)
-    }
-
-    fn start(self: &Arc<Self>, prefill_tokens: u64, streamed: bool) -> InflightGuard {
-        let step_at_dispatch = self.expected_step();
-        self.inflight.inc();
-        self.pending_requests.fetch_add(1, Ordering::Relaxed);
-        let ahead = if streamed {
-            self.pending_streams.fetch_add(1, Ordering::Relaxed);
-            self.pending_prefill
-                .fetch_add(prefill_tokens, Ordering::Relaxed)
-        } else {
-            0 // learns nothing, so needs no count of what was ahead
-        };
-        ewma_f64(&self.mean_prompt_tokens, prefill_tokens as f64);
-        InflightGuard {
-            replica: self.clone(),
-            prefill_tokens,
-            ahead_at_dispatch: ahead,
-            step_at_dispatch,
-            prefill_done: false,
-            streamed,
-        }
-    }
-
     /// The engine step a request sent now waits out before its own prefill step ends: the
     /// step time seen on the replica's streams, none when nothing of ours runs there (an idle
     /// engine starts the next step at once).
@@ -337,15 +261,6 @@ impl Replica {
         match self.inflight() {
             0 => 0.0,
             _ => self.step_secs().unwrap_or(0.0),
-        }
-    }
-
-    /// A request's prefill ended (first byte, or the request ended without one).
-    fn prefill_ended(&self, tokens: u64, streamed: bool) {
-        self.pending_requests.fetch_sub(1, Ordering::Relaxed);
-        if streamed {
-            self.pending_prefill.fetch_sub(tokens, Ordering::Relaxed);
-            self.pending_streams.fetch_sub(1, Ordering::Relaxed);
         }
     }
 
@@ -468,11 +383,6 @@ impl Replica {
         self.inflight.get().max(0) as u64
     }
 
-    /// Counts a request as in flight until the guard is dropped.
-    pub fn start_request(self: &Arc<Self>) -> InflightGuard {
-        self.start_request_with(0)
-    }
-
     fn ms_since_epoch(&self, now: Instant) -> u64 {
         now.saturating_duration_since(self.epoch).as_millis() as u64
     }
@@ -503,89 +413,12 @@ impl Replica {
     }
 }
 
-/// Holds one in-flight request on a replica; dropping it (answer ended, client gone, error)
-/// releases it.
-#[derive(Debug)]
-pub struct InflightGuard {
-    replica: Arc<Replica>,
-    prefill_tokens: u64,
-    /// Prefill tokens already pending on the replica when this request was sent.
-    ahead_at_dispatch: u64,
-    /// [`Replica::expected_step`] when the request was sent.
-    step_at_dispatch: f64,
-    prefill_done: bool,
-    /// The answer streams; if not, its first byte is its end.
-    streamed: bool,
-}
-
-/// Prefill work (tokens) below which a first byte teaches nothing about prefill speed: it is
-/// mostly the engine step's fixed cost.
-const MIN_WORK_TO_LEARN: f64 = 128.0;
-
-/// Folds a sample into an f64 EWMA held as bits (weight 0.2; the first sample is taken as is).
-fn ewma_f64(cell: &AtomicU64, sample: f64) {
-    let old = f64::from_bits(cell.load(Ordering::Relaxed));
-    let next = if old == 0.0 {
-        sample
-    } else {
-        0.8 * old + 0.2 * sample
-    };
-    cell.store(next.to_bits(), Ordering::Relaxed);
-}
-
-impl InflightGuard {
-    pub fn replica(&self) -> &Arc<Replica> {
-        &self.replica
-    }
-
-    /// The replica's first answer byte arrived `latency` after the request was sent: its
-    /// prefill is done. The replica's prefill speed is learned from it: the time over the
-    /// prefill work it waited for (what was pending ahead of it plus its own).
-    pub fn first_byte(&mut self, latency: std::time::Duration) {
-        if self.prefill_done {
-            return;
-        }
-        self.prefill_done = true;
-        self.replica
-            .prefill_ended(self.prefill_tokens, self.streamed);
-        if !self.streamed {
-            return; // the whole answer's time, not the prefill's
-        }
-        // The prefill speed is what the first byte took beyond the step it had to wait out,
-        // per token of prefill work: a fully cached prompt (1 token of work, a whole step of
-        // waiting) says nothing about prefill speed and must not make the replica look slow.
-        let work = (self.ahead_at_dispatch + self.prefill_tokens) as f64;
-        if work >= MIN_WORK_TO_LEARN {
-            let prefill_secs = (latency.as_secs_f64() - self.step_at_dispatch).max(0.0);
-            ewma_f64(&self.replica.first_byte_secs, prefill_secs);
-            ewma_f64(&self.replica.first_byte_work, work);
-        }
-    }
-}
-
-impl InflightGuard {
-    /// A streamed answer's next chunk came `gap` after the previous one: one engine step.
-    pub fn chunk_gap(&self, gap: std::time::Duration) {
-        ewma_f64(&self.replica.step_secs, gap.as_secs_f64());
-    }
-}
-
-impl Drop for InflightGuard {
-    fn drop(&mut self) {
-        if !self.prefill_done {
-            self.replica
-                .prefill_ended(self.prefill_tokens, self.streamed);
-        }
-        self.replica.inflight.dec();
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::time::Duration;
 
-    fn replica() -> Arc<Replica> {
+    pub(super) fn replica() -> Arc<Replica> {
         let gauge = IntGauge::new("test_inflight", "test").unwrap();
         Arc::new(Replica::new(
             Scheme::HTTP,
@@ -593,50 +426,6 @@ mod tests {
             gauge,
             Instant::now(),
         ))
-    }
-
-    #[test]
-    fn prefill_speed_ignores_tiny_prefills_and_the_step_waited_out() {
-        let r = replica();
-        let close = |v: Option<f64>, want: f64| v.is_some_and(|v| (v - want).abs() < 1e-12);
-        r.start_request_with(1000)
-            .first_byte(Duration::from_millis(50));
-        assert!(close(r.secs_per_token(), 50e-6), "{:?}", r.secs_per_token());
-        // A fully cached prompt (1 token of work) that took a whole 30 ms step: nothing learned.
-        r.start_request_with(1)
-            .first_byte(Duration::from_millis(30));
-        assert!(close(r.secs_per_token(), 50e-6), "{:?}", r.secs_per_token());
-        // A stream runs there with 40 ms steps: a new request waits one out before its own
-        // prefill, so 90 ms for 1000 tokens is still 50 µs a token.
-        let stream = r.start_request_with(0);
-        stream.chunk_gap(Duration::from_millis(40));
-        assert_eq!(r.expected_step(), 0.04);
-        r.start_request_with(1000)
-            .first_byte(Duration::from_millis(90));
-        assert!(close(r.secs_per_token(), 50e-6), "{:?}", r.secs_per_token());
-        drop(stream);
-        assert_eq!(
-            r.expected_step(),
-            0.0,
-            "nothing of ours runs: no step to wait out"
-        );
-        // A non-streamed answer's first byte comes after its last token: nothing learned.
-        let mut whole = r.start_unstreamed_request(1000);
-        whole.first_byte(Duration::from_secs(8));
-        assert!(close(r.secs_per_token(), 50e-6), "{:?}", r.secs_per_token());
-        assert_eq!(r.pending_prefill(), 0, "its wait ended all the same");
-    }
-
-    #[test]
-    fn guards_count_exactly() {
-        let r = replica();
-        let a = r.start_request();
-        let b = r.start_request();
-        assert_eq!(r.inflight(), 2);
-        drop(a);
-        assert_eq!(r.inflight(), 1);
-        drop(b);
-        assert_eq!(r.inflight(), 0);
     }
 
     #[test]
@@ -766,37 +555,6 @@ mod tests {
         assert_eq!(r.pending_prefill(), 300);
         drop((guards, streams));
         assert_eq!(r.pending_prefill(), 0);
-    }
-
-    #[test]
-    fn adapters_are_held_when_scraped_or_sent_lately() {
-        let r = replica();
-        let now = Instant::now();
-        let stale = Duration::from_secs(1);
-        let (a, b, c) = (adapter_id("a"), adapter_id("b"), adapter_id("c"));
-        assert!(!r.holds_adapter(a, now, stale));
-        // Another gateway's traffic: the page shows `a` running.
-        let stats = EngineStats {
-            running_loras: vec!["a".into()],
-            max_loras: Some(2),
-            ..Default::default()
-        };
-        r.record_scrape(stats, now);
-        assert!(r.holds_adapter(a, now, stale));
-        // Sent by this gateway: the replica keeps its 2 (max_lora) most recent.
-        r.note_adapter(b);
-        r.note_adapter(b);
-        r.note_adapter(c);
-        assert!(r.holds_adapter(b, now, stale) && r.holds_adapter(c, now, stale));
-        r.note_adapter(a);
-        assert!(!r.holds_adapter(b, now, stale), "pushed out by c and a");
-        // Once the scrape is stale only what was sent counts: c and a.
-        let later = now + Duration::from_secs(2);
-        assert!(r.holds_adapter(a, later, stale) && r.holds_adapter(c, later, stale));
-        for name in ["d", "e"] {
-            r.note_adapter(adapter_id(name));
-        }
-        assert!(!r.holds_adapter(a, later, stale));
     }
 
     #[test]

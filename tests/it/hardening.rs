@@ -545,7 +545,10 @@ pools:
     let started = Instant::now();
     let (status, chunks) = post_stream(&url, request).await;
     assert_eq!(status, 200);
-    assert!(started.elapsed() < Duration::from_secs(3), "cut at the idle timeout");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "cut at the idle timeout"
+    );
     let events = sse_events(&chunks);
     let last = events.last().expect("an error event");
     assert!(last.contains("\"error\""), "{events:?}");
@@ -556,7 +559,9 @@ pools:
     assert_openai_error(&reply, 504, "in time");
     assert!(started.elapsed() < Duration::from_secs(3));
     // The broken stream and the timeout: two failures in a row eject the replica.
-    let s = get(&format!("http://{}/admin/status", gw.admin_addr)).await.json();
+    let s = get(&format!("http://{}/admin/status", gw.admin_addr))
+        .await
+        .json();
     assert_eq!(s["pools"][0]["replicas"][0]["ejected"], true, "{s}");
     gw.shutdown().await;
     slow.shutdown(Duration::from_millis(100)).await;

@@ -1,0 +1,211 @@
+//! The YAML schema as written by users: serde structs whose doc comments are the configuration
+//! reference (`docs/config.md` is generated from them). Values with units stay strings here
+//! (`250ms`, `32MiB`); [`super::validate`] turns them into typed values and checks ranges and
+//! cross-field rules, reporting every problem at once.
+//!
+//! This file holds the file's top level (listeners, classification, leader election) and the
+//! [`Quantity`] every section uses; a pool's sections are in `pool` (discovery, admission,
+//! timeouts, retries), `metrics`, `routing` and `scaler`.
+
+mod metrics;
+mod pool;
+mod routing;
+mod scaler;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Deserializer, Serialize};
+
+pub use metrics::*;
+pub use pool::*;
+pub use routing::*;
+pub use scaler::*;
+
+/// A number with a unit (`250ms`, `32MiB`), kept as text until validation parses it. A bare
+/// number is accepted here so that validation can say "no unit" instead of "wrong type".
+#[derive(Debug, Clone, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Quantity(pub String);
+
+impl From<&str> for Quantity {
+    fn from(text: &str) -> Self {
+        Self(text.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for Quantity {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Text {
+            Str(String),
+            Int(i64),
+            Float(f64),
+        }
+        Text::deserialize(deserializer)
+            .map(|t| match t {
+                Text::Str(s) => Quantity(s),
+                Text::Int(i) => Quantity(i.to_string()),
+                Text::Float(f) => Quantity(f.to_string()),
+            })
+            .map_err(|_| serde::de::Error::custom("expected a number with a unit, e.g. `250ms`"))
+    }
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawConfig {
+    /// Addresses the gateway and its admin endpoints listen on, and limits that apply per listener.
+    pub listeners: RawListeners,
+    /// Which request headers carry a session key and a priority class, and the classes.
+    pub classification: RawClassification,
+    /// Leader election among gateway replicas on Kubernetes: every replica routes, only the
+    /// leader resizes pools.
+    pub leader_election: RawLeaderElection,
+    /// The other gateway replicas of this deployment, whose own queued and in-flight requests
+    /// join this gateway's scaler signal (so that the signal is the cluster's, whichever
+    /// replica leads).
+    pub cluster: RawCluster,
+    /// The model pools. Each serves a set of model names from a set of replicas. At least one.
+    pub pools: Vec<RawPool>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawListeners {
+    /// Address (host:port) of the OpenAI-compatible gateway. Port 0 picks a free port.
+    pub gateway: String,
+    /// Address (host:port) of `/metrics`, `/healthz`, `/readyz` and `/admin/status`.
+    pub admin: String,
+    /// Largest request body accepted (bytes; `KiB`, `MiB`, `GiB` suffixes allowed). Larger
+    /// bodies get 413.
+    pub max_body_size: Quantity,
+    /// How long a shutdown waits for in-flight answers to finish before closing them (duration).
+    pub drain_timeout: Quantity,
+    /// Threads serving the gateway listener, each with its own connections and upstream pools
+    /// (thread per core); 0 means one per available core. Where the gateway shares its cores
+    /// with busy neighbours (replicas, a load generator), fewer workers than cores give a
+    /// shorter latency tail (BENCHMARKS.md: one worker on two shared cores).
+    pub worker_threads: u32,
+    /// Longest time a client may take to send a request's headers (duration); a slower
+    /// connection is closed (slowloris). Also bounds an idle keep-alive connection's wait for its
+    /// next request's first bytes to arrive in full.
+    pub header_timeout: Quantity,
+    /// Longest pause between two pieces of a request body (duration); the request then gets 408.
+    pub body_idle_timeout: Quantity,
+    /// Longest time to receive a whole request body (duration); the request then gets 408.
+    pub body_timeout: Quantity,
+    /// Client connections the gateway listener holds open at once; a connection over it is
+    /// answered 503 and closed at once, while the admin listener and established streams go on.
+    /// 0: from the open-file limit (raised to its hard limit at start) — half of it less 256, so
+    /// that upstream and scrape connections and the admin listener keep file descriptors.
+    pub max_connections: u32,
+}
+
+impl Default for RawListeners {
+    fn default() -> Self {
+        Self {
+            gateway: "127.0.0.1:8080".into(),
+            admin: "127.0.0.1:9090".into(),
+            max_body_size: "32MiB".into(),
+            drain_timeout: "30s".into(),
+            worker_threads: 0,
+            header_timeout: "10s".into(),
+            body_idle_timeout: "10s".into(),
+            body_timeout: "60s".into(),
+            max_connections: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawClassification {
+    /// Request header whose value is the session key (for session affinity). Case-insensitive.
+    pub session_header: String,
+    /// Request header whose value names the priority class. Case-insensitive.
+    pub priority_header: String,
+    /// Priority classes, highest first. Queued requests are released in this order.
+    pub priority_classes: Vec<String>,
+    /// Class of a request without the priority header (must be one of `priority_classes`).
+    pub default_priority: String,
+    /// Classes refused at once with 429 when a pool is saturated, instead of queued.
+    pub sheddable_classes: Vec<String>,
+}
+
+impl Default for RawClassification {
+    fn default() -> Self {
+        Self {
+            session_header: "x-session-id".into(),
+            priority_header: "x-priority".into(),
+            priority_classes: vec!["critical".into(), "standard".into(), "sheddable".into()],
+            default_priority: "standard".into(),
+            sheddable_classes: vec!["sheddable".into()],
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawCluster {
+    /// Admin addresses (host:port) of the other gateway replicas, read every `peer_interval`
+    /// at `/metrics`. This gateway's own address may be listed too (it recognises itself).
+    pub peers: Vec<String>,
+    /// On Kubernetes, instead of `peers`: the gateways' own Service, whose endpoints (on its
+    /// admin port) are the peers, watched as they come and go.
+    pub kubernetes: Option<RawClusterService>,
+    /// How often each peer's page is read (duration); a request held at a peer reaches this
+    /// gateway's scaler within it.
+    pub peer_interval: Quantity,
+    /// How long a peer's last reading counts once it cannot be read any more (duration); after
+    /// that its load is unknown and left out (reported in `/admin/status`).
+    pub peer_stale_after: Quantity,
+}
+
+/// The Service in front of the gateway replicas' admin listeners.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawClusterService {
+    /// Name of the Service. Required.
+    pub service: String,
+    /// The Service's admin port, by number or name; the first port when unset.
+    pub port: Option<PortRef>,
+    /// Namespace; empty means the gateway pod's own namespace.
+    pub namespace: String,
+}
+
+impl Default for RawCluster {
+    fn default() -> Self {
+        Self {
+            peers: Vec::new(),
+            kubernetes: None,
+            peer_interval: "250ms".into(),
+            peer_stale_after: "5s".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawLeaderElection {
+    /// Elect a leader through a `coordination.k8s.io/v1` Lease (only meaningful on Kubernetes).
+    pub enabled: bool,
+    /// Name of the Lease object.
+    pub lease_name: String,
+    /// Namespace of the Lease; empty means the gateway pod's own namespace.
+    pub namespace: String,
+    /// How long a lease is valid without renewal (duration). A leader that cannot renew stops
+    /// resizing within this time.
+    pub lease_duration: Quantity,
+}
+
+impl Default for RawLeaderElection {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            lease_name: "infergate-leader".into(),
+            namespace: String::new(),
+            lease_duration: "15s".into(),
+        }
+    }
+}

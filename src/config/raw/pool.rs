@@ -1,0 +1,191 @@
+//! The schema of one pool: its models and aliases, where its replicas come from (discovery),
+//! the protocol spoken to them, and its admission, timeout and retry settings. Its metrics,
+//! routing and scaler sections have files of their own.
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::{Quantity, RawMetrics, RawRouting, RawScaler};
+
+/// One model pool: a set of interchangeable replicas serving the same models.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawPool {
+    /// Unique pool name (used in metrics labels and the admin API). Required.
+    pub name: Option<String>,
+    /// Model names this pool serves, as clients send them in `model`. Required, at least one.
+    pub models: Vec<String>,
+    /// Extra names mapped to one of `models`; the request body is rewritten to the target name.
+    pub aliases: BTreeMap<String, String>,
+    /// Where the pool's replicas come from. Required.
+    pub discovery: Option<RawDiscovery>,
+    /// Protocol spoken to replicas.
+    pub upstream_protocol: UpstreamProtocol,
+    /// How replica load is scraped.
+    pub metrics: RawMetrics,
+    /// How a replica is picked for each request.
+    pub routing: RawRouting,
+    /// When requests wait at the gateway instead of piling into replica queues.
+    pub admission: RawAdmission,
+    /// Timeouts towards replicas.
+    pub timeouts: RawTimeouts,
+    /// Retries and ejection of failing replicas.
+    pub retries: RawRetries,
+    /// Autoscaling of this pool's replica count.
+    pub scaler: RawScaler,
+}
+
+/// Where replicas come from: exactly one of `static`, `local` or `kubernetes`.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub enum RawDiscovery {
+    /// A fixed list of replica base URLs.
+    Static(RawStaticDiscovery),
+    /// Replicas started by infergate as child processes on this machine.
+    Local(RawLocalDiscovery),
+    /// Replicas found through Kubernetes EndpointSlices or a pod label selector.
+    Kubernetes(RawKubernetesDiscovery),
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawStaticDiscovery {
+    /// Base URLs of the replicas, e.g. `http://10.0.0.5:8000`.
+    pub endpoints: Vec<String>,
+    /// Pod (or host) name of an endpoint, keyed by its URL as written in `endpoints`: GPU
+    /// samples (`metrics.gpu.url`) are matched to replicas by it.
+    pub pods: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawLocalDiscovery {
+    /// Replicas started at launch (the scaler may change the count later).
+    pub replicas: u32,
+    /// Command that starts one replica. It must print its bound address (`host:port`) on a line
+    /// of its standard output. `{infergate}` is replaced by the path of this binary. The default
+    /// runs the built-in simulator on a free port.
+    pub command: Vec<String>,
+    /// How long a started replica may take to answer `/health` with 200 (duration).
+    pub startup_timeout: Quantity,
+}
+
+impl Default for RawLocalDiscovery {
+    fn default() -> Self {
+        Self {
+            replicas: 2,
+            command: ["{infergate}", "sim", "--port", "0"]
+                .map(String::from)
+                .to_vec(),
+            startup_timeout: "60s".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawKubernetesDiscovery {
+    /// Namespace of the replicas; empty means the gateway pod's own namespace.
+    pub namespace: String,
+    /// Service whose EndpointSlices list the replicas. Set this or `selector`.
+    pub service: Option<String>,
+    /// Pod label selector, as an alternative to `service`.
+    pub selector: BTreeMap<String, String>,
+    /// Target port of the replicas: a number, or a name (the Service port's name with
+    /// `service`, the container port's name with `selector`). Unset: the first port listed.
+    pub port: Option<PortRef>,
+}
+
+/// A port given by number or by name.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum PortRef {
+    Number(u16),
+    Name(String),
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, JsonSchema, Default, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 with keep-alive.
+    #[default]
+    Http1,
+    /// HTTP/2 over cleartext (prior knowledge).
+    H2c,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawAdmission {
+    /// Most requests waiting at the gateway for this pool; beyond it requests get 429.
+    pub max_queue: u32,
+    /// Longest a request waits at the gateway before it gets 429 with `Retry-After` (duration).
+    pub max_queue_wait: Quantity,
+    /// A replica is saturated when more than this many requests wait there: its engine queue
+    /// as last scraped (less this gateway's requests that started since), or this gateway's
+    /// streamed requests to it still without a first token, whichever is more. Those include
+    /// streams in their prefill step, so this also bounds the prefills started at once: a
+    /// replica that prefills many short prompts per step (vLLM's 8192 batched tokens) needs
+    /// room for a burst of them (BENCHMARKS.md, streamed bursts).
+    pub max_waiting_per_replica: u32,
+    /// A replica is saturated when its KV-cache use (0–1) exceeds this.
+    pub max_kv_cache_usage: f64,
+    /// A replica is saturated when this gateway has more than this many requests in flight to it.
+    pub max_inflight_per_replica: u32,
+}
+
+impl Default for RawAdmission {
+    fn default() -> Self {
+        Self {
+            max_queue: 1000,
+            max_queue_wait: "30s".into(),
+            max_waiting_per_replica: 32,
+            max_kv_cache_usage: 0.95,
+            max_inflight_per_replica: 256,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawTimeouts {
+    /// Time to open a connection to a replica (duration).
+    pub connect: Quantity,
+    /// Time from sending a request until the replica's response headers arrive (duration).
+    pub first_byte: Quantity,
+    /// Longest gap between two chunks of a streamed answer (duration).
+    pub idle_stream: Quantity,
+}
+
+impl Default for RawTimeouts {
+    fn default() -> Self {
+        Self {
+            connect: "1s".into(),
+            first_byte: "120s".into(),
+            idle_stream: "60s".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawRetries {
+    /// Most replicas tried for one request (connect failures only, before any byte is sent back).
+    pub max_attempts: u32,
+    /// Consecutive failures after which a replica is ejected from routing.
+    pub eject_after_failures: u32,
+    /// How long an ejected replica stays out before it is tried again (duration).
+    pub ejection_time: Quantity,
+}
+
+impl Default for RawRetries {
+    fn default() -> Self {
+        Self {
+            max_attempts: 3,
+            eject_after_failures: 3,
+            ejection_time: "10s".into(),
+        }
+    }
+}
