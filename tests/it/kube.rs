@@ -85,9 +85,7 @@ const BY_SERVICE: &str = "{service: sim, port: http}";
 
 /// The replicas routing now, by address.
 async fn routed(gw: &App) -> Vec<String> {
-    let mut names: Vec<String> = pool_status(gw).await["replicas"]
-        .as_array()
-        .unwrap()
+    let mut names: Vec<String> = replicas(&pool_status(gw).await)
         .iter()
         .map(|r| r["name"].as_str().unwrap().to_string())
         .collect();
@@ -199,7 +197,7 @@ async fn kube_api_outage_keeps_routing_says_so_and_relists_after_gone() {
     )
     .await;
     eventually(Duration::from_secs(5), "leads", async || {
-        metric(&metrics_page(gw.admin_addr).await, "infergate_leader", &[]) == Some(1.0)
+        gateway_metric(&gw, "infergate_leader", &[]).await == Some(1.0)
     })
     .await;
     assert_eq!(routed(&gw).await.len(), 2);
@@ -209,11 +207,7 @@ async fn kube_api_outage_keeps_routing_says_so_and_relists_after_gone() {
     fake.set_up(false);
     let went_down = Instant::now();
     eventually(Duration::from_secs(5), "api down seen", async || {
-        metric(
-            &metrics_page(gw.admin_addr).await,
-            "infergate_kubernetes_api_up",
-            &[("pool", "p")],
-        ) == Some(0.0)
+        gateway_metric(&gw, "infergate_kubernetes_api_up", &[("pool", "p")]).await == Some(0.0)
     })
     .await;
     let ready = readyz(&gw).await;
@@ -235,18 +229,19 @@ async fn kube_api_outage_keeps_routing_says_so_and_relists_after_gone() {
     }
     // The leader cannot renew: it stops acting within the lease duration (2 s).
     eventually(Duration::from_secs(3), "leadership lapses", async || {
-        metric(&metrics_page(gw.admin_addr).await, "infergate_leader", &[]) == Some(0.0)
+        gateway_metric(&gw, "infergate_leader", &[]).await == Some(0.0)
     })
     .await;
     assert!(
         went_down.elapsed() < Duration::from_millis(2600),
         "within the lease duration"
     );
-    let errors = metric(
-        &metrics_page(gw.admin_addr).await,
+    let errors = gateway_metric(
+        &gw,
         "infergate_kubernetes_watch_errors_total",
         &[("pool", "p")],
-    );
+    )
+    .await;
     assert!(errors.unwrap_or(0.0) >= 1.0, "{errors:?}");
 
     // Meanwhile sim-b goes away and the server forgets the history: the watch must relist.
@@ -258,11 +253,7 @@ async fn kube_api_outage_keeps_routing_says_so_and_relists_after_gone() {
     })
     .await;
     eventually(Duration::from_secs(5), "api up", async || {
-        metric(
-            &metrics_page(gw.admin_addr).await,
-            "infergate_kubernetes_api_up",
-            &[("pool", "p")],
-        ) == Some(1.0)
+        gateway_metric(&gw, "infergate_kubernetes_api_up", &[("pool", "p")]).await == Some(1.0)
     })
     .await;
     let ready = readyz(&gw).await.json();

@@ -43,7 +43,7 @@ async fn local_gateway(min: u32, max: u32, initial: u32, scaler_extra: &[&str]) 
 }
 
 fn ready(status: &serde_json::Value) -> u64 {
-    status["replicas"].as_array().unwrap().len() as u64
+    replicas(status).len() as u64
 }
 
 /// Polls the pool's status (at most 20 s) until `ready` replicas route and none drains.
@@ -140,22 +140,14 @@ async fn static_provider_exports_the_recommendation_only() {
         .await;
     let url = format!("http://{}/v1/completions", gw.gateway_addr);
     let streams: Vec<_> = (0..3)
-        .map(|_| {
-            spawn_stream(
-                &url,
-                json!({"model": "m", "prompt": "x", "max_tokens": 30, "ignore_eos": true, "stream": true}),
-            )
-        })
+        .map(|_| spawn_stream(&url, streamed_completion("x", 30)))
         .collect();
     let desired = poll_until(
         Duration::from_secs(2),
         async || {
-            metric(
-                &metrics_page(gw.admin_addr).await,
-                "infergate_scaler_desired_replicas",
-                &[("pool", "p")],
-            )
-            .unwrap_or(0.0)
+            gateway_metric(&gw, "infergate_scaler_desired_replicas", &[("pool", "p")])
+                .await
+                .unwrap_or(0.0)
         },
         |desired| *desired >= 3.0,
     )

@@ -35,9 +35,7 @@ async fn gateway_over(replicas: &[(SocketAddr, &str)], settings: &str) -> App {
 
 /// Each replica's GPU reading in the pool's `/admin/status` (None when it has none).
 fn gpu_readings(pool: &serde_json::Value) -> Vec<Option<f64>> {
-    pool["replicas"]
-        .as_array()
-        .unwrap()
+    replicas(pool)
         .iter()
         .map(|r| r["gpu_utilization"].as_f64())
         .collect()
@@ -139,7 +137,7 @@ scaler:
     dcgm.shutdown(Duration::from_millis(100)).await;
     let s = status_until(&gw, |s| gpu_readings(s).iter().all(Option::is_none)).await;
     assert_eq!(gpu_readings(&s), vec![None, None], "{s}");
-    for replica in s["replicas"].as_array().unwrap() {
+    for replica in replicas(&s) {
         assert!(replica["engine"].is_object(), "{s}");
         assert_eq!(replica["ejected"], false, "{s}");
     }

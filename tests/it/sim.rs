@@ -58,12 +58,7 @@ async fn tokens_stream_at_engine_step_times() {
     )
     .await;
     assert_eq!(status, 200);
-    let events = sse_events(&chunks);
-    assert_eq!(events.last().unwrap(), "[DONE]");
-    let parsed: Vec<serde_json::Value> = events[..events.len() - 1]
-        .iter()
-        .map(|e| serde_json::from_str(e).unwrap())
-        .collect();
+    let parsed = sse_json(&chunks);
     assert_eq!(parsed.len(), 6, "five token chunks and one usage chunk");
     assert_eq!(parsed[0]["choices"][0]["delta"]["role"], "assistant");
     assert_eq!(parsed[4]["choices"][0]["finish_reason"], "length");
@@ -125,7 +120,7 @@ async fn metrics_report_the_engine_queue_exactly() {
         .map(|_| {
             spawn_stream(
                 &format!("{base}/v1/completions"),
-                json!({"model": "m", "prompt": "go", "max_tokens": 2000, "ignore_eos": true, "stream": true}),
+                streamed_completion("go", 2000),
             )
         })
         .collect();
@@ -254,15 +249,25 @@ fn sigterm_finishes_running_answers_before_exit() {
     rt.block_on(async {
         let stream = spawn_stream(
             &format!("http://{addr}/v1/completions"),
-            json!({"model": "m", "prompt": "x", "max_tokens": 20, "ignore_eos": true, "stream": true}),
+            streamed_completion("x", 20),
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
         let pid = child.0.id().to_string();
-        assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+        assert!(
+            std::process::Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
         let (status, chunks) = stream.await.unwrap();
         assert_eq!(status, 200);
         let events = sse_events(&chunks);
-        assert_eq!(events.last().map(String::as_str), Some("[DONE]"), "the answer ran to its end");
+        assert_eq!(
+            events.last().map(String::as_str),
+            Some("[DONE]"),
+            "the answer ran to its end"
+        );
         assert_eq!(events.len(), 21);
     });
     let exit = child.0.wait().unwrap();
@@ -362,13 +367,21 @@ fn crash_after_kills_the_process_mid_stream() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let url = format!("http://{addr}/v1/completions");
-        let body = json!({"model": "m", "prompt": "x", "max_tokens": 10, "ignore_eos": true, "stream": true});
+        let body = streamed_completion("x", 10);
         let (_, first) = post_stream(&url, body.clone()).await;
-        assert_eq!(sse_events(&first).last().map(String::as_str), Some("[DONE]"), "request 1 completes");
+        assert_eq!(
+            sse_events(&first).last().map(String::as_str),
+            Some("[DONE]"),
+            "request 1 completes"
+        );
         let (_, second) = post_stream(&url, body).await;
         let events = sse_events(&second);
         // It dies at the second token: the client has the first one and nothing more.
-        assert_eq!(events.len(), 1, "the second stream started, and broke off: {events:?}");
+        assert_eq!(
+            events.len(),
+            1,
+            "the second stream started, and broke off: {events:?}"
+        );
         let first: serde_json::Value = serde_json::from_str(&events[0]).expect("a token chunk");
         assert_eq!(first["object"], "text_completion", "{first}");
     });

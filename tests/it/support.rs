@@ -119,6 +119,12 @@ pub async fn post_stream(
     (status, chunks)
 }
 
+/// A streamed completion of `prompt` for model `m` that runs to `max_tokens` (`ignore_eos`).
+pub fn streamed_completion(prompt: &str, max_tokens: u32) -> Value {
+    serde_json::json!({"model": "m", "prompt": prompt, "max_tokens": max_tokens,
+                       "ignore_eos": true, "stream": true})
+}
+
 /// [`post_stream`] in a task of its own, for answers that run while the test goes on.
 pub fn spawn_stream(url: &str, body: Value) -> JoinHandle<(StatusCode, Vec<(Duration, Bytes)>)> {
     let url = url.to_string();
@@ -350,6 +356,18 @@ pub async fn pool_status(gw: &App) -> Value {
     admin_status(gw).await["pools"][0].clone()
 }
 
+/// The replicas in a pool's `/admin/status`.
+pub fn replicas(pool: &Value) -> &[Value] {
+    pool["replicas"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no replicas in {pool}"))
+}
+
+/// One sample of the gateway's own metrics page (see [`metric`]).
+pub async fn gateway_metric(gw: &App, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    metric(&metrics_page(gw.admin_addr).await, name, labels)
+}
+
 /// The gateway's `/readyz` answer.
 pub async fn readyz(gw: &App) -> Reply {
     get(&format!("http://{}/readyz", gw.admin_addr)).await
@@ -400,6 +418,20 @@ pub async fn poll_until<T>(
 pub async fn eventually(within: Duration, what: &str, check: impl AsyncFnMut() -> bool) {
     let held = poll_until(within, check, |held| *held).await;
     assert!(held, "not within {within:?}: {what}");
+}
+
+/// The JSON payloads of a stream's SSE events, in order; the stream must end with `[DONE]`.
+pub fn sse_json(chunks: &[(Duration, Bytes)]) -> Vec<Value> {
+    let events = sse_events(chunks);
+    assert_eq!(
+        events.last().map(String::as_str),
+        Some("[DONE]"),
+        "{events:?}"
+    );
+    events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap_or_else(|err| panic!("not JSON ({err}): {e}")))
+        .collect()
 }
 
 /// Whether an external tool is installed; under CI=true a missing tool fails the test.
