@@ -252,23 +252,9 @@ fn sigterm_finishes_running_answers_before_exit() {
             streamed_completion("x", 20),
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let pid = child.0.id().to_string();
-        assert!(
-            std::process::Command::new("kill")
-                .args(["-TERM", &pid])
-                .status()
-                .unwrap()
-                .success()
-        );
-        let (status, chunks) = stream.await.unwrap();
-        assert_eq!(status, 200);
-        let events = sse_events(&chunks);
-        assert_eq!(
-            events.last().map(String::as_str),
-            Some("[DONE]"),
-            "the answer ran to its end"
-        );
-        assert_eq!(events.len(), 21);
+        send_signal(child.0.id(), "TERM");
+        let events = stream_to_done(stream).await;
+        assert_eq!(events.len(), 20, "the answer ran to its end");
     });
     let exit = child.0.wait().unwrap();
     assert!(exit.success(), "{exit:?}");

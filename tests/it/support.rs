@@ -434,6 +434,25 @@ pub fn sse_json(chunks: &[(Duration, Bytes)]) -> Vec<Value> {
         .collect()
 }
 
+/// Awaits a stream started with [`spawn_stream`]: it must be answered 200 and run to `[DONE]`.
+/// Returns its JSON events.
+pub async fn stream_to_done(
+    stream: JoinHandle<(StatusCode, Vec<(Duration, Bytes)>)>,
+) -> Vec<Value> {
+    let (status, chunks) = stream.await.expect("the stream's task ends");
+    assert_eq!(status, 200);
+    sse_json(&chunks)
+}
+
+/// Sends `signal` (`TERM`, `KILL`, ...) to the process `pid`.
+pub fn send_signal(pid: u32, signal: &str) {
+    let sent = Command::new("kill")
+        .args([format!("-{signal}"), pid.to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(sent.success(), "kill -{signal} {pid}: {sent}");
+}
+
 /// Whether an external tool is installed; under CI=true a missing tool fails the test.
 pub fn tool_available(program: &str, probe: &[&str]) -> bool {
     let ok = Command::new(program)
