@@ -466,8 +466,9 @@ async fn loadgen_replays_a_workload_against_a_real_replica() {
     let page = get(&format!("http://{addr}/metrics")).await.text();
     assert_eq!(served, requests as f64, "{served} of {requests}: {page}");
     let hits = metric(&page, "vllm:prefix_cache_hits_total", &[]).unwrap_or(0.0);
+    let queried = metric(&page, "vllm:prefix_cache_queries_total", &[]).unwrap_or(0.0);
     assert!(
-        hits > 0.0,
-        "shared prefixes reach the replica as shared text"
+        hits > 0.0 && hits <= queried,
+        "shared prefixes reach the replica as shared text: {hits} of {queried} tokens"
     );
 }

@@ -769,10 +769,9 @@ async fn held_streams_go_on_when_a_stream_there_starts() {
         last_start < first_end,
         "a held stream's first token ({last_start:?}) came only after an answer ended ({first_end:?})"
     );
-    assert!(
-        held_so_far(&gw).await >= 1.0,
-        "no stream was held: the test tests nothing"
-    );
+    // Some were held (or the test tests nothing), each at most once, and never the first.
+    let held = held_so_far(&gw).await;
+    assert!((1.0..=41.0).contains(&held), "{held} of 42 streams held");
 }
 
 /// Two long answers fill a replica limited to two in flight; what comes next waits at the

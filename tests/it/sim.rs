@@ -140,7 +140,10 @@ async fn metrics_report_the_engine_queue_exactly() {
         Some(3.0),
         "{last}"
     );
-    assert!(metric(&last, "vllm:kv_cache_usage_perc", &labels).unwrap() > 0.0);
+    // Only the two running hold KV blocks, each at most its prompt and 2000 tokens: 126 blocks
+    // of 16 tokens, of 2400.
+    let kv = metric(&last, "vllm:kv_cache_usage_perc", &labels).unwrap();
+    assert!(kv > 0.0 && kv <= 2.0 * 126.0 / 2400.0, "{kv}: {last}");
     assert_eq!(
         metric(
             &last,
