@@ -255,8 +255,7 @@ impl FakeKube {
             kind: "DELETED",
             object,
         };
-        store.history.push(event.clone());
-        let _ = self.shared.events.send(event);
+        publish(&self.shared, &mut store, event);
     }
 
     pub fn get(&self, collection: &str, name: &str) -> Option<Value> {
@@ -341,6 +340,12 @@ fn commit(
         kind,
         object: object.clone(),
     };
+    publish(shared, store, event);
+}
+
+/// Keeps `event` in the history (for watches resuming from an older resourceVersion) and sends
+/// it to the open watches.
+fn publish(shared: &Shared, store: &mut Store, event: Event) {
     store.history.push(event.clone());
     let _ = shared.events.send(event);
 }

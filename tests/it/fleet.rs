@@ -1,6 +1,7 @@
 //! The fleet simulation: exact expectations on tiny scenarios (virtual time is deterministic),
 //! the trace readers on lines of the real traces, and a short compare run of the command.
 
+use std::net::SocketAddr;
 use std::process::Command;
 
 use infergate::config::{self, RoutingPolicy};
@@ -10,18 +11,40 @@ use infergate::fleet_sim::workload::{self, Request, Segment, Shaping, Source, Tr
 use infergate::vllm_sim::engine::{Engine, EngineRequest, Event};
 use infergate::vllm_sim::profile;
 
-fn pool_config(endpoints: usize, policy: &str, scaler: &str) -> config::Config {
-    let endpoints: Vec<String> = (0..endpoints)
-        .map(|i| format!("          - http://127.0.0.1:{}\n", 9000 + i))
+use crate::support::{GatewayConfig, get, metric, requests_finished, spawn_sim};
+
+/// A pool of `endpoints` static replicas (virtual ones: the simulation sends them nothing).
+fn pool_config(endpoints: u16, policy: &str, scaler: &str) -> config::Config {
+    let endpoints: Vec<SocketAddr> = (0..endpoints)
+        .map(|i| SocketAddr::from(([127, 0, 0, 1], 9000 + i)))
         .collect();
-    let yaml = format!(
-        "pools:\n  - name: p\n    models: [m]\n    discovery:\n      static:\n        endpoints:\n{}    routing:\n      policy: {policy}\n    scaler:\n{scaler}",
-        endpoints.concat()
-    );
-    config::parse(&yaml, "test.yaml").unwrap_or_else(|e| panic!("{e}\n{yaml}"))
+    GatewayConfig::static_replicas(&endpoints)
+        .pool(&format!("routing: {{policy: {policy}}}"))
+        .pool(scaler)
+        .config()
 }
 
-const NO_SCALER: &str = "      enabled: false\n";
+const NO_SCALER: &str = "scaler: {enabled: false}";
+
+/// A generated workload of 120 s: one prompt group, no shared system prompt, Poisson-like
+/// spacing (cv 1) unless changed.
+fn generator(kind: workload::GeneratorKind, seed: u64) -> workload::Generator {
+    workload::Generator {
+        kind,
+        rate: 1.0,
+        rate_end: 0.0,
+        duration: 120.0,
+        cv: 1.0,
+        period: 1.0,
+        amplitude: 0.0,
+        prompt_tokens: 1000,
+        output_tokens: 100,
+        groups: 1,
+        prompts_per_group: 1,
+        system_prompt_tokens: 0,
+        seed,
+    }
+}
 
 fn spec(initial: u32, cold_start: Option<f64>) -> FleetSpec {
     FleetSpec {
@@ -131,7 +154,8 @@ fn two_replicas_under_round_robin_alternate() {
 fn a_cold_start_delays_the_first_answer_by_exactly_the_start_time() {
     // Scale from zero: the scaler sees the held request at its first tick (1 s), starts a
     // replica, which is ready `cold_start` later; then the request is sent.
-    let scaler = "      enabled: true\n      min_replicas: 0\n      max_replicas: 2\n      interval: 1s\n      provider: static\n";
+    let scaler =
+        "scaler: {enabled: true, min_replicas: 0, max_replicas: 2, interval: 1s, provider: static}";
     let config = pool_config(1, "least-request", scaler);
     let workload = [request(0.25, 1000, 10, 1)];
     let engine = lone_engine_ttft(1000);
@@ -166,15 +190,13 @@ fn fixture(name: &str) -> std::path::PathBuf {
         .join(name)
 }
 
+/// Reads a trace file as `format`, unshaped.
+fn load_trace(path: std::path::PathBuf, format: TraceFormat) -> anyhow::Result<Vec<Request>> {
+    workload::load(&Source::Trace { path, format }, &Shaping::default())
+}
+
 fn read(name: &str, format: TraceFormat) -> Vec<Request> {
-    workload::load(
-        &Source::Trace {
-            path: fixture(name),
-            format,
-        },
-        &Shaping::default(),
-    )
-    .unwrap()
+    load_trace(fixture(name), format).unwrap()
 }
 
 #[test]
@@ -231,14 +253,7 @@ fn the_jsonl_format_reads_groups_sessions_and_priorities_and_rejects_bad_lines()
         ),
     )
     .unwrap();
-    let requests = workload::load(
-        &Source::Trace {
-            path: good,
-            format: TraceFormat::Jsonl,
-        },
-        &Shaping::default(),
-    )
-    .unwrap();
+    let requests = load_trace(good, TraceFormat::Jsonl).unwrap();
     assert_eq!(requests.len(), 2);
     assert_eq!(requests[0].arrival, 0.1, "sorted by arrival");
     assert_eq!(requests[1].session.as_deref(), Some("u1"));
@@ -249,14 +264,7 @@ fn the_jsonl_format_reads_groups_sessions_and_priorities_and_rejects_bad_lines()
 
     let bad = dir.join("bad.jsonl");
     std::fs::write(&bad, "{\"time\": 1, \"prompt_tokens\": 10, \"output_tokens\": 2}\n{\"time\": 2, \"prompt_tokenz\": 10}\n").unwrap();
-    let err = workload::load(
-        &Source::Trace {
-            path: bad.clone(),
-            format: TraceFormat::Jsonl,
-        },
-        &Shaping::default(),
-    )
-    .unwrap_err();
+    let err = load_trace(bad, TraceFormat::Jsonl).unwrap_err();
     let text = format!("{err:#}");
     assert!(
         text.contains("bad.jsonl:2") && text.contains("prompt_tokenz"),
@@ -283,19 +291,9 @@ fn predicted_ttft_routes_around_slow_replicas_in_simulation() {
     spec.slow_factor = 8.0;
     spec.keep_requests = false;
     let g = workload::Generator {
-        kind: workload::GeneratorKind::Poisson,
         rate: 12.0,
-        rate_end: 0.0,
-        duration: 120.0,
-        cv: 1.0,
-        period: 1.0,
-        amplitude: 0.0,
         prompt_tokens: 1500,
-        output_tokens: 100,
-        groups: 1,
-        prompts_per_group: 1,
-        system_prompt_tokens: 0,
-        seed: 5,
+        ..generator(workload::GeneratorKind::Poisson, 5)
     };
     let workload = workload::generate(&g);
     let runs = infergate::fleet_sim::compared_runs(
@@ -324,19 +322,10 @@ fn the_scaler_follows_a_ramp_up_and_back_down_without_failures() {
     let mut spec = spec(1, Some(5.0));
     spec.keep_requests = false;
     let mut workload = workload::generate(&workload::Generator {
-        kind: workload::GeneratorKind::Ramp,
         rate: 2.0,
         rate_end: 60.0,
-        duration: 120.0,
-        cv: 1.0,
-        period: 1.0,
-        amplitude: 0.0,
-        prompt_tokens: 1000,
         output_tokens: 300,
-        groups: 1,
-        prompts_per_group: 1,
-        system_prompt_tokens: 0,
-        seed: 9,
+        ..generator(workload::GeneratorKind::Ramp, 9)
     });
     // One last request after a quiet spell longer than the scale-down stabilisation.
     workload.push(request(300.0, 100, 5, 77));
@@ -351,7 +340,13 @@ fn the_scaler_follows_a_ramp_up_and_back_down_without_failures() {
         report.max_replicas, 4,
         "reached max_replicas under the ramp"
     );
-    assert!(report.scale_downs >= 1);
+    // One replica at a time, up to 4 and back down to 1, without a step back and forth.
+    assert_eq!(
+        (report.scale_ups, report.scale_downs),
+        (3, 3),
+        "ready replicas each second: {:?}",
+        report.timeline.iter().map(|s| s.ready).collect::<Vec<_>>()
+    );
     let before_last = report.timeline.iter().rev().find(|s| s.t < 299.0).unwrap();
     assert_eq!(
         before_last.ready, 1,
@@ -425,7 +420,7 @@ fn simulate_compares_policies_and_writes_its_report_and_plots() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn loadgen_replays_a_workload_against_a_real_replica() {
-    let (_sim, addr) = crate::support::spawn_sim(&["--model", "sim-m", "--speed", "20"]);
+    let (_sim, addr) = spawn_sim(&["--model", "sim-m", "--speed", "20"]);
     let out = tempdir().join("loadgen.json");
     let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_infergate"))
         .args([
@@ -458,22 +453,22 @@ async fn loadgen_replays_a_workload_against_a_real_replica() {
     let requests = report["requests"].as_u64().unwrap();
     assert!(requests > 30, "{report}");
     assert_eq!(report["completed"].as_u64(), Some(requests), "{report}");
-    assert!(report["ttft"]["p50"].as_f64().unwrap() > 0.0);
-    // The replica saw exactly those requests, and their shared system prompts hit its cache.
-    let page = crate::support::get(&format!("http://{addr}/metrics"))
-        .await
-        .text();
-    let served = crate::support::metric(&page, "vllm:request_success_total", &[]).unwrap_or(0.0)
-        + crate::support::metric(
-            &page,
-            "vllm:request_success_total",
-            &[("finished_reason", "length")],
-        )
-        .unwrap_or(0.0);
-    assert!(served >= requests as f64, "{served} of {requests}: {page}");
-    let hits = crate::support::metric(&page, "vllm:prefix_cache_hits_total", &[]).unwrap_or(0.0);
+    // No first token before one engine step (the default profile's fixed step time, run 20
+    // times faster).
+    let step = profile::profile("llama-8b-h100").unwrap().t0 / 20.0;
+    let p50 = report["ttft"]["p50"].as_f64().unwrap();
     assert!(
-        hits > 0.0,
-        "shared prefixes reach the replica as shared text"
+        p50 >= step,
+        "p50 TTFT {p50} s under one step ({step} s): {report}"
+    );
+    // The replica saw exactly those requests, and their shared system prompts hit its cache.
+    let served = requests_finished(addr).await;
+    let page = get(&format!("http://{addr}/metrics")).await.text();
+    assert_eq!(served, requests as f64, "{served} of {requests}: {page}");
+    let hits = metric(&page, "vllm:prefix_cache_hits_total", &[]).unwrap_or(0.0);
+    let queried = metric(&page, "vllm:prefix_cache_queries_total", &[]).unwrap_or(0.0);
+    assert!(
+        hits > 0.0 && hits <= queried,
+        "shared prefixes reach the replica as shared text: {hits} of {queried} tokens"
     );
 }

@@ -6,59 +6,44 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use infergate::app::{self, App};
+use infergate::loadgen::LoadArgs;
 use infergate::openai::fnv1a;
-use infergate::vllm_sim::profile::profile;
-use infergate::vllm_sim::{SimOptions, start};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::support::*;
 
-async fn sim(model: &str, profile_name: &str) -> infergate::http_server::Server {
-    let mut opts = SimOptions::new(profile(profile_name).unwrap());
-    opts.models = vec![model.into()];
-    start(opts).await.unwrap()
+/// The gateway these tests share: static replicas at `endpoints`, alias `short` for `m`, 16 MiB
+/// bodies, three attempts and ejection after two failures in a row.
+fn static_config(endpoints: &[SocketAddr]) -> GatewayConfig {
+    GatewayConfig::static_replicas(endpoints)
+        .listener("max_body_size: 16MiB")
+        .listener("drain_timeout: 5s")
+        .pool("aliases: {short: m}")
+        .pool("retries: {max_attempts: 3, eject_after_failures: 2, ejection_time: 30s}")
 }
 
-async fn gateway_with(yaml: &str) -> App {
-    let config = infergate::config::parse(yaml, "test").unwrap_or_else(|e| panic!("{e}"));
-    app::start(config).await.unwrap()
-}
-
-/// A gateway in front of static replicas at `endpoints`.
-async fn static_gateway(endpoints: &[SocketAddr], extra: &str) -> App {
-    let list: Vec<String> = endpoints
-        .iter()
-        .map(|a| format!("\"http://{a}\""))
-        .collect();
-    gateway_with(&format!(
-        "listeners: {{gateway: 127.0.0.1:0, admin: 127.0.0.1:0, max_body_size: 16MiB, drain_timeout: 5s}}
-pools:
-  - name: p
-    models: [m]
-    aliases: {{short: m}}
-    discovery: {{static: {{endpoints: [{}]}}}}
-    retries: {{max_attempts: 3, eject_after_failures: 2, ejection_time: 30s}}
-{extra}",
-        list.join(", ")
-    ))
-    .await
-}
-
-async fn status(gw: &App) -> serde_json::Value {
-    get(&format!("http://{}/admin/status", gw.admin_addr))
-        .await
-        .json()
+async fn static_gateway(endpoints: &[SocketAddr]) -> App {
+    static_config(endpoints).start().await
 }
 
 async fn total_inflight(gw: &App) -> u64 {
-    status(gw).await["pools"][0]["inflight"].as_u64().unwrap()
+    pool_status(gw).await["inflight"].as_u64().unwrap()
+}
+
+/// A replica's entry in the pool's `/admin/status`, by name.
+fn replica_entry(pool: &serde_json::Value, name: &str) -> serde_json::Value {
+    replicas(pool)
+        .iter()
+        .find(|r| r["name"] == name)
+        .unwrap_or_else(|| panic!("no replica {name}: {pool}"))
+        .clone()
 }
 
 #[tokio::test]
 async fn proxies_plain_and_streamed_answers_like_direct() {
-    let replica = sim("m", "llama-8b-h100").await;
-    let gw = static_gateway(&[replica.addr], "").await;
+    let replica = sim("llama-8b-h100").await;
+    let gw = static_gateway(&[replica.addr]).await;
     let request = json!({"model": "m", "messages": [{"role": "user", "content": "What is a gateway?"}], "max_tokens": 12});
     let direct = post(
         &format!("http://{}/v1/chat/completions", replica.addr),
@@ -84,16 +69,18 @@ async fn proxies_plain_and_streamed_answers_like_direct() {
     )
     .await;
     assert_eq!(status_code, 200);
-    let events = sse_events(&chunks);
-    assert_eq!(events.last().unwrap(), "[DONE]");
-    let streamed: String = events[..events.len() - 1]
+    let events = sse_json(&chunks);
+    let tokens = direct.json()["usage"]["completion_tokens"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(
+        events.len() as u64,
+        tokens,
+        "one event per token before [DONE]: {events:?}"
+    );
+    let streamed: String = events
         .iter()
-        .map(|e| {
-            serde_json::from_str::<serde_json::Value>(e).unwrap()["choices"][0]["delta"]["content"]
-                .as_str()
-                .unwrap_or("")
-                .to_string()
-        })
+        .map(|e| e["choices"][0]["delta"]["content"].as_str().unwrap_or(""))
         .collect();
     assert_eq!(
         streamed,
@@ -122,8 +109,8 @@ async fn proxies_plain_and_streamed_answers_like_direct() {
 
 #[tokio::test]
 async fn aliases_are_rewritten_to_the_served_name() {
-    let replica = sim("m", "llama-8b-h100").await;
-    let gw = static_gateway(&[replica.addr], "").await;
+    let replica = sim("llama-8b-h100").await;
+    let gw = static_gateway(&[replica.addr]).await;
     let reply = post(
         &format!("http://{}/v1/completions", gw.gateway_addr),
         json!({"model": "short", "prompt": "hi", "max_tokens": 2}),
@@ -146,8 +133,8 @@ async fn aliases_are_rewritten_to_the_served_name() {
 async fn large_prompts_arrive_byte_identical() {
     // The L4 profile has an 8k context; use the 8B H100 profile (32k) and a 70B-sized KV so an
     // 8 MB prompt is refused by the replica for length, after the gateway forwarded it intact.
-    let replica = sim("m", "llama-8b-h100").await;
-    let gw = static_gateway(&[replica.addr], "").await;
+    let replica = sim("llama-8b-h100").await;
+    let gw = static_gateway(&[replica.addr]).await;
     for size in [1usize << 20, 8 << 20] {
         // `model` after `messages`, as the OpenAI SDKs send it.
         let body = format!(
@@ -207,8 +194,8 @@ async fn raw_http(addr: SocketAddr, request: &[u8], then: Option<&[u8]>) -> Stri
 
 #[tokio::test]
 async fn chunked_uploads_and_expect_continue_are_forwarded() {
-    let replica = sim("m", "llama-8b-h100").await;
-    let gw = static_gateway(&[replica.addr], "").await;
+    let replica = sim("llama-8b-h100").await;
+    let gw = static_gateway(&[replica.addr]).await;
     let body = r#"{"model": "m", "prompt": "chunked hello", "max_tokens": 2}"#;
     let (a, b) = body.split_at(20);
     let chunked = format!(
@@ -235,8 +222,8 @@ async fn chunked_uploads_and_expect_continue_are_forwarded() {
 
 #[tokio::test]
 async fn client_errors_are_openai_errors() {
-    let replica = sim("m", "llama-8b-h100").await;
-    let gw = static_gateway(&[replica.addr], "").await;
+    let replica = sim("llama-8b-h100").await;
+    let gw = static_gateway(&[replica.addr]).await;
     let base = format!("http://{}", gw.gateway_addr);
     let cases = [
         (
@@ -288,17 +275,11 @@ async fn client_errors_are_openai_errors() {
 
 #[tokio::test]
 async fn an_address_in_use_is_refused_by_name() {
-    let replica = sim("m", "llama-8b-h100").await;
-    let first = static_gateway(&[replica.addr], "").await;
-    let yaml = format!(
-        "listeners: {{gateway: {}, admin: 127.0.0.1:0}}
-pools:
-  - name: p
-    models: [m]
-    discovery: {{static: {{endpoints: [\"http://{}\"]}}}}",
-        first.gateway_addr, replica.addr
-    );
-    let config = infergate::config::parse(&yaml, "test").unwrap();
+    let replica = sim("llama-8b-h100").await;
+    let first = static_gateway(&[replica.addr]).await;
+    let config = GatewayConfig::static_replicas(&[replica.addr])
+        .gateway_listen(first.gateway_addr)
+        .config();
     let Err(error) = app::start(config).await else {
         panic!("a second gateway on a taken address started");
     };
@@ -317,7 +298,7 @@ pools:
 
 #[tokio::test]
 async fn a_dead_replica_at_start_costs_nothing() {
-    let live = sim("m", "llama-8b-h100").await;
+    let live = sim("llama-8b-h100").await;
     // A port nothing listens on.
     let dead = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -325,32 +306,28 @@ async fn a_dead_replica_at_start_costs_nothing() {
         .local_addr()
         .unwrap();
     // Scrapes far apart: this test is about the request path finding the dead replica.
-    let gw = static_gateway(&[dead, live.addr], "    metrics: {scrape_interval: 10s}\n").await;
-    for i in 0..20 {
-        let reply = post(
-            &format!("http://{}/v1/completions", gw.gateway_addr),
-            json!({"model": "m", "prompt": format!("n{i}"), "max_tokens": 1}),
-        )
+    let gw = static_config(&[dead, live.addr])
+        .pool("metrics: {scrape_interval: 10s}")
+        .start()
         .await;
-        assert_eq!(reply.status, 200, "request {i}: {}", reply.text());
-    }
-    let s = status(&gw).await;
-    let dead_entry = s["pools"][0]["replicas"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["name"] == dead.to_string())
-        .unwrap()
-        .clone();
-    assert_eq!(dead_entry["ejected"], true, "{s}");
-    let metrics = get(&format!("http://{}/metrics", gw.admin_addr))
-        .await
-        .text();
+    completions_in_turn(
+        gw.gateway_addr,
+        20,
+        Duration::ZERO,
+        |i| json!({"model": "m", "prompt": format!("n{i}"), "max_tokens": 1}),
+    )
+    .await;
+    let s = pool_status(&gw).await;
+    assert_eq!(replica_entry(&s, &dead.to_string())["ejected"], true, "{s}");
+    let metrics = metrics_page(gw.admin_addr).await;
     assert_eq!(
         metric(&metrics, "infergate_ejections_total", &[("pool", "p")]),
         Some(1.0)
     );
-    assert!(metric(&metrics, "infergate_retries_total", &[("pool", "p")]).unwrap() >= 1.0);
+    // One retry per request that met the dead replica, and at most two met it: two failures
+    // in a row eject it for 30 s (a failed scrape may have been the first).
+    let retries = metric(&metrics, "infergate_retries_total", &[("pool", "p")]).unwrap();
+    assert!((1.0..=2.0).contains(&retries), "{retries} retries");
     assert_eq!(
         metric(&metrics, "infergate_requests_total", &[("status", "200")]),
         Some(20.0)
@@ -360,51 +337,34 @@ async fn a_dead_replica_at_start_costs_nothing() {
 
 #[tokio::test]
 async fn client_disconnect_returns_inflight_to_zero() {
-    let replica = sim("m", "llama-8b-l4").await;
-    let gw = static_gateway(&[replica.addr], "").await;
-    let url = format!("http://{}/v1/completions", gw.gateway_addr);
-    let stream = tokio::spawn(async move {
-        post_stream(&url, json!({"model": "m", "prompt": "long", "max_tokens": 5000, "ignore_eos": true, "stream": true})).await
-    });
-    let mut seen = 0;
-    for _ in 0..100 {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        seen = total_inflight(&gw).await;
-        if seen == 1 {
-            break;
-        }
-    }
+    let replica = sim("llama-8b-l4").await;
+    let gw = static_gateway(&[replica.addr]).await;
+    let stream = spawn_stream(
+        &format!("http://{}/v1/completions", gw.gateway_addr),
+        streamed_completion("long", 5000),
+    );
+    let inflight = async || total_inflight(&gw).await;
+    let seen = poll_until(Duration::from_secs(2), inflight, |n| *n == 1).await;
     assert_eq!(seen, 1, "the stream is in flight");
     stream.abort();
-    let mut after = 1;
-    for _ in 0..100 {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        after = total_inflight(&gw).await;
-        if after == 0 {
-            break;
-        }
-    }
+    let after = poll_until(Duration::from_secs(2), inflight, |n| *n == 0).await;
     assert_eq!(after, 0, "the guard was released when the client went away");
     gw.shutdown().await;
 }
 
 #[tokio::test]
 async fn graceful_shutdown_lets_streams_finish() {
-    let replica = sim("m", "llama-8b-l4").await;
-    let gw = static_gateway(&[replica.addr], "").await;
-    let url = format!("http://{}/v1/completions", gw.gateway_addr);
-    let stream = tokio::spawn(async move {
-        post_stream(&url, json!({"model": "m", "prompt": "x", "max_tokens": 10, "ignore_eos": true, "stream": true})).await
-    });
+    let replica = sim("llama-8b-l4").await;
+    let gw = static_gateway(&[replica.addr]).await;
+    let stream = spawn_stream(
+        &format!("http://{}/v1/completions", gw.gateway_addr),
+        streamed_completion("x", 10),
+    );
     tokio::time::sleep(Duration::from_millis(150)).await;
     let gateway_addr = gw.gateway_addr;
     gw.shutdown().await;
-    let (code, chunks) = stream.await.unwrap();
-    assert_eq!(code, 200);
-    assert_eq!(
-        sse_events(&chunks).last().map(String::as_str),
-        Some("[DONE]")
-    );
+    let events = stream_to_done(stream).await;
+    assert_eq!(events.len(), 10, "all ten tokens, then [DONE]: {events:?}");
     assert!(
         tokio::net::TcpStream::connect(gateway_addr).await.is_err(),
         "no longer accepting"
@@ -416,26 +376,25 @@ async fn gateway_metrics_pass_promtool() {
     if !tool_available("promtool", &["--version"]) {
         return;
     }
-    let replica = sim("m", "llama-8b-h100").await;
-    let gw = static_gateway(&[replica.addr], "").await;
+    let replica = sim("llama-8b-h100").await;
+    let gw = static_gateway(&[replica.addr]).await;
     post_stream(
         &format!("http://{}/v1/completions", gw.gateway_addr),
         json!({"model": "m", "prompt": "x", "max_tokens": 3, "stream": true}),
     )
     .await;
-    let text = get(&format!("http://{}/metrics", gw.admin_addr)).await.body;
+    let text = metrics_page(gw.admin_addr).await;
     gw.shutdown().await;
-    let (code, said) = promtool_check_metrics(&text);
+    let (code, said) = promtool_check_metrics(text.as_bytes());
     assert_eq!(code, Some(0), "promtool: {said}");
-    let text = String::from_utf8_lossy(&text);
-    assert!(
+    assert_eq!(
         metric(
             &text,
             "infergate_stream_first_chunk_seconds_count",
             &[("pool", "p")]
-        )
-        .unwrap()
-            >= 1.0
+        ),
+        Some(1.0),
+        "the one stream's first chunk"
     );
 }
 
@@ -444,42 +403,29 @@ async fn gateway_metrics_pass_promtool() {
 /// next requests succeed on the other.
 #[tokio::test]
 async fn local_replica_killed_mid_stream() {
-    let exe = env!("CARGO_BIN_EXE_infergate");
-    let gw = gateway_with(&format!(
-        "listeners: {{gateway: 127.0.0.1:0, admin: 127.0.0.1:0, drain_timeout: 2s}}
-pools:
-  - name: p
-    models: [m]
-    discovery:
-      local:
-        replicas: 2
-        command: [\"{exe}\", sim, --port, \"0\", --model, m, --profile, llama-8b-l4]
-        startup_timeout: 20s
-    retries: {{max_attempts: 3, eject_after_failures: 1, ejection_time: 60s}}
-"
-    ))
-    .await;
+    let gw = GatewayConfig::local(2, &["--profile", "llama-8b-l4"])
+        .listener("drain_timeout: 2s")
+        .pool("retries: {max_attempts: 3, eject_after_failures: 1, ejection_time: 60s}")
+        .start()
+        .await;
     let pids = gw.local_replica_pids().await;
     assert_eq!(pids.len(), 2, "both local replicas started");
-    let url = format!("http://{}/v1/chat/completions", gw.gateway_addr);
-    let stream = tokio::spawn(async move {
-        post_stream(&url, json!({"model": "m", "messages": [{"role": "user", "content": "long"}], "max_tokens": 2000, "ignore_eos": true, "stream": true})).await
-    });
+    let stream = spawn_stream(
+        &format!("http://{}/v1/chat/completions", gw.gateway_addr),
+        json!({"model": "m", "messages": [{"role": "user", "content": "long"}], "max_tokens": 2000, "ignore_eos": true, "stream": true}),
+    );
     // Find the replica serving it, then kill that process.
-    let mut serving = None;
-    for _ in 0..100 {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        let s = status(&gw).await;
-        serving = s["pools"][0]["replicas"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|r| r["inflight"] == 1)
-            .map(|r| r["name"].as_str().unwrap().to_string());
-        if serving.is_some() {
-            break;
-        }
-    }
+    let serving = poll_until(
+        Duration::from_secs(2),
+        async || {
+            replicas(&pool_status(&gw).await)
+                .iter()
+                .find(|r| r["inflight"] == 1)
+                .map(|r| r["name"].as_str().unwrap().to_string())
+        },
+        Option::is_some,
+    )
+    .await;
     let serving = serving.expect("one replica has the stream");
     tokio::time::sleep(Duration::from_millis(200)).await; // let a few tokens through
     let pid = pids
@@ -487,38 +433,29 @@ pools:
         .find(|(addr, _)| addr.to_string() == serving)
         .unwrap()
         .1;
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-KILL", &pid.to_string()])
-            .status()
-            .unwrap()
-            .success()
-    );
+    send_signal(pid, "KILL");
     let (code, chunks) = stream.await.unwrap();
     assert_eq!(code, 200);
     let events = sse_events(&chunks);
     assert!(events.len() >= 2, "some tokens arrived before the kill");
     let last: serde_json::Value = serde_json::from_str(events.last().unwrap())
         .expect("the stream ends with a JSON error event");
-    assert!(last["error"]["message"].is_string(), "{last}");
+    // The connection broke (not an idle timeout): a 502 saying so, no internal detail.
+    assert_eq!(
+        last["error"]["message"], "the model server failed to answer",
+        "{last}"
+    );
+    assert_eq!(last["error"]["code"], 502, "{last}");
     // The gateway is up, the dead replica is out, and requests succeed on the other one.
-    for i in 0..5 {
-        let reply = post(
-            &format!("http://{}/v1/completions", gw.gateway_addr),
-            json!({"model": "m", "prompt": format!("after {i}"), "max_tokens": 2}),
-        )
-        .await;
-        assert_eq!(reply.status, 200, "{}", reply.text());
-    }
-    let s = status(&gw).await;
-    let dead = s["pools"][0]["replicas"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["name"] == serving.as_str())
-        .unwrap()
-        .clone();
-    assert_eq!(dead["ejected"], true, "{s}");
+    completions_in_turn(
+        gw.gateway_addr,
+        5,
+        Duration::ZERO,
+        |i| json!({"model": "m", "prompt": format!("after {i}"), "max_tokens": 2}),
+    )
+    .await;
+    let s = pool_status(&gw).await;
+    assert_eq!(replica_entry(&s, &serving)["ejected"], true, "{s}");
     assert_eq!(total_inflight(&gw).await, 0);
     gw.shutdown().await;
 }
@@ -530,41 +467,35 @@ fn official_openai_client_streams_through_the_gateway() {
     }
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (replica, gw) = rt.block_on(async {
-        let replica = sim("m", "llama-8b-h100").await;
-        let gw = static_gateway(&[replica.addr], "").await;
+        let replica = sim("llama-8b-h100").await;
+        let gw = static_gateway(&[replica.addr]).await;
         (replica, gw)
     });
-    let run = |addr: SocketAddr| {
-        let script = format!(
-            r#"
-import openai
-client = openai.OpenAI(base_url="http://{addr}/v1", api_key="unused")
-stream = client.chat.completions.create(model="m", messages=[{{"role": "user", "content": "Name three rivers."}}],
-    max_tokens=9, stream=True, stream_options={{"include_usage": True}})
-content, finish, usage = "", None, None
-for chunk in stream:
-    if chunk.choices:
-        content += chunk.choices[0].delta.content or ""
-        finish = chunk.choices[0].finish_reason or finish
-    if chunk.usage:
-        usage = chunk.usage
-print(repr(content), finish, usage.completion_tokens)
-"#
-        );
-        run_python(&script)
-    };
+    let run = |addr: SocketAddr| openai_chat_stream(addr, "Name three rivers.", 9, "None");
     let via_gateway = run(gw.gateway_addr);
     let direct = run(replica.addr);
     assert_eq!(via_gateway, direct);
-    assert!(via_gateway.contains(' '), "{via_gateway}");
+    // "user\nName three rivers.\n" is 24 bytes: 6 tokens at 4 bytes per token.
+    assert_eq!(via_gateway["prompt_tokens"], 6, "{via_gateway}");
+    let content = via_gateway["content"].as_str().unwrap();
+    let tokens = via_gateway["completion_tokens"].as_u64().unwrap();
+    assert!((1..=9).contains(&tokens), "{via_gateway}");
+    assert_eq!(
+        content.split_whitespace().count() as u64,
+        tokens,
+        "one word per token: {via_gateway}"
+    );
     rt.block_on(gw.shutdown());
 }
 
 #[tokio::test]
 async fn h2c_downstream_and_upstream() {
     use http_body_util::{BodyExt, Full};
-    let replica = sim("m", "llama-8b-h100").await;
-    let gw = static_gateway(&[replica.addr], "    upstream_protocol: h2c\n").await;
+    let replica = sim("llama-8b-h100").await;
+    let gw = static_config(&[replica.addr])
+        .pool("upstream_protocol: h2c")
+        .start()
+        .await;
     // A client speaking HTTP/2 with prior knowledge to the gateway, which speaks h2c upstream.
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .http2_only(true)
@@ -606,47 +537,35 @@ async fn h2c_downstream_and_upstream() {
     gw.shutdown().await;
 }
 
-/// Requests a sim has answered, from its own metrics.
-async fn answered(sim: &infergate::http_server::Server) -> f64 {
-    let text = get(&format!("http://{}/metrics", sim.addr)).await.text();
-    text.lines()
-        .filter(|l| l.starts_with("vllm:request_success_total"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 /// With one replica ten times slower, predicted-TTFT routing sends it less traffic than round
 /// robin does, and clients see a lower p90 time to first token. Same replicas, same bounded
 /// load, one policy after the other.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn predicted_ttft_beats_round_robin_with_a_slow_replica() {
-    let fast = sim("m", "llama-8b-h100").await;
-    let mut slow_opts = SimOptions::new(profile("llama-8b-h100").unwrap());
-    slow_opts.models = vec!["m".into()];
+    let fast = sim("llama-8b-h100").await;
+    let mut slow_opts = sim_options("llama-8b-h100");
     slow_opts.profile.t0 *= 10.0;
     slow_opts.profile.prefill_per_token *= 10.0;
-    let slow = start(slow_opts).await.unwrap();
+    let slow = start_sim(slow_opts).await;
     let mut results = Vec::new();
     for policy in ["round-robin", "predicted-ttft"] {
-        let gw = static_gateway(
-            &[fast.addr, slow.addr],
-            &format!("    routing: {{policy: {policy}}}\n    metrics: {{scrape_interval: 50ms}}\n"),
-        )
-        .await;
-        let before = answered(&slow).await;
-        let args = infergate::loadgen::LoadArgs {
-            url: format!("http://{}", gw.gateway_addr),
-            model: "m".into(),
+        let gw = static_config(&[fast.addr, slow.addr])
+            .pool(&format!("routing: {{policy: {policy}}}"))
+            .pool("metrics: {scrape_interval: 50ms}")
+            .start()
+            .await;
+        let before = requests_finished(slow.addr).await;
+        let args = LoadArgs {
             requests: 80,
             concurrency: 8,
             duration: Duration::from_secs(60),
             prompt_tokens: 512,
             max_tokens: 16,
-            stream: true,
+            ..load_args(gw.gateway_addr)
         };
         let report = infergate::loadgen::run(args, |_, _| {}).await.unwrap();
-        assert_eq!(report.failed, 0);
-        let slow_share = (answered(&slow).await - before) / 80.0;
+        assert_eq!((report.ok, report.failed), (80, 0), "{}", report.render());
+        let slow_share = (requests_finished(slow.addr).await - before) / 80.0;
         let mut ttft = report.ttft.clone();
         ttft.sort_by(f64::total_cmp);
         let p90 = ttft[(ttft.len() * 9) / 10];
@@ -655,10 +574,7 @@ async fn predicted_ttft_beats_round_robin_with_a_slow_replica() {
     }
     eprintln!("(policy, share of requests on the slow replica, p90 TTFT s): {results:?}");
     let (rr, pt) = (results[0], results[1]);
-    assert!(
-        (rr.1 - 0.5).abs() < 0.05,
-        "round robin splits evenly: {results:?}"
-    );
+    assert_eq!(rr.1, 0.5, "round robin splits evenly: {results:?}");
     assert!(
         pt.1 < rr.1 - 0.15,
         "predicted-ttft sends the slow replica less: {results:?}"
@@ -671,15 +587,11 @@ async fn predicted_ttft_beats_round_robin_with_a_slow_replica() {
 
 #[tokio::test]
 async fn session_affinity_keeps_a_session_on_one_replica() {
-    let (a, b) = (
-        sim("m", "llama-8b-h100").await,
-        sim("m", "llama-8b-h100").await,
-    );
-    let gw = static_gateway(
-        &[a.addr, b.addr],
-        "    routing: {policy: session-affinity}\n",
-    )
-    .await;
+    let (a, b) = (sim("llama-8b-h100").await, sim("llama-8b-h100").await);
+    let gw = static_config(&[a.addr, b.addr])
+        .pool("routing: {policy: session-affinity}")
+        .start()
+        .await;
     let url = format!("http://{}/v1/completions", gw.gateway_addr);
     let body = serde_json::to_vec(&json!({"model": "m", "prompt": "hi", "max_tokens": 1})).unwrap();
     let mut homes = std::collections::HashSet::new();
@@ -687,7 +599,10 @@ async fn session_affinity_keeps_a_session_on_one_replica() {
     for n in 0..16 {
         let session = format!("session-{n}");
         let session = session.as_str();
-        let (before_a, before_b) = (answered(&a).await, answered(&b).await);
+        let (before_a, before_b) = (
+            requests_finished(a.addr).await,
+            requests_finished(b.addr).await,
+        );
         for _ in 0..3 {
             let reply = send_with(
                 http::Method::POST,
@@ -698,7 +613,10 @@ async fn session_affinity_keeps_a_session_on_one_replica() {
             .await;
             assert_eq!(reply.status, 200);
         }
-        let (on_a, on_b) = (answered(&a).await - before_a, answered(&b).await - before_b);
+        let (on_a, on_b) = (
+            requests_finished(a.addr).await - before_a,
+            requests_finished(b.addr).await - before_b,
+        );
         assert!(
             (on_a, on_b) == (3.0, 0.0) || (on_a, on_b) == (0.0, 3.0),
             "{session}: {on_a} on a, {on_b} on b"
@@ -713,7 +631,7 @@ async fn session_affinity_keeps_a_session_on_one_replica() {
 async fn prefix_hits(sims: &[infergate::http_server::Server]) -> f64 {
     let mut hits = 0.0;
     for sim in sims {
-        let text = get(&format!("http://{}/metrics", sim.addr)).await.text();
+        let text = metrics_page(sim.addr).await;
         hits += metric(&text, "vllm:prefix_cache_hits_total", &[]).unwrap_or(0.0);
     }
     hits
@@ -728,10 +646,13 @@ async fn prefix_affinity_raises_replica_cache_hits() {
     for policy in ["round-robin", "prefix-affinity"] {
         let mut sims = Vec::new();
         for _ in 0..4 {
-            sims.push(sim("m", "llama-8b-h100").await);
+            sims.push(sim("llama-8b-h100").await);
         }
         let addrs: Vec<SocketAddr> = sims.iter().map(|s| s.addr).collect();
-        let gw = static_gateway(&addrs, &format!("    routing: {{policy: {policy}}}\n")).await;
+        let gw = static_config(&addrs)
+            .pool(&format!("routing: {{policy: {policy}}}"))
+            .start()
+            .await;
         let url = format!("http://{}/v1/chat/completions", gw.gateway_addr);
         // 5 groups × 6 requests, interleaved across groups (5 and 4 replicas are coprime, so
         // round robin walks each group over every replica).
@@ -752,30 +673,24 @@ async fn prefix_affinity_raises_replica_cache_hits() {
 }
 
 async fn status_queued(gw: &App) -> u64 {
-    status(gw).await["pools"][0]["queued"].as_u64().unwrap()
+    pool_status(gw).await["queued"].as_u64().unwrap()
 }
 
 /// Requests of pool `p` that have waited in the gateway's admission queue so far.
 async fn held_so_far(gw: &App) -> f64 {
-    let page = get(&format!("http://{}/metrics", gw.admin_addr)).await;
-    metric(
-        &String::from_utf8_lossy(&page.body),
-        "infergate_queue_wait_seconds_count",
-        &[("pool", "p")],
-    )
-    .unwrap_or(0.0)
+    gateway_metric(gw, "infergate_queue_wait_seconds_count", &[("pool", "p")])
+        .await
+        .unwrap_or(0.0)
 }
 
 /// Waits (at most 2 s) until the gateway has read its first replica's metrics page.
 async fn wait_for_first_page(gw: &App) {
-    let read = || async { !status(gw).await["pools"][0]["replicas"][0]["engine"].is_null() };
-    for _ in 0..200 {
-        if read().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("the replica's page was not read within 2 s");
+    eventually(
+        Duration::from_secs(2),
+        "the replica's page was read",
+        async || !pool_status(gw).await["replicas"][0]["engine"].is_null(),
+    )
+    .await;
 }
 
 /// Non-streamed answers tell nothing about the engine's queue until they end, so dozens of them
@@ -783,11 +698,10 @@ async fn wait_for_first_page(gw: &App) {
 /// at the gateway: it passes them all on, as a plain proxy would.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn non_streamed_requests_to_a_fast_replica_are_not_held() {
-    let mut opts = SimOptions::new(profile("llama-8b-h100").unwrap());
-    opts.models = vec!["m".into()];
+    let mut opts = sim_options("llama-8b-h100");
     opts.instant = true;
-    let replica = start(opts).await.unwrap();
-    let gw = static_gateway(&[replica.addr], "").await;
+    let replica = start_sim(opts).await;
+    let gw = static_gateway(&[replica.addr]).await;
     wait_for_first_page(&gw).await;
     let url = format!("http://{}/v1/completions", gw.gateway_addr);
     for _ in 0..4 {
@@ -800,12 +714,12 @@ async fn non_streamed_requests_to_a_fast_replica_are_not_held() {
         .await;
         assert!(replies.iter().all(|r| r.status == 200));
     }
-    let page = get(&format!("http://{}/metrics", gw.admin_addr)).await;
-    let answered = metric(
-        &String::from_utf8_lossy(&page.body),
+    let answered = gateway_metric(
+        &gw,
         "infergate_requests_total",
         &[("pool", "p"), ("status", "200")],
-    );
+    )
+    .await;
     assert_eq!(answered, Some(192.0));
     assert_eq!(
         held_so_far(&gw).await,
@@ -821,12 +735,12 @@ async fn non_streamed_requests_to_a_fast_replica_are_not_held() {
 /// re-check would take 2 s. Pages come every 30 s, so scrapes wake nobody.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn held_streams_go_on_when_a_stream_there_starts() {
-    let replica = sim("m", "llama-8b-h100").await;
-    let gw = static_gateway(
-        &[replica.addr],
-        "    admission: {max_waiting_per_replica: 1}\n    metrics: {scrape_interval: 30s, stale_after: 120s}\n",
-    )
-    .await;
+    let replica = sim("llama-8b-h100").await;
+    let gw = static_config(&[replica.addr])
+        .pool("admission: {max_waiting_per_replica: 1}")
+        .pool("metrics: {scrape_interval: 30s, stale_after: 120s}")
+        .start()
+        .await;
     wait_for_first_page(&gw).await;
     let url = format!("http://{}/v1/completions", gw.gateway_addr);
     let t0 = std::time::Instant::now();
@@ -855,10 +769,9 @@ async fn held_streams_go_on_when_a_stream_there_starts() {
         last_start < first_end,
         "a held stream's first token ({last_start:?}) came only after an answer ended ({first_end:?})"
     );
-    assert!(
-        held_so_far(&gw).await >= 1.0,
-        "no stream was held: the test tests nothing"
-    );
+    // Some were held (or the test tests nothing), each at most once, and never the first.
+    let held = held_so_far(&gw).await;
+    assert!((1.0..=41.0).contains(&held), "{held} of 42 streams held");
 }
 
 /// Two long answers fill a replica limited to two in flight; what comes next waits at the
@@ -866,74 +779,56 @@ async fn held_streams_go_on_when_a_stream_there_starts() {
 /// full, or its wait runs out — those get 429 with Retry-After.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn saturated_pool_queues_sheds_and_bounds() {
-    let replica = sim("m", "llama-8b-l4").await;
-    let gw = static_gateway(
-        &[replica.addr],
-        "    admission: {max_inflight_per_replica: 2, max_queue: 2, max_queue_wait: 10s}\n",
+    let replica = sim("llama-8b-l4").await;
+    let gw = static_config(&[replica.addr])
+        .pool("admission: {max_inflight_per_replica: 2, max_queue: 2, max_queue_wait: 10s}")
+        .start()
+        .await;
+    let url = format!("http://{}/v1/completions", gw.gateway_addr);
+    let long = streamed_completion("long", 60);
+    let t0 = std::time::Instant::now();
+    let streams: Vec<_> = (0..2).map(|_| spawn_stream(&url, long.clone())).collect();
+    let inflight = poll_until(
+        Duration::from_secs(2),
+        async || total_inflight(&gw).await,
+        |n| *n == 2,
     )
     .await;
-    let url = format!("http://{}/v1/completions", gw.gateway_addr);
-    let long = json!({"model": "m", "prompt": "long", "max_tokens": 60, "ignore_eos": true, "stream": true});
-    let t0 = std::time::Instant::now();
-    let mut streams = Vec::new();
-    for _ in 0..2 {
-        let (url, body) = (url.clone(), long.clone());
-        streams.push(tokio::spawn(async move { post_stream(&url, body).await }));
-    }
-    for _ in 0..100 {
-        if total_inflight(&gw).await == 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert_eq!(total_inflight(&gw).await, 2);
-    let short =
-        serde_json::to_vec(&json!({"model": "m", "prompt": "short", "max_tokens": 2})).unwrap();
+    assert_eq!(inflight, 2);
+    let short = json!({"model": "m", "prompt": "short", "max_tokens": 2});
     // Sheddable: refused at once.
     let shed = send_with(
         http::Method::POST,
         &url,
         &[("x-priority", "sheddable")],
-        short.clone(),
+        serde_json::to_vec(&short).unwrap(),
     )
     .await;
     assert_openai_error(&shed, 429, "sheddable");
     assert_eq!(shed.headers["retry-after"], "1");
     // Two standard requests wait (the queue holds 2); a third finds it full.
-    let mut waiting = Vec::new();
-    for _ in 0..2 {
-        let (url, body) = (url.clone(), short.clone());
-        waiting.push(tokio::spawn(async move {
-            send(http::Method::POST, &url, body).await
-        }));
-    }
-    for _ in 0..100 {
-        if status_queued(&gw).await == 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert_eq!(
-        status_queued(&gw).await,
-        2,
-        "waiting at the gateway, not at the replica"
-    );
+    let waiting: Vec<_> = (0..2).map(|_| spawn_post(&url, short.clone())).collect();
+    let queued = poll_until(
+        Duration::from_secs(2),
+        async || status_queued(&gw).await,
+        |n| *n == 2,
+    )
+    .await;
+    assert_eq!(queued, 2, "waiting at the gateway, not at the replica");
     // The replica holds exactly the two long answers: once its engine has stepped, both run
     // and none waits (its metrics are as of its last step).
-    let mut engine = (0.0, 0.0);
-    for _ in 0..100 {
-        let text = get(&format!("http://{}/metrics", replica.addr))
-            .await
-            .text();
-        engine = (
-            metric(&text, "vllm:num_requests_running", &[]).unwrap(),
-            metric(&text, "vllm:num_requests_waiting", &[]).unwrap(),
-        );
-        if engine.0 == 2.0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let engine = poll_until(
+        Duration::from_secs(2),
+        async || {
+            let text = metrics_page(replica.addr).await;
+            (
+                metric(&text, "vllm:num_requests_running", &[]).unwrap(),
+                metric(&text, "vllm:num_requests_waiting", &[]).unwrap(),
+            )
+        },
+        |engine| engine.0 == 2.0,
+    )
+    .await;
     assert_eq!(engine, (2.0, 0.0), "at {:?}", t0.elapsed());
     assert_eq!(status_queued(&gw).await, 2);
     let full = post(
@@ -947,7 +842,7 @@ async fn saturated_pool_queues_sheds_and_bounds() {
         assert_eq!(w.await.unwrap().status, 200);
     }
     for s in streams {
-        assert_eq!(s.await.unwrap().0, 200);
+        stream_to_done(s).await;
     }
     assert_eq!(status_queued(&gw).await, 0);
     gw.shutdown().await;
@@ -955,18 +850,13 @@ async fn saturated_pool_queues_sheds_and_bounds() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_queued_request_times_out_with_429() {
-    let replica = sim("m", "llama-8b-l4").await;
-    let gw = static_gateway(
-        &[replica.addr],
-        "    admission: {max_inflight_per_replica: 1, max_queue: 10, max_queue_wait: 300ms}\n",
-    )
-    .await;
+    let replica = sim("llama-8b-l4").await;
+    let gw = static_config(&[replica.addr])
+        .pool("admission: {max_inflight_per_replica: 1, max_queue: 10, max_queue_wait: 300ms}")
+        .start()
+        .await;
     let url = format!("http://{}/v1/completions", gw.gateway_addr);
-    let (u, b) = (
-        url.clone(),
-        json!({"model": "m", "prompt": "long", "max_tokens": 40, "ignore_eos": true, "stream": true}),
-    );
-    let hog = tokio::spawn(async move { post_stream(&u, b).await });
+    let hog = spawn_stream(&url, streamed_completion("long", 40));
     tokio::time::sleep(Duration::from_millis(100)).await;
     let started = std::time::Instant::now();
     let late = post(&url, json!({"model": "m", "prompt": "x", "max_tokens": 1})).await;
@@ -975,7 +865,7 @@ async fn a_queued_request_times_out_with_429() {
         started.elapsed() >= Duration::from_millis(150),
         "it waited before giving up"
     );
-    assert_eq!(hog.await.unwrap().0, 200);
+    stream_to_done(hog).await;
     gw.shutdown().await;
 }
 
@@ -983,51 +873,42 @@ async fn a_queued_request_times_out_with_429() {
 /// it, and comes back half-open when its ejection time is up — not because its page answers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_replicas_leave_routing_and_come_back() {
-    let replica = sim("m", "llama-8b-h100").await;
+    let replica = sim("llama-8b-h100").await;
     let addr = replica.addr;
-    let gw = gateway_with(&format!(
-        "listeners: {{gateway: 127.0.0.1:0, admin: 127.0.0.1:0}}
-pools:
-  - name: p
-    models: [m]
-    discovery: {{static: {{endpoints: [\"http://{addr}\"]}}}}
-    retries: {{max_attempts: 3, eject_after_failures: 2, ejection_time: 1500ms}}
-    metrics: {{scrape_interval: 50ms}}
-"
-    ))
-    .await;
-    let ejected = |s: serde_json::Value| s["pools"][0]["replicas"][0]["ejected"].as_bool().unwrap();
-    assert!(!ejected(status(&gw).await));
+    let gw = GatewayConfig::static_replicas(&[addr])
+        .pool("retries: {max_attempts: 3, eject_after_failures: 2, ejection_time: 1500ms}")
+        .pool("metrics: {scrape_interval: 50ms}")
+        .start()
+        .await;
+    let ejected = async || {
+        pool_status(&gw).await["replicas"][0]["ejected"]
+            .as_bool()
+            .unwrap()
+    };
+    assert!(!ejected().await);
     replica.shutdown(Duration::from_millis(100)).await;
-    let mut out = false;
-    for _ in 0..100 {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        out = ejected(status(&gw).await);
-        if out {
-            break;
-        }
-    }
-    assert!(out, "two failed scrapes eject it");
+    eventually(
+        Duration::from_secs(2),
+        "two failed scrapes eject it",
+        async || ejected().await,
+    )
+    .await;
     let ejected_at = std::time::Instant::now();
     // The same address answers again.
-    let mut opts = SimOptions::new(profile("llama-8b-h100").unwrap());
-    opts.models = vec!["m".into()];
+    let mut opts = sim_options("llama-8b-h100");
     opts.listen = addr;
-    let back = start(opts).await.unwrap();
+    let back = start_sim(opts).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(
-        ejected(status(&gw).await),
+        ejected().await,
         "scrapes answer again, but that does not end the ejection"
     );
-    let mut returned = false;
-    for _ in 0..200 {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        returned = !ejected(status(&gw).await);
-        if returned {
-            break;
-        }
-    }
-    assert!(returned, "back when the ejection time is up");
+    eventually(
+        Duration::from_secs(4),
+        "back when the ejection time is up",
+        async || !ejected().await,
+    )
+    .await;
     assert!(ejected_at.elapsed() >= Duration::from_millis(1000));
     let reply = post(
         &format!("http://{}/v1/completions", gw.gateway_addr),
@@ -1035,9 +916,10 @@ pools:
     )
     .await;
     assert_eq!(reply.status, 200);
-    let s = status(&gw).await;
+    let s = pool_status(&gw).await;
+    let kv = s["replicas"][0]["engine"]["kv_cache_usage"].as_f64();
     assert!(
-        s["pools"][0]["replicas"][0]["engine"]["kv_cache_usage"].is_number(),
+        kv.is_some_and(|kv| (0.0..=1.0).contains(&kv)),
         "scraped stats are shown: {s}"
     );
     gw.shutdown().await;

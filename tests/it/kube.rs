@@ -8,20 +8,12 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use infergate::app::{self, App, Options};
+use infergate::app::{App, Options};
 use infergate::kubernetes::KubeContext;
-use infergate::vllm_sim::profile::profile;
-use infergate::vllm_sim::{SimOptions, start};
 use serde_json::{Value, json};
 
 use crate::fake_kube::{DEPLOYMENTS, FakeKube, LEASES, PODS, SLICES};
 use crate::support::*;
-
-async fn sim() -> infergate::http_server::Server {
-    let mut opts = SimOptions::new(profile("llama-8b-h100").unwrap());
-    opts.models = vec!["m".into()];
-    start(opts).await.unwrap()
-}
 
 /// An EndpointSlice of Service `sim` with one endpoint (pod `pod`) at `addr`. The first port
 /// is a decoy, so only the named port `http` reaches the replica.
@@ -67,76 +59,41 @@ async fn gateway(fake: &FakeKube, who: &str, discovery: &str, scaler: &str, leas
         String::new()
     } else {
         format!(
-            "    scaler: {{enabled: true, interval: 100ms, scale_up_window: 500ms, scale_down_window: 500ms,
-              scale_down_stabilization: 1s, drain_timeout: 20s,
-              targets: {{concurrency: 4, kv_cache_usage: null, queue_wait: null}},
-              provider: {{kubernetes: {{api_version: apps/v1, kind: Deployment, name: sim}}}}, {scaler}}}\n"
+            "scaler: {{enabled: true, interval: 100ms, scale_up_window: 500ms, scale_down_window: 500ms,
+          scale_down_stabilization: 1s, drain_timeout: 20s,
+          targets: {{concurrency: 4, kv_cache_usage: null, queue_wait: null}},
+          provider: {{kubernetes: {{api_version: apps/v1, kind: Deployment, name: sim}}}}, {scaler}}}"
         )
     };
-    let yaml = format!(
-        "listeners: {{gateway: 127.0.0.1:0, admin: 127.0.0.1:0, drain_timeout: 5s, worker_threads: 1}}
-leader_election: {{enabled: {lease}, lease_name: infergate-leader, lease_duration: 2s}}
-pools:
-  - name: p
-    models: [m]
-    discovery: {{kubernetes: {discovery}}}
-    routing: {{policy: least-inflight}}
-{scaler}"
-    );
-    let config = infergate::config::parse(&yaml, "test").unwrap_or_else(|e| panic!("{e}"));
     let kube = KubeContext {
         client: fake.client(who),
         identity: who.into(),
     };
-    app::start_with(
-        config,
-        Options {
+    GatewayConfig::kubernetes(discovery)
+        .listener("drain_timeout: 5s")
+        .listener("worker_threads: 1")
+        .top(&format!(
+            "leader_election: {{enabled: {lease}, lease_name: infergate-leader, lease_duration: 2s}}"
+        ))
+        .pool("routing: {policy: least-inflight}")
+        .pool(&scaler)
+        .start_with(Options {
             kube: Some(kube),
             ..Default::default()
-        },
-    )
-    .await
-    .unwrap()
+        })
+        .await
 }
 
 const BY_SERVICE: &str = "{service: sim, port: http}";
 
-async fn status(gw: &App) -> Value {
-    get(&format!("http://{}/admin/status", gw.admin_addr))
-        .await
-        .json()["pools"][0]
-        .clone()
-}
-
 /// The replicas routing now, by address.
 async fn routed(gw: &App) -> Vec<String> {
-    let mut names: Vec<String> = status(gw).await["replicas"]
-        .as_array()
-        .unwrap()
+    let mut names: Vec<String> = replicas(&pool_status(gw).await)
         .iter()
         .map(|r| r["name"].as_str().unwrap().to_string())
         .collect();
     names.sort();
     names
-}
-
-/// Polls `check` every 50 ms until it holds, failing after `within`.
-macro_rules! eventually {
-    ($within:expr, $what:expr, $check:expr) => {{
-        let deadline = Instant::now() + $within;
-        loop {
-            if $check {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "not within {:?}: {}",
-                $within,
-                $what
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }};
 }
 
 async fn chat(gw: &App) -> Reply {
@@ -147,15 +104,9 @@ async fn chat(gw: &App) -> Reply {
     .await
 }
 
-async fn metrics(gw: &App) -> String {
-    get(&format!("http://{}/metrics", gw.admin_addr))
-        .await
-        .text()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kube_endpoint_slices_appear_become_ready_and_terminate() {
-    let (a, b) = (sim().await, sim().await);
+    let (a, b) = (sim("llama-8b-h100").await, sim("llama-8b-h100").await);
     let fake = FakeKube::start().await;
     fake.apply(SLICES, slice("sim-a", a.addr, true, false));
     // A slice of another Service is not ours.
@@ -183,30 +134,31 @@ async fn kube_endpoint_slices_appear_become_ready_and_terminate() {
         v.sort();
         v
     };
-    eventually!(Duration::from_secs(5), "b joins", routed(&gw).await == both);
+    eventually(Duration::from_secs(5), "b joins", async || {
+        routed(&gw).await == both
+    })
+    .await;
 
     // Terminating (still serving): out of routing at once, and every request still answered.
     fake.apply(SLICES, slice("sim-a", a.addr, true, true));
-    eventually!(
-        Duration::from_secs(1),
-        "a leaves",
+    eventually(Duration::from_secs(1), "a leaves", async || {
         routed(&gw).await == [b.addr.to_string()]
-    );
+    })
+    .await;
     for _ in 0..4 {
         assert_eq!(chat(&gw).await.status, 200);
     }
     fake.delete(SLICES, "sim-sim-b");
-    eventually!(
-        Duration::from_secs(1),
-        "b leaves",
+    eventually(Duration::from_secs(1), "b leaves", async || {
         routed(&gw).await.is_empty()
-    );
+    })
+    .await;
     gw.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kube_pods_by_selector_route_on_the_named_container_port() {
-    let (a, b) = (sim().await, sim().await);
+    let (a, b) = (sim("llama-8b-h100").await, sim("llama-8b-h100").await);
     let fake = FakeKube::start().await;
     fake.apply(PODS, pod("sim-0", a.addr, true));
     fake.apply(PODS, pod("sim-1", b.addr, false));
@@ -216,27 +168,25 @@ async fn kube_pods_by_selector_route_on_the_named_container_port() {
     let gw = gateway(&fake, "gw", "{selector: {app: sim}, port: http}", "", false).await;
     assert_eq!(routed(&gw).await, [a.addr.to_string()]);
     fake.apply(PODS, pod("sim-1", b.addr, true));
-    eventually!(
-        Duration::from_secs(5),
-        "sim-1 ready",
+    eventually(Duration::from_secs(5), "sim-1 ready", async || {
         routed(&gw).await.len() == 2
-    );
+    })
+    .await;
     // Deletion starts: the pod is terminating and leaves routing before it is gone.
     fake.edit(PODS, "sim-0", |p| {
         p["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z".into()
     });
-    eventually!(
-        Duration::from_secs(1),
-        "sim-0 leaves",
+    eventually(Duration::from_secs(1), "sim-0 leaves", async || {
         routed(&gw).await == [b.addr.to_string()]
-    );
+    })
+    .await;
     assert_eq!(chat(&gw).await.status, 200);
     gw.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kube_api_outage_keeps_routing_says_so_and_relists_after_gone() {
-    let (a, b) = (sim().await, sim().await);
+    let (a, b) = (sim("llama-8b-h100").await, sim("llama-8b-h100").await);
     let fake = FakeKube::start().await;
     fake.apply(SLICES, slice("sim-a", a.addr, true, false));
     fake.apply(SLICES, slice("sim-b", b.addr, true, false));
@@ -249,25 +199,21 @@ async fn kube_api_outage_keeps_routing_says_so_and_relists_after_gone() {
         true,
     )
     .await;
-    eventually!(
-        Duration::from_secs(5),
-        "leads",
-        metric(&metrics(&gw).await, "infergate_leader", &[]) == Some(1.0)
-    );
+    eventually(Duration::from_secs(5), "leads", async || {
+        gateway_metric(&gw, "infergate_leader", &[]).await == Some(1.0)
+    })
+    .await;
     assert_eq!(routed(&gw).await.len(), 2);
 
     // Long enough for lease renewals (other objects) and bookmarks carrying their versions.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     fake.set_up(false);
     let went_down = Instant::now();
-    eventually!(Duration::from_secs(5), "api down seen", {
-        metric(
-            &metrics(&gw).await,
-            "infergate_kubernetes_api_up",
-            &[("pool", "p")],
-        ) == Some(0.0)
-    });
-    let ready = get(&format!("http://{}/readyz", gw.admin_addr)).await;
+    eventually(Duration::from_secs(5), "api down seen", async || {
+        gateway_metric(&gw, "infergate_kubernetes_api_up", &[("pool", "p")]).await == Some(0.0)
+    })
+    .await;
+    let ready = readyz(&gw).await;
     assert_eq!(ready.status, 200, "routing goes on: {}", ready.text());
     let detail = ready.json()["detail"]["p"]
         .as_str()
@@ -285,39 +231,35 @@ async fn kube_api_outage_keeps_routing_says_so_and_relists_after_gone() {
         );
     }
     // The leader cannot renew: it stops acting within the lease duration (2 s).
-    eventually!(Duration::from_secs(3), "leadership lapses", {
-        metric(&metrics(&gw).await, "infergate_leader", &[]) == Some(0.0)
-    });
+    eventually(Duration::from_secs(3), "leadership lapses", async || {
+        gateway_metric(&gw, "infergate_leader", &[]).await == Some(0.0)
+    })
+    .await;
     assert!(
         went_down.elapsed() < Duration::from_millis(2600),
         "within the lease duration"
     );
-    let errors = metric(
-        &metrics(&gw).await,
+    let errors = gateway_metric(
+        &gw,
         "infergate_kubernetes_watch_errors_total",
         &[("pool", "p")],
-    );
+    )
+    .await;
     assert!(errors.unwrap_or(0.0) >= 1.0, "{errors:?}");
 
     // Meanwhile sim-b goes away and the server forgets the history: the watch must relist.
     fake.delete(SLICES, "sim-sim-b");
     fake.compact();
     fake.set_up(true);
-    eventually!(
-        Duration::from_secs(20),
-        "relisted after 410",
+    eventually(Duration::from_secs(20), "relisted after 410", async || {
         routed(&gw).await == [a.addr.to_string()]
-    );
-    eventually!(Duration::from_secs(5), "api up", {
-        metric(
-            &metrics(&gw).await,
-            "infergate_kubernetes_api_up",
-            &[("pool", "p")],
-        ) == Some(1.0)
-    });
-    let ready = get(&format!("http://{}/readyz", gw.admin_addr))
-        .await
-        .json();
+    })
+    .await;
+    eventually(Duration::from_secs(5), "api up", async || {
+        gateway_metric(&gw, "infergate_kubernetes_api_up", &[("pool", "p")]).await == Some(1.0)
+    })
+    .await;
+    let ready = readyz(&gw).await.json();
     assert_eq!(ready["detail"], json!({}), "{ready}");
     let slice_watches: Vec<_> = fake
         .watches()
@@ -337,11 +279,10 @@ async fn kube_api_outage_keeps_routing_says_so_and_relists_after_gone() {
     assert!(gone.from > slice_watches[0].from, "{slice_watches:?}");
     // And new objects arrive through the new watch.
     fake.apply(SLICES, slice("sim-b", b.addr, true, false));
-    eventually!(
-        Duration::from_secs(5),
-        "b back",
+    eventually(Duration::from_secs(5), "b back", async || {
         routed(&gw).await.len() == 2
-    );
+    })
+    .await;
     gw.shutdown().await;
 }
 
@@ -361,16 +302,19 @@ fn scale_patches(fake: &FakeKube, client: &str) -> Vec<u64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kube_two_gateways_only_the_lease_holder_scales_and_the_other_takes_over() {
-    let a = sim().await;
+    let a = sim("llama-8b-h100").await;
     let fake = FakeKube::start().await;
     fake.apply(SLICES, slice("sim-a", a.addr, true, false));
     fake.apply(DEPLOYMENTS, deployment(1));
     let scaler = "min_replicas: 2, max_replicas: 3";
     let gw_a = gateway(&fake, "gw-a", BY_SERVICE, scaler, true).await;
     let gw_b = gateway(&fake, "gw-b", BY_SERVICE, scaler, true).await;
-    eventually!(Duration::from_secs(5), "scaled to the minimum", {
-        fake.get(DEPLOYMENTS, "sim").unwrap()["spec"]["replicas"] == 2
-    });
+    eventually(
+        Duration::from_secs(5),
+        "scaled to the minimum",
+        async || fake.get(DEPLOYMENTS, "sim").unwrap()["spec"]["replicas"] == 2,
+    )
+    .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let holder = fake.get(LEASES, "infergate-leader").unwrap()["spec"]["holderIdentity"]
         .as_str()
@@ -390,26 +334,26 @@ async fn kube_two_gateways_only_the_lease_holder_scales_and_the_other_takes_over
     assert!(scale_patches(&fake, follower_name).is_empty());
     // Both route; the follower computes the same recommendation without acting on it.
     assert_eq!(routed(&follower).await, [a.addr.to_string()]);
-    let scaler = &status(&follower).await["scaler"];
+    let scaler = &pool_status(&follower).await["scaler"];
     assert_eq!(
         (scaler["desired"].as_u64(), scaler["acting"].as_bool()),
         (Some(2), Some(false)),
         "{scaler}"
     );
-    assert_eq!(status(&leader).await["scaler"]["acting"], true);
+    assert_eq!(pool_status(&leader).await["scaler"]["acting"], true);
 
     // The leader stops (handing the lease back); a hand edit lowers replicas; the follower,
     // now leader, restores the minimum.
     leader.shutdown().await;
-    eventually!(Duration::from_secs(3), "takeover", {
+    eventually(Duration::from_secs(3), "takeover", async || {
         fake.get(LEASES, "infergate-leader").unwrap()["spec"]["holderIdentity"] == follower_name
-    });
+    })
+    .await;
     fake.edit(DEPLOYMENTS, "sim", |d| d["spec"]["replicas"] = 1.into());
-    eventually!(
-        Duration::from_secs(5),
-        "the new leader acts",
+    eventually(Duration::from_secs(5), "the new leader acts", async || {
         scale_patches(&fake, follower_name) == [2]
-    );
+    })
+    .await;
     assert_eq!(
         fake.get(LEASES, "infergate-leader").unwrap()["spec"]["leaseTransitions"],
         1
@@ -419,7 +363,7 @@ async fn kube_two_gateways_only_the_lease_holder_scales_and_the_other_takes_over
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kube_scale_down_annotates_the_victim_drains_it_then_lowers_replicas() {
-    let (a, b) = (sim().await, sim().await);
+    let (a, b) = (sim("llama-8b-h100").await, sim("llama-8b-h100").await);
     let fake = FakeKube::start().await;
     add_replica(&fake, "sim-a", a.addr);
     add_replica(&fake, "sim-b", b.addr);
@@ -443,11 +387,12 @@ async fn kube_scale_down_annotates_the_victim_drains_it_then_lowers_replicas() {
         })
         .collect();
     let by_pod = |addr: SocketAddr| if addr == a.addr { "sim-a" } else { "sim-b" };
-    eventually!(
+    eventually(
         Duration::from_secs(10),
         "one replica leaves routing",
-        routed(&gw).await.len() == 1
-    );
+        async || routed(&gw).await.len() == 1,
+    )
+    .await;
     let kept = routed(&gw).await[0].clone();
     let victim = if kept == a.addr.to_string() {
         b.addr
@@ -471,21 +416,16 @@ async fn kube_scale_down_annotates_the_victim_drains_it_then_lowers_replicas() {
         !streams.iter().all(|s| s.is_finished()),
         "the streams outlast the decision"
     );
+    // Every answer completes.
     for stream in streams {
-        let (status, chunks) = stream.await.unwrap();
-        assert_eq!(status, 200);
-        let events = sse_events(&chunks);
-        assert_eq!(
-            events.last().map(String::as_str),
-            Some("[DONE]"),
-            "every answer completes"
-        );
+        assert_eq!(stream_to_done(stream).await.len(), 500);
     }
-    eventually!(
+    eventually(
         Duration::from_secs(5),
         "replicas lowered after the drain",
-        fake.get(DEPLOYMENTS, "sim").unwrap()["spec"]["replicas"] == 1
-    );
+        async || fake.get(DEPLOYMENTS, "sim").unwrap()["spec"]["replicas"] == 1,
+    )
+    .await;
     let writes = fake.writes();
     let annotate_at = writes
         .iter()
@@ -506,7 +446,11 @@ async fn kube_scale_down_annotates_the_victim_drains_it_then_lowers_replicas() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kube_hand_edit_of_replicas_is_the_new_current_value() {
-    let (a, b, c) = (sim().await, sim().await, sim().await);
+    let (a, b, c) = (
+        sim("llama-8b-h100").await,
+        sim("llama-8b-h100").await,
+        sim("llama-8b-h100").await,
+    );
     let fake = FakeKube::start().await;
     add_replica(&fake, "sim-a", a.addr);
     fake.apply(DEPLOYMENTS, deployment(1));
@@ -522,13 +466,12 @@ async fn kube_hand_edit_of_replicas_is_the_new_current_value() {
     // Someone scales to 3 by hand: the scaler counts the two pods to come as starting and
     // does not undo the edit while they start.
     fake.edit(DEPLOYMENTS, "sim", |d| d["spec"]["replicas"] = 3.into());
-    eventually!(
-        Duration::from_secs(3),
-        "edit seen",
-        status(&gw).await["scaler"]["starting"] == 2
-    );
+    eventually(Duration::from_secs(3), "edit seen", async || {
+        pool_status(&gw).await["scaler"]["starting"] == 2
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let scaler = &status(&gw).await["scaler"];
+    let scaler = &pool_status(&gw).await["scaler"];
     assert_eq!(scaler["desired"], 3, "{scaler}");
     assert_eq!(fake.get(DEPLOYMENTS, "sim").unwrap()["spec"]["replicas"], 3);
     assert!(
@@ -538,17 +481,18 @@ async fn kube_hand_edit_of_replicas_is_the_new_current_value() {
     // The pods come up; with no load the scaler then steps down from 3, one at a time.
     add_replica(&fake, "sim-b", b.addr);
     add_replica(&fake, "sim-c", c.addr);
-    eventually!(
+    eventually(
         Duration::from_secs(10),
         "scales down from the edited value",
-        scale_patches(&fake, "gw").first() == Some(&2)
-    );
+        async || scale_patches(&fake, "gw").first() == Some(&2),
+    )
+    .await;
     gw.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kube_conflicting_scale_write_is_retried_on_the_fresh_object() {
-    let a = sim().await;
+    let a = sim("llama-8b-h100").await;
     let fake = FakeKube::start().await;
     add_replica(&fake, "sim-a", a.addr);
     fake.apply(DEPLOYMENTS, deployment(1));
@@ -562,16 +506,17 @@ async fn kube_conflicting_scale_write_is_retried_on_the_fresh_object() {
         false,
     )
     .await;
-    eventually!(
+    eventually(
         Duration::from_secs(5),
         "the patch meets the other write",
-        fake.writes().iter().any(|w| w.status == 409)
-    );
+        async || fake.writes().iter().any(|w| w.status == 409),
+    )
+    .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     // Re-read: 3 already covers the 2 it wanted, so it writes nothing over the other writer.
     assert_eq!(fake.get(DEPLOYMENTS, "sim").unwrap()["spec"]["replicas"], 3);
     assert!(scale_patches(&fake, "gw").is_empty(), "{:?}", fake.writes());
-    let scaler = &status(&gw).await["scaler"];
+    let scaler = &pool_status(&gw).await["scaler"];
     assert!(
         scaler["error"].is_null(),
         "a conflict is no error: {scaler}"
@@ -585,7 +530,7 @@ async fn kube_conflicting_scale_write_is_retried_on_the_fresh_object() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kube_forbidden_scale_names_the_missing_verb_and_resource() {
-    let a = sim().await;
+    let a = sim("llama-8b-h100").await;
     let fake = FakeKube::start().await;
     fake.apply(SLICES, slice("sim-a", a.addr, true, false));
     fake.apply(DEPLOYMENTS, deployment(1));
@@ -598,12 +543,11 @@ async fn kube_forbidden_scale_names_the_missing_verb_and_resource() {
         false,
     )
     .await;
-    eventually!(
-        Duration::from_secs(5),
-        "error reported",
-        !status(&gw).await["scaler"]["error"].is_null()
-    );
-    let error = status(&gw).await["scaler"]["error"]
+    eventually(Duration::from_secs(5), "error reported", async || {
+        !pool_status(&gw).await["scaler"]["error"].is_null()
+    })
+    .await;
+    let error = pool_status(&gw).await["scaler"]["error"]
         .as_str()
         .unwrap()
         .to_string();
@@ -617,9 +561,7 @@ async fn kube_forbidden_scale_names_the_missing_verb_and_resource() {
     let fake2 = FakeKube::start().await;
     fake2.deny("list", "endpointslices");
     let gw2 = gateway(&fake2, "gw2", BY_SERVICE, "", false).await;
-    let ready = get(&format!("http://{}/readyz", gw2.admin_addr))
-        .await
-        .json();
+    let ready = readyz(&gw2).await.json();
     let detail = ready["detail"]["p"].as_str().unwrap_or_default();
     assert!(
         detail.contains("may not `list` endpointslices.discovery.k8s.io"),
@@ -656,27 +598,19 @@ async fn kube_real_cluster_discovers_routes_and_scales() {
         .unwrap()
         .replicas
         .unwrap() as u32;
-    let yaml = format!(
-        "listeners: {{gateway: 127.0.0.1:0, admin: 127.0.0.1:0}}
-leader_election: {{enabled: true, lease_name: infergate-test-leader, lease_duration: 5s}}
-pools:
-  - name: p
-    models: [{model}]
-    discovery: {{kubernetes: {{service: {service}, port: {port}}}}}
-    scaler: {{enabled: true, interval: 500ms, min_replicas: {up}, max_replicas: {up},
-              provider: {{kubernetes: {{api_version: apps/v1, kind: Deployment, name: {deployment}}}}}}}",
-        up = before + 1
-    );
-    let config = infergate::config::parse(&yaml, "test").unwrap();
-    let gw = app::start_with(
-        config,
-        Options {
+    let gw = GatewayConfig::kubernetes(&format!("{{service: {service}, port: {port}}}"))
+        .top("leader_election: {enabled: true, lease_name: infergate-test-leader, lease_duration: 5s}")
+        .models(&[&model])
+        .pool(&format!(
+            "scaler: {{enabled: true, interval: 500ms, min_replicas: {up}, max_replicas: {up},
+          provider: {{kubernetes: {{api_version: apps/v1, kind: Deployment, name: {deployment}}}}}}}",
+            up = before + 1
+        ))
+        .start_with(Options {
             kube: Some(kube),
             ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+        })
+        .await;
     assert!(
         !routed(&gw).await.is_empty(),
         "ready endpoints of {service} are routed"
@@ -687,7 +621,7 @@ pools:
     )
     .await;
     assert_eq!(reply.status, 200, "{}", reply.text());
-    eventually!(Duration::from_secs(30), "scaled up by one", {
+    eventually(Duration::from_secs(30), "scaled up by one", async || {
         scale_api
             .get_scale(&deployment)
             .await
@@ -696,7 +630,8 @@ pools:
             .unwrap()
             .replicas
             == Some(before as i32 + 1)
-    });
+    })
+    .await;
     gw.shutdown().await;
     let restore = json!({"spec": {"replicas": before}});
     scale_api
@@ -729,13 +664,16 @@ async fn kube_lease_is_taken_over_only_after_the_holder_stops_renewing() {
         (elector.spawn(leadership.clone()), leadership)
     };
     let (task_a, a) = elect("gw-a");
-    eventually!(Duration::from_secs(3), "a leads", a.is_leader());
+    eventually(Duration::from_secs(3), "a leads", async || a.is_leader()).await;
     let (task_b, b) = elect("gw-b");
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(a.is_leader() && !b.is_leader(), "a renews, b waits");
     task_a.abort(); // a crashes: no release
     let crashed = Instant::now();
-    eventually!(Duration::from_secs(5), "b takes over", b.is_leader());
+    eventually(Duration::from_secs(5), "b takes over", async || {
+        b.is_leader()
+    })
+    .await;
     assert!(
         crashed.elapsed() >= Duration::from_millis(1300),
         "not before the lease could have run out ({:?})",

@@ -5,101 +5,65 @@
 //! asks for replicas). LoRA adapters: requests for one go to the replica that has it loaded.
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::Response;
-use infergate::app::{self, App};
+use infergate::app::App;
 use infergate::gateway::body::GatewayBody;
 use infergate::http_server::Server;
-use infergate::vllm_sim::profile::profile;
-use infergate::vllm_sim::{SimOptions, start};
 use serde_json::json;
 
 use crate::support::*;
 
-async fn sim() -> Server {
-    let mut opts = SimOptions::new(profile("llama-8b-h100").unwrap());
-    opts.models = vec!["m".into()];
+/// A replica serving `m` and the LoRA adapter `sql`.
+async fn sim_with_adapter() -> Server {
+    let mut opts = sim_options("llama-8b-h100");
     opts.loras = vec!["sql".into()];
-    start(opts).await.unwrap()
+    start_sim(opts).await
 }
 
-/// A gateway over `replicas` (URL, pod name) with `extra` YAML under the pool.
-async fn gateway_over(replicas: &[(SocketAddr, &str)], extra: &str) -> App {
-    let endpoints: Vec<String> = replicas
-        .iter()
-        .map(|(a, _)| format!("\"http://{a}\""))
-        .collect();
-    let pods: Vec<String> = replicas
-        .iter()
-        .map(|(a, pod)| format!("\"http://{a}\": {pod}"))
-        .collect();
-    let yaml = format!(
-        "listeners: {{gateway: 127.0.0.1:0, admin: 127.0.0.1:0}}
-pools:
-  - name: p
-    models: [m, sql]
-    discovery: {{static: {{endpoints: [{}], pods: {{{}}}}}}}
-{extra}",
-        endpoints.join(", "),
-        pods.join(", ")
-    );
-    let config = infergate::config::parse(&yaml, "test").unwrap_or_else(|e| panic!("{e}"));
-    app::start(config).await.unwrap()
-}
-
-async fn status(gw: &App) -> serde_json::Value {
-    get(&format!("http://{}/admin/status", gw.admin_addr))
+/// A gateway over `replicas` (address, pod name) serving `m` and `sql`, with `settings` more
+/// under the pool.
+async fn gateway_over(replicas: &[(SocketAddr, &str)], settings: &str) -> App {
+    GatewayConfig::static_pods(replicas)
+        .models(&["m", "sql"])
+        .pool(settings)
+        .start()
         .await
-        .json()
 }
 
-/// Each replica's GPU reading in `/admin/status` (null when it has none).
-fn gpu_readings(status: &serde_json::Value) -> Vec<Option<f64>> {
-    status["pools"][0]["replicas"]
-        .as_array()
-        .unwrap()
+/// Each replica's GPU reading in the pool's `/admin/status` (None when it has none).
+fn gpu_readings(pool: &serde_json::Value) -> Vec<Option<f64>> {
+    replicas(pool)
         .iter()
         .map(|r| r["gpu_utilization"].as_f64())
         .collect()
 }
 
-/// Polls `/admin/status` (bounded: 5 s) until `done` holds; returns the last status.
+/// Polls the pool's `/admin/status` (bounded: 5 s) until `done` holds; returns the last one.
 async fn status_until(gw: &App, done: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let s = status(gw).await;
-        if done(&s) || Instant::now() > deadline {
-            return s;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    poll_until(Duration::from_secs(5), async || pool_status(gw).await, done).await
 }
 
-/// Requests a sim has answered, from its own metrics.
-async fn answered(sim: &Server) -> f64 {
-    let text = get(&format!("http://{}/metrics", sim.addr)).await.text();
-    metric(
-        &text,
-        "vllm:request_success_total",
-        &[("finished_reason", "length")],
+/// Requests each of `sims` answered in full (all these tests' requests run to `max_tokens`;
+/// the other tenant's long answer, which never ends here, is not counted).
+async fn answered(sims: [&Server; 2]) -> (f64, f64) {
+    (
+        requests_finished_at_max_tokens(sims[0].addr).await,
+        requests_finished_at_max_tokens(sims[1].addr).await,
     )
-    .unwrap_or(0.0)
 }
 
 /// Sends `n` short requests for `model` one after the other through the gateway, `gap` apart.
 async fn sequential(gw: &App, model: &str, n: usize, gap: Duration) {
-    let url = format!("http://{}/v1/completions", gw.gateway_addr);
-    for _ in 0..n {
-        tokio::time::sleep(gap).await;
-        let reply = post(
-            &url,
-            json!({"model": model, "prompt": "hello", "max_tokens": 2, "ignore_eos": true}),
-        )
-        .await;
-        assert_eq!(reply.status, 200, "{}", reply.text());
-    }
+    completions_in_turn(
+        gw.gateway_addr,
+        n,
+        gap,
+        |_| json!({"model": model, "prompt": "hello", "max_tokens": 2, "ignore_eos": true}),
+    )
+    .await;
 }
 
 /// dcgm-exporter's page for two pods: `llama-a` on two GPUs (90 % and 90 %), `llama-b` on one
@@ -131,28 +95,27 @@ fn exporter() -> Server {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dcgm_exporter_readings_steer_ties_and_scale_the_pool() {
-    let (a, b) = (sim().await, sim().await);
+    let (a, b) = (sim_with_adapter().await, sim_with_adapter().await);
     let dcgm = exporter();
     let gw = gateway_over(
         &[(a.addr, "llama-a"), (b.addr, "llama-b")],
         &format!(
-            "    metrics:
-      scrape_interval: 50ms
-      gpu: {{url: \"http://{}/metrics\", scrape_interval: 50ms, stale_after: 500ms}}
-    scaler:
-      enabled: true
-      provider: static
-      min_replicas: 1
-      max_replicas: 8
-      interval: 100ms
-      targets: {{concurrency: 100, kv_cache_usage: null, gpu_utilization: 0.5, queue_wait: null}}
-",
+            "metrics:
+  scrape_interval: 50ms
+  gpu: {{url: \"http://{}/metrics\", scrape_interval: 50ms, stale_after: 500ms}}
+scaler:
+  enabled: true
+  provider: static
+  min_replicas: 1
+  max_replicas: 8
+  interval: 100ms
+  targets: {{concurrency: 100, kv_cache_usage: null, gpu_utilization: 0.5, queue_wait: null}}",
             dcgm.addr
         ),
     )
     .await;
     let s = status_until(&gw, |s| {
-        gpu_readings(s).iter().all(Option::is_some) && !s["pools"][0]["scaler"].is_null()
+        gpu_readings(s).iter().all(Option::is_some) && !s["scaler"].is_null()
     })
     .await;
     // llama-a: mean of its two GPUs; llama-b: its one.
@@ -161,10 +124,10 @@ async fn dcgm_exporter_readings_steer_ties_and_scale_the_pool() {
     // readings the tie goes to the first replica). Spaced by more than two scrapes, so that no
     // scraped page still shows the previous request.
     sequential(&gw, "m", 10, Duration::from_millis(120)).await;
-    assert_eq!((answered(&a).await, answered(&b).await), (0.0, 10.0));
+    assert_eq!(answered([&a, &b]).await, (0.0, 10.0));
     // The scaler's GPU signal: 2 replicas at a mean of 80 % against 50 % need 3.2 → 4.
-    let s = status_until(&gw, |s| s["pools"][0]["scaler"]["desired"] == 4).await;
-    let scaler = &s["pools"][0]["scaler"];
+    let s = status_until(&gw, |s| s["scaler"]["desired"] == 4).await;
+    let scaler = &s["scaler"];
     assert_eq!(scaler["desired"], 4, "{s}");
     assert_eq!(
         scaler["reason"], "scale up: gpu use needs 3.2 replicas at target 50%",
@@ -175,7 +138,7 @@ async fn dcgm_exporter_readings_steer_ties_and_scale_the_pool() {
     dcgm.shutdown(Duration::from_millis(100)).await;
     let s = status_until(&gw, |s| gpu_readings(s).iter().all(Option::is_none)).await;
     assert_eq!(gpu_readings(&s), vec![None, None], "{s}");
-    for replica in s["pools"][0]["replicas"].as_array().unwrap() {
+    for replica in replicas(&s) {
         assert!(replica["engine"].is_object(), "{s}");
         assert_eq!(replica["ejected"], false, "{s}");
     }
@@ -185,72 +148,63 @@ async fn dcgm_exporter_readings_steer_ties_and_scale_the_pool() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replica_pages_carry_the_gpu_metric() {
-    let (a, b) = (sim().await, sim().await);
+    let (a, b) = (sim_with_adapter().await, sim_with_adapter().await);
     let gw = gateway_over(
         &[(a.addr, "sim-a"), (b.addr, "sim-b")],
-        "    metrics:
-      scrape_interval: 50ms
-      gpu: {metric: DCGM_FI_DEV_GPU_UTIL}
-",
+        "metrics: {scrape_interval: 50ms, gpu: {metric: DCGM_FI_DEV_GPU_UTIL}}",
     )
     .await;
     // Keep replica a's engine stepping with a long answer sent to it directly (another
     // tenant's traffic): its GPU reads busy, b's idle.
-    let direct = format!("http://{}/v1/completions", a.addr);
-    let tenant = tokio::spawn(async move {
-        post(
-            &direct,
-            json!({"model": "m", "prompt": "x", "max_tokens": 3000, "ignore_eos": true}),
-        )
-        .await
-    });
+    let tenant = spawn_post(
+        &format!("http://{}/v1/completions", a.addr),
+        json!({"model": "m", "prompt": "x", "max_tokens": 3000, "ignore_eos": true}),
+    );
     let s = status_until(&gw, |s| {
         let g = gpu_readings(s);
         g[0].is_some_and(|v| v > 0.5) && g[1] == Some(0.0)
     })
     .await;
     let g = gpu_readings(&s);
-    assert!(g[0].is_some_and(|v| v > 0.5), "{s}");
+    assert!(
+        g[0].is_some_and(|v| v > 0.5 && v <= 1.0),
+        "busy, as a fraction of one: {s}"
+    );
     assert_eq!(g[1], Some(0.0), "{s}");
     // Neither replica has anything waiting: a tie the idle GPU wins. Spaced out, so that b's
     // own short answers keep its GPU well below a's, which steps without a pause.
     sequential(&gw, "m", 5, Duration::from_millis(200)).await;
-    assert_eq!((answered(&a).await, answered(&b).await), (0.0, 5.0));
+    assert_eq!(answered([&a, &b]).await, (0.0, 5.0));
     tenant.abort();
     gw.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_for_an_adapter_go_where_it_is_loaded() {
-    let (a, b) = (sim().await, sim().await);
+    let (a, b) = (sim_with_adapter().await, sim_with_adapter().await);
     let gw = gateway_over(
         &[(a.addr, "sim-a"), (b.addr, "sim-b")],
-        "    routing: {lora_adapters: [sql]}
-    metrics: {scrape_interval: 50ms}
-",
+        "routing: {lora_adapters: [sql]}
+metrics: {scrape_interval: 50ms}",
     )
     .await;
     // Another tenant keeps the adapter running on replica b.
-    let direct = format!("http://{}/v1/completions", b.addr);
-    let tenant = tokio::spawn(async move {
-        post(
-            &direct,
-            json!({"model": "sql", "prompt": "x", "max_tokens": 3000, "ignore_eos": true}),
-        )
-        .await
-    });
+    let tenant = spawn_post(
+        &format!("http://{}/v1/completions", b.addr),
+        json!({"model": "sql", "prompt": "x", "max_tokens": 3000, "ignore_eos": true}),
+    );
     let s = status_until(&gw, |s| {
-        s["pools"][0]["replicas"][1]["engine"]["lora_adapters"] == json!(["sql"])
+        s["replicas"][1]["engine"]["lora_adapters"] == json!(["sql"])
     })
     .await;
     assert_eq!(
-        s["pools"][0]["replicas"][1]["engine"]["lora_adapters"],
+        s["replicas"][1]["engine"]["lora_adapters"],
         json!(["sql"]),
         "{s}"
     );
     // Both replicas are idle otherwise (a tie goes to the first): the adapter's requests go to b.
     sequential(&gw, "sql", 5, Duration::ZERO).await;
-    assert_eq!((answered(&a).await, answered(&b).await), (0.0, 5.0));
+    assert_eq!(answered([&a, &b]).await, (0.0, 5.0));
     tenant.abort();
     gw.shutdown().await;
 }

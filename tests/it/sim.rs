@@ -4,21 +4,15 @@
 
 use std::time::Duration;
 
+use infergate::loadgen::LoadArgs;
 use infergate::vllm_sim::profile::profile;
-use infergate::vllm_sim::{SimOptions, start};
 use serde_json::json;
 
 use crate::support::*;
 
-fn options(profile_name: &str) -> SimOptions {
-    let mut opts = SimOptions::new(profile(profile_name).unwrap());
-    opts.models = vec!["m".into()];
-    opts
-}
-
 #[tokio::test]
 async fn chat_completion_has_content_usage_and_finish_reason() {
-    let sim = start(options("llama-8b-h100")).await.unwrap();
+    let sim = sim("llama-8b-h100").await;
     let base = format!("http://{}", sim.addr);
     let reply = post(
         &format!("{base}/v1/chat/completions"),
@@ -55,7 +49,7 @@ async fn chat_completion_has_content_usage_and_finish_reason() {
 #[tokio::test]
 async fn tokens_stream_at_engine_step_times() {
     // The L4 profile's decode step is ~55 ms: five tokens cannot arrive in under ~0.2 s.
-    let sim = start(options("llama-8b-l4")).await.unwrap();
+    let sim = sim("llama-8b-l4").await;
     let url = format!("http://{}/v1/chat/completions", sim.addr);
     let (status, chunks) = post_stream(
         &url,
@@ -64,12 +58,7 @@ async fn tokens_stream_at_engine_step_times() {
     )
     .await;
     assert_eq!(status, 200);
-    let events = sse_events(&chunks);
-    assert_eq!(events.last().unwrap(), "[DONE]");
-    let parsed: Vec<serde_json::Value> = events[..events.len() - 1]
-        .iter()
-        .map(|e| serde_json::from_str(e).unwrap())
-        .collect();
+    let parsed = sse_json(&chunks);
     assert_eq!(parsed.len(), 6, "five token chunks and one usage chunk");
     assert_eq!(parsed[0]["choices"][0]["delta"]["role"], "assistant");
     assert_eq!(parsed[4]["choices"][0]["finish_reason"], "length");
@@ -99,9 +88,9 @@ async fn tokens_stream_at_engine_step_times() {
 
 #[tokio::test]
 async fn errors_are_openai_style_with_vllm_status_codes() {
-    let mut opts = options("llama-8b-l4");
+    let mut opts = sim_options("llama-8b-l4");
     opts.max_body_bytes = 1 << 20;
-    let sim = start(opts).await.unwrap();
+    let sim = start_sim(opts).await;
     let base = format!("http://{}", sim.addr);
     let chat = format!("{base}/v1/chat/completions");
     let cases = [
@@ -122,26 +111,24 @@ async fn errors_are_openai_style_with_vllm_status_codes() {
 
 #[tokio::test]
 async fn metrics_report_the_engine_queue_exactly() {
-    let mut opts = options("llama-8b-l4");
+    let mut opts = sim_options("llama-8b-l4");
     opts.profile.max_num_seqs = 2;
-    let sim = start(opts).await.unwrap();
+    let sim = start_sim(opts).await;
     let base = format!("http://{}", sim.addr);
     // Five long answers; two fit in the batch, three wait.
-    let mut streams = Vec::new();
-    for _ in 0..5 {
-        let url = format!("{base}/v1/completions");
-        streams.push(tokio::spawn(async move {
-            post_stream(&url, json!({"model": "m", "prompt": "go", "max_tokens": 2000, "ignore_eos": true, "stream": true})).await
-        }));
-    }
-    let mut last = String::new();
-    for _ in 0..100 {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        last = get(&format!("{base}/metrics")).await.text();
-        if metric(&last, "vllm:num_requests_waiting", &[]) == Some(3.0) {
-            break;
-        }
-    }
+    let streams: Vec<_> = (0..5)
+        .map(|_| {
+            spawn_stream(
+                &format!("{base}/v1/completions"),
+                streamed_completion("go", 2000),
+            )
+        })
+        .collect();
+    let page = async || metrics_page(sim.addr).await;
+    let last = poll_until(Duration::from_secs(5), page, |text| {
+        metric(text, "vllm:num_requests_waiting", &[]) == Some(3.0)
+    })
+    .await;
     let labels = [("model_name", "m"), ("engine", "0")];
     assert_eq!(
         metric(&last, "vllm:num_requests_running", &labels),
@@ -153,7 +140,10 @@ async fn metrics_report_the_engine_queue_exactly() {
         Some(3.0),
         "{last}"
     );
-    assert!(metric(&last, "vllm:kv_cache_usage_perc", &labels).unwrap() > 0.0);
+    // Only the two running hold KV blocks, each at most its prompt and 2000 tokens: 126 blocks
+    // of 16 tokens, of 2400.
+    let kv = metric(&last, "vllm:kv_cache_usage_perc", &labels).unwrap();
+    assert!(kv > 0.0 && kv <= 2.0 * 126.0 / 2400.0, "{kv}: {last}");
     assert_eq!(
         metric(
             &last,
@@ -166,13 +156,10 @@ async fn metrics_report_the_engine_queue_exactly() {
     for s in &streams {
         s.abort();
     }
-    for _ in 0..100 {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        last = get(&format!("{base}/metrics")).await.text();
-        if metric(&last, "vllm:num_requests_running", &[]) == Some(0.0) {
-            break;
-        }
-    }
+    let last = poll_until(Duration::from_secs(5), page, |text| {
+        metric(text, "vllm:num_requests_running", &[]) == Some(0.0)
+    })
+    .await;
     assert_eq!(
         metric(&last, "vllm:num_requests_running", &[]),
         Some(0.0),
@@ -193,9 +180,9 @@ async fn metrics_report_the_engine_queue_exactly() {
 
 #[tokio::test]
 async fn health_is_503_until_the_model_has_loaded() {
-    let mut opts = options("llama-8b-h100");
+    let mut opts = sim_options("llama-8b-h100");
     opts.startup_delay = Duration::from_millis(300);
-    let sim = start(opts).await.unwrap();
+    let sim = start_sim(opts).await;
     let base = format!("http://{}", sim.addr);
     assert_eq!(get(&format!("{base}/health")).await.status, 503);
     assert_eq!(
@@ -214,7 +201,7 @@ async fn health_is_503_until_the_model_has_loaded() {
 
 #[tokio::test]
 async fn embeddings_profile_answers_unit_vectors() {
-    let sim = start(options("e5-embedding")).await.unwrap();
+    let sim = sim("e5-embedding").await;
     let reply = post(
         &format!("http://{}/v1/embeddings", sim.addr),
         json!({"model": "m", "input": ["a b c", "d"]}),
@@ -238,17 +225,22 @@ async fn embeddings_profile_answers_unit_vectors() {
 
 #[tokio::test]
 async fn sglang_metric_names_on_request() {
-    let mut opts = options("llama-8b-h100");
+    let mut opts = sim_options("llama-8b-h100");
     opts.metrics_flavor = infergate::vllm_sim::metrics::MetricsFlavor::Sglang;
-    let sim = start(opts).await.unwrap();
-    let text = get(&format!("http://{}/metrics", sim.addr)).await.text();
-    assert_eq!(
-        metric(&text, "sglang:num_queue_reqs", &[("model_name", "m")]),
-        Some(0.0),
-        "{text}"
-    );
-    assert!(metric(&text, "sglang:num_running_reqs", &[]).is_some());
-    assert!(metric(&text, "sglang:token_usage", &[]).is_some());
+    let sim = start_sim(opts).await;
+    let text = metrics_page(sim.addr).await;
+    // Nothing was asked of it: nothing queued, nothing running, no KV cache in use.
+    for name in [
+        "sglang:num_queue_reqs",
+        "sglang:num_running_reqs",
+        "sglang:token_usage",
+    ] {
+        assert_eq!(
+            metric(&text, name, &[("model_name", "m")]),
+            Some(0.0),
+            "{name}: {text}"
+        );
+    }
     assert!(metric(&text, "vllm:num_requests_waiting", &[]).is_none());
     sim.shutdown(Duration::from_secs(1)).await;
 }
@@ -258,18 +250,14 @@ fn sigterm_finishes_running_answers_before_exit() {
     let (mut child, addr) = spawn_sim(&["--model", "m", "--profile", "llama-8b-l4"]);
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let url = format!("http://{addr}/v1/completions");
-        let stream = tokio::spawn(async move {
-            post_stream(&url, json!({"model": "m", "prompt": "x", "max_tokens": 20, "ignore_eos": true, "stream": true})).await
-        });
+        let stream = spawn_stream(
+            &format!("http://{addr}/v1/completions"),
+            streamed_completion("x", 20),
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let pid = child.0.id().to_string();
-        assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
-        let (status, chunks) = stream.await.unwrap();
-        assert_eq!(status, 200);
-        let events = sse_events(&chunks);
-        assert_eq!(events.last().map(String::as_str), Some("[DONE]"), "the answer ran to its end");
-        assert_eq!(events.len(), 21);
+        send_signal(child.0.id(), "TERM");
+        let events = stream_to_done(stream).await;
+        assert_eq!(events.len(), 20, "the answer ran to its end");
     });
     let exit = child.0.wait().unwrap();
     assert!(exit.success(), "{exit:?}");
@@ -282,20 +270,20 @@ fn promtool_accepts_the_metrics_page() {
     }
     let rt = tokio::runtime::Runtime::new().unwrap();
     let text = rt.block_on(async {
-        let mut opts = options("llama-8b-h100");
+        let mut opts = sim_options("llama-8b-h100");
         opts.loras = vec!["adapter-a".into()];
-        let sim = start(opts).await.unwrap();
+        let sim = start_sim(opts).await;
         let base = format!("http://{}", sim.addr);
         post(
             &format!("{base}/v1/completions"),
             json!({"model": "adapter-a", "prompt": "x", "max_tokens": 3}),
         )
         .await;
-        let text = get(&format!("{base}/metrics")).await.body;
+        let text = metrics_page(sim.addr).await;
         sim.shutdown(Duration::from_secs(1)).await;
         text
     });
-    let (code, said) = promtool_check_metrics(&text);
+    let (code, said) = promtool_check_metrics(text.as_bytes());
     // Exit 3 means lint findings only (1 would be a parse error). vLLM's real names contain
     // ':' and the DCGM exporter's real label is `modelName`; promtool's lint flags both, and
     // nothing else may be flagged.
@@ -307,7 +295,7 @@ fn promtool_accepts_the_metrics_page() {
             "promtool: {line}"
         );
     }
-    assert!(String::from_utf8_lossy(&text).contains("vllm:lora_requests_info"));
+    assert!(text.contains("vllm:lora_requests_info"));
 }
 
 #[test]
@@ -316,46 +304,35 @@ fn official_openai_client_streams_a_chat_completion() {
         return;
     }
     let (_child, addr) = spawn_sim(&["--model", "m", "--speed", "10"]);
-    let script = format!(
-        r#"
-import openai
-client = openai.OpenAI(base_url="http://{addr}/v1", api_key="unused")
-stream = client.chat.completions.create(model="m", messages=[{{"role": "user", "content": "Hello!"}}],
-    max_tokens=6, stream=True, stream_options={{"include_usage": True}}, extra_body={{"ignore_eos": True}})
-content, finish, usage = "", None, None
-for chunk in stream:
-    if chunk.choices:
-        content += chunk.choices[0].delta.content or ""
-        finish = chunk.choices[0].finish_reason or finish
-    if chunk.usage:
-        usage = chunk.usage
-print(len(content.split()), finish, usage.completion_tokens, usage.prompt_tokens)
-"#
-    );
+    let got = openai_chat_stream(addr, "Hello!", 6, r#"{"ignore_eos": True}"#);
+    let words = got["content"].as_str().unwrap().split_whitespace().count();
     // "user\nHello!\n" is 12 bytes = 3 tokens.
-    assert_eq!(run_python(&script).trim(), "6 length 6 3");
+    assert_eq!(
+        (
+            words,
+            &got["finish_reason"],
+            &got["completion_tokens"],
+            &got["prompt_tokens"]
+        ),
+        (6, &json!("length"), &json!(6), &json!(3)),
+        "{got}"
+    );
 }
 
 #[tokio::test]
 async fn load_generator_counts_answers_and_failures() {
-    let good = start(options("llama-8b-h100")).await.unwrap();
-    let mut failing = options("llama-8b-h100");
+    let good = sim("llama-8b-h100").await;
+    let mut failing = sim_options("llama-8b-h100");
     failing.fail_rate = 1.0;
-    let bad = start(failing).await.unwrap();
+    let bad = start_sim(failing).await;
     for (addr, stream, ok, failed) in [
         (good.addr, true, 20, 0),
         (good.addr, false, 20, 0),
         (bad.addr, true, 0, 20),
     ] {
-        let args = infergate::loadgen::LoadArgs {
-            url: format!("http://{addr}"),
-            model: "m".into(),
-            requests: 20,
-            concurrency: 4,
-            duration: Duration::from_secs(30),
-            prompt_tokens: 32,
-            max_tokens: 5,
+        let args = LoadArgs {
             stream,
+            ..load_args(addr)
         };
         let report = infergate::loadgen::run(args, |_, _| {}).await.unwrap();
         assert_eq!(
@@ -379,13 +356,23 @@ fn crash_after_kills_the_process_mid_stream() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let url = format!("http://{addr}/v1/completions");
-        let body = json!({"model": "m", "prompt": "x", "max_tokens": 10, "ignore_eos": true, "stream": true});
+        let body = streamed_completion("x", 10);
         let (_, first) = post_stream(&url, body.clone()).await;
-        assert_eq!(sse_events(&first).last().map(String::as_str), Some("[DONE]"), "request 1 completes");
+        assert_eq!(
+            sse_events(&first).last().map(String::as_str),
+            Some("[DONE]"),
+            "request 1 completes"
+        );
         let (_, second) = post_stream(&url, body).await;
         let events = sse_events(&second);
-        assert!(!events.is_empty(), "the second stream started");
-        assert_ne!(events.last().map(String::as_str), Some("[DONE]"), "and broke off");
+        // It dies at the second token: the client has the first one and nothing more.
+        assert_eq!(
+            events.len(),
+            1,
+            "the second stream started, and broke off: {events:?}"
+        );
+        let first: serde_json::Value = serde_json::from_str(&events[0]).expect("a token chunk");
+        assert_eq!(first["object"], "text_completion", "{first}");
     });
     let status = child.0.wait().unwrap();
     assert_eq!(status.code(), Some(70), "{status:?}");
