@@ -399,20 +399,11 @@ impl BodyTimeouts {
 /// is read and dropped (up to a bound and a few seconds) before the caller answers 413, so the
 /// client, still sending, gets that answer instead of a reset connection.
 pub async fn read_body(
-    body: Incoming,
+    mut body: Incoming,
     limit: usize,
     timeouts: BodyTimeouts,
 ) -> Result<bytes::Bytes, BodyError> {
-    tokio::time::timeout(timeouts.total, read_body_idle(body, limit, timeouts.idle))
-        .await
-        .unwrap_or(Err(BodyError::TimedOut))
-}
-
-async fn read_body_idle(
-    mut body: Incoming,
-    limit: usize,
-    idle: Duration,
-) -> Result<bytes::Bytes, BodyError> {
+    use futures::FutureExt;
     use http_body_util::BodyExt;
     let mut collected = bytes::BytesMut::new();
     // A declared length within the limit is allocated at once (a 1 MiB prompt otherwise grows
@@ -421,9 +412,21 @@ async fn read_body_idle(
         n if n <= limit as u64 => n as usize,
         _ => 0, // refused below anyway
     };
+    // Timers only once the client makes us wait: most bodies arrive with their headers, and
+    // arming two timers per request showed in the instruction count.
+    let mut total: Option<tokio::time::Instant> = None;
     loop {
-        let Ok(next) = tokio::time::timeout(idle, body.frame()).await else {
-            return Err(BodyError::TimedOut);
+        let next = match body.frame().now_or_never() {
+            Some(next) => next,
+            None => {
+                let total =
+                    *total.get_or_insert_with(|| tokio::time::Instant::now() + timeouts.total);
+                let idle = tokio::time::Instant::now() + timeouts.idle;
+                match tokio::time::timeout_at(idle.min(total), body.frame()).await {
+                    Ok(next) => next,
+                    Err(_) => return Err(BodyError::TimedOut),
+                }
+            }
         };
         let Some(frame) = next else { break };
         let Ok(frame) = frame else {
