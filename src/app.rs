@@ -130,8 +130,9 @@ async fn start_on(config: Config, options: Options, sockets: Sockets) -> anyhow:
     let leadership = lease.as_ref().map(|l| l.leadership.clone());
     let mut locals = Vec::new();
     for pool in pools.live() {
-        let found = start_discovery(pool, kube.as_ref(), leadership.clone(), &metrics).await;
-        background.extend(found.task);
+        let found =
+            start_discovery(pool, kube.as_ref(), &peers, leadership.clone(), &metrics).await;
+        background.extend(found.tasks);
         locals.extend(found.local.clone());
         background.push(crate::scrape::spawn(pool.clone()));
         if pool.config.scaler.enabled {
@@ -238,8 +239,8 @@ fn start_leader_election(
 
 /// What a pool's discovery started.
 struct Discovered {
-    /// The watch task (Kubernetes).
-    task: Option<JoinHandle<()>>,
+    /// The watch task, and the one following peers' drains (Kubernetes).
+    tasks: Vec<JoinHandle<()>>,
     /// The local processes (local discovery).
     local: Option<Arc<LocalProvider>>,
     /// How the pool's scaler acts on its recommendations.
@@ -251,12 +252,13 @@ struct Discovered {
 async fn start_discovery(
     pool: &Arc<PoolState>,
     kube: Option<&KubeContext>,
+    peers: &Arc<Peers>,
     leadership: Option<Arc<Leadership>>,
     metrics: &Metrics,
 ) -> Discovered {
     let config = &pool.config;
     let mut found = Discovered {
-        task: None,
+        tasks: Vec::new(),
         local: None,
         actuation: Actuation {
             provider: None,
@@ -298,12 +300,20 @@ async fn start_discovery(
             ));
             let _ = pool.api_health.set(health.clone());
             let members = Members::new(pool.clone());
-            found.task = Some(crate::discovery::kubernetes::spawn(
+            found.tasks.push(crate::discovery::kubernetes::spawn(
                 discovery,
                 kube,
                 members.clone(),
                 health,
             ));
+            if peers.has_any() {
+                let follow = crate::peers::follow_drains(
+                    config.name.clone(),
+                    members.clone(),
+                    peers.clone(),
+                );
+                found.tasks.push(follow);
+            }
             if !members.wait_listed(FIRST_LIST_WAIT).await {
                 tracing::warn!(pool = %config.name, "no answer from the Kubernetes API within {FIRST_LIST_WAIT:?}; serving while discovery keeps trying");
             }
@@ -336,13 +346,15 @@ fn start_peers(
     background: &mut Vec<JoinHandle<()>>,
 ) -> Arc<Peers> {
     let cluster = &config.cluster;
-    let peers = Arc::new(Peers::new(
+    let mut peers = Peers::new(
         id,
         &cluster.peers,
         cluster.peer_interval,
         cluster.peer_stale_after,
         &metrics.peer_up,
-    ));
+    );
+    peers.watched = cluster.kubernetes.is_some();
+    let peers = Arc::new(peers);
     metrics.gateway_info.with_label_values(&[&peers.id]).set(1);
     if let Some(service) = &cluster.kubernetes {
         let kube = kube.expect("inferred at start for a Kubernetes cluster");

@@ -29,6 +29,8 @@ pub struct Metrics {
     pub gateway_info: IntGaugeVec,
     pub peer_up: IntGaugeVec,
     pub config_reloads: IntCounterVec,
+    /// Replicas this gateway drains for a scale-down (peer gateways stop sending to them).
+    pub draining: IntGaugeVec,
     pub kube_api_up: IntGaugeVec,
     pub kube_watch_errors: IntCounterVec,
     pub leader: IntGauge,
@@ -144,6 +146,11 @@ impl Metrics {
                 "infergate_peer_up",
                 "1 while the peer gateway's page was read at the last attempt, 0 when it was not.",
                 &["peer"],
+            ),
+            draining: gauge(
+                "infergate_draining_replica",
+                "1 for each replica this gateway is draining for a scale-down; peer gateways stop sending to it too.",
+                &["pool", "replica"],
             ),
             config_reloads: counter(
                 "infergate_config_reloads_total",

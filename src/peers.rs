@@ -38,6 +38,8 @@ pub struct PoolLoad {
 struct Reading {
     at: Instant,
     pools: HashMap<String, PoolLoad>,
+    /// Replicas the peer is draining, by pool.
+    draining: HashMap<String, Vec<String>>,
 }
 
 /// One peer gateway.
@@ -61,6 +63,8 @@ pub struct Peers {
     interval: Duration,
     stale_after: Duration,
     up: prometheus::IntGaugeVec,
+    /// The list comes from a watch (it may be empty now and grow).
+    pub watched: bool,
 }
 
 /// The load of the readable peers on one pool, and how many could not be counted.
@@ -97,6 +101,7 @@ impl Peers {
             interval,
             stale_after,
             up: up.clone(),
+            watched: false,
         };
         peers.set_addresses(addresses);
         peers
@@ -158,6 +163,27 @@ impl Peers {
         sum
     }
 
+    /// Replicas of `pool` that a peer (the one scaling) is draining, by fresh readings.
+    pub fn draining(&self, pool: &str, now: Instant) -> Vec<String> {
+        let mut all = Vec::new();
+        for peer in &self.others() {
+            let last = peer.last.load();
+            if let Some(reading) = last
+                .as_deref()
+                .filter(|r| now.saturating_duration_since(r.at) <= self.stale_after)
+            {
+                all.extend(reading.draining.get(pool).into_iter().flatten().cloned());
+            }
+        }
+        all
+    }
+
+    /// Whether any peer is configured or discovered (a Kubernetes peer list may be empty at
+    /// first and grow).
+    pub fn has_any(&self) -> bool {
+        self.watched || !self.peers.load().is_empty()
+    }
+
     /// Each peer's state, for `/admin/status`.
     pub fn status(&self, now: Instant) -> Vec<PeerStatus> {
         self.others()
@@ -192,6 +218,30 @@ impl crate::discovery::kubernetes::EndpointSink for Peers {
     fn known(&self) -> usize {
         self.peers.load().len()
     }
+}
+
+/// Keeps the replicas of a Kubernetes pool that a peer gateway is draining (for its
+/// scale-down) out of this gateway's routing too, until aborted: each exclusion is renewed
+/// every read while the peer marks the replica, and lapses soon after it stops.
+pub fn follow_drains(
+    pool: String,
+    members: Arc<crate::discovery::kubernetes::Members>,
+    peers: Arc<Peers>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let every = peers.interval;
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let now = Instant::now();
+            for replica in peers.draining(&pool, now) {
+                if let Ok(authority) = replica.parse::<http::uri::Authority>() {
+                    members.exclude(&authority, now + 3 * every);
+                }
+            }
+        }
+    })
 }
 
 /// A new gateway identity: unique per process start.
@@ -269,10 +319,20 @@ fn parse(page: &str, at: Instant) -> Result<(String, Reading), String> {
     let samples = exposition::samples(page).map_err(|e| e.to_string())?;
     let mut id = None;
     let mut pools: HashMap<String, PoolLoad> = HashMap::new();
+    let mut draining: HashMap<String, Vec<String>> = HashMap::new();
     for sample in &samples {
         let count = || sample.value.max(0.0) as u64;
         match sample.name {
             "infergate_gateway_info" => id = sample.label("id").map(str::to_string),
+            "infergate_draining_replica" if sample.value > 0.0 => {
+                if let (Some(pool), Some(replica)) = (sample.label("pool"), sample.label("replica"))
+                {
+                    draining
+                        .entry(pool.to_string())
+                        .or_default()
+                        .push(replica.to_string());
+                }
+            }
             "infergate_pool_inflight" | "infergate_queued_requests" => {
                 let Some(pool) = sample.label("pool") else {
                     continue;
@@ -288,7 +348,14 @@ fn parse(page: &str, at: Instant) -> Result<(String, Reading), String> {
         }
     }
     let id = id.ok_or("not an infergate page (no infergate_gateway_info)")?;
-    Ok((id, Reading { at, pools }))
+    Ok((
+        id,
+        Reading {
+            at,
+            pools,
+            draining,
+        },
+    ))
 }
 
 #[cfg(test)]
@@ -301,6 +368,7 @@ infergate_gateway_info{id=\"peer-1\"} 1
 infergate_pool_inflight{pool=\"chat\"} 7
 infergate_pool_inflight{pool=\"embed\"} 0
 infergate_queued_requests{pool=\"chat\"} 3
+infergate_draining_replica{pool=\"chat\",replica=\"10.0.0.2:8000\"} 1
 infergate_upstream_inflight{pool=\"chat\",replica=\"10.0.0.1:8000\"} 7
 ";
 
@@ -331,6 +399,7 @@ infergate_upstream_inflight{pool=\"chat\",replica=\"10.0.0.1:8000\"} 7
             }
         );
         assert_eq!(reading.pools["embed"], PoolLoad::default());
+        assert_eq!(reading.draining["chat"], ["10.0.0.2:8000"]);
         assert!(
             parse("up 1\n", now)
                 .unwrap_err()
@@ -345,7 +414,15 @@ infergate_upstream_inflight{pool=\"chat\",replica=\"10.0.0.1:8000\"} 7
         let now = Instant::now();
         let reading = |inflight, queued, at| {
             let pools = [("chat".to_string(), PoolLoad { inflight, queued })].into();
-            Ok(("peer".to_string(), Reading { at, pools }))
+            let draining = [("chat".to_string(), vec![format!("10.0.0.{inflight}:8000")])].into();
+            Ok((
+                "peer".to_string(),
+                Reading {
+                    at,
+                    pools,
+                    draining,
+                },
+            ))
         };
         record("me", &list[0], reading(5, 1, now));
         record("me", &list[1], reading(2, 4, now - Duration::from_secs(1)));
@@ -358,6 +435,7 @@ infergate_upstream_inflight{pool=\"chat\",replica=\"10.0.0.1:8000\"} 7
                 Reading {
                     at: now,
                     pools: HashMap::new(),
+                    draining: HashMap::new(),
                 },
             )),
         );
@@ -370,6 +448,7 @@ infergate_upstream_inflight{pool=\"chat\",replica=\"10.0.0.1:8000\"} 7
             }
         );
         assert_eq!(sum.unknown, 1, "c was never read");
+        assert_eq!(p.draining("chat", now), ["10.0.0.5:8000", "10.0.0.2:8000"]);
         assert_eq!(p.load("other", now).load, PoolLoad::default());
         // b's reading ages out; a's last one still counts while fresh, even after a failure.
         record("me", &list[0], Err("timed out".into()));

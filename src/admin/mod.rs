@@ -48,9 +48,16 @@ pub async fn handle(state: Arc<GatewayState>, req: Request<Incoming>) -> Respons
     match req.uri().path() {
         "/metrics" => {
             // Gauges read from live state at scrape time.
+            let metrics = &state.metrics;
+            metrics.draining.reset();
             for pool in &state.pools.pools {
+                for replica in pool.draining.load().iter() {
+                    metrics
+                        .draining
+                        .with_label_values(&[pool.name(), replica])
+                        .set(1);
+                }
                 let name = &[pool.name()];
-                let metrics = &state.metrics;
                 metrics
                     .queued
                     .with_label_values(name)

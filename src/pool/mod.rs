@@ -13,7 +13,8 @@
 //!   successful scrape ([`crate::replica::Replica::record_scrape`]);
 //! - the queue: the requests themselves, each entering and leaving its own place;
 //! - the prefix index: the request path records, replica-set changes and scrapes re-budget;
-//! - the scaler status: the pool's scaler loop; the API health: Kubernetes discovery.
+//! - the scaler status: the pool's scaler loop; the API health: Kubernetes discovery;
+//! - the replicas being drained: the scale provider (Kubernetes).
 
 pub mod admission;
 pub mod models;
@@ -60,6 +61,9 @@ pub struct PoolState {
     pub prefix_index: Option<crate::router::prefix::PrefixIndex>,
     /// The scaler's latest decision, for `/admin/status` (written by the scaler only).
     pub scaler_status: arc_swap::ArcSwapOption<ScalerStatus>,
+    /// Replicas this gateway is draining for a scale-down (their addresses), published on its
+    /// `/metrics` so that peer gateways stop sending to them too (written by the provider).
+    pub draining: arc_swap::ArcSwap<Vec<String>>,
     /// Whether the Kubernetes API answers this pool's watch (Kubernetes discovery only).
     pub api_health: std::sync::OnceLock<Arc<crate::kubernetes::ApiHealth>>,
 }
@@ -108,6 +112,7 @@ impl PoolState {
             queue: AdmissionQueue::new(priority_classes),
             scaler_status: arc_swap::ArcSwapOption::empty(),
             api_health: std::sync::OnceLock::new(),
+            draining: arc_swap::ArcSwap::from_pointee(Vec::new()),
         }
     }
 

@@ -5,8 +5,10 @@
 //! Scale-down never cuts an answer: the victims (not-ready pods first, then the fewest in
 //! flight; the highest ordinals for a StatefulSet, which always removes those) get the
 //! annotation `controller.kubernetes.io/pod-deletion-cost` at its minimum so the ReplicaSet
-//! removes exactly them, leave routing, finish their in-flight answers (bounded by the drain
-//! timeout), and only then is `replicas` lowered. Every write carries the `resourceVersion` it
+//! removes exactly them, leave routing — here, and on every peer gateway, which reads them as
+//! draining from this gateway's `/metrics` — finish their in-flight answers, this gateway's and
+//! then (by the victims' own pages: nothing running or waiting) everyone's, bounded by the drain
+//! timeout, and only then is `replicas` lowered. Every write carries the `resourceVersion` it
 //! was computed from; a `409 Conflict` is retried on the fresh object.
 
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -191,6 +193,7 @@ impl Provider for KubeScaler {
             if count == 0 {
                 return Ok(Action::None);
             }
+            inner.mark_draining(&victims, true);
             inner.draining.fetch_add(count, Ordering::Relaxed);
             let task = inner.clone();
             tokio::spawn(async move { task.drain_then_lower(victims, routed, count).await });
@@ -298,6 +301,9 @@ impl Inner {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let inflight_left: u64 = routed.iter().map(|r| r.inflight()).sum();
+        // Other gateways may still have answers streaming from the victims: their own pages
+        // say when nothing runs or waits there any more.
+        let busy_left = self.wait_until_idle(&victims, deadline).await;
         let leading = self.leadership.as_ref().is_none_or(|l| l.is_leader());
         let result = if leading {
             self.patch_replicas(|current| Some(current.saturating_sub(count)))
@@ -309,7 +315,7 @@ impl Inner {
         match result {
             Ok(changed) => {
                 let pods: Vec<&str> = victims.iter().filter_map(|v| v.pod.as_deref()).collect();
-                tracing::info!(pool = self.pool.name(), ?pods, inflight_left, replicas = ?changed.map(|c| c.1), "drained; lowered {}", self.target.name);
+                tracing::info!(pool = self.pool.name(), ?pods, inflight_left, busy_left, replicas = ?changed.map(|c| c.1), "drained; lowered {}", self.target.name);
             }
             Err(e) => {
                 tracing::warn!(
@@ -321,7 +327,47 @@ impl Inner {
                 }
             }
         }
+        self.mark_draining(&victims, false);
         self.draining.fetch_sub(count, Ordering::Relaxed);
+    }
+
+    /// Publishes (or withdraws) the victims as draining, for the peer gateways.
+    fn mark_draining(&self, victims: &[Member], on: bool) {
+        let names: Vec<String> = victims
+            .iter()
+            .filter_map(|v| v.authority.as_ref().map(|a| a.to_string()))
+            .collect();
+        let mut marked: Vec<String> = self.pool.draining.load().as_ref().clone();
+        marked.retain(|m| !names.contains(m));
+        if on {
+            marked.extend(names);
+        }
+        self.pool.draining.store(Arc::new(marked));
+    }
+
+    /// Waits (until `deadline`) for the victims' own pages to show nothing running or waiting;
+    /// returns what was still there. A page that cannot be read counts as idle (the replica is
+    /// gone or its metrics are, and the deadline bounds the wait either way).
+    async fn wait_until_idle(&self, victims: &[Member], deadline: Instant) -> f64 {
+        let metrics = &self.pool.config.metrics;
+        let client: crate::scrape::HttpClient =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http();
+        loop {
+            let mut busy = 0.0;
+            for authority in victims.iter().filter_map(|v| v.authority.as_ref()) {
+                let uri = format!("http://{authority}{}", metrics.path);
+                let page = crate::scrape::scrape(&client, &uri, metrics.format, None);
+                if let Ok(Ok((stats, _))) = tokio::time::timeout(metrics.scrape_timeout, page).await
+                {
+                    busy += stats.running + stats.waiting;
+                }
+            }
+            if busy == 0.0 || Instant::now() >= deadline {
+                return busy;
+            }
+            tokio::time::sleep(metrics.scrape_interval.max(Duration::from_millis(50))).await;
+        }
     }
 }
 

@@ -168,7 +168,7 @@ pub(crate) enum ScrapeError {
 }
 
 /// Reads a replica's page: its engine stats and, when asked, the GPU metric on it.
-async fn scrape(
+pub(crate) async fn scrape(
     client: &HttpClient,
     uri: &str,
     format: crate::config::MetricsFormat,

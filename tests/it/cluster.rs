@@ -12,16 +12,6 @@ use tokio::net::TcpStream;
 
 use crate::support::*;
 
-/// A free port on 127.0.0.1 (bound, read, released: the gateways need each other's admin
-/// address before they start).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 async fn gateway(admin: u16, peers: &[u16], replica: std::net::SocketAddr) -> App {
     let peers: Vec<String> = peers.iter().map(|p| format!("\"127.0.0.1:{p}\"")).collect();
     let yaml = format!(

@@ -55,6 +55,18 @@ fn deployment(replicas: u32) -> Value {
 /// A gateway whose one pool `p` is discovered through the fake; `scaler` is the pool's scaler
 /// section (YAML flow mapping) or empty.
 async fn gateway(fake: &FakeKube, who: &str, discovery: &str, scaler: &str, lease: bool) -> App {
+    gateway_in(fake, who, discovery, scaler, lease, None).await
+}
+
+/// [`gateway`] as one of several: its admin address, and the other gateways' (peers).
+async fn gateway_in(
+    fake: &FakeKube,
+    who: &str,
+    discovery: &str,
+    scaler: &str,
+    lease: bool,
+    cluster: Option<(u16, &[u16])>,
+) -> App {
     let scaler = if scaler.is_empty() {
         String::new()
     } else {
@@ -69,14 +81,24 @@ async fn gateway(fake: &FakeKube, who: &str, discovery: &str, scaler: &str, leas
         client: fake.client(who),
         identity: who.into(),
     };
-    GatewayConfig::kubernetes(discovery)
+    let mut config = GatewayConfig::kubernetes(discovery)
         .listener("drain_timeout: 5s")
         .listener("worker_threads: 1")
         .top(&format!(
             "leader_election: {{enabled: {lease}, lease_name: infergate-leader, lease_duration: 2s}}"
         ))
         .pool("routing: {policy: least-inflight}")
-        .pool(&scaler)
+        .pool(&scaler);
+    if let Some((admin, peers)) = cluster {
+        let peers: Vec<String> = peers.iter().map(|p| format!("\"127.0.0.1:{p}\"")).collect();
+        config = config
+            .admin_listen(SocketAddr::from(([127, 0, 0, 1], admin)))
+            .top(&format!(
+                "cluster: {{peers: [{}], peer_interval: 100ms}}",
+                peers.join(", ")
+            ));
+    }
+    config
         .start_with(Options {
             kube: Some(kube),
             ..Default::default()
@@ -683,4 +705,108 @@ async fn kube_lease_is_taken_over_only_after_the_holder_stops_renewing() {
     assert_eq!(lease["spec"]["holderIdentity"], "gw-b");
     assert_eq!(lease["spec"]["leaseTransitions"], 1);
     task_b.abort();
+}
+
+/// Two gateways in front of one pool, each reading the other: when the leader scales down, the
+/// follower stops sending to the victim too (it reads the victim as draining on the leader's
+/// page), and the leader lowers `replicas` only once the victim's own page shows nothing
+/// running — so the follower's stream on the victim, which the leader cannot see in flight,
+/// is not cut.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_scale_down_with_two_gateways_drains_the_victim_on_both() {
+    let (a, b) = (sim("llama-8b-h100").await, sim("llama-8b-h100").await);
+    let fake = FakeKube::start().await;
+    add_replica(&fake, "sim-a", a.addr);
+    add_replica(&fake, "sim-b", b.addr);
+    fake.apply(DEPLOYMENTS, deployment(2));
+    let (port_a, port_b) = (free_port(), free_port());
+    let ports = [port_a, port_b];
+    let scaler = "min_replicas: 1, max_replicas: 2";
+    let gw_a = gateway_in(
+        &fake,
+        "gw-a",
+        BY_SERVICE,
+        scaler,
+        true,
+        Some((port_a, &ports)),
+    )
+    .await;
+    let gw_b = gateway_in(
+        &fake,
+        "gw-b",
+        BY_SERVICE,
+        scaler,
+        true,
+        Some((port_b, &ports)),
+    )
+    .await;
+    eventually(Duration::from_secs(5), "a leader", async || {
+        fake.get(LEASES, "infergate-leader")
+            .is_some_and(|l| l["spec"]["holderIdentity"].is_string())
+    })
+    .await;
+    let holder = fake.get(LEASES, "infergate-leader").unwrap()["spec"]["holderIdentity"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (leader, follower) = if holder == "gw-a" {
+        (gw_a, gw_b)
+    } else {
+        (gw_b, gw_a)
+    };
+    // Two long streams through the follower only: one on each replica (least in flight).
+    let url = format!("http://{}/v1/completions", follower.gateway_addr);
+    let streams: Vec<_> = (0..2)
+        .map(|_| spawn_stream(&url, streamed_completion("tell a story", 500)))
+        .collect();
+    let annotated = || {
+        ["sim-a", "sim-b"].into_iter().find(|pod| {
+            !fake.get(PODS, pod).unwrap()["metadata"]["annotations"]
+                ["controller.kubernetes.io/pod-deletion-cost"]
+                .is_null()
+        })
+    };
+    eventually(
+        Duration::from_secs(10),
+        "the leader picks a victim",
+        async || annotated().is_some(),
+    )
+    .await;
+    let victim = if annotated() == Some("sim-a") {
+        a.addr
+    } else {
+        b.addr
+    };
+    eventually(
+        Duration::from_secs(3),
+        "the follower stops sending to the victim",
+        async || !routed(&follower).await.contains(&victim.to_string()),
+    )
+    .await;
+    let leader_status = pool_status(&leader).await;
+    assert_eq!(
+        leader_status["scaler"]["inflight"], 2,
+        "the leader counts the follower's streams: {leader_status}"
+    );
+    assert_eq!(
+        fake.get(DEPLOYMENTS, "sim").unwrap()["spec"]["replicas"],
+        2,
+        "not lowered while the follower's answer streams from the victim"
+    );
+    assert!(!streams.iter().all(|s| s.is_finished()));
+    for stream in streams {
+        assert_eq!(
+            stream_to_done(stream).await.len(),
+            500,
+            "every answer whole"
+        );
+    }
+    eventually(
+        Duration::from_secs(5),
+        "replicas lowered once the victim is idle",
+        async || fake.get(DEPLOYMENTS, "sim").unwrap()["spec"]["replicas"] == 1,
+    )
+    .await;
+    leader.shutdown().await;
+    follower.shutdown().await;
 }

@@ -209,6 +209,7 @@ pub fn load_args(addr: SocketAddr) -> LoadArgs {
 /// ```
 pub struct GatewayConfig {
     gateway_listen: String,
+    admin_listen: String,
     listeners: Vec<String>,
     top: Vec<String>,
     models: Vec<String>,
@@ -220,6 +221,7 @@ impl GatewayConfig {
     fn with_discovery(discovery: String) -> Self {
         Self {
             gateway_listen: "127.0.0.1:0".into(),
+            admin_listen: "127.0.0.1:0".into(),
             listeners: Vec::new(),
             top: Vec::new(),
             models: vec!["m".into()],
@@ -278,6 +280,12 @@ impl GatewayConfig {
         self
     }
 
+    /// The admin listener's address instead of 127.0.0.1:0 (peers must know it beforehand).
+    pub fn admin_listen(mut self, addr: SocketAddr) -> Self {
+        self.admin_listen = addr.to_string();
+        self
+    }
+
     /// One more `listeners` setting, e.g. `drain_timeout: 5s`.
     pub fn listener(mut self, setting: &str) -> Self {
         self.listeners.push(setting.into());
@@ -306,7 +314,7 @@ impl GatewayConfig {
     pub fn yaml(&self) -> String {
         let mut listeners = vec![
             format!("gateway: {}", self.gateway_listen),
-            "admin: 127.0.0.1:0".to_string(),
+            format!("admin: {}", self.admin_listen),
         ];
         listeners.extend(self.listeners.iter().cloned());
         let mut yaml = format!("listeners: {{{}}}\n", listeners.join(", "));
@@ -342,6 +350,16 @@ impl GatewayConfig {
     pub async fn start_with(&self, options: Options) -> App {
         app::start_with(self.config(), options).await.unwrap()
     }
+}
+
+/// A free port on 127.0.0.1 (bound, read, released: for addresses a test must know before
+/// the server that takes them starts).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// The whole `/admin/status` document.
