@@ -810,3 +810,71 @@ async fn kube_scale_down_with_two_gateways_drains_the_victim_on_both() {
     leader.shutdown().await;
     follower.shutdown().await;
 }
+
+/// A pool at zero behind two gateways: a request held at the follower reaches the leader's
+/// signal through the follower's page, the leader scales the pool up, and the held request is
+/// answered once the replica is ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_a_request_held_at_the_follower_scales_the_pool_from_zero() {
+    let a = sim("llama-8b-h100").await;
+    let fake = FakeKube::start().await;
+    fake.apply(DEPLOYMENTS, deployment(0));
+    let (port_a, port_b) = (free_port(), free_port());
+    let ports = [port_a, port_b];
+    let scaler = "min_replicas: 0, max_replicas: 2, scale_to_zero_after: 60s";
+    let gw_a = gateway_in(
+        &fake,
+        "gw-a",
+        BY_SERVICE,
+        scaler,
+        true,
+        Some((port_a, &ports)),
+    )
+    .await;
+    let gw_b = gateway_in(
+        &fake,
+        "gw-b",
+        BY_SERVICE,
+        scaler,
+        true,
+        Some((port_b, &ports)),
+    )
+    .await;
+    eventually(Duration::from_secs(5), "a leader", async || {
+        fake.get(LEASES, "infergate-leader")
+            .is_some_and(|l| l["spec"]["holderIdentity"].is_string())
+    })
+    .await;
+    let holder = fake.get(LEASES, "infergate-leader").unwrap()["spec"]["holderIdentity"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (leader, follower) = if holder == "gw-a" {
+        (gw_a, gw_b)
+    } else {
+        (gw_b, gw_a)
+    };
+    let follower_name = if holder == "gw-a" { "gw-b" } else { "gw-a" };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        fake.get(DEPLOYMENTS, "sim").unwrap()["spec"]["replicas"],
+        0,
+        "idle: zero"
+    );
+    let url = format!("http://{}/v1/completions", follower.gateway_addr);
+    let held = spawn_post(&url, json!({"model": "m", "prompt": "hi", "max_tokens": 4}));
+    eventually(
+        Duration::from_secs(5),
+        "the leader scales up for the follower's request",
+        async || fake.get(DEPLOYMENTS, "sim").unwrap()["spec"]["replicas"] == 1,
+    )
+    .await;
+    assert_eq!(scale_patches(&fake, &holder), [1], "written by the leader");
+    assert!(scale_patches(&fake, follower_name).is_empty());
+    assert!(!held.is_finished(), "held while the replica starts");
+    add_replica(&fake, "sim-a", a.addr);
+    let reply = held.await.unwrap();
+    assert_eq!(reply.status, 200, "answered once the replica is ready");
+    leader.shutdown().await;
+    follower.shutdown().await;
+}
