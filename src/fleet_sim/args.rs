@@ -170,6 +170,11 @@ pub struct SimulateArgs {
     /// How many times slower the slow replicas are.
     #[arg(long, default_value_t = 2.0)]
     pub slow_factor: f64,
+    /// Gateway replicas in front of the fleet, each with its own routing state, prefix index
+    /// and queue; a request goes to one by its session (else in turn), and the first one scales
+    /// on the load of all.
+    #[arg(long, default_value_t = 1)]
+    pub gateways: usize,
     /// Time for a new replica to become ready (default: each pool's `scaler.cold_start`).
     #[arg(long, value_parser = seconds_arg)]
     pub cold_start: Option<f64>,

@@ -168,6 +168,7 @@ fn fleet_spec(config: &config::Config, args: &SimulateArgs) -> anyhow::Result<si
         sample_every: args.sample_every,
         tail: args.tail,
         keep_requests: false,
+        gateways: args.gateways.max(1),
     })
 }
 

@@ -60,6 +60,7 @@ fn spec(initial: u32, cold_start: Option<f64>) -> FleetSpec {
         seed: 3,
         sample_every: 1.0,
         tail: 600.0,
+        gateways: 1,
         keep_requests: true,
     }
 }

@@ -45,6 +45,13 @@ impl Fleet<'_> {
             .config
             .classification
             .priority_of(request.priority.as_deref());
+        // A client's keep-alive connection stays on one gateway: by session, else in turn.
+        let gateways = self.pools[p].gateways.len();
+        let g = match &request.session {
+            Some(session) => crate::openai::fnv1a(session.as_bytes()) as usize % gateways,
+            None => i % gateways,
+        };
+        self.via[i] = g as u32;
         let blocks = request.block_hashes();
         let indexed = index_blocks(&blocks, self.pools[p].config.routing.prefix_block_chars);
         let features = RequestFeatures {
@@ -56,7 +63,7 @@ impl Fleet<'_> {
                 .session
                 .as_ref()
                 .map(|s| crate::openai::fnv1a(s.as_bytes())),
-            prefix: self.pools[p]
+            prefix: self.pools[p].gateways[g]
                 .prefix
                 .as_ref()
                 .map(|index| index.lookup(&indexed))
@@ -72,10 +79,12 @@ impl Fleet<'_> {
         self.admit(p, i, priority);
     }
 
-    /// Admission in virtual time, by the gateway's rules (`gateway::proxy::admit`).
+    /// Admission in virtual time on the request's gateway, by the gateway's rules
+    /// (`PoolState::admit`).
     pub(super) fn admit(&mut self, p: usize, i: usize, priority: usize) {
         let now = self.instant(self.now);
-        let gate = self.pools[p].gate(now);
+        let g = self.via[i] as usize;
+        let gate = self.pools[p].gate(g, now);
         let sheddable = self.config.classification.is_sheddable(priority);
         match admission::on_arrival(gate, sheddable) {
             Admit::Go => return self.dispatch(p, i),
@@ -83,16 +92,18 @@ impl Fleet<'_> {
             Admit::Queue => {}
         }
         let pool = &mut self.pools[p];
-        if !admission::has_room(pool.queued, u64::from(pool.config.admission.max_queue)) {
+        let max_queue = u64::from(pool.config.admission.max_queue);
+        let max_wait = pool.config.admission.max_queue_wait.as_secs_f64();
+        let gateway = &mut pool.gateways[g];
+        if !admission::has_room(gateway.queued, max_queue) {
             self.fail(i, Failure::QueueFull);
             return;
         }
-        let class = priority.min(pool.queue.len() - 1);
-        pool.queue[class].push_back(i);
-        pool.queued += 1;
+        let class = priority.min(gateway.queue.len() - 1);
+        gateway.queue[class].push_back(i);
+        gateway.queued += 1;
         self.queued_at[i] = self.now;
-        let deadline =
-            self.workload[i].arrival + pool.config.admission.max_queue_wait.as_secs_f64();
+        let deadline = self.workload[i].arrival + max_wait;
         self.at(
             deadline,
             Ev::QueueDeadline {
@@ -102,30 +113,39 @@ impl Fleet<'_> {
         );
     }
 
-    /// Lets queued requests go, highest class first, while the pool has room.
+    /// Lets queued requests go on every gateway, highest class first, while the pool has room
+    /// as that gateway sees it.
     pub(super) fn release_queue(&mut self, p: usize) {
-        while self.pools[p].queued > 0 {
+        for g in 0..self.pools[p].gateways.len() {
+            self.release_gateway_queue(p, g);
+        }
+    }
+
+    fn release_gateway_queue(&mut self, p: usize, g: usize) {
+        while self.pools[p].gateways[g].queued > 0 {
             let now = self.instant(self.now);
-            if !admission::may_release(self.pools[p].gate(now)) {
+            if !admission::may_release(self.pools[p].gate(g, now)) {
                 return;
             }
-            let pool = &mut self.pools[p];
-            let waiting = pool.queue.iter().map(|class| class.len() as u64);
+            let gateway = &mut self.pools[p].gateways[g];
+            let waiting = gateway.queue.iter().map(|class| class.len() as u64);
             let Some(class) = admission::class_to_release(waiting) else {
                 return;
             };
-            let i = pool.queue[class].pop_front().expect("a class with waiters");
-            pool.left_queue(self.now - self.queued_at[i]);
+            let i = gateway.queue[class]
+                .pop_front()
+                .expect("a class with waiters");
+            gateway.left_queue(self.now - self.queued_at[i]);
             self.dispatch(p, i);
         }
     }
 
     pub(super) fn expire(&mut self, p: usize, i: usize) {
-        let pool = &mut self.pools[p];
-        for class in &mut pool.queue {
+        let gateway = &mut self.pools[p].gateways[self.via[i] as usize];
+        for class in &mut gateway.queue {
             if let Some(at) = class.iter().position(|&q| q == i) {
                 class.remove(at);
-                pool.left_queue(self.now - self.queued_at[i]);
+                gateway.left_queue(self.now - self.queued_at[i]);
                 self.fail(i, Failure::QueueTimeout);
                 return;
             }
@@ -145,23 +165,25 @@ impl Fleet<'_> {
         };
         let now = self.instant(self.now);
         let random = self.rng.next_u64();
+        let g = self.via[i] as usize;
         let pool = &mut self.pools[p];
-        pool.sequence += 1;
-        let ctx = crate::pool::pick_context(&pool.config, now, random, pool.sequence);
-        let Some(index) = router::pick(&pool.config.routing, &pool.snapshot, &features, ctx, &[])
-        else {
+        let gateway = &mut pool.gateways[g];
+        gateway.sequence += 1;
+        let ctx = crate::pool::pick_context(&pool.config, now, random, gateway.sequence);
+        let routing = &pool.config.routing;
+        let Some(index) = router::pick(routing, &gateway.snapshot, &features, ctx, &[]) else {
             self.fail(i, Failure::NoReplica);
             return;
         };
-        let replica = pool.snapshot.replicas[index].clone();
+        let replica = gateway.snapshot.replicas[index].clone();
         let r = pool
             .replicas
             .iter()
-            .position(|s| Arc::ptr_eq(&s.replica, &replica))
+            .position(|s| Arc::ptr_eq(&s.views[g], &replica))
             .expect("snapshot replicas are pool replicas");
         let guard = replica.start_request_with(router::own_prefill_tokens(&features, replica.id));
         pool.replicas[r].served += 1;
-        if let Some(index) = &pool.prefix {
+        if let Some(index) = &pool.gateways[g].prefix {
             index.record(&indexed, replica.id);
         }
         let request = &self.workload[i];

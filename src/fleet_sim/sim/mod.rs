@@ -63,6 +63,11 @@ pub struct FleetSpec {
     pub tail: f64,
     /// Keep a record per request in the report.
     pub keep_requests: bool,
+    /// Gateway replicas in front of the fleet (at least 1), each with its own routing state,
+    /// in-flight counts, prefix index and queue; a request goes to one by its session (as a
+    /// client's keep-alive connection stays on one), else in turn. The first one scales, on
+    /// its own load and its peers'.
+    pub gateways: usize,
 }
 
 /// Called now and then with (virtual seconds done, of total).
@@ -77,7 +82,8 @@ enum State {
 }
 
 struct SimReplica {
-    replica: Arc<Replica>,
+    /// The replica as each gateway sees it (its own in-flight counts, scrapes, learned speed).
+    views: Vec<Arc<Replica>>,
     engine: Engine,
     state: State,
     /// A step is running; its events happen at its end.
@@ -95,40 +101,46 @@ struct SimPool {
     config: config::Pool,
     profile: Profile,
     replicas: Vec<SimReplica>,
+    /// The pool's live state on each gateway.
+    gateways: Vec<SimGateway>,
+    policy: Option<Box<dyn Policy>>,
+    starting: u32,
+    cold_start: f64,
+}
+
+/// One gateway's live state of a pool (`PoolState`).
+struct SimGateway {
     snapshot: Snapshot,
     prefix: Option<PrefixIndex>,
-    policy: Option<Box<dyn Policy>>,
     /// One FIFO per priority class, highest first: (request, arrived).
     queue: Vec<VecDeque<usize>>,
     queued: u64,
     sequence: u64,
     /// Longest wait of the requests that left the queue since the scaler's last look.
     max_wait: Option<f64>,
-    starting: u32,
-    cold_start: f64,
 }
 
-impl SimPool {
+impl SimGateway {
     /// Budgets of the prefix index from the replicas' scraped KV capacity, as the gateway sets
     /// them (`PoolState::refresh_prefix_budgets`).
-    fn register_prefix_replicas(&self) {
+    fn register_prefix_replicas(&self, block_chars: u32) {
         if let Some(index) = &self.prefix {
-            index.register(
-                &self.snapshot.replicas,
-                self.config.routing.prefix_block_chars,
-            );
+            index.register(&self.snapshot.replicas, block_chars);
         }
-    }
-
-    /// What the pool looks like to a request at `now` (`PoolState::gate`).
-    fn gate(&self, now: Instant) -> Gate {
-        admission::gate(&self.snapshot, &self.config, now, self.queued)
     }
 
     /// A request left the queue after `waited` seconds (let in or expired).
     fn left_queue(&mut self, waited: f64) {
         self.queued -= 1;
         self.max_wait = Some(self.max_wait.map_or(waited, |w| w.max(waited)));
+    }
+}
+
+impl SimPool {
+    /// What the pool looks like on gateway `g` to a request at `now` (`PoolState::gate`).
+    fn gate(&self, g: usize, now: Instant) -> Gate {
+        let gateway = &self.gateways[g];
+        admission::gate(&gateway.snapshot, &self.config, now, gateway.queued)
     }
 }
 
@@ -202,6 +214,8 @@ pub struct Fleet<'w> {
     /// Per request: (queued at, features, block hashes) while it waits or runs.
     features: Vec<Option<Classified>>,
     queued_at: Vec<f64>,
+    /// Per request, the gateway it arrives at.
+    via: Vec<u32>,
     rng: super::workload::Rng,
     rec: Recorder,
     timeline: Vec<Sample>,
@@ -256,29 +270,33 @@ impl<'w> Fleet<'w> {
                         ScalerPolicy::Infergate => {}
                     }
                 }
-                let prefix = matches!(
+                let uses_prefix = matches!(
                     pool.routing.policy,
                     RoutingPolicy::PrefixAffinity
                         | RoutingPolicy::PredictedTtft
                         | RoutingPolicy::Weighted
-                )
-                .then(|| PrefixIndex::new(pool.routing.prefix_cache_entries as usize));
+                );
+                let classes = config.classification.priority_classes.len().max(1);
+                let gateways = (0..spec.gateways.max(1))
+                    .map(|_| SimGateway {
+                        snapshot: Snapshot::default(),
+                        prefix: uses_prefix
+                            .then(|| PrefixIndex::new(pool.routing.prefix_cache_entries as usize)),
+                        queue: (0..classes).map(|_| VecDeque::new()).collect(),
+                        queued: 0,
+                        sequence: 0,
+                        max_wait: None,
+                    })
+                    .collect();
                 SimPool {
                     policy: pool.scaler.enabled.then(|| policy::build(&pool.scaler)),
                     cold_start: spec
                         .cold_start
                         .unwrap_or(pool.scaler.cold_start.as_secs_f64()),
-                    queue: (0..config.classification.priority_classes.len().max(1))
-                        .map(|_| VecDeque::new())
-                        .collect(),
                     profile: spec.profiles[i].clone(),
                     config: pool,
                     replicas: Vec::new(),
-                    snapshot: Snapshot::default(),
-                    prefix,
-                    queued: 0,
-                    sequence: 0,
-                    max_wait: None,
+                    gateways,
                     starting: 0,
                 }
             })
@@ -296,6 +314,7 @@ impl<'w> Fleet<'w> {
             running: (0..workload.len()).map(|_| None).collect(),
             features: vec![None; workload.len()],
             queued_at: vec![0.0; workload.len()],
+            via: vec![0; workload.len()],
             rng: super::workload::Rng::new(spec.seed),
             rec: Recorder::default(),
             timeline: Vec::new(),
@@ -369,7 +388,12 @@ impl<'w> Fleet<'w> {
         progress(end, end);
         // What is still queued or running did not finish in time.
         let unfinished = self.running.iter().filter(|r| r.is_some()).count()
-            + self.pools.iter().map(|p| p.queued as usize).sum::<usize>();
+            + self
+                .pools
+                .iter()
+                .flat_map(|p| &p.gateways)
+                .map(|g| g.queued as usize)
+                .sum::<usize>();
         for _ in 0..unfinished {
             self.rec.fail(Failure::Unfinished);
         }

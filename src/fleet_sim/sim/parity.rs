@@ -159,6 +159,7 @@ fn fleet_spec(initial: u32) -> FleetSpec {
         sample_every: 10.0,
         tail: 60.0,
         keep_requests: true,
+        gateways: 1,
     }
 }
 
@@ -247,7 +248,7 @@ fn scaling_down_drains_alike_in_the_local_provider_and_the_simulation() {
     let replicas: Vec<_> = fleet.pools[0]
         .replicas
         .iter()
-        .map(|r| r.replica.clone())
+        .map(|r| r.views[0].clone())
         .collect();
     let _held: Vec<InflightGuard> = [0, 0, 2]
         .iter()

@@ -20,9 +20,14 @@ impl Fleet<'_> {
         let authority: Authority = format!("{}-{n}.sim:80", pool.config.name)
             .parse()
             .unwrap_or_else(|_| Authority::from_static("replica.sim:80"));
-        let gauge = prometheus::IntGauge::new("infergate_sim_inflight", "in flight")
-            .expect("a valid metric name");
-        let replica = Arc::new(Replica::new(Scheme::HTTP, authority, gauge, self.epoch));
+        let views = (0..pool.gateways.len())
+            .map(|_| {
+                let gauge = prometheus::IntGauge::new("infergate_sim_inflight", "in flight")
+                    .expect("a valid metric name");
+                let authority = authority.clone();
+                Arc::new(Replica::new(Scheme::HTTP, authority, gauge, self.epoch))
+            })
+            .collect();
         let mut profile = pool.profile.clone();
         // Every k-th replica is slow, so a quarter means replicas 3, 7, 11, ... of each pool.
         let mut slow = false;
@@ -38,7 +43,7 @@ impl Fleet<'_> {
             }
         }
         pool.replicas.push(SimReplica {
-            replica,
+            views,
             engine: Engine::new(profile),
             state: State::Starting,
             busy: false,
@@ -57,23 +62,26 @@ impl Fleet<'_> {
         self.publish(p);
     }
 
-    /// Rebuilds the pool's routing snapshot from its ready replicas (as discovery does).
+    /// Rebuilds each gateway's routing snapshot from the ready replicas (as discovery does).
     pub(super) fn publish(&mut self, p: usize) {
         let pool = &mut self.pools[p];
-        let ready: Vec<Arc<Replica>> = pool
-            .replicas
-            .iter()
-            .filter(|r| r.state == State::Ready)
-            .map(|r| r.replica.clone())
-            .collect();
+        let block_chars = pool.config.routing.prefix_block_chars;
+        for (g, gateway) in pool.gateways.iter_mut().enumerate() {
+            let ready: Vec<Arc<Replica>> = pool
+                .replicas
+                .iter()
+                .filter(|r| r.state == State::Ready)
+                .map(|r| r.views[g].clone())
+                .collect();
+            gateway.snapshot = Snapshot::new(ready);
+            gateway.register_prefix_replicas(block_chars);
+        }
         let live = pool
             .replicas
             .iter()
             .filter(|r| r.state != State::Stopped)
             .count() as u32;
         self.max_replicas = self.max_replicas.max(live);
-        pool.snapshot = Snapshot::new(ready);
-        pool.register_prefix_replicas();
     }
 
     /// Starts the replica's next engine step if it is idle and has work.
@@ -158,15 +166,17 @@ impl Fleet<'_> {
         self.release_queue(p);
     }
 
-    /// A request left replica `r`: a draining replica with nothing left stops.
+    /// A request left replica `r`: a draining replica with nothing left from any gateway stops
+    /// (its own page shows it idle).
     pub(super) fn after_release(&mut self, p: usize, r: usize) {
         let replica = &self.pools[p].replicas[r];
-        if replica.state == State::Draining && replica.replica.inflight() == 0 {
+        let idle = replica.views.iter().all(|v| v.inflight() == 0);
+        if replica.state == State::Draining && idle {
             self.stop_replica(p, r);
         }
     }
 
-    /// What the pool's scraper reads from each replica's `/metrics`.
+    /// What each gateway's scraper reads from each replica's `/metrics`.
     pub(super) fn scrape(&mut self, p: usize) {
         let at = self.instant(self.now);
         for replica in &self.pools[p].replicas {
@@ -175,23 +185,26 @@ impl Fleet<'_> {
             }
             let s = replica.engine.stats();
             let queries = s.prefix_queries_tokens;
-            replica.replica.record_scrape(
-                crate::replica::EngineStats {
-                    waiting: s.waiting as f64,
-                    running: s.running as f64,
-                    kv_usage: Some(s.kv_usage),
-                    prefix_hit_rate: (queries > 0)
-                        .then(|| s.prefix_hits_tokens as f64 / queries as f64),
-                    kv_blocks: Some(u64::from(replica.engine.profile().kv_blocks)),
-                    kv_block_tokens: Some(u64::from(replica.engine.profile().block_size)),
-                    max_loras: Some(replica.engine.profile().max_loras),
-                    running_loras: s.running_loras,
-                    waiting_loras: s.waiting_loras,
-                },
-                at,
-            );
+            let stats = crate::replica::EngineStats {
+                waiting: s.waiting as f64,
+                running: s.running as f64,
+                kv_usage: Some(s.kv_usage),
+                prefix_hit_rate: (queries > 0)
+                    .then(|| s.prefix_hits_tokens as f64 / queries as f64),
+                kv_blocks: Some(u64::from(replica.engine.profile().kv_blocks)),
+                kv_block_tokens: Some(u64::from(replica.engine.profile().block_size)),
+                max_loras: Some(replica.engine.profile().max_loras),
+                running_loras: s.running_loras,
+                waiting_loras: s.waiting_loras,
+            };
+            for view in &replica.views {
+                view.record_scrape(stats.clone(), at);
+            }
         }
-        self.pools[p].register_prefix_replicas();
+        let pool = &self.pools[p];
+        for gateway in &pool.gateways {
+            gateway.register_prefix_replicas(pool.config.routing.prefix_block_chars);
+        }
     }
 
     pub(super) fn stop_replica(&mut self, p: usize, r: usize) {

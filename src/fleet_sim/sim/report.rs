@@ -24,9 +24,15 @@ impl Fleet<'_> {
                 .pools
                 .iter()
                 .flat_map(|p| &p.replicas)
-                .map(|r| r.replica.inflight())
+                .flat_map(|r| &r.views)
+                .map(|v| v.inflight())
                 .sum(),
-            queued: self.pools.iter().map(|p| p.queued).sum(),
+            queued: self
+                .pools
+                .iter()
+                .flat_map(|p| &p.gateways)
+                .map(|g| g.queued)
+                .sum(),
             arrival_rate: self.rec.window_arrivals as f64 / self.spec.sample_every,
             ttft_p50: (summary.count > 0).then_some(summary.p50),
             ttft_p90: (summary.count > 0).then_some(summary.p90),

@@ -2,23 +2,40 @@
 //! plan with the same code as the control loop and the local provider.
 
 use super::{Ev, Fleet, State};
+use crate::peers::PoolLoad;
 use crate::scaler::actuation::{self, Plan};
 use crate::scaler::observation::{self, Beyond};
 use crate::scaler::policy::Observation;
 
 impl Fleet<'_> {
-    /// One tick of the scaler's control loop (`scaler::spawn`) in virtual time.
+    /// One tick of the scaler's control loop (`scaler::spawn`) in virtual time, on the first
+    /// gateway (the one acting), which reads its peers' own in-flight and queued counts as it
+    /// would from their pages.
     pub(super) fn scale(&mut self, p: usize) {
         let now = self.instant(self.now);
         let pool = &mut self.pools[p];
+        let (first, others) = pool
+            .gateways
+            .split_first_mut()
+            .expect("one gateway at least");
+        let mut peers = PoolLoad::default();
+        for peer in others.iter() {
+            peers.inflight += peer
+                .snapshot
+                .replicas
+                .iter()
+                .map(|r| r.inflight())
+                .sum::<u64>();
+            peers.queued += peer.queued;
+        }
         let beyond = Beyond {
             now_secs: self.now,
             starting: pool.starting,
-            queued: pool.queued,
-            queue_wait: pool.max_wait.take(),
-            peers: Default::default(), // one gateway
+            queued: first.queued,
+            queue_wait: first.max_wait.take(),
+            peers,
         };
-        let obs = observation::observe(&pool.snapshot, &pool.config, now, beyond);
+        let obs = observation::observe(&first.snapshot, &pool.config, now, beyond);
         let Some(policy) = pool.policy.as_mut() else {
             return;
         };
@@ -33,9 +50,10 @@ impl Fleet<'_> {
         let ready: Vec<usize> = (0..pool.replicas.len())
             .filter(|&r| pool.replicas[r].state == State::Ready)
             .collect();
+        // The acting gateway chooses by its own counts, as the providers do.
         let inflight: Vec<u64> = ready
             .iter()
-            .map(|&r| pool.replicas[r].replica.inflight())
+            .map(|&r| pool.replicas[r].views[0].inflight())
             .collect();
         match actuation::plan(desired, obs.ready, obs.starting, &inflight) {
             Plan::Hold => {}
@@ -69,7 +87,11 @@ impl Fleet<'_> {
     pub(super) fn drain(&mut self, p: usize, r: usize) {
         self.pools[p].replicas[r].state = State::Draining;
         self.publish(p);
-        if self.pools[p].replicas[r].replica.inflight() == 0 {
+        if self.pools[p].replicas[r]
+            .views
+            .iter()
+            .all(|v| v.inflight() == 0)
+        {
             self.stop_replica(p, r);
         } else {
             let drain = self.pools[p].config.scaler.drain_timeout.as_secs_f64();
