@@ -473,3 +473,40 @@ async fn loadgen_replays_a_workload_against_a_real_replica() {
         "shared prefixes reach the replica as shared text: {hits} of {queried} tokens"
     );
 }
+
+/// Two gateways, and every client's connection on the second one: the first gateway, which
+/// scales, sees none of the requests itself — yet it scales up to the same count as a lone
+/// gateway would, on the load its peer publishes; and the replicas serve every request.
+#[test]
+fn with_two_gateways_the_scaling_one_counts_its_peers_load() {
+    let config = config::embedded_default();
+    let mut workload = workload::generate(&workload::Generator {
+        rate: 2.0,
+        rate_end: 60.0,
+        output_tokens: 300,
+        ..generator(workload::GeneratorKind::Ramp, 9)
+    });
+    // One session, chosen so that it lands on the second gateway.
+    let session = (0..)
+        .map(|n| format!("client-{n}"))
+        .find(|s| infergate::openai::fnv1a(s.as_bytes()) % 2 == 1)
+        .unwrap();
+    for r in &mut workload {
+        r.session = Some(session.clone());
+    }
+    let mut spec = spec(1, Some(5.0));
+    spec.keep_requests = false;
+    let one = run(&config, &spec, &workload);
+    spec.gateways = 2;
+    let two = run(&config, &spec, &workload);
+    assert_eq!(
+        one.max_replicas, 4,
+        "the lone gateway scales to max_replicas"
+    );
+    assert_eq!(
+        two.max_replicas, 4,
+        "the scaling gateway counts the load its peer holds"
+    );
+    assert_eq!(two.completed, workload.len());
+    assert_eq!(two.failed.values().sum::<usize>(), 0, "{:?}", two.failed);
+}
