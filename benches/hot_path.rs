@@ -230,8 +230,36 @@ fn bench_scaler(c: &mut Criterion) {
     group.finish();
 }
 
+/// The API-key check of a request: SHA-256 of a 51-byte key and a lookup among 100 keys.
+fn bench_api_key(c: &mut Criterion) {
+    use sha2::{Digest, Sha256};
+    let keys: String = (0..100)
+        .map(|i| {
+            let key = format!("sk-{i:048}");
+            let hex: String = Sha256::digest(key.as_bytes())
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            format!("    - {{name: k{i}, sha256: {hex}}}\n")
+        })
+        .collect();
+    let yaml = format!(
+        "auth:\n  keys:\n{keys}pools:\n  - name: p\n    models: [m]\n    discovery: {{static: {{endpoints: [\"http://127.0.0.1:1\"]}}}}\n"
+    );
+    let config = infergate::config::parse(&yaml, "bench").unwrap();
+    let mut headers = http::HeaderMap::new();
+    headers.insert(
+        http::header::AUTHORIZATION,
+        format!("Bearer sk-{:048}", 57).parse().unwrap(),
+    );
+    c.bench_function("api_key_check", |b| {
+        b.iter(|| infergate::gateway::auth::authenticate(&config.auth, black_box(&headers)).is_ok())
+    });
+}
+
 criterion_group!(
     benches,
+    bench_api_key,
     bench_classify,
     bench_pick,
     bench_prefix,

@@ -123,6 +123,41 @@ mod tests {
     }
 
     #[test]
+    fn bad_api_keys_and_peers_are_each_reported() {
+        let hex = "ab".repeat(32);
+        let yaml = format!(
+            "auth:
+  keys:
+    - {{name: a, sha256: {hex}, models: [nope], priority_classes: [urgent]}}
+    - {{name: a, sha256: 12ab}}
+    - {{sha256: {hex}}}
+cluster: {{peers: [\"no-port\"], kubernetes: {{service: ''}}}}
+pools:
+  - name: p
+    models: [m]
+    discovery: {{static: {{endpoints: [\"http://127.0.0.1:1\"]}}}}
+"
+        );
+        let errors = parse(&yaml, "test").unwrap_err().to_string();
+        for expected in [
+            "auth.keys[0].models[0]: no pool serves the model `nope`",
+            "auth.keys[0].priority_classes[0]: `urgent` is not one of",
+            "auth.keys[1].name: duplicate key name `a`",
+            "auth.keys[1].sha256: must be the key's SHA-256",
+            "auth.keys[2].name: a name is required",
+            "auth.keys[2].sha256: the same key is listed twice",
+            "cluster.peers[0]: `no-port` is not host:port",
+            "cluster.kubernetes.service: the gateways' Service name is required",
+            "cluster.kubernetes: give either cluster.peers or cluster.kubernetes",
+        ] {
+            assert!(
+                errors.contains(expected),
+                "missing {expected:?} in:\n{errors}"
+            );
+        }
+    }
+
+    #[test]
     fn the_embedded_default_is_valid() {
         let config = embedded_default();
         assert_eq!(config.pools[0].name, "local-sim");

@@ -17,7 +17,24 @@ pub struct Config {
     pub classification: Classification,
     pub leader_election: LeaderElection,
     pub cluster: Cluster,
+    pub auth: Auth,
     pub pools: Vec<Pool>,
+}
+
+/// API keys of the data plane, by the SHA-256 of the key; empty: no authentication.
+#[derive(Debug, Clone, Default)]
+pub struct Auth {
+    pub keys: std::collections::HashMap<[u8; 32], ApiKey>,
+}
+
+/// What one API key may do.
+#[derive(Debug, Clone)]
+pub struct ApiKey {
+    pub name: String,
+    /// Model names it may use; None: every model.
+    pub models: Option<std::collections::HashSet<String>>,
+    /// Priority classes (indices) it may ask for with the priority header.
+    pub priority_classes: Vec<usize>,
 }
 
 /// The Service whose endpoints are the gateway replicas' admin listeners.

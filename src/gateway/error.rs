@@ -21,6 +21,10 @@ pub enum GatewayError {
     BodyRead,
     #[error("the request body came too slowly")]
     BodyTimeout,
+    #[error("a valid API key is required (Authorization: Bearer <key>)")]
+    Unauthorized,
+    #[error("this API key may not use the model `{0}`")]
+    Forbidden(String),
     #[error("no route for {0}")]
     NotFound(String),
     #[error("method not allowed")]
@@ -59,6 +63,8 @@ impl GatewayError {
             Self::UnknownModel(_) | Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::NoReplica => StatusCode::SERVICE_UNAVAILABLE,
             Self::UpstreamUnreachable | Self::UpstreamFailed => StatusCode::BAD_GATEWAY,
@@ -72,6 +78,8 @@ impl GatewayError {
             StatusCode::BAD_REQUEST
             | StatusCode::METHOD_NOT_ALLOWED
             | StatusCode::REQUEST_TIMEOUT => "invalid_request_error",
+            StatusCode::UNAUTHORIZED => "authentication_error",
+            StatusCode::FORBIDDEN => "permission_error",
             StatusCode::NOT_FOUND => "not_found_error",
             StatusCode::PAYLOAD_TOO_LARGE => "request_too_large",
             StatusCode::SERVICE_UNAVAILABLE => "service_unavailable",

@@ -4,6 +4,7 @@
 //! replica, [`body`] streams answers, [`error`] maps every failure to an OpenAI-style response.
 //! [`crate::app`] starts it.
 
+pub mod auth;
 pub mod body;
 pub mod classify;
 pub mod error;

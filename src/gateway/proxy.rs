@@ -12,6 +12,7 @@ use http::{Method, Request, Response, Uri};
 use http_body_util::Full;
 use hyper::body::Incoming;
 
+use super::auth;
 use super::body::{GatewayBody, ProxiedBody};
 use super::classify::{classify, rewrite_model};
 use super::error::{GatewayError, echo};
@@ -73,7 +74,9 @@ async fn proxy(
     peer: SocketAddr,
 ) -> Result<Response<GatewayBody>, GatewayError> {
     let received = Instant::now();
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
+    // Before the body is read: an unknown client sends nothing further.
+    let key = auth::authenticate(&state.config.auth, &parts.headers)?;
     let listeners = &state.config.listeners;
     let limit = listeners.max_body_size;
     // A client waiting for `100 Continue` with a declared body over the limit gets 413 at once:
@@ -96,6 +99,15 @@ async fn proxy(
         Err(BodyError::TimedOut) => return Err(GatewayError::BodyTimeout),
     };
     let mut classified = classify(&body, &parts.headers, &state.config.classification)?;
+    if let Some(key) = key {
+        if !auth::may_use(key, &classified.model) {
+            return Err(GatewayError::Forbidden(echo(&classified.model)));
+        }
+        let default = state.config.classification.default_priority;
+        classified.features.priority = auth::priority(key, classified.features.priority, default);
+        // The gateway's key is not the replicas' business.
+        parts.headers.remove(header::AUTHORIZATION);
+    }
     let route = state
         .pools
         .route(&classified.model)

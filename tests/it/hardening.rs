@@ -566,3 +566,102 @@ pools:
     gw.shutdown().await;
     slow.shutdown(Duration::from_millis(100)).await;
 }
+
+/// API keys: none or a wrong one gets 401 before the body is read; a key limited to other
+/// models gets 403; a priority header is honoured only for the classes the key may use.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_keys_are_required_and_limit_models_and_priorities() {
+    use sha2::{Digest, Sha256};
+    let hash = |key: &str| {
+        Sha256::digest(key.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    };
+    let mut opts = SimOptions::new(profile("llama-8b-h100").unwrap());
+    opts.models = vec!["m".into()];
+    opts.speed = 0.5;
+    let replica = start(opts).await.unwrap();
+    let auth = format!(
+        "auth:
+  keys:
+    - {{name: batch-team, sha256: {}, priority_classes: [sheddable]}}
+    - {{name: plain, sha256: {}}}
+    - {{name: other-model, sha256: {}, models: [short]}}",
+        hash("sk-batch"),
+        hash("sk-plain"),
+        hash("sk-other")
+    );
+    let gw = GatewayConfig::static_replicas(&[replica.addr])
+        .pool("aliases: {short: m}")
+        .pool("admission: {max_inflight_per_replica: 1, max_queue_wait: 300ms}")
+        .top(&auth)
+        .start()
+        .await;
+    let url = format!("http://{}/v1/chat/completions", gw.gateway_addr);
+    let with = |key: &str, priority: Option<&str>| {
+        let mut headers = vec![("authorization".to_string(), format!("Bearer {key}"))];
+        if let Some(p) = priority {
+            headers.push(("x-priority".to_string(), p.to_string()));
+        }
+        headers
+    };
+    let send = |headers: Vec<(String, String)>, model: &str| {
+        let url = url.clone();
+        let mut body = chat();
+        body["model"] = json!(model);
+        async move {
+            let headers: Vec<(&str, &str)> = headers
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            send_with(
+                http::Method::POST,
+                &url,
+                &headers,
+                serde_json::to_vec(&body).unwrap(),
+            )
+            .await
+        }
+    };
+    let reply = post(&url, chat()).await;
+    assert_openai_error(&reply, 401, "API key");
+    assert_eq!(reply.json()["error"]["type"], "authentication_error");
+    assert_openai_error(&send(with("sk-nope", None), "m").await, 401, "API key");
+    assert_eq!(send(with("sk-plain", None), "m").await.status, 200);
+    let reply = send(with("sk-other", None), "m").await;
+    assert_openai_error(&reply, 403, "may not use the model `m`");
+    assert_eq!(send(with("sk-other", None), "short").await.status, 200);
+
+    // The pool saturated by one long stream: a sheddable request is refused at once, but only
+    // for a key that may ask for that class; the plain key's header is ignored (it waits in
+    // the queue as a standard request, and times out there).
+    let mut long = chat();
+    long["stream"] = json!(true);
+    long["max_tokens"] = json!(400);
+    long["ignore_eos"] = json!(true);
+    let hog = {
+        let url = url.clone();
+        tokio::spawn(async move {
+            send_with(
+                http::Method::POST,
+                &url,
+                &[("authorization", "Bearer sk-plain")],
+                serde_json::to_vec(&long).unwrap(),
+            )
+            .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let shed = send(with("sk-batch", Some("sheddable")), "m").await;
+    assert_openai_error(&shed, 429, "sheddable");
+    let started = Instant::now();
+    let queued = send(with("sk-plain", Some("sheddable")), "m").await;
+    assert_openai_error(&queued, 429, "in time");
+    assert!(
+        started.elapsed() >= Duration::from_millis(250),
+        "it waited in the queue"
+    );
+    hog.abort();
+    gw.shutdown().await;
+}

@@ -66,6 +66,9 @@ pub struct RawConfig {
     /// join this gateway's scaler signal (so that the signal is the cluster's, whichever
     /// replica leads).
     pub cluster: RawCluster,
+    /// API keys for the OpenAI API (data plane). Without any, every request is served as
+    /// before; with keys, a request needs `Authorization: Bearer <key>` of one of them.
+    pub auth: RawAuth,
     /// The model pools. Each serves a set of model names from a set of replicas. At least one.
     pub pools: Vec<RawPool>,
 }
@@ -143,6 +146,28 @@ impl Default for RawClassification {
             sheddable_classes: vec!["sheddable".into()],
         }
     }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawAuth {
+    /// The keys, each stored as the SHA-256 of the key (never the key itself).
+    pub keys: Vec<RawApiKey>,
+}
+
+/// One API key and what it may do.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawApiKey {
+    /// Name of the key's holder, for logs. Required, unique.
+    pub name: String,
+    /// SHA-256 of the key, 64 hex digits (`printf %s "$KEY" | sha256sum`). Required.
+    pub sha256: String,
+    /// Model names (served names or aliases) the key may use; empty: every model.
+    pub models: Vec<String>,
+    /// Priority classes the key may ask for with the priority header; empty: none (its
+    /// requests get the default class whatever the header says).
+    pub priority_classes: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]

@@ -113,6 +113,7 @@ pub fn validate(raw: RawConfig, locations: &Locations) -> Result<Config, Vec<Con
         ),
     };
     let cluster = cluster(&mut c, &raw.cluster);
+    let auth = auth(&mut c, &raw.auth, &raw.classification, &raw.pools);
     if raw.pools.is_empty() {
         c.fail("pools", "at least one pool is required");
     }
@@ -149,11 +150,85 @@ pub fn validate(raw: RawConfig, locations: &Locations) -> Result<Config, Vec<Con
             classification,
             leader_election,
             cluster,
+            auth,
             pools,
         })
     } else {
         Err(c.errors)
     }
+}
+
+fn auth(c: &mut Checker, raw: &RawAuth, classes: &RawClassification, pools: &[RawPool]) -> Auth {
+    let mut keys = HashMap::new();
+    let mut names: HashMap<&str, usize> = HashMap::new();
+    let served: Vec<&String> = pools
+        .iter()
+        .flat_map(|p| p.models.iter().chain(p.aliases.keys()))
+        .collect();
+    for (i, key) in raw.keys.iter().enumerate() {
+        let p = format!("auth.keys[{i}]");
+        if key.name.is_empty() {
+            c.fail(
+                format!("{p}.name"),
+                "a name is required (it appears in logs)",
+            );
+        } else if let Some(first) = names.insert(&key.name, i) {
+            c.fail(
+                format!("{p}.name"),
+                format!(
+                    "duplicate key name `{}` (also auth.keys[{first}])",
+                    key.name
+                ),
+            );
+        }
+        let Some(digest) = sha256_hex(&key.sha256) else {
+            c.fail(
+                format!("{p}.sha256"),
+                "must be the key's SHA-256 as 64 hex digits (`printf %s \"$KEY\" | sha256sum`)",
+            );
+            continue;
+        };
+        for (j, model) in key.models.iter().enumerate() {
+            if !served.contains(&model) {
+                c.fail(
+                    format!("{p}.models[{j}]"),
+                    format!("no pool serves the model `{model}`"),
+                );
+            }
+        }
+        let mut priority_classes = Vec::new();
+        for (j, class) in key.priority_classes.iter().enumerate() {
+            match classes.priority_classes.iter().position(|k| k == class) {
+                Some(index) => priority_classes.push(index),
+                None => c.fail(
+                    format!("{p}.priority_classes[{j}]"),
+                    format!("`{class}` is not one of classification.priority_classes"),
+                ),
+            }
+        }
+        let api_key = ApiKey {
+            name: key.name.clone(),
+            models: (!key.models.is_empty()).then(|| key.models.iter().cloned().collect()),
+            priority_classes,
+        };
+        if keys.insert(digest, api_key).is_some() {
+            c.fail(format!("{p}.sha256"), "the same key is listed twice");
+        }
+    }
+    Auth { keys }
+}
+
+/// 64 hex digits as 32 bytes.
+fn sha256_hex(text: &str) -> Option<[u8; 32]> {
+    let text = text.trim();
+    if text.len() != 64 || !text.is_ascii() {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(out)
 }
 
 fn cluster(c: &mut Checker, raw: &RawCluster) -> Cluster {
