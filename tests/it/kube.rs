@@ -707,32 +707,15 @@ async fn kube_lease_is_taken_over_only_after_the_holder_stops_renewing() {
     task_b.abort();
 }
 
-/// Two gateways in front of one pool, each reading the other: when the leader scales down, the
-/// follower stops sending to the victim too (it reads the victim as draining on the leader's
-/// page), and the leader lowers `replicas` only once the victim's own page shows nothing
-/// running — so the follower's stream on the victim, which the leader cannot see in flight,
-/// is not cut.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kube_scale_down_with_two_gateways_drains_the_victim_on_both() {
-    let (a, b) = (sim("llama-8b-h100").await, sim("llama-8b-h100").await);
-    let fake = FakeKube::start().await;
-    add_replica(&fake, "sim-a", a.addr);
-    add_replica(&fake, "sim-b", b.addr);
-    fake.apply(DEPLOYMENTS, deployment(2));
+/// Two gateways, `gw-a` and `gw-b`, in front of the fake's pool, each reading the other's page,
+/// with leader election; returns (leader, follower, the leader's name) once one leads.
+async fn two_gateways(fake: &FakeKube, scaler: &str) -> (App, App, String) {
     let (port_a, port_b) = (free_port(), free_port());
     let ports = [port_a, port_b];
-    let scaler = "min_replicas: 1, max_replicas: 2";
-    let gw_a = gateway_in(
-        &fake,
-        "gw-a",
-        BY_SERVICE,
-        scaler,
-        true,
-        Some((port_a, &ports)),
-    )
-    .await;
+    let a = Some((port_a, &ports[..]));
+    let gw_a = gateway_in(fake, "gw-a", BY_SERVICE, scaler, true, a).await;
     let gw_b = gateway_in(
-        &fake,
+        fake,
         "gw-b",
         BY_SERVICE,
         scaler,
@@ -749,11 +732,26 @@ async fn kube_scale_down_with_two_gateways_drains_the_victim_on_both() {
         .as_str()
         .unwrap()
         .to_string();
-    let (leader, follower) = if holder == "gw-a" {
-        (gw_a, gw_b)
+    if holder == "gw-a" {
+        (gw_a, gw_b, holder)
     } else {
-        (gw_b, gw_a)
-    };
+        (gw_b, gw_a, holder)
+    }
+}
+
+/// Two gateways in front of one pool, each reading the other: when the leader scales down, the
+/// follower stops sending to the victim too (it reads the victim as draining on the leader's
+/// page), and the leader lowers `replicas` only once the victim's own page shows nothing
+/// running — so the follower's stream on the victim, which the leader cannot see in flight,
+/// is not cut.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_scale_down_with_two_gateways_drains_the_victim_on_both() {
+    let (a, b) = (sim("llama-8b-h100").await, sim("llama-8b-h100").await);
+    let fake = FakeKube::start().await;
+    add_replica(&fake, "sim-a", a.addr);
+    add_replica(&fake, "sim-b", b.addr);
+    fake.apply(DEPLOYMENTS, deployment(2));
+    let (leader, follower, _) = two_gateways(&fake, "min_replicas: 1, max_replicas: 2").await;
     // Two long streams through the follower only: one on each replica (least in flight).
     let url = format!("http://{}/v1/completions", follower.gateway_addr);
     let streams: Vec<_> = (0..2)
@@ -819,41 +817,8 @@ async fn kube_a_request_held_at_the_follower_scales_the_pool_from_zero() {
     let a = sim("llama-8b-h100").await;
     let fake = FakeKube::start().await;
     fake.apply(DEPLOYMENTS, deployment(0));
-    let (port_a, port_b) = (free_port(), free_port());
-    let ports = [port_a, port_b];
     let scaler = "min_replicas: 0, max_replicas: 2, scale_to_zero_after: 60s";
-    let gw_a = gateway_in(
-        &fake,
-        "gw-a",
-        BY_SERVICE,
-        scaler,
-        true,
-        Some((port_a, &ports)),
-    )
-    .await;
-    let gw_b = gateway_in(
-        &fake,
-        "gw-b",
-        BY_SERVICE,
-        scaler,
-        true,
-        Some((port_b, &ports)),
-    )
-    .await;
-    eventually(Duration::from_secs(5), "a leader", async || {
-        fake.get(LEASES, "infergate-leader")
-            .is_some_and(|l| l["spec"]["holderIdentity"].is_string())
-    })
-    .await;
-    let holder = fake.get(LEASES, "infergate-leader").unwrap()["spec"]["holderIdentity"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let (leader, follower) = if holder == "gw-a" {
-        (gw_a, gw_b)
-    } else {
-        (gw_b, gw_a)
-    };
+    let (leader, follower, holder) = two_gateways(&fake, scaler).await;
     let follower_name = if holder == "gw-a" { "gw-b" } else { "gw-a" };
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
