@@ -8,10 +8,11 @@
 //! blocks ([`budgets`]: its share of the index in proportion to its KV capacity, and no more than
 //! that capacity holds), and only blocks among the last `budget` places of the sequence sent to
 //! it count as held — a replica's prefix cache evicts least recently used blocks first, and a
-//! block sent again moves up (see [`PrefixIndex::record`]). Replicas are registered with [`PrefixIndex::set_replicas`]; a replica
-//! that leaves the pool takes its entries with it at once (they are no longer matched, and are
-//! removed as lookups meet them or the cache evicts them), and one that comes back at the same
-//! address starts empty.
+//! block sent again moves up (see [`PrefixIndex::record`]). The pool registers its replicas with
+//! [`PrefixIndex::register`] after every replica-set change and scrape; a replica that leaves
+//! the pool takes its entries with it at once (they are no longer matched, and are removed as
+//! lookups meet them or the cache evicts them), and one that comes back at the same address
+//! starts empty.
 
 use std::collections::HashMap;
 use std::sync::Arc;
