@@ -140,6 +140,7 @@ async fn start_on(config: Config, options: Options, sockets: Sockets) -> anyhow:
             background.push(start_scaler(pool, &peers, actuation, &metrics, epoch));
         }
     }
+    let rate_limits = crate::gateway::auth::RateLimits::new(&config.auth);
     let state = Arc::new(GatewayState {
         config,
         pools,
@@ -147,6 +148,7 @@ async fn start_on(config: Config, options: Options, sockets: Sockets) -> anyhow:
         peers,
         draining: false.into(),
         reloads,
+        rate_limits,
     });
     let (gateway, admin) = serve(&state, gateway_listeners, admin_listener)?;
     let options = Options {

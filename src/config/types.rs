@@ -35,6 +35,7 @@ pub struct ApiKey {
     pub models: Option<std::collections::HashSet<String>>,
     /// Priority classes (indices) it may ask for with the priority header.
     pub priority_classes: Vec<usize>,
+    pub requests_per_minute: Option<u32>,
 }
 
 /// The Service whose endpoints are the gateway replicas' admin listeners.

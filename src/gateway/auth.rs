@@ -1,8 +1,13 @@
 //! API keys on the data plane: a request names its key as `Authorization: Bearer <key>`; the
 //! config holds only each key's SHA-256, so the check is one hash of the presented key and one
 //! map lookup. A key may be limited to some models and to some priority classes: a priority
-//! header its key may not use is ignored (the request gets the default class). Without keys in
-//! the config every request is served, as without this module.
+//! header its key may not use is ignored (the request gets the default class). A key may have a
+//! request rate ([`RateLimits`]). Without keys in the config every request is served, as without
+//! this module.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use http::HeaderMap;
 use http::header::AUTHORIZATION;
@@ -36,6 +41,71 @@ pub fn authenticate<'a>(
         .ok_or(GatewayError::Unauthorized)
 }
 
+/// The request rate of each key that has one: GCRA (the "virtual scheduling" form of a token
+/// bucket), one atomic per key. Kept by the gateway's state, so a reload starts the counts anew.
+pub struct RateLimits {
+    epoch: Instant,
+    by_key: HashMap<String, Gcra>,
+}
+
+struct Gcra {
+    /// Nanoseconds between two requests at the steady rate.
+    interval: u64,
+    /// How far ahead of now the schedule may run (the burst).
+    tolerance: u64,
+    /// When the next request is due at the steady rate (nanoseconds since `epoch`).
+    due: AtomicU64,
+}
+
+impl RateLimits {
+    pub fn new(auth: &Auth) -> Self {
+        let by_key = auth
+            .keys
+            .values()
+            .filter_map(|k| {
+                let per_minute = u64::from(k.requests_per_minute?.max(1));
+                let interval = 60_000_000_000 / per_minute;
+                let burst = (per_minute / 10).max(1);
+                let gcra = Gcra {
+                    interval,
+                    tolerance: interval * (burst - 1),
+                    due: AtomicU64::new(0),
+                };
+                Some((k.name.clone(), gcra))
+            })
+            .collect();
+        Self {
+            epoch: Instant::now(),
+            by_key,
+        }
+    }
+
+    /// Counts a request of `key` at `now`; when it is over its rate, how long until one would
+    /// be let in (`Retry-After`).
+    pub fn admit(&self, key: &ApiKey, now: Instant) -> Result<(), Duration> {
+        let Some(gcra) = self.by_key.get(&key.name) else {
+            return Ok(());
+        };
+        let now = now.saturating_duration_since(self.epoch).as_nanos() as u64;
+        let mut due = gcra.due.load(Ordering::Relaxed);
+        loop {
+            let start = due.max(now);
+            if start - now > gcra.tolerance {
+                return Err(Duration::from_nanos(start - now - gcra.tolerance));
+            }
+            match gcra.due.compare_exchange_weak(
+                due,
+                start + gcra.interval,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return Ok(()),
+                Err(current) => due = current,
+            }
+        }
+    }
+}
+
 /// Whether `key` may use `model` (a served name or alias as the request gives it).
 pub fn may_use(key: &ApiKey, model: &str) -> bool {
     key.models
@@ -63,6 +133,7 @@ mod tests {
             name: "team".into(),
             models: models.map(|m| m.iter().map(|s| s.to_string()).collect()),
             priority_classes: classes,
+            requests_per_minute: None,
         };
         Auth {
             keys: [(digest, api_key)].into(),
@@ -105,6 +176,32 @@ mod tests {
                 .unwrap()
                 .is_none()
         );
+    }
+
+    #[test]
+    fn a_key_over_its_rate_waits_for_its_next_turn() {
+        let mut auth = auth_with("k", None, vec![]);
+        auth.keys.values_mut().next().unwrap().requests_per_minute = Some(60);
+        let key = auth.keys.values().next().unwrap().clone();
+        let limits = RateLimits::new(&auth);
+        let t0 = Instant::now() + Duration::from_secs(1);
+        // 60 a minute: one a second, bursts of 6.
+        for i in 0..6 {
+            assert!(limits.admit(&key, t0).is_ok(), "request {i} of the burst");
+        }
+        let wait = limits.admit(&key, t0).unwrap_err();
+        assert_eq!(
+            wait,
+            Duration::from_secs(1),
+            "the next one is due in a second"
+        );
+        assert!(limits.admit(&key, t0 + Duration::from_millis(999)).is_err());
+        assert!(limits.admit(&key, t0 + Duration::from_secs(1)).is_ok());
+        // A key without a rate is never limited.
+        let mut open = auth_with("free", None, vec![]);
+        open.keys.values_mut().next().unwrap().name = "free".into();
+        let free = open.keys.values().next().unwrap();
+        assert!((0..1000).all(|_| limits.admit(free, t0).is_ok()));
     }
 
     #[test]

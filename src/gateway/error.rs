@@ -25,6 +25,8 @@ pub enum GatewayError {
     Unauthorized,
     #[error("this API key may not use the model `{0}`")]
     Forbidden(String),
+    #[error("this API key is over its request rate; retry in {0} s")]
+    RateLimited(u64),
     #[error("no route for {0}")]
     NotFound(String),
     #[error("method not allowed")]
@@ -69,7 +71,9 @@ impl GatewayError {
             Self::NoReplica => StatusCode::SERVICE_UNAVAILABLE,
             Self::UpstreamUnreachable | Self::UpstreamFailed => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
-            Self::QueueFull | Self::QueueTimeout | Self::Shed => StatusCode::TOO_MANY_REQUESTS,
+            Self::QueueFull | Self::QueueTimeout | Self::Shed | Self::RateLimited(_) => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
         }
     }
 
@@ -104,9 +108,11 @@ impl GatewayError {
             HeaderValue::from_static("application/json"),
         );
         if response.status() == StatusCode::TOO_MANY_REQUESTS {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            let after = match self {
+                Self::RateLimited(secs) => HeaderValue::from(secs),
+                _ => HeaderValue::from_static("1"),
+            };
+            response.headers_mut().insert(header::RETRY_AFTER, after);
         }
         response
     }

@@ -34,6 +34,8 @@ pub struct GatewayState {
     pub draining: std::sync::atomic::AtomicBool,
     /// What configuration reloads have done (for `/admin/status`).
     pub reloads: Arc<crate::admin::Reloads>,
+    /// The request rates of the API keys that have one.
+    pub rate_limits: auth::RateLimits,
 }
 
 /// Answers one request on gateway worker thread `worker`.
@@ -77,6 +79,13 @@ async fn proxy(
     let (mut parts, body) = req.into_parts();
     // Before the body is read: an unknown client sends nothing further.
     let key = auth::authenticate(&state.config.auth, &parts.headers)?;
+    if let Some(key) = key
+        && let Err(wait) = state.rate_limits.admit(key, received)
+    {
+        return Err(GatewayError::RateLimited(
+            wait.as_secs_f64().ceil().max(1.0) as u64,
+        ));
+    }
     let listeners = &state.config.listeners;
     let limit = listeners.max_body_size;
     // A client waiting for `100 Continue` with a declared body over the limit gets 413 at once:

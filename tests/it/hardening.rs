@@ -587,10 +587,12 @@ async fn api_keys_are_required_and_limit_models_and_priorities() {
   keys:
     - {{name: batch-team, sha256: {}, priority_classes: [sheddable]}}
     - {{name: plain, sha256: {}}}
-    - {{name: other-model, sha256: {}, models: [short]}}",
+    - {{name: other-model, sha256: {}, models: [short]}}
+    - {{name: metered, sha256: {}, requests_per_minute: 6}}",
         hash("sk-batch"),
         hash("sk-plain"),
-        hash("sk-other")
+        hash("sk-other"),
+        hash("sk-metered")
     );
     let gw = GatewayConfig::static_replicas(&[replica.addr])
         .pool("aliases: {short: m}")
@@ -632,6 +634,24 @@ async fn api_keys_are_required_and_limit_models_and_priorities() {
     let reply = send(with("sk-other", None), "m").await;
     assert_openai_error(&reply, 403, "may not use the model `m`");
     assert_eq!(send(with("sk-other", None), "short").await.status, 200);
+    // Six a minute, bursts of one: the second request at once is over the rate.
+    assert_eq!(send(with("sk-metered", None), "m").await.status, 200);
+    let over = send(with("sk-metered", None), "m").await;
+    assert_openai_error(&over, 429, "over its request rate");
+    let retry: u64 = over.headers["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        (9..=10).contains(&retry),
+        "the next turn is 10 s after the first: {retry}"
+    );
+    assert_eq!(
+        send(with("sk-plain", None), "m").await.status,
+        200,
+        "other keys go on"
+    );
 
     // The pool saturated by one long stream: a sheddable request is refused at once, but only
     // for a key that may ask for that class; the plain key's header is ignored (it waits in

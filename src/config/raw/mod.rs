@@ -168,6 +168,9 @@ pub struct RawApiKey {
     /// Priority classes the key may ask for with the priority header; empty: none (its
     /// requests get the default class whatever the header says).
     pub priority_classes: Vec<String>,
+    /// Requests per minute the key may send (a steady rate, with bursts of up to a tenth of
+    /// it); over it, 429 with `Retry-After`. Unset: no limit.
+    pub requests_per_minute: Option<u32>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]

@@ -206,10 +206,17 @@ fn auth(c: &mut Checker, raw: &RawAuth, classes: &RawClassification, pools: &[Ra
                 ),
             }
         }
+        if key.requests_per_minute == Some(0) {
+            c.fail(
+                format!("{p}.requests_per_minute"),
+                "must be at least 1 (leave it unset for no limit)",
+            );
+        }
         let api_key = ApiKey {
             name: key.name.clone(),
             models: (!key.models.is_empty()).then(|| key.models.iter().cloned().collect()),
             priority_classes,
+            requests_per_minute: key.requests_per_minute,
         };
         if keys.insert(digest, api_key).is_some() {
             c.fail(format!("{p}.sha256"), "the same key is listed twice");
