@@ -299,12 +299,11 @@ async fn an_address_in_use_is_refused_by_name() {
 #[tokio::test]
 async fn a_dead_replica_at_start_costs_nothing() {
     let live = sim("llama-8b-h100").await;
-    // A port nothing listens on.
-    let dead = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    // A port bound but not listening: connections to it are refused, and no other test's
+    // server can take it meanwhile (a released port could be handed out again).
+    let held = tokio::net::TcpSocket::new_v4().unwrap();
+    held.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let dead = held.local_addr().unwrap();
     // Scrapes far apart: this test is about the request path finding the dead replica.
     let gw = static_config(&[dead, live.addr])
         .pool("metrics: {scrape_interval: 10s}")
