@@ -373,7 +373,8 @@ mod tests {
     #[test]
     fn syntax_errors_carry_line_and_column() {
         let error = parse("pools:\n  - name: a\n   bad: [1, 2\n").unwrap_err();
-        assert!(error.location.is_some(), "{error}");
+        // The mis-indented key is on line 3; its unclosed flow sequence ends the text (line 4).
+        assert!(matches!(error.location, Some((3..=4, 1..))), "{error}");
         assert!(error.message.starts_with("YAML syntax error"), "{error}");
     }
 
