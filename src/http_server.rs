@@ -265,6 +265,8 @@ impl Accept {
             .header_read_timeout(limits.header_timeout);
         builder.http2().timer(TokioTimer::new());
         let mut over_cap = false;
+        // Set once this server stops; read per answer on this thread only (no atomics).
+        let stopping = std::rc::Rc::new(std::cell::Cell::new(false));
         loop {
             // Registered before the check, so a change between the two is not missed.
             let changed = balance.0.changed.notified();
@@ -293,13 +295,13 @@ impl Accept {
                     over_cap = false;
                     let _ = stream.set_nodelay(true);
                     let handler = handler.clone();
-                    let stopping = stopped.clone();
+                    let stopping = stopping.clone();
                     let service = service_fn(move |req| {
                         let response = handler(req, peer);
                         let stopping = stopping.clone();
                         async move {
                             let mut response = response.await;
-                            if *stopping.borrow() {
+                            if stopping.get() {
                                 // Stopping: this answer is the connection's last, so that its
                                 // client opens a new one (to the next server, on a reload)
                                 // instead of racing the close of an idle keep-alive.
@@ -323,6 +325,7 @@ impl Accept {
             }
         }
         drop(listener);
+        stopping.set(true);
         // Clients that send on their keep-alive connections now get an answer marked as the
         // last; a moment later the idle ones are closed.
         let grace = tokio::time::Instant::now() + KEEPALIVE_GRACE.min(drain);
