@@ -131,3 +131,64 @@ async fn each_gateway_scales_on_the_sum_of_all_and_on_what_it_still_knows() {
     drop(through_a);
     a.shutdown().await;
 }
+
+/// The same with two `infergate serve` processes, as deployed: each reads the other's page
+/// and scales on the sum.
+#[tokio::test]
+async fn two_serve_processes_scale_on_the_sum_of_both() {
+    let mut opts = SimOptions::new(profile("llama-8b-h100").unwrap());
+    opts.models = vec!["m".into()];
+    opts.speed = 0.01;
+    let replica = start(opts).await.unwrap();
+    let (port_a, port_b) = (free_port(), free_port());
+    let dir = std::env::temp_dir().join(format!("infergate-cluster-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = |admin: u16| {
+        let path = dir.join(format!("gateway-{admin}.yaml"));
+        let yaml = format!(
+            "listeners: {{gateway: 127.0.0.1:0, admin: 127.0.0.1:{admin}, drain_timeout: 1s}}
+cluster: {{peers: [\"127.0.0.1:{port_a}\", \"127.0.0.1:{port_b}\"], peer_interval: 100ms}}
+pools:
+  - name: p
+    models: [m]
+    discovery: {{static: {{endpoints: [\"http://{}\"]}}}}
+    scaler: {{enabled: true, provider: static, interval: 100ms, min_replicas: 1, max_replicas: 8,
+              targets: {{concurrency: 1}}}}
+",
+            replica.addr
+        );
+        std::fs::write(&path, yaml).unwrap();
+        path
+    };
+    let (a, gateway_a, admin_a) = spawn_serve(&file(port_a));
+    let (b, gateway_b, admin_b) = spawn_serve(&file(port_b));
+    let body = r#"{"model":"m","stream":true,"max_tokens":2000,"ignore_eos":true,"messages":[{"role":"user","content":"hi"}]}"#;
+    let open = |gateway: std::net::SocketAddr| async move {
+        let mut conn = TcpStream::connect(gateway).await.unwrap();
+        let request = format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        conn.write_all(request.as_bytes()).await.unwrap();
+        conn
+    };
+    let _streams = [
+        open(gateway_a).await,
+        open(gateway_a).await,
+        open(gateway_b).await,
+    ];
+    for admin in [admin_a, admin_b] {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let status = get(&format!("http://{admin}/admin/status")).await.json();
+            let scaler = &status["pools"][0]["scaler"];
+            if scaler["inflight"] == 3 && scaler["desired"] == 3 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{admin}: {status}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    drop((a, b));
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -252,42 +252,6 @@ pools:
     shutdown.await.unwrap();
 }
 
-/// `infergate serve -c FILE` as a child process, with its gateway and admin addresses (read
-/// from its log).
-fn serve(file: &std::path::Path) -> (ChildGuard, std::net::SocketAddr, std::net::SocketAddr) {
-    use std::io::BufRead;
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_infergate"))
-        .args(["serve", "--config"])
-        .arg(file)
-        .env("RUST_LOG", "info")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("infergate serve starts");
-    let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
-    let (mut gateway, mut admin) = (None, None);
-    let mut lines = stderr.lines();
-    while gateway.is_none() || admin.is_none() {
-        let line = lines.next().expect("serve logs its addresses").unwrap();
-        let addr = || {
-            line.split("http://")
-                .nth(1)?
-                .split_whitespace()
-                .next()?
-                .parse()
-                .ok()
-        };
-        if line.contains("gateway listening") {
-            gateway = addr();
-        } else if line.contains("admin listening") {
-            admin = addr();
-        }
-    }
-    // Keep draining its log so that it never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    (ChildGuard(child), gateway.unwrap(), admin.unwrap())
-}
-
 #[tokio::test]
 async fn sighup_applies_a_changed_file_without_cutting_streams_and_keeps_serving_on_a_broken_one() {
     use nix::sys::signal::{Signal, kill};
@@ -312,7 +276,7 @@ pools:
         )
     };
     std::fs::write(&file, config("")).unwrap();
-    let (child, gateway, admin) = serve(&file);
+    let (child, gateway, admin) = spawn_serve(&file);
     let pid = Pid::from_raw(child.0.id() as i32);
     let models = || async move {
         get(&format!("http://{gateway}/v1/models")).await.json()["data"]

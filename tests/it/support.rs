@@ -630,3 +630,41 @@ print(json.dumps({{"content": content, "finish_reason": finish,
     let out = run_python(&script);
     serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
 }
+
+/// `infergate serve -c FILE` as a child process, with its gateway and admin addresses (read
+/// from its log).
+pub fn spawn_serve(
+    file: &std::path::Path,
+) -> (ChildGuard, std::net::SocketAddr, std::net::SocketAddr) {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_infergate"))
+        .args(["serve", "--config"])
+        .arg(file)
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("infergate serve starts");
+    let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let (mut gateway, mut admin) = (None, None);
+    let mut lines = stderr.lines();
+    while gateway.is_none() || admin.is_none() {
+        let line = lines.next().expect("serve logs its addresses").unwrap();
+        let addr = || {
+            line.split("http://")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        };
+        if line.contains("gateway listening") {
+            gateway = addr();
+        } else if line.contains("admin listening") {
+            admin = addr();
+        }
+    }
+    // Keep draining its log so that it never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    (ChildGuard(child), gateway.unwrap(), admin.unwrap())
+}
