@@ -55,6 +55,9 @@ pub struct Options {
     pub reloads: Option<Arc<crate::admin::Reloads>>,
     /// This gateway's identity among its peers, kept across reloads (None: a new one).
     pub gateway_id: Option<String>,
+    /// The bearer token `/metrics` and `/admin/*` require (None: open), which peers are read
+    /// with too. `serve` takes it from `INFERGATE_ADMIN_TOKEN`, a secret rather than config.
+    pub admin_token: Option<String>,
 }
 
 /// The bound listening sockets and the addresses they were configured with.
@@ -125,7 +128,18 @@ async fn start_on(config: Config, options: Options, sockets: Sockets) -> anyhow:
         .gateway_id
         .clone()
         .unwrap_or_else(crate::peers::new_id);
-    let peers = start_peers(&config, id, kube.as_ref(), &metrics, &mut background);
+    let peers = start_peers(
+        &config,
+        id,
+        &options.admin_token,
+        kube.as_ref(),
+        &metrics,
+        &mut background,
+    );
+    let admin = config.listeners.admin;
+    if options.admin_token.is_none() && !admin.ip().is_loopback() {
+        tracing::warn!(%admin, "the admin listener is reachable beyond this machine without a token: set INFERGATE_ADMIN_TOKEN");
+    }
     let lease = start_leader_election(&config, kube.as_ref(), &metrics, &mut background);
     let leadership = lease.as_ref().map(|l| l.leadership.clone());
     let mut locals = Vec::new();
@@ -149,6 +163,10 @@ async fn start_on(config: Config, options: Options, sockets: Sockets) -> anyhow:
         draining: false.into(),
         reloads,
         rate_limits,
+        admin_token: options
+            .admin_token
+            .as_deref()
+            .map(crate::admin::token_digest),
     });
     let (gateway, admin) = serve(&state, gateway_listeners, admin_listener)?;
     let options = Options {
@@ -156,6 +174,7 @@ async fn start_on(config: Config, options: Options, sockets: Sockets) -> anyhow:
         metrics: Some(state.metrics.clone()),
         reloads: Some(state.reloads.clone()),
         gateway_id: Some(state.peers.id.clone()),
+        admin_token: options.admin_token,
     };
     Ok(App {
         gateway_addr: gateway.addr,
@@ -343,6 +362,7 @@ async fn start_discovery(
 fn start_peers(
     config: &Config,
     id: String,
+    admin_token: &Option<String>,
     kube: Option<&KubeContext>,
     metrics: &Metrics,
     background: &mut Vec<JoinHandle<()>>,
@@ -356,6 +376,7 @@ fn start_peers(
         &metrics.peer_up,
     );
     peers.watched = cluster.kubernetes.is_some();
+    peers.token = admin_token.clone();
     let peers = Arc::new(peers);
     metrics.gateway_info.with_label_values(&[&peers.id]).set(1);
     if let Some(service) = &cluster.kubernetes {

@@ -143,7 +143,13 @@ fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(async move {
-        let mut gateway = crate::app::start(config).await?;
+        let options = crate::app::Options {
+            admin_token: std::env::var("INFERGATE_ADMIN_TOKEN")
+                .ok()
+                .filter(|t| !t.trim().is_empty()),
+            ..Default::default()
+        };
+        let mut gateway = crate::app::start_with(config, options).await?;
         tracing::info!("gateway listening on http://{}", gateway.gateway_addr);
         tracing::info!(
             "admin listening on http://{} (/metrics, /healthz, /readyz, /admin/status)",

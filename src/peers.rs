@@ -22,7 +22,7 @@ use hyper_util::rt::TokioExecutor;
 use tokio::task::{JoinHandle, JoinSet};
 
 use crate::scrape::exposition;
-use crate::scrape::{HttpClient, ScrapeError, fetch};
+use crate::scrape::{HttpClient, ScrapeError, fetch_with};
 
 /// One gateway's own load on one pool.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -65,6 +65,8 @@ pub struct Peers {
     up: prometheus::IntGaugeVec,
     /// The list comes from a watch (it may be empty now and grow).
     pub watched: bool,
+    /// The admin token the peers require (the same on every gateway of a deployment).
+    pub token: Option<String>,
 }
 
 /// The load of the readable peers on one pool, and how many could not be counted.
@@ -102,6 +104,7 @@ impl Peers {
             stale_after,
             up: up.clone(),
             watched: false,
+            token: None,
         };
         peers.set_addresses(addresses);
         peers
@@ -266,9 +269,10 @@ pub fn spawn(peers: Arc<Peers>) -> JoinHandle<()> {
             tick.tick().await;
             let mut reads = JoinSet::new();
             for peer in peers.peers.load().iter().cloned() {
-                let (id, client) = (peers.id.clone(), client.clone());
+                let (id, client, token) = (peers.id.clone(), client.clone(), peers.token.clone());
                 reads.spawn(async move {
-                    let read = tokio::time::timeout(timeout, read(&client, &peer.address)).await;
+                    let read = read(&client, &peer.address, token.as_deref());
+                    let read = tokio::time::timeout(timeout, read).await;
                     let result =
                         read.unwrap_or_else(|_| Err(format!("no answer within {timeout:?}")));
                     record(&id, &peer, result);
@@ -303,11 +307,15 @@ fn record(own_id: &str, peer: &Peer, result: Result<(String, Reading), String>) 
     }
 }
 
-async fn read(client: &HttpClient, address: &str) -> Result<(String, Reading), String> {
+async fn read(
+    client: &HttpClient,
+    address: &str,
+    token: Option<&str>,
+) -> Result<(String, Reading), String> {
     let uri: http::Uri = format!("http://{address}/metrics")
         .parse()
         .map_err(|e| format!("bad peer address {address}: {e}"))?;
-    let body = fetch(client, uri).await.map_err(|e| match e {
+    let body = fetch_with(client, uri, token).await.map_err(|e| match e {
         ScrapeError::Unreachable(e) | ScrapeError::Bad(e) => e,
     })?;
     let page = std::str::from_utf8(&body).map_err(|_| "metrics page is not UTF-8".to_string())?;

@@ -1,5 +1,6 @@
 //! The admin listener: `/metrics` (Prometheus text), `/healthz` (the process is up), `/readyz`
 //! (at least one pool can take a request) and `/admin/status` (pools and replicas as JSON).
+//! With an admin token, `/metrics` and `/admin/*` need it as a bearer token; probes do not.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -41,9 +42,34 @@ impl Reloads {
     }
 }
 
+/// The SHA-256 of an admin token (tokens are compared by digest: no early exit on the bytes of
+/// the token itself).
+pub fn token_digest(token: &str) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(token.as_bytes()).into()
+}
+
+/// Whether `req` may see `/metrics` and `/admin/*`: always when no token is set; else with
+/// `Authorization: Bearer <token>`. Probes (`/healthz`, `/readyz`) need none.
+fn authorized(state: &GatewayState, req: &Request<Incoming>) -> bool {
+    let Some(expected) = &state.admin_token else {
+        return true;
+    };
+    req.headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|token| token_digest(token.trim()) == *expected)
+}
+
 pub async fn handle(state: Arc<GatewayState>, req: Request<Incoming>) -> Response<GatewayBody> {
     if req.method() != Method::GET {
         return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+    }
+    let path = req.uri().path();
+    let probe = path == "/healthz" || path == "/readyz";
+    if !probe && !authorized(&state, &req) {
+        return text(StatusCode::UNAUTHORIZED, "a bearer token is required\n");
     }
     match req.uri().path() {
         "/metrics" => {

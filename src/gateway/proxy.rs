@@ -36,6 +36,8 @@ pub struct GatewayState {
     pub reloads: Arc<crate::admin::Reloads>,
     /// The request rates of the API keys that have one.
     pub rate_limits: auth::RateLimits,
+    /// SHA-256 of the admin listener's bearer token, when it requires one.
+    pub admin_token: Option<[u8; 32]>,
 }
 
 /// Answers one request on gateway worker thread `worker`.

@@ -189,7 +189,23 @@ pub(crate) async fn scrape(
 
 /// GETs a metrics page, at most [`MAX_PAGE_BYTES`] of it.
 pub(crate) async fn fetch(client: &HttpClient, uri: http::Uri) -> Result<Bytes, ScrapeError> {
-    let response = client.get(uri).await.map_err(|e| {
+    fetch_with(client, uri, None).await
+}
+
+/// [`fetch`] with a bearer token (a peer gateway's admin listener may require one).
+pub(crate) async fn fetch_with(
+    client: &HttpClient,
+    uri: http::Uri,
+    bearer: Option<&str>,
+) -> Result<Bytes, ScrapeError> {
+    let mut request = http::Request::get(uri);
+    if let Some(token) = bearer {
+        request = request.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
+    }
+    let request = request
+        .body(Empty::new())
+        .map_err(|e| ScrapeError::Bad(e.to_string()))?;
+    let response = client.request(request).await.map_err(|e| {
         if e.is_connect() {
             ScrapeError::Unreachable(e.to_string())
         } else {

@@ -192,3 +192,80 @@ pools:
     drop((a, b));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// With an admin token, `/metrics` and `/admin/*` need it (probes do not), and the gateways
+/// read each other with it.
+#[tokio::test]
+async fn an_admin_token_guards_the_admin_listener_and_peers_use_it() {
+    let mut opts = SimOptions::new(profile("llama-8b-h100").unwrap());
+    opts.models = vec!["m".into()];
+    opts.speed = 0.01;
+    let replica = start(opts).await.unwrap();
+    let (port_a, port_b) = (free_port(), free_port());
+    let with_token = |admin: u16| {
+        let config = GatewayConfig::static_replicas(&[replica.addr])
+            .admin_listen(std::net::SocketAddr::from(([127, 0, 0, 1], admin)))
+            .top(&format!(
+                "cluster: {{peers: [\"127.0.0.1:{port_a}\", \"127.0.0.1:{port_b}\"], peer_interval: 100ms}}"
+            ))
+            .pool("scaler: {enabled: true, provider: static, interval: 100ms, targets: {concurrency: 1}}");
+        async move {
+            config
+                .start_with(app::Options {
+                    admin_token: Some("s3cret".into()),
+                    ..Default::default()
+                })
+                .await
+        }
+    };
+    let a = with_token(port_a).await;
+    let b = with_token(port_b).await;
+    let admin = a.admin_addr;
+    assert_eq!(get(&format!("http://{admin}/metrics")).await.status, 401);
+    assert_eq!(
+        get(&format!("http://{admin}/admin/status")).await.status,
+        401
+    );
+    assert_eq!(get(&format!("http://{admin}/healthz")).await.status, 200);
+    assert_eq!(get(&format!("http://{admin}/readyz")).await.status, 200);
+    let bearer = [("authorization", "Bearer s3cret")];
+    let page = send_with(
+        http::Method::GET,
+        &format!("http://{admin}/metrics"),
+        &bearer,
+        "",
+    )
+    .await;
+    assert_eq!(page.status, 200);
+    let wrong = [("authorization", "Bearer nope")];
+    let reply = send_with(
+        http::Method::GET,
+        &format!("http://{admin}/metrics"),
+        &wrong,
+        "",
+    )
+    .await;
+    assert_eq!(reply.status, 401);
+    // A stream through b shows in a's signal: a read b's page with the token.
+    let stream = open_stream(&b).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = send_with(
+            http::Method::GET,
+            &format!("http://{admin}/admin/status"),
+            &bearer,
+            "",
+        )
+        .await
+        .json();
+        if status["pools"][0]["scaler"]["inflight"] == 1 {
+            assert_eq!(status["peers"][0]["up"], true, "{status}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "{status}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(stream);
+    a.shutdown().await;
+    b.shutdown().await;
+}
