@@ -166,7 +166,7 @@ async fn start_on(config: Config, options: Options, sockets: Sockets) -> anyhow:
         admin_token: options
             .admin_token
             .as_deref()
-            .map(crate::admin::token_digest),
+            .map(crate::gateway::auth::digest),
     });
     let (gateway, admin) = serve(&state, gateway_listeners, admin_listener)?;
     let options = Options {

@@ -146,15 +146,24 @@ impl Peers {
             .collect()
     }
 
+    /// Each other gateway's last reading if it is still fresh at `now` (None: its load is
+    /// unknown).
+    fn fresh_readings(&self, now: Instant) -> Vec<Option<Arc<Reading>>> {
+        self.others()
+            .iter()
+            .map(|peer| {
+                peer.last
+                    .load_full()
+                    .filter(|r| now.saturating_duration_since(r.at) <= self.stale_after)
+            })
+            .collect()
+    }
+
     /// The other gateways' load on `pool` at `now`.
     pub fn load(&self, pool: &str, now: Instant) -> PeerSum {
         let mut sum = PeerSum::default();
-        for peer in &self.others() {
-            let last = peer.last.load();
-            match last
-                .as_deref()
-                .filter(|r| now.saturating_duration_since(r.at) <= self.stale_after)
-            {
+        for reading in self.fresh_readings(now) {
+            match reading {
                 Some(reading) => {
                     let load = reading.pools.get(pool).copied().unwrap_or_default();
                     sum.load.inflight += load.inflight;
@@ -168,17 +177,11 @@ impl Peers {
 
     /// Replicas of `pool` that a peer (the one scaling) is draining, by fresh readings.
     pub fn draining(&self, pool: &str, now: Instant) -> Vec<String> {
-        let mut all = Vec::new();
-        for peer in &self.others() {
-            let last = peer.last.load();
-            if let Some(reading) = last
-                .as_deref()
-                .filter(|r| now.saturating_duration_since(r.at) <= self.stale_after)
-            {
-                all.extend(reading.draining.get(pool).into_iter().flatten().cloned());
-            }
-        }
-        all
+        self.fresh_readings(now)
+            .into_iter()
+            .flatten()
+            .flat_map(|reading| reading.draining.get(pool).cloned().unwrap_or_default())
+            .collect()
     }
 
     /// Whether any peer is configured or discovered (a Kubernetes peer list may be empty at

@@ -10,6 +10,7 @@ use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use serde_json::json;
 
+use crate::gateway::auth::digest;
 use crate::gateway::body::GatewayBody;
 use crate::gateway::proxy::GatewayState;
 
@@ -42,13 +43,6 @@ impl Reloads {
     }
 }
 
-/// The SHA-256 of an admin token (tokens are compared by digest: no early exit on the bytes of
-/// the token itself).
-pub fn token_digest(token: &str) -> [u8; 32] {
-    use sha2::{Digest, Sha256};
-    Sha256::digest(token.as_bytes()).into()
-}
-
 /// Whether `req` may see `/metrics` and `/admin/*`: always when no token is set; else with
 /// `Authorization: Bearer <token>`. Probes (`/healthz`, `/readyz`) need none.
 fn authorized(state: &GatewayState, req: &Request<Incoming>) -> bool {
@@ -59,7 +53,8 @@ fn authorized(state: &GatewayState, req: &Request<Incoming>) -> bool {
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .is_some_and(|token| token_digest(token.trim()) == *expected)
+        // Compared by digest: no early exit on the bytes of the token itself.
+        .is_some_and(|token| digest(token.trim()) == *expected)
 }
 
 pub async fn handle(state: Arc<GatewayState>, req: Request<Incoming>) -> Response<GatewayBody> {

@@ -34,9 +34,8 @@ pub fn authenticate<'a>(
         })
         .filter(|key| !key.is_empty())
         .ok_or(GatewayError::Unauthorized)?;
-    let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
     auth.keys
-        .get(&digest)
+        .get(&digest(presented))
         .map(Some)
         .ok_or(GatewayError::Unauthorized)
 }
@@ -106,6 +105,12 @@ impl RateLimits {
     }
 }
 
+/// The SHA-256 of a presented secret (an API key, the admin token): what the gateway keeps
+/// and compares instead of the secret itself.
+pub fn digest(secret: &str) -> [u8; 32] {
+    Sha256::digest(secret.as_bytes()).into()
+}
+
 /// Whether `key` may use `model` (a served name or alias as the request gives it).
 pub fn may_use(key: &ApiKey, model: &str) -> bool {
     key.models
@@ -128,7 +133,6 @@ mod tests {
     use super::*;
 
     fn auth_with(key: &str, models: Option<&[&str]>, classes: Vec<usize>) -> Auth {
-        let digest: [u8; 32] = Sha256::digest(key.as_bytes()).into();
         let api_key = ApiKey {
             name: "team".into(),
             models: models.map(|m| m.iter().map(|s| s.to_string()).collect()),
@@ -136,7 +140,7 @@ mod tests {
             requests_per_minute: None,
         };
         Auth {
-            keys: [(digest, api_key)].into(),
+            keys: [(digest(key), api_key)].into(),
         }
     }
 

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, Uri};
 use http_body_util::Full;
-use hyper::body::Incoming;
+use hyper::body::{Body, Incoming};
 
 use super::auth;
 use super::body::{GatewayBody, ProxiedBody};
@@ -92,11 +92,8 @@ async fn proxy(
     let limit = listeners.max_body_size;
     // A client waiting for `100 Continue` with a declared body over the limit gets 413 at once:
     // it has sent nothing to read and drop yet.
-    let declared = parts
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit) && parts.headers.contains_key(header::EXPECT) {
+    // (hyper read the declared length already: the body's size hint.)
+    if body.size_hint().lower() > limit && parts.headers.contains_key(header::EXPECT) {
         return Err(GatewayError::BodyTooLarge(limit));
     }
     let timeouts = BodyTimeouts {

@@ -5,8 +5,6 @@
 use std::time::{Duration, Instant};
 
 use infergate::app::{self, App};
-use infergate::vllm_sim::profile::profile;
-use infergate::vllm_sim::{SimOptions, start};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
@@ -14,21 +12,22 @@ use crate::support::*;
 
 async fn gateway(admin: u16, peers: &[u16], replica: std::net::SocketAddr) -> App {
     let peers: Vec<String> = peers.iter().map(|p| format!("\"127.0.0.1:{p}\"")).collect();
-    let yaml = format!(
-        "listeners: {{gateway: 127.0.0.1:0, admin: 127.0.0.1:{admin}, drain_timeout: 1s}}
-cluster: {{peers: [{}], peer_interval: 100ms, peer_stale_after: 1s}}
-pools:
-  - name: p
-    models: [m]
-    discovery: {{static: {{endpoints: [\"http://{replica}\"]}}}}
-    scaler: {{enabled: true, provider: static, interval: 100ms, min_replicas: 1, max_replicas: 8,
-              targets: {{concurrency: 1}}}}
-",
-        peers.join(", ")
-    );
-    let config = infergate::config::parse(&yaml, "test").unwrap_or_else(|e| panic!("{e}"));
-    app::start(config).await.unwrap()
+    GatewayConfig::static_replicas(&[replica])
+        .admin_listen(std::net::SocketAddr::from(([127, 0, 0, 1], admin)))
+        .listener("drain_timeout: 1s")
+        .top(&format!(
+            "cluster: {{peers: [{}], peer_interval: 100ms, peer_stale_after: 1s}}",
+            peers.join(", ")
+        ))
+        .pool(SUMMING_SCALER)
+        .start()
+        .await
 }
+
+/// A scaler that only recommends, one replica per request in flight.
+const SUMMING_SCALER: &str =
+    "scaler: {enabled: true, provider: static, interval: 100ms, min_replicas: 1,
+          max_replicas: 8, targets: {concurrency: 1}}";
 
 /// Opens a stream through `gw` and leaves it running (the answer is long and slow).
 async fn open_stream(gw: &App) -> TcpStream {
@@ -66,10 +65,9 @@ async fn until(gw: &App, what: &str, ok: impl Fn(&serde_json::Value) -> bool) ->
 
 #[tokio::test]
 async fn each_gateway_scales_on_the_sum_of_all_and_on_what_it_still_knows() {
-    let mut opts = SimOptions::new(profile("llama-8b-h100").unwrap());
-    opts.models = vec!["m".into()];
+    let mut opts = sim_options("llama-8b-h100");
     opts.speed = 0.01; // a decode step of ~1 s: streams stay open
-    let replica = start(opts).await.unwrap();
+    let replica = start_sim(opts).await;
     let (port_a, port_b) = (free_port(), free_port());
     // Both list both admin addresses, as a Service's endpoints would: each skips itself.
     let a = gateway(port_a, &[port_a, port_b], replica.addr).await;
@@ -136,10 +134,9 @@ async fn each_gateway_scales_on_the_sum_of_all_and_on_what_it_still_knows() {
 /// and scales on the sum.
 #[tokio::test]
 async fn two_serve_processes_scale_on_the_sum_of_both() {
-    let mut opts = SimOptions::new(profile("llama-8b-h100").unwrap());
-    opts.models = vec!["m".into()];
+    let mut opts = sim_options("llama-8b-h100");
     opts.speed = 0.01;
-    let replica = start(opts).await.unwrap();
+    let replica = start_sim(opts).await;
     let (port_a, port_b) = (free_port(), free_port());
     let dir = std::env::temp_dir().join(format!("infergate-cluster-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -197,10 +194,9 @@ pools:
 /// read each other with it.
 #[tokio::test]
 async fn an_admin_token_guards_the_admin_listener_and_peers_use_it() {
-    let mut opts = SimOptions::new(profile("llama-8b-h100").unwrap());
-    opts.models = vec!["m".into()];
+    let mut opts = sim_options("llama-8b-h100");
     opts.speed = 0.01;
-    let replica = start(opts).await.unwrap();
+    let replica = start_sim(opts).await;
     let (port_a, port_b) = (free_port(), free_port());
     let with_token = |admin: u16| {
         let config = GatewayConfig::static_replicas(&[replica.addr])

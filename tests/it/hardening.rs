@@ -6,9 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use infergate::app::{self, App};
-use infergate::vllm_sim::profile::profile;
-use infergate::vllm_sim::{SimOptions, start};
+use infergate::app::App;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -16,21 +14,15 @@ use tokio::net::TcpStream;
 use crate::support::*;
 
 async fn gateway(listeners: &str) -> (App, infergate::http_server::Server) {
-    let mut opts = SimOptions::new(profile("llama-8b-h100").unwrap());
-    opts.models = vec!["m".into()];
+    let mut opts = sim_options("llama-8b-h100");
     opts.speed = 100.0;
-    let replica = start(opts).await.unwrap();
-    let yaml = format!(
-        "listeners: {{gateway: 127.0.0.1:0, admin: 127.0.0.1:0, drain_timeout: 2s, {listeners}}}
-pools:
-  - name: p
-    models: [m]
-    discovery: {{static: {{endpoints: [\"http://{}\"]}}}}
-",
-        replica.addr
-    );
-    let config = infergate::config::parse(&yaml, "test").unwrap_or_else(|e| panic!("{e}"));
-    (app::start(config).await.unwrap(), replica)
+    let replica = start_sim(opts).await;
+    let gw = GatewayConfig::static_replicas(&[replica.addr])
+        .listener("drain_timeout: 2s")
+        .listener(listeners)
+        .start()
+        .await;
+    (gw, replica)
 }
 
 fn chat() -> serde_json::Value {
@@ -213,22 +205,13 @@ async fn oversized_bodies_are_refused_before_100_continue_and_errors_echo_little
 
 #[tokio::test]
 async fn a_draining_gateway_is_not_ready() {
-    let mut opts = SimOptions::new(profile("llama-8b-h100").unwrap());
-    opts.models = vec!["m".into()];
+    let mut opts = sim_options("llama-8b-h100");
     opts.speed = 0.05; // a long answer keeps the drain going
-    let replica = start(opts).await.unwrap();
-    let yaml = format!(
-        "listeners: {{gateway: 127.0.0.1:0, admin: 127.0.0.1:0, drain_timeout: 3s}}
-pools:
-  - name: p
-    models: [m]
-    discovery: {{static: {{endpoints: [\"http://{}\"]}}}}
-",
-        replica.addr
-    );
-    let gw = app::start(infergate::config::parse(&yaml, "test").unwrap())
-        .await
-        .unwrap();
+    let replica = start_sim(opts).await;
+    let gw = GatewayConfig::static_replicas(&[replica.addr])
+        .listener("drain_timeout: 3s")
+        .start()
+        .await;
     let admin = gw.admin_addr;
     assert_eq!(get(&format!("http://{admin}/readyz")).await.status, 200);
     let mut stream = TcpStream::connect(gw.gateway_addr).await.unwrap();
@@ -256,10 +239,9 @@ pools:
 async fn sighup_applies_a_changed_file_without_cutting_streams_and_keeps_serving_on_a_broken_one() {
     use nix::sys::signal::{Signal, kill};
     use nix::unistd::Pid;
-    let mut opts = SimOptions::new(profile("llama-8b-h100").unwrap());
-    opts.models = vec!["m".into()];
+    let mut opts = sim_options("llama-8b-h100");
     opts.speed = 0.2; // a 60-token answer takes a few seconds
-    let replica = start(opts).await.unwrap();
+    let replica = start_sim(opts).await;
     let dir = std::env::temp_dir().join(format!("infergate-reload-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("gateway.yaml");
@@ -385,37 +367,24 @@ pools:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_failing_fast_is_ejected_and_comes_back_through_a_probe() {
     let healthy = {
-        let mut opts = SimOptions::new(profile("llama-8b-h100").unwrap());
-        opts.models = vec!["m".into()];
+        let mut opts = sim_options("llama-8b-h100");
         opts.speed = 20.0;
-        start(opts).await.unwrap()
+        start_sim(opts).await
     };
     let failing_opts = |listen| {
-        let mut opts = SimOptions::new(profile("llama-8b-h100").unwrap());
-        opts.models = vec!["m".into()];
+        let mut opts = sim_options("llama-8b-h100");
         opts.speed = 20.0;
         opts.fail_rate = 1.0;
         opts.listen = listen;
         opts
     };
-    let failing = start(failing_opts("127.0.0.1:0".parse().unwrap()))
-        .await
-        .unwrap();
+    let failing = start_sim(failing_opts("127.0.0.1:0".parse().unwrap())).await;
     let bad = failing.addr;
-    let yaml = format!(
-        "listeners: {{gateway: 127.0.0.1:0, admin: 127.0.0.1:0}}
-pools:
-  - name: p
-    models: [m]
-    discovery: {{static: {{endpoints: [\"http://{}\", \"http://{bad}\"]}}}}
-    routing: {{policy: least-inflight}}
-    retries: {{max_attempts: 1, eject_after_failures: 2, ejection_time: 400ms}}
-",
-        healthy.addr
-    );
-    let gw = app::start(infergate::config::parse(&yaml, "test").unwrap())
-        .await
-        .unwrap();
+    let gw = GatewayConfig::static_replicas(&[healthy.addr, bad])
+        .pool("routing: {policy: least-inflight}")
+        .pool("retries: {max_attempts: 1, eject_after_failures: 2, ejection_time: 400ms}")
+        .start()
+        .await;
     let url = format!("http://{}/v1/chat/completions", gw.gateway_addr);
     let mut failed = 0;
     let started = Instant::now();
@@ -446,7 +415,7 @@ pools:
     failing.shutdown(Duration::from_millis(100)).await;
     let mut mended = failing_opts(bad);
     mended.fail_rate = 0.0;
-    let mended = start(mended).await.unwrap();
+    let mended = start_sim(mended).await;
     let deadline = Instant::now() + Duration::from_secs(10);
     let served_by_bad = || async {
         let page = get(&format!("http://{bad}/metrics")).await.text();
@@ -483,24 +452,14 @@ pools:
 /// next chunk does not come within `idle_stream` ends with an SSE error event.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn first_byte_and_idle_stream_timeouts_end_requests_and_count_as_failures() {
-    let mut opts = SimOptions::new(profile("llama-8b-h100").unwrap());
-    opts.models = vec!["m".into()];
+    let mut opts = sim_options("llama-8b-h100");
     opts.speed = 0.002; // an engine step of several seconds
-    let slow = start(opts).await.unwrap();
-    let yaml = format!(
-        "listeners: {{gateway: 127.0.0.1:0, admin: 127.0.0.1:0}}
-pools:
-  - name: p
-    models: [m]
-    discovery: {{static: {{endpoints: [\"http://{}\"]}}}}
-    timeouts: {{first_byte: 300ms, idle_stream: 300ms}}
-    retries: {{max_attempts: 1, eject_after_failures: 2, ejection_time: 60s}}
-",
-        slow.addr
-    );
-    let gw = app::start(infergate::config::parse(&yaml, "test").unwrap())
-        .await
-        .unwrap();
+    let slow = start_sim(opts).await;
+    let gw = GatewayConfig::static_replicas(&[slow.addr])
+        .pool("timeouts: {first_byte: 300ms, idle_stream: 300ms}")
+        .pool("retries: {max_attempts: 1, eject_after_failures: 2, ejection_time: 60s}")
+        .start()
+        .await;
     let url = format!("http://{}/v1/chat/completions", gw.gateway_addr);
 
     // A stream: headers at once, then no token within 300 ms.
@@ -542,10 +501,9 @@ async fn api_keys_are_required_and_limit_models_and_priorities() {
             .map(|b| format!("{b:02x}"))
             .collect::<String>()
     };
-    let mut opts = SimOptions::new(profile("llama-8b-h100").unwrap());
-    opts.models = vec!["m".into()];
+    let mut opts = sim_options("llama-8b-h100");
     opts.speed = 0.5;
-    let replica = start(opts).await.unwrap();
+    let replica = start_sim(opts).await;
     let auth = format!(
         "auth:
   keys:
