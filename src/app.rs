@@ -58,6 +58,8 @@ pub struct Options {
     /// The bearer token `/metrics` and `/admin/*` require (None: open), which peers are read
     /// with too. `serve` takes it from `INFERGATE_ADMIN_TOKEN`, a secret rather than config.
     pub admin_token: Option<String>,
+    /// The placements logged for the peers, kept across reloads (None: a new log).
+    pub placements: Option<Arc<crate::peers::routing::PlacementLog>>,
 }
 
 /// The bound listening sockets and the addresses they were configured with.
@@ -154,6 +156,8 @@ async fn start_on(config: Config, options: Options, sockets: Sockets) -> anyhow:
             background.push(start_scaler(pool, &peers, actuation, &metrics, epoch));
         }
     }
+    let placements =
+        start_routing_sync(&config, &pools, &peers, &options, &metrics, &mut background);
     let rate_limits = crate::gateway::auth::RateLimits::new(&config.auth);
     let state = Arc::new(GatewayState {
         config,
@@ -167,6 +171,7 @@ async fn start_on(config: Config, options: Options, sockets: Sockets) -> anyhow:
             .admin_token
             .as_deref()
             .map(crate::gateway::auth::digest),
+        placements,
     });
     let (gateway, admin) = serve(&state, gateway_listeners, admin_listener)?;
     let options = Options {
@@ -175,6 +180,7 @@ async fn start_on(config: Config, options: Options, sockets: Sockets) -> anyhow:
         reloads: Some(state.reloads.clone()),
         gateway_id: Some(state.peers.id.clone()),
         admin_token: options.admin_token,
+        placements: state.placements.clone(),
     };
     Ok(App {
         gateway_addr: gateway.addr,
@@ -359,6 +365,35 @@ async fn start_discovery(
 
 /// This gateway's identity, and the reading of its peers' load: a static list, or the
 /// endpoints of the gateways' own Service, watched (none configured: none read).
+/// With peers and `cluster.sync_interval`, the routing state exchange: each pool logs its
+/// placements (one log for the process, kept across reloads so the peers' cursors stay
+/// valid) and the peers' states are read into the pools. Returns the log.
+fn start_routing_sync(
+    config: &Config,
+    pools: &Pools,
+    peers: &Arc<Peers>,
+    options: &Options,
+    metrics: &Metrics,
+    background: &mut Vec<JoinHandle<()>>,
+) -> Option<Arc<crate::peers::routing::PlacementLog>> {
+    let interval = config.cluster.sync_interval?;
+    if !peers.has_any() {
+        return None;
+    }
+    let log = options.placements.clone().unwrap_or_default();
+    for pool in pools.live() {
+        let _ = pool.placements.set((log.clone(), pool.name().into()));
+    }
+    let live: Vec<_> = pools.live().cloned().collect();
+    background.push(crate::peers::routing::spawn(
+        peers.clone(),
+        live,
+        interval,
+        metrics.peer_placements.clone(),
+    ));
+    Some(log)
+}
+
 fn start_peers(
     config: &Config,
     id: String,

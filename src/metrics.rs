@@ -28,6 +28,8 @@ pub struct Metrics {
     /// This gateway's identity (`id`), so that a peer list may include the gateway itself.
     pub gateway_info: IntGaugeVec,
     pub peer_up: IntGaugeVec,
+    /// Prompt prefix placements read from the peer gateways' routing state.
+    pub peer_placements: IntCounterVec,
     pub config_reloads: IntCounterVec,
     /// Replicas this gateway drains for a scale-down (peer gateways stop sending to them).
     pub draining: IntGaugeVec,
@@ -145,6 +147,11 @@ impl Metrics {
             peer_up: gauge(
                 "infergate_peer_up",
                 "1 while the peer gateway's page was read at the last attempt, 0 when it was not.",
+                &["peer"],
+            ),
+            peer_placements: counter(
+                "infergate_peer_placements_total",
+                "Prompt prefixes the peer gateways sent to replicas, as read from their routing state and recorded in this gateway's prefix index.",
                 &["peer"],
             ),
             draining: gauge(

@@ -138,6 +138,21 @@ pub async fn handle(state: Arc<GatewayState>, req: Request<Incoming>) -> Respons
             )
         }
         "/admin/status" => json_response(StatusCode::OK, &status(&state)),
+        "/admin/routing" => {
+            let since = req
+                .uri()
+                .query()
+                .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("since=")))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            let routing = crate::peers::routing::state(
+                &state.peers.id,
+                state.pools.live(),
+                state.placements.as_deref(),
+                since,
+            );
+            json_response(StatusCode::OK, &json!(routing))
+        }
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
 }
@@ -166,7 +181,7 @@ pub fn status(state: &GatewayState) -> serde_json::Value {
                         })
                     });
                     let gpu = r.gpu_use(now, pool.gpu_stale_after());
-                    json!({"name": r.name, "pod": r.placement.pod, "node": r.placement.node, "inflight": r.inflight(), "ejected": r.is_ejected(now), "engine": engine, "gpu_utilization": gpu})
+                    json!({"name": r.name, "pod": r.placement.pod, "node": r.placement.node, "inflight": r.inflight(), "peers_inflight": r.cluster_inflight() - r.inflight(), "ejected": r.is_ejected(now), "engine": engine, "gpu_utilization": gpu})
                 })
                 .collect();
             json!({

@@ -55,6 +55,8 @@ pub struct Cluster {
     pub kubernetes: Option<ClusterService>,
     pub peer_interval: Duration,
     pub peer_stale_after: Duration,
+    /// How often the peers' routing state is read; None: not exchanged.
+    pub sync_interval: Option<Duration>,
 }
 
 #[derive(Debug, Clone)]

@@ -56,6 +56,11 @@ pub struct WorkloadArgs {
     /// Multiply arrival times (0.5 = the same requests in half the time, twice the rate).
     #[arg(long, default_value_t = 1.0)]
     pub time_scale: f64,
+    /// Spread each trace arrival uniformly over this much later time (before --time-scale):
+    /// for traces with rounded timestamps (Mooncake's are multiples of 3 s), whose requests
+    /// would otherwise arrive in the same instant.
+    #[arg(long, value_parser = seconds_arg, default_value = "0s")]
+    pub arrival_jitter: f64,
     /// Keep each request with this probability (< 1), or repeat each this many times on
     /// average (> 1), keeping the arrival pattern's shape.
     #[arg(long, default_value_t = 1.0)]
@@ -116,6 +121,7 @@ impl WorkloadArgs {
         let requests = workload::load(
             &source,
             &Shaping {
+                arrival_jitter: self.arrival_jitter,
                 time_scale: self.time_scale,
                 rate_scale: self.rate_scale,
                 window_start: self.window_start,
@@ -171,10 +177,14 @@ pub struct SimulateArgs {
     #[arg(long, default_value_t = 2.0)]
     pub slow_factor: f64,
     /// Gateway replicas in front of the fleet, each with its own routing state, prefix index
-    /// and queue; a request goes to one by its session (else in turn), and the first one scales
-    /// on the load of all.
+    /// and queue, exchanged every --sync-interval; a request goes to one by its session (else
+    /// in turn), and the first one scales on the load of all.
     #[arg(long, default_value_t = 1)]
     pub gateways: usize,
+    /// How often the gateways exchange routing state (default: the config's
+    /// `cluster.sync_interval`; 0s: never, each routes on its own view).
+    #[arg(long, value_parser = seconds_arg)]
+    pub sync_interval: Option<f64>,
     /// Time for a new replica to become ready (default: each pool's `scaler.cold_start`).
     #[arg(long, value_parser = seconds_arg)]
     pub cold_start: Option<f64>,

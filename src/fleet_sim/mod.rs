@@ -169,6 +169,10 @@ fn fleet_spec(config: &config::Config, args: &SimulateArgs) -> anyhow::Result<si
         tail: args.tail,
         keep_requests: false,
         gateways: args.gateways.max(1),
+        sync_interval: match args.sync_interval {
+            Some(secs) => (secs > 0.0).then_some(secs),
+            None => config.cluster.sync_interval.map(|d| d.as_secs_f64()),
+        },
     })
 }
 

@@ -38,6 +38,9 @@ pub struct GatewayState {
     pub rate_limits: auth::RateLimits,
     /// SHA-256 of the admin listener's bearer token, when it requires one.
     pub admin_token: Option<[u8; 32]>,
+    /// The prompt prefixes sent, for the peers' reads of `/admin/routing` (when the gateways
+    /// exchange routing state).
+    pub placements: Option<Arc<crate::peers::routing::PlacementLog>>,
 }
 
 /// Answers one request on gateway worker thread `worker`.
@@ -227,6 +230,7 @@ async fn forward(
         }
         if let Some(index) = &pool.prefix_index {
             index.record(blocks, replica.id);
+            pool.log_placement(replica.id, blocks);
         }
         let upstream = upstream_request(parts, body.clone(), &replica, peer);
         // The pick's clock reading is the send time too (building the request takes a

@@ -66,6 +66,9 @@ pub struct PoolState {
     pub draining: arc_swap::ArcSwap<Vec<String>>,
     /// Whether the Kubernetes API answers this pool's watch (Kubernetes discovery only).
     pub api_health: std::sync::OnceLock<Arc<crate::kubernetes::ApiHealth>>,
+    /// Where this gateway logs the prompt prefixes it sends, for its peers (when they
+    /// exchange routing state), with the pool's name as the log knows it.
+    pub placements: std::sync::OnceLock<(Arc<crate::peers::routing::PlacementLog>, Arc<str>)>,
 }
 
 /// The scaler's latest decision about a pool.
@@ -112,7 +115,15 @@ impl PoolState {
             queue: AdmissionQueue::new(priority_classes),
             scaler_status: arc_swap::ArcSwapOption::empty(),
             api_health: std::sync::OnceLock::new(),
+            placements: std::sync::OnceLock::new(),
             draining: arc_swap::ArcSwap::from_pointee(Vec::new()),
+        }
+    }
+
+    /// Logs, for the peer gateways, that a prompt with these prefix blocks went to `replica`.
+    pub fn log_placement(&self, replica: u64, blocks: &[u64]) {
+        if let Some((log, name)) = self.placements.get() {
+            log.push(name, replica, blocks);
         }
     }
 

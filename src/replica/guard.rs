@@ -29,8 +29,11 @@ impl Replica {
         self.pending_requests.fetch_add(1, Ordering::Relaxed);
         let ahead = if streamed {
             self.pending_streams.fetch_add(1, Ordering::Relaxed);
+            // What every gateway has queued there (the peers' as last heard): a first byte
+            // that waited behind a peer's prefill must not teach that this replica is slow.
             self.pending_prefill
                 .fetch_add(prefill_tokens, Ordering::Relaxed)
+                + self.peer_pending_prefill.load(Ordering::Relaxed)
         } else {
             0 // learns nothing, so needs no count of what was ahead
         };

@@ -135,6 +135,10 @@ pub struct Replica {
     /// Prompt tokens of this gateway's requests to the replica that have no first byte yet:
     /// the prefill work queued ahead of a new request, exact for this gateway's traffic.
     pending_prefill: AtomicU64,
+    /// The peer gateways' requests to the replica in flight, and the prompt tokens of their
+    /// streams there without a first byte, as the peers last said (0 without peers).
+    peer_inflight: AtomicU64,
+    peer_pending_prefill: AtomicU64,
     /// This gateway's requests to the replica that have no first byte yet.
     pending_requests: AtomicU64,
     /// Those of them that stream: each is waiting or in its prefill there, whatever a page
@@ -200,6 +204,8 @@ impl Replica {
             scraped: ArcSwapOption::empty(),
             scrape_failures: AtomicU32::new(0),
             pending_prefill: AtomicU64::new(0),
+            peer_inflight: AtomicU64::new(0),
+            peer_pending_prefill: AtomicU64::new(0),
             pending_requests: AtomicU64::new(0),
             pending_streams: AtomicU64::new(0),
             first_byte_secs: AtomicU64::new(0),
@@ -232,6 +238,26 @@ impl Replica {
     /// Prompt tokens sent here by this gateway still waiting for their first byte.
     pub fn pending_prefill(&self) -> u64 {
         self.pending_prefill.load(Ordering::Relaxed)
+    }
+
+    /// Prompt tokens of streams sent here by every gateway still waiting for their first byte:
+    /// this gateway's exact count plus what the peers last said.
+    pub fn cluster_pending_prefill(&self) -> u64 {
+        self.pending_prefill() + self.peer_pending_prefill.load(Ordering::Relaxed)
+    }
+
+    /// Requests in flight to the replica from every gateway: this gateway's exact count plus
+    /// what the peers last said.
+    pub fn cluster_inflight(&self) -> u64 {
+        self.inflight() + self.peer_inflight.load(Ordering::Relaxed)
+    }
+
+    /// The peer gateways' requests here, summed over the peers (`crate::peers::routing`):
+    /// in flight, and prompt tokens of their streams without a first byte.
+    pub fn set_peer_load(&self, inflight: u64, pending_prefill: u64) {
+        self.peer_inflight.store(inflight, Ordering::Relaxed);
+        self.peer_pending_prefill
+            .store(pending_prefill, Ordering::Relaxed);
     }
 
     /// Learned seconds per prompt token of prefill, once a first byte was seen.

@@ -7,8 +7,9 @@ use std::time::Instant;
 use super::Snapshot;
 use crate::replica::Replica;
 
-/// Whether a replica should take no more requests now: this gateway has
-/// `max_inflight_per_replica` in flight to it, or its fresh scraped stats show more than
+/// Whether a replica should take no more requests now: the gateways have
+/// `max_inflight_per_replica` in flight to it (this one's count plus its peers' as last
+/// heard: one limit for the deployment, not one per gateway), or its fresh scraped stats show more than
 /// `max_waiting_per_replica` waiting (less what of ours started since, and at least this
 /// gateway's streams there without a first token) or KV-cache use above
 /// `max_kv_cache_usage`. Stale stats count as unknown, never as saturated.
@@ -18,7 +19,7 @@ pub fn saturated(
     now: Instant,
     stale_after: std::time::Duration,
 ) -> bool {
-    if replica.inflight() >= u64::from(limits.max_inflight_per_replica) {
+    if replica.cluster_inflight() >= u64::from(limits.max_inflight_per_replica) {
         return true;
     }
     replica.engine_view(now, stale_after).is_some_and(|view| {
@@ -72,7 +73,12 @@ mod tests {
         assert!(!saturated(r, &limits, now, stale));
         let two = r.start_unstreamed_request(0);
         assert!(saturated(r, &limits, now, stale), "2 in flight, the limit");
-        drop((one, two));
+        drop(two);
+        // One of ours and one of a peer gateway's: the limit is the deployment's.
+        r.set_peer_load(1, 0);
+        assert!(saturated(r, &limits, now, stale));
+        r.set_peer_load(0, 0);
+        drop(one);
         // More than 3 waiting saturates; 3 does not.
         r.record_scrape(stats(4.0, 0.0), now);
         assert!(saturated(r, &limits, now, stale));

@@ -7,9 +7,10 @@
 pub struct ReplicaLoad {
     /// Seconds per prompt token of prefill learned on the replica, once a first byte was seen.
     pub learned_secs_per_token: Option<f64>,
-    /// Requests this gateway has in flight there.
+    /// Requests in flight there from every gateway (this one's exact count, the peers' as
+    /// last heard).
     pub inflight: u64,
-    /// Prompt tokens of this gateway's streams there still without a first byte (tokens).
+    /// Prompt tokens of every gateway's streams there still without a first byte (tokens).
     pub pending_prefill: u64,
     /// Mean prompt tokens of the requests sent there (tokens; 0 before the first).
     pub mean_prompt_tokens: f64,
@@ -56,12 +57,12 @@ pub struct RequestLoad {
 /// - `speed`: the replica's learned seconds per token; the pool's when none is learned; for an
 ///   idle replica at most the pool's (a speed learned under an old burst must not keep it idle,
 ///   never to be re-learned).
-/// - `ahead`: prefill tokens queued ahead of the request: this gateway's exact pending prefill,
+/// - `ahead`: prefill tokens queued ahead of the request: the gateways' pending prefill,
 ///   or the scraped waiting queue in tokens (waiting × the mean prompt sent there, else this
 ///   prompt) when that is larger.
 /// - `kv_factor`: 1, raised by 10 × (KV use − 0.9) above 90 % KV use (preemption risk).
 /// - the last term: prefill done here that the best-placed replica would not do lengthens the
-///   steps of every sequence decoding here (`running`: scraped, else this gateway's in
+///   steps of every sequence decoding here (`running`: scraped, else the gateways' in
 ///   flight), a delay to the others that is part of the cost.
 pub fn predicted_secs(replica: &ReplicaLoad, request: &RequestLoad) -> f64 {
     let speed = match replica.learned_secs_per_token {

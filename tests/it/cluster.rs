@@ -265,3 +265,108 @@ async fn an_admin_token_guards_the_admin_listener_and_peers_use_it() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+/// A gateway in front of `replicas` (in that order) with the other as its peer, routing by
+/// predicted TTFT and exchanging routing state every 50 ms (the default).
+async fn routing_peer(admin: u16, peer: u16, replicas: &[std::net::SocketAddr]) -> App {
+    GatewayConfig::static_replicas(replicas)
+        .admin_listen(std::net::SocketAddr::from(([127, 0, 0, 1], admin)))
+        .top(&format!(
+            "cluster: {{peers: [\"127.0.0.1:{peer}\"], peer_stale_after: 1s}}"
+        ))
+        .pool("routing: {policy: predicted-ttft}")
+        .start()
+        .await
+}
+
+/// Requests each simulated replica has answered.
+async fn answered(replicas: &[&infergate::http_server::Server]) -> Vec<f64> {
+    let mut counts = Vec::new();
+    for r in replicas {
+        let page = get(&format!("http://{}/metrics", r.addr)).await.text();
+        counts.push(metric_sum(&page, "vllm:request_success_total", &[]));
+    }
+    counts
+}
+
+#[tokio::test]
+async fn gateways_route_on_each_others_requests_in_flight_and_prefix_placements() {
+    let mut slow = sim_options("llama-8b-h100");
+    slow.speed = 0.01; // a decode step of ~1 s: streams stay open
+    let (r1, r2) = (start_sim(slow.clone()).await, start_sim(slow).await);
+    let (port_a, port_b) = (free_port(), free_port());
+    // The two list the replicas in opposite orders: with nothing else to go by, each would
+    // send the same prompt to a different one (ties go to the first listed).
+    let a = routing_peer(port_a, port_b, &[r1.addr, r2.addr]).await;
+    let b = routing_peer(port_b, port_a, &[r2.addr, r1.addr]).await;
+
+    // A stream through a: b's status shows it on that replica as the peers' in flight.
+    let stream = open_stream(&a).await;
+    let seen = until(&b, "b sees a's stream", |s| {
+        s["pools"][0]["replicas"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["peers_inflight"] == 1)
+    })
+    .await;
+    let replicas = seen["pools"][0]["replicas"].as_array().unwrap();
+    assert!(replicas.iter().all(|r| r["inflight"] == 0), "{seen}");
+    assert_eq!(
+        replicas
+            .iter()
+            .map(|r| r["peers_inflight"].as_u64().unwrap())
+            .sum::<u64>(),
+        1
+    );
+    drop(stream);
+    until(&b, "the stream ended: nothing in flight from a", |s| {
+        s["pools"][0]["replicas"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["peers_inflight"] == 0)
+    })
+    .await;
+
+    // A long prompt through a, then the same prompt through b three times: b sends it where
+    // a did, the replica whose cache holds it, though b lists the other one first.
+    let before = answered(&[&r1, &r2]).await;
+    let prompt = "The quick brown fox jumps over the lazy dog. ".repeat(200);
+    let request = serde_json::json!({
+        "model": "m", "max_tokens": 1,
+        "messages": [{"role": "user", "content": prompt}],
+    });
+    let url = |gw: &App| format!("http://{}/v1/chat/completions", gw.gateway_addr);
+    assert_eq!(post(&url(&a), request.clone()).await.status, 200);
+    let after_a = answered(&[&r1, &r2]).await;
+    let chosen = (0..2).find(|&i| after_a[i] > before[i]).unwrap();
+    let page = || async {
+        get(&format!("http://{}/metrics", b.admin_addr))
+            .await
+            .text()
+    };
+    let peer_a = format!("127.0.0.1:{port_a}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric_sum(
+        &page().await,
+        "infergate_peer_placements_total",
+        &[("peer", &peer_a)],
+    ) < 1.0
+    {
+        assert!(Instant::now() < deadline, "b never read a's placement");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for _ in 0..3 {
+        assert_eq!(post(&url(&b), request.clone()).await.status, 200);
+    }
+    let after_b = answered(&[&r1, &r2]).await;
+    assert_eq!(
+        after_b[chosen] - after_a[chosen],
+        3.0,
+        "{after_a:?} -> {after_b:?}"
+    );
+    assert_eq!(after_b[1 - chosen], after_a[1 - chosen]);
+    a.shutdown().await;
+    b.shutdown().await;
+}

@@ -61,6 +61,7 @@ fn spec(initial: u32, cold_start: Option<f64>) -> FleetSpec {
         sample_every: 1.0,
         tail: 600.0,
         gateways: 1,
+        sync_interval: None,
         keep_requests: true,
     }
 }

@@ -188,6 +188,12 @@ pub struct RawCluster {
     /// How long a peer's last reading counts once it cannot be read any more (duration); after
     /// that its load is unknown and left out (reported in `/admin/status`).
     pub peer_stale_after: Quantity,
+    /// How often each peer's routing state is read at `/admin/routing` (duration): its requests
+    /// in flight and prefill pending per replica, and where it sent which prompt prefix since
+    /// the last read. Every gateway then routes on the whole deployment's load and prefix
+    /// placements, as one gateway would. `0s` turns the exchange off (each gateway routes on
+    /// its own view; the scaler still reads the peers' `/metrics`).
+    pub sync_interval: Quantity,
 }
 
 /// The Service in front of the gateway replicas' admin listeners.
@@ -209,6 +215,7 @@ impl Default for RawCluster {
             kubernetes: None,
             peer_interval: "250ms".into(),
             peer_stale_after: "5s".into(),
+            sync_interval: "50ms".into(),
         }
     }
 }

@@ -132,7 +132,8 @@ pub struct RawAdmission {
     pub max_waiting_per_replica: u32,
     /// A replica is saturated when its KV-cache use (0–1) exceeds this.
     pub max_kv_cache_usage: f64,
-    /// A replica is saturated when this gateway has more than this many requests in flight to it.
+    /// A replica is saturated when this many requests are in flight to it: this gateway's,
+    /// plus its peers' as last heard (`cluster.sync_interval`) when there are several gateways.
     pub max_inflight_per_replica: u32,
 }
 

@@ -275,6 +275,8 @@ fn cluster(c: &mut Checker, raw: &RawCluster) -> Cluster {
         peer_interval: c.positive_duration("cluster.peer_interval".into(), &raw.peer_interval),
         peer_stale_after: c
             .positive_duration("cluster.peer_stale_after".into(), &raw.peer_stale_after),
+        sync_interval: Some(c.duration("cluster.sync_interval".into(), &raw.sync_interval))
+            .filter(|d| !d.is_zero()),
     }
 }
 

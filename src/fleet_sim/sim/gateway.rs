@@ -185,6 +185,9 @@ impl Fleet<'_> {
         pool.replicas[r].served += 1;
         if let Some(index) = &pool.gateways[g].prefix {
             index.record(&indexed, replica.id);
+            if self.spec.sync_interval.is_some() && pool.gateways.len() > 1 {
+                pool.gateways[g].placed.push((replica.id, indexed.clone()));
+            }
         }
         let request = &self.workload[i];
         pool.replicas[r].engine.submit(

@@ -68,6 +68,9 @@ pub struct FleetSpec {
     /// client's keep-alive connection stays on one), else in turn. The first one scales, on
     /// its own load and its peers'.
     pub gateways: usize,
+    /// With several gateways, how often they exchange routing state (virtual seconds;
+    /// `cluster.sync_interval`): None, each routes on its own view.
+    pub sync_interval: Option<f64>,
 }
 
 /// Called now and then with (virtual seconds done, of total).
@@ -118,6 +121,8 @@ struct SimGateway {
     sequence: u64,
     /// Longest wait of the requests that left the queue since the scaler's last look.
     max_wait: Option<f64>,
+    /// Prompt prefixes it sent since the peers last read its routing state (`PlacementLog`).
+    placed: Vec<(u64, Vec<u64>)>,
 }
 
 impl SimGateway {
@@ -183,13 +188,27 @@ struct Running {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Ev {
     Arrival(usize),
-    StepEnd { pool: usize, replica: usize },
-    Ready { pool: usize, replica: usize },
+    StepEnd {
+        pool: usize,
+        replica: usize,
+    },
+    Ready {
+        pool: usize,
+        replica: usize,
+    },
     Scrape(usize),
+    /// The gateways of a pool read each other's routing state.
+    PeerSync(usize),
     ScalerTick(usize),
-    QueueDeadline { pool: usize, request: usize },
+    QueueDeadline {
+        pool: usize,
+        request: usize,
+    },
     FirstByteDeadline(usize),
-    DrainDeadline { pool: usize, replica: usize },
+    DrainDeadline {
+        pool: usize,
+        replica: usize,
+    },
     Sample,
 }
 
@@ -286,6 +305,7 @@ impl<'w> Fleet<'w> {
                         queued: 0,
                         sequence: 0,
                         max_wait: None,
+                        placed: Vec::new(),
                     })
                     .collect();
                 SimPool {
@@ -343,6 +363,9 @@ impl<'w> Fleet<'w> {
             let pool = &fleet.pools[p].config;
             let (scrape, interval) = (pool.metrics.scrape_interval, pool.scaler.interval);
             fleet.at(scrape.as_secs_f64(), Ev::Scrape(p));
+            if let Some(every) = spec.sync_interval.filter(|_| spec.gateways > 1) {
+                fleet.at(every, Ev::PeerSync(p));
+            }
             if fleet.pools[p].policy.is_some() {
                 fleet.at(interval.as_secs_f64(), Ev::ScalerTick(p));
             }
@@ -437,6 +460,12 @@ impl<'w> Fleet<'w> {
                     .scrape_interval
                     .as_secs_f64();
                 self.at(self.now + every, Ev::Scrape(pool));
+            }
+            Ev::PeerSync(pool) => {
+                self.sync_gateways(pool);
+                if let Some(every) = self.spec.sync_interval {
+                    self.at(self.now + every, Ev::PeerSync(pool));
+                }
             }
             Ev::ScalerTick(pool) => {
                 self.scale(pool);

@@ -160,6 +160,7 @@ fn fleet_spec(initial: u32) -> FleetSpec {
         tail: 60.0,
         keep_requests: true,
         gateways: 1,
+        sync_interval: None,
     }
 }
 

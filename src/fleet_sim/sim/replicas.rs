@@ -207,6 +207,35 @@ impl Fleet<'_> {
         }
     }
 
+    /// The gateways read each other's routing state (`peers::routing`): each replica's view
+    /// on each gateway gets the others' requests in flight and prefill pending there, and each
+    /// gateway's prefix index the prefixes the others sent since the last read.
+    pub(super) fn sync_gateways(&mut self, p: usize) {
+        let pool = &mut self.pools[p];
+        for replica in &pool.replicas {
+            let inflight: u64 = replica.views.iter().map(|v| v.inflight()).sum();
+            let pending: u64 = replica.views.iter().map(|v| v.pending_prefill()).sum();
+            for view in &replica.views {
+                view.set_peer_load(inflight - view.inflight(), pending - view.pending_prefill());
+            }
+        }
+        let placed: Vec<Vec<(u64, Vec<u64>)>> = pool
+            .gateways
+            .iter_mut()
+            .map(|g| std::mem::take(&mut g.placed))
+            .collect();
+        for (from, placed) in placed.iter().enumerate() {
+            for (to, gateway) in pool.gateways.iter().enumerate() {
+                let Some(index) = gateway.prefix.as_ref().filter(|_| to != from) else {
+                    continue;
+                };
+                for (replica, blocks) in placed {
+                    index.record(blocks, *replica);
+                }
+            }
+        }
+    }
+
     pub(super) fn stop_replica(&mut self, p: usize, r: usize) {
         let cut: Vec<usize> = self
             .running

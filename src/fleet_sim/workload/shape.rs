@@ -3,9 +3,14 @@
 
 use super::{Request, Rng, mix};
 
-/// Changes applied after reading: stretch time, thin or multiply requests, cut a window.
+/// Changes applied after reading: spread rounded arrival times, stretch time, thin or multiply
+/// requests, cut a window.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Shaping {
+    /// Each arrival moves later by a uniform share of this (seconds, before `time_scale`): a
+    /// trace whose timestamps are rounded (Mooncake's are multiples of 3 s) otherwise sends
+    /// each rounded bucket in one instant.
+    pub arrival_jitter: f64,
     /// Arrival times are multiplied by this (0.5 = the same requests in half the time).
     pub time_scale: f64,
     /// Requests are kept with this probability below 1; above 1, each is repeated (with its own
@@ -21,6 +26,7 @@ pub struct Shaping {
 impl Default for Shaping {
     fn default() -> Self {
         Self {
+            arrival_jitter: 0.0,
             time_scale: 1.0,
             rate_scale: 1.0,
             window_start: 0.0,
@@ -31,11 +37,16 @@ impl Default for Shaping {
     }
 }
 
-/// Applies time scaling, rate scaling and the window.
+/// Applies the jitter, time scaling, rate scaling and the window.
 pub fn shape(requests: Vec<Request>, s: &Shaping) -> Vec<Request> {
     let mut rng = Rng::new(s.seed ^ 0x5CA1E);
     let mut out = Vec::with_capacity(requests.len());
-    for mut r in requests {
+    for (i, mut r) in requests.into_iter().enumerate() {
+        if s.arrival_jitter > 0.0 {
+            // Its own stream of numbers: the other shaping draws stay as they were.
+            let unit = (mix(s.seed ^ 0x717E5, i as u64) >> 11) as f64 / (1u64 << 53) as f64;
+            r.arrival += unit * s.arrival_jitter;
+        }
         r.arrival *= s.time_scale;
         let copies = {
             let whole = s.rate_scale.floor();

@@ -15,9 +15,10 @@ const KEEP: usize = 2 * SAMPLE;
 /// Least predicted time to first token: the replica's current engine step (decoding batches
 /// make every step longer), plus the prefill work ahead of this request on the replica and its
 /// own prompt tokens not covered by the replica's cached prefix, times the replica's prefill
-/// speed, raised as its KV cache nears full (preemption risk). The work ahead is this
-/// gateway's exact pending prefill on the replica, or its scraped waiting queue (corrected by
-/// what was sent since) in tokens when that is larger — stale stats are not used. The speed is
+/// speed, raised as its KV cache nears full (preemption risk). The work ahead is the pending
+/// prefill on the replica — this gateway's exact count plus its peers' as last heard — or its
+/// scraped waiting queue (corrected by what was sent since) in tokens when that is larger;
+/// stale stats are not used. The speed is
 /// learned per replica from observed time to first token (the pool's mean, then
 /// `prefill_tokens_per_second`, before that), so a pool mixing fast and slow GPUs balances by
 /// speed, and prefix affinity holds exactly as long as it saves more than the queue costs.
@@ -65,8 +66,8 @@ pub fn predicted_ttft(
     let predict = |r: &Replica| {
         let load = ReplicaLoad {
             learned_secs_per_token: r.secs_per_token(),
-            inflight: r.inflight(),
-            pending_prefill: r.pending_prefill(),
+            inflight: r.cluster_inflight(),
+            pending_prefill: r.cluster_pending_prefill(),
             mean_prompt_tokens: r.mean_prompt_tokens(),
             expected_step: r.expected_step(),
             engine: r
@@ -101,7 +102,7 @@ pub fn predicted_ttft(
         let predicted = predict(r);
         let gpu = r.gpu_use(ctx.now, ctx.gpu_stale_after);
         any_gpu |= gpu.is_some();
-        let inflight = r.inflight();
+        let inflight = r.cluster_inflight();
         if kept < KEEP {
             scored[kept] = Scored {
                 predicted,
@@ -130,7 +131,7 @@ pub fn predicted_ttft(
             Scored {
                 predicted: predict(r),
                 gpu: gpu.unwrap_or(f64::INFINITY),
-                inflight: r.inflight(),
+                inflight: r.cluster_inflight(),
                 index: i,
             }
         });
@@ -209,6 +210,27 @@ mod tests {
         };
         let (order, _held) = pick_holding(RoutingPolicy::PredictedTtft, &s, &f, now, 20);
         assert_eq!(counts(&order, 3), [0, 10, 10], "{order:?}");
+    }
+
+    #[test]
+    fn predicted_ttft_counts_the_prefill_peer_gateways_sent_since_the_last_scrape() {
+        let s = snapshot(2);
+        let now = Instant::now();
+        for r in &s.replicas {
+            r.record_scrape(stats(0.0, 0.0), now);
+        }
+        let f = RequestFeatures {
+            prompt_tokens: 100,
+            ..Default::default()
+        };
+        let r = routing(RoutingPolicy::PredictedTtft);
+        let c = PickContext { now, ..ctx(1, 1) };
+        // This gateway has 50 tokens pending on replica 0; a peer 3000 on replica 1, sent after
+        // the page both gateways read (it still shows both idle).
+        let _ours = s.replicas[0].start_request_with(50);
+        assert_eq!(pick(&r, &s, &f, c, &[]), Some(1), "alone, 1 looks idle");
+        s.replicas[1].set_peer_load(1, 3000);
+        assert_eq!(pick(&r, &s, &f, c, &[]), Some(0));
     }
 
     #[test]

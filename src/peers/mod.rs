@@ -11,6 +11,9 @@
 //! gateway itself (every endpoint of the gateways' Service): a page with its own identity is
 //! skipped. The list is static (`cluster.peers`) or the endpoints of the gateways' own
 //! Kubernetes Service (`cluster.kubernetes`), watched.
+//!
+//! What routing needs of the peers — their requests per replica and the prefixes they placed,
+//! fresher than a scrape — is exchanged apart, at `/admin/routing` ([`routing`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -20,6 +23,8 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tokio::task::{JoinHandle, JoinSet};
+
+pub mod routing;
 
 use crate::scrape::exposition;
 use crate::scrape::{HttpClient, ScrapeError, fetch_with};
@@ -135,6 +140,11 @@ impl Peers {
             let _ = self.up.remove_label_values(&[&gone.address]);
         }
         self.peers.store(Arc::new(next));
+    }
+
+    /// The other gateways' admin addresses (those not yet recognised as this one included).
+    pub fn addresses(&self) -> Vec<String> {
+        self.others().iter().map(|p| p.address.clone()).collect()
     }
 
     fn others(&self) -> Vec<Arc<Peer>> {
