@@ -30,6 +30,10 @@ use crate::scrape::{HttpClient, ScrapeError, fetch_with};
 /// 80,000 requests a second.
 const LOG_CAPACITY: usize = 4096;
 
+/// Most prefix blocks in one answer (~1.3 MB of JSON): a reader that is far behind catches up
+/// over several reads rather than in one answer of up to 4096 × 512 blocks.
+const BLOCKS_PER_READ: usize = 65_536;
+
 /// The prompt prefixes this gateway sent, in order, for its peers to read (bounded: a peer
 /// that reads too late misses the oldest, and says so).
 #[derive(Default)]
@@ -81,9 +85,9 @@ impl PlacementLog {
         });
     }
 
-    /// The placements logged after `since`, by pool; the cursor to ask from next time; and
-    /// whether some were already dropped. A cursor beyond the log's end (the gateway restarted)
-    /// gets everything kept.
+    /// The placements logged after `since` (up to [`BLOCKS_PER_READ`] blocks), by pool; the
+    /// cursor to ask from next time; and whether some were already dropped. A cursor beyond the
+    /// log's end (the gateway restarted) gets everything kept.
     fn since(&self, since: u64) -> (HashMap<Arc<str>, Vec<Placement>>, u64, bool) {
         let log = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let since = if since > log.last { 0 } else { since };
@@ -92,13 +96,19 @@ impl PlacementLog {
             .front()
             .is_some_and(|first| first.cursor > since + 1);
         let mut pools: HashMap<Arc<str>, Vec<Placement>> = HashMap::new();
+        let (mut cursor, mut blocks) = (since, 0);
         for entry in log.entries.iter().filter(|e| e.cursor > since) {
+            blocks += entry.placement.blocks.len();
+            if blocks > BLOCKS_PER_READ && cursor > since {
+                break;
+            }
             pools
                 .entry(entry.pool.clone())
                 .or_default()
                 .push(entry.placement.clone());
+            cursor = entry.cursor;
         }
-        (pools, log.last, missed)
+        (pools, cursor, missed)
     }
 }
 
@@ -374,5 +384,25 @@ mod tests {
         assert!(missed, "the second was dropped before it was read");
         assert_eq!(pools[&a].len(), LOG_CAPACITY);
         assert_eq!(cursor, 2 + LOG_CAPACITY as u64);
+    }
+
+    #[test]
+    fn a_reader_far_behind_catches_up_over_several_reads() {
+        let log = PlacementLog::default();
+        let a: Arc<str> = "a".into();
+        let long = vec![1u64; 512];
+        for i in 0..300 {
+            log.push(&a, i, &long);
+        }
+        // 300 × 512 blocks: 128 placements fit in one read (65,536 blocks).
+        let (first, cursor, _) = log.since(0);
+        assert_eq!((first[&a].len(), cursor), (128, 128));
+        let (second, cursor, _) = log.since(cursor);
+        assert_eq!((second[&a][0].replica, cursor), (128, 256));
+        let (third, cursor, _) = log.since(cursor);
+        assert_eq!((third[&a].len(), cursor), (44, 300));
+        let (none, cursor, _) = log.since(cursor);
+        assert!(none.is_empty());
+        assert_eq!(cursor, 300);
     }
 }
