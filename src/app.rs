@@ -60,6 +60,8 @@ pub struct Options {
     pub admin_token: Option<String>,
     /// The placements logged for the peers, kept across reloads (None: a new log).
     pub placements: Option<Arc<crate::peers::routing::PlacementLog>>,
+    /// The operators' actions so far, kept across reloads (None: none yet).
+    pub actions: Option<Arc<crate::admin::actions::ActionLog>>,
 }
 
 /// The bound listening sockets and the addresses they were configured with.
@@ -172,6 +174,7 @@ async fn start_on(config: Config, options: Options, sockets: Sockets) -> anyhow:
             .as_deref()
             .map(crate::gateway::auth::digest),
         placements,
+        actions: options.actions.clone().unwrap_or_default(),
     });
     let (gateway, admin) = serve(&state, gateway_listeners, admin_listener)?;
     let options = Options {
@@ -181,6 +184,7 @@ async fn start_on(config: Config, options: Options, sockets: Sockets) -> anyhow:
         gateway_id: Some(state.peers.id.clone()),
         admin_token: options.admin_token,
         placements: state.placements.clone(),
+        actions: Some(state.actions.clone()),
     };
     Ok(App {
         gateway_addr: gateway.addr,
@@ -481,7 +485,7 @@ fn serve(
     let (admin_drain, small) = (Duration::from_secs(1), http_server::Limits::SMALL);
     let admin = http_server::serve("admin", admin_listener, admin_drain, small, move |_| {
         let state = admin_state.clone();
-        move |req, _| crate::admin::handle(state.clone(), req)
+        move |req, peer| crate::admin::handle(state.clone(), req, peer)
     })?;
     Ok((gateway, admin))
 }

@@ -21,6 +21,7 @@ Examples:
   infergate check-config config/*.yaml     # validate config files, list every problem
   infergate load --concurrency 32          # drive load at the running gateway
   infergate simulate --rate 20 --duration 5m --routing predicted-ttft,round-robin
+  infergate admin pin local 3              # hold the pool `local` at 3 replicas
   infergate config-reference > docs/config.md";
 
 #[derive(Debug, Parser)]
@@ -68,6 +69,9 @@ pub enum Command {
     /// Replay a workload (trace or generator) in real time against an OpenAI-compatible
     /// endpoint, streaming; report latencies as `simulate` does.
     Loadgen(crate::loadgen::ReplayArgs),
+    /// Act on a running gateway: pause, resume or pin a pool's scaler, cordon, drain or
+    /// uncordon a replica, reload the config; or print its status.
+    Admin(crate::admin::client::AdminArgs),
 }
 
 /// Runs the command line and returns the process exit code.
@@ -95,7 +99,17 @@ pub fn run(args: impl IntoIterator<Item = impl Into<OsString> + Clone>) -> ExitC
         Command::Load(args) => report(run_load(args)),
         Command::Simulate(args) => report(crate::fleet_sim::simulate(args)),
         Command::Loadgen(args) => report(run_loadgen(args)),
+        Command::Admin(args) => report(run_admin(args)),
     }
+}
+
+fn run_admin(args: crate::admin::client::AdminArgs) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let answer = runtime.block_on(crate::admin::client::run(args))?;
+    println!("{}", answer.trim());
+    Ok(())
 }
 
 fn report(result: anyhow::Result<()>) -> ExitCode {
@@ -156,10 +170,13 @@ fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
             gateway.admin_addr
         );
         let mut hangups = hangups();
+        // Kept across reloads: an operator's reload action (`/admin/actions`) lands here too.
+        let reloads = gateway.state.reloads.clone();
         loop {
             tokio::select! {
                 () = shutdown_signal() => break,
                 Some(()) = hangups.recv() => gateway = reload(gateway, path.as_deref()).await,
+                () = reloads.requested() => gateway = reload(gateway, path.as_deref()).await,
             }
         }
         tracing::info!("shutting down: draining in-flight answers");

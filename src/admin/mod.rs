@@ -1,6 +1,11 @@
 //! The admin listener: `/metrics` (Prometheus text), `/healthz` (the process is up), `/readyz`
-//! (at least one pool can take a request) and `/admin/status` (pools and replicas as JSON).
+//! (at least one pool can take a request), `/admin/status` (pools and replicas as JSON),
+//! `/admin/routing` (what peer gateways read) and `POST /admin/actions` ([`actions`]).
 //! With an admin token, `/metrics` and `/admin/*` need it as a bearer token; probes do not.
+//! Without one, actions are taken only from loopback clients.
+
+pub mod actions;
+pub mod client;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -18,6 +23,8 @@ use crate::gateway::proxy::GatewayState;
 #[derive(Default)]
 pub struct Reloads {
     last: arc_swap::ArcSwapOption<ReloadOutcome>,
+    /// A reload asked for through `/admin/actions` (the serve loop waits on it).
+    requested: tokio::sync::Notify,
 }
 
 /// The last reload: when, and why it was refused if it was.
@@ -30,6 +37,16 @@ pub struct ReloadOutcome {
 }
 
 impl Reloads {
+    /// Asks the serve loop for a reload, as SIGHUP does.
+    pub fn request(&self) {
+        self.requested.notify_one();
+    }
+
+    /// Resolves when a reload is asked for.
+    pub async fn requested(&self) {
+        self.requested.notified().await;
+    }
+
     pub fn record(&self, error: Option<String>) {
         self.last.store(Some(Arc::new(ReloadOutcome {
             at: crate::openai::unix_seconds(),
@@ -57,14 +74,21 @@ fn authorized(state: &GatewayState, req: &Request<Incoming>) -> bool {
         .is_some_and(|token| digest(token.trim()) == *expected)
 }
 
-pub async fn handle(state: Arc<GatewayState>, req: Request<Incoming>) -> Response<GatewayBody> {
-    if req.method() != Method::GET {
-        return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
-    }
+pub async fn handle(
+    state: Arc<GatewayState>,
+    req: Request<Incoming>,
+    peer: std::net::SocketAddr,
+) -> Response<GatewayBody> {
     let path = req.uri().path();
     let probe = path == "/healthz" || path == "/readyz";
     if !probe && !authorized(&state, &req) {
         return text(StatusCode::UNAUTHORIZED, "a bearer token is required\n");
+    }
+    if path == "/admin/actions" {
+        return action(&state, req, peer).await;
+    }
+    if req.method() != Method::GET {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
     }
     match req.uri().path() {
         "/metrics" => {
@@ -157,6 +181,46 @@ pub async fn handle(state: Arc<GatewayState>, req: Request<Incoming>) -> Respons
     }
 }
 
+/// `POST /admin/actions`: an [`actions::Action`] as JSON; its result as JSON (`ok`, `result`).
+async fn action(
+    state: &GatewayState,
+    req: Request<Incoming>,
+    peer: std::net::SocketAddr,
+) -> Response<GatewayBody> {
+    if req.method() != Method::POST {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "POST an action\n");
+    }
+    // Without a token, anyone who reaches the listener could act: only this machine may.
+    if state.admin_token.is_none() && !peer.ip().is_loopback() {
+        return text(
+            StatusCode::UNAUTHORIZED,
+            "actions from beyond this machine need INFERGATE_ADMIN_TOKEN to be set\n",
+        );
+    }
+    let refused = |status: StatusCode, message: String| {
+        json_response(status, &json!({"ok": false, "result": message}))
+    };
+    let body = match crate::http_server::read_body(
+        req.into_body(),
+        64 * 1024,
+        crate::http_server::BodyTimeouts::DEFAULT,
+    )
+    .await
+    {
+        Ok(body) => body,
+        Err(e) => return refused(StatusCode::BAD_REQUEST, format!("unreadable body: {e:?}")),
+    };
+    let action: actions::Action = match serde_json::from_slice(&body) {
+        Ok(action) => action,
+        Err(e) => return refused(StatusCode::BAD_REQUEST, format!("not an action: {e}")),
+    };
+    match actions::apply(state, action, &peer.to_string()) {
+        Ok(result) => json_response(StatusCode::OK, &json!({"ok": true, "result": result})),
+        Err(e @ actions::ActionError::NotFound(_)) => refused(StatusCode::NOT_FOUND, e.to_string()),
+        Err(e) => refused(StatusCode::BAD_REQUEST, e.to_string()),
+    }
+}
+
 /// Pools, their replicas, in-flight counts and health.
 pub fn status(state: &GatewayState) -> serde_json::Value {
     let now = Instant::now();
@@ -181,7 +245,7 @@ pub fn status(state: &GatewayState) -> serde_json::Value {
                         })
                     });
                     let gpu = r.gpu_use(now, pool.gpu_stale_after());
-                    json!({"name": r.name, "pod": r.placement.pod, "node": r.placement.node, "inflight": r.inflight(), "peers_inflight": r.cluster_inflight() - r.inflight(), "ejected": r.is_ejected(now), "engine": engine, "gpu_utilization": gpu})
+                    json!({"name": r.name, "pod": r.placement.pod, "node": r.placement.node, "inflight": r.inflight(), "peers_inflight": r.cluster_inflight() - r.inflight(), "ejected": r.is_ejected(now), "cordoned": r.is_cordoned(), "drained": actions::drained(r, now, pool.config.metrics.stale_after), "engine": engine, "gpu_utilization": gpu})
                 })
                 .collect();
             json!({
@@ -192,6 +256,7 @@ pub fn status(state: &GatewayState) -> serde_json::Value {
                 "queued": pool.queued(),
                 "replicas": replicas,
                 "scaler": pool.scaler_status.load().as_deref(),
+                "scaler_hold": {"paused": pool.hold.paused(), "pinned": pool.hold.pinned()},
                 "kubernetes_api_up": pool.api_health.get().map(|h| h.is_up()),
             })
         })
@@ -201,6 +266,7 @@ pub fn status(state: &GatewayState) -> serde_json::Value {
         "pools": pools,
         "peers": state.peers.status(now),
         "config_reload": state.reloads.last().as_deref(),
+        "actions": state.actions.recent(),
     })
 }
 

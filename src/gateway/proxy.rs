@@ -41,6 +41,8 @@ pub struct GatewayState {
     /// The prompt prefixes sent, for the peers' reads of `/admin/routing` (when the gateways
     /// exchange routing state).
     pub placements: Option<Arc<crate::peers::routing::PlacementLog>>,
+    /// The operators' actions (`/admin/actions`), kept across reloads.
+    pub actions: Arc<crate::admin::actions::ActionLog>,
 }
 
 /// Answers one request on gateway worker thread `worker`.

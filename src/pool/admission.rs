@@ -12,7 +12,7 @@ use crate::router::{self, Snapshot};
 /// What the pool looks like to a request at one moment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Gate {
-    /// Some replica takes traffic (not ejected).
+    /// Some replica takes traffic (neither ejected nor cordoned).
     pub has_replica: bool,
     /// Every replica taking traffic is saturated (false when there is none).
     pub saturated: bool,
@@ -24,7 +24,7 @@ pub struct Gate {
 
 /// Reads the gate from the pool's replica set at `now`, with `queued` requests waiting.
 pub fn gate(snapshot: &Snapshot, pool: &config::Pool, now: Instant, queued: u64) -> Gate {
-    let has_replica = snapshot.replicas.iter().any(|r| !r.is_ejected(now));
+    let has_replica = snapshot.replicas.iter().any(|r| r.takes_traffic(now));
     let saturated = has_replica
         && router::all_saturated(snapshot, &pool.admission, now, pool.metrics.stale_after);
     Gate {

@@ -69,6 +69,8 @@ pub struct PoolState {
     /// Where this gateway logs the prompt prefixes it sends, for its peers (when they
     /// exchange routing state), with the pool's name as the log knows it.
     pub placements: std::sync::OnceLock<(Arc<crate::peers::routing::PlacementLog>, Arc<str>)>,
+    /// An operator's pause or pin of the scaler (`/admin/actions`).
+    pub hold: crate::admin::actions::ScalerHold,
 }
 
 /// The scaler's latest decision about a pool.
@@ -116,6 +118,7 @@ impl PoolState {
             scaler_status: arc_swap::ArcSwapOption::empty(),
             api_health: std::sync::OnceLock::new(),
             placements: std::sync::OnceLock::new(),
+            hold: Default::default(),
             draining: arc_swap::ArcSwap::from_pointee(Vec::new()),
         }
     }
@@ -206,7 +209,7 @@ impl PoolState {
             .load()
             .replicas
             .iter()
-            .filter(|r| !r.is_ejected(now))
+            .filter(|r| r.takes_traffic(now))
             .count() as u32
     }
 
@@ -289,7 +292,7 @@ impl PoolState {
             .load()
             .replicas
             .iter()
-            .any(|r| !r.is_ejected(now))
+            .any(|r| r.takes_traffic(now))
     }
 }
 

@@ -92,7 +92,7 @@ pub fn mean_kv_usage(
 ) -> Option<f64> {
     let (sum, n) = replicas
         .iter()
-        .filter(|r| !r.is_ejected(now))
+        .filter(|r| r.takes_traffic(now))
         .filter_map(|r| r.fresh_stats(now, stale_after)?.stats.kv_usage)
         .fold((0.0, 0u32), |(s, n), v| (s + v, n + 1));
     (n > 0).then(|| sum / f64::from(n))
@@ -129,6 +129,8 @@ pub struct Replica {
     half_open: std::sync::atomic::AtomicBool,
     /// Milliseconds since `epoch` until which the replica is ejected (0 = not ejected).
     ejected_until_ms: AtomicU64,
+    /// Taken out of routing by an operator (`/admin/actions`: cordon, drain) until uncordoned.
+    cordoned: std::sync::atomic::AtomicBool,
     epoch: Instant,
     scraped: ArcSwapOption<Scraped>,
     scrape_failures: AtomicU32,
@@ -200,6 +202,7 @@ impl Replica {
             ejections: AtomicU32::new(0),
             half_open: std::sync::atomic::AtomicBool::new(false),
             ejected_until_ms: AtomicU64::new(0),
+            cordoned: std::sync::atomic::AtomicBool::new(false),
             epoch,
             scraped: ArcSwapOption::empty(),
             scrape_failures: AtomicU32::new(0),
@@ -411,6 +414,22 @@ impl Replica {
 
     fn ms_since_epoch(&self, now: Instant) -> u64 {
         now.saturating_duration_since(self.epoch).as_millis() as u64
+    }
+
+    /// Whether new requests may go to the replica at `now`: neither ejected nor cordoned.
+    pub fn takes_traffic(&self, now: Instant) -> bool {
+        !self.is_cordoned() && !self.is_ejected(now)
+    }
+
+    /// Whether an operator took the replica out of routing.
+    pub fn is_cordoned(&self) -> bool {
+        self.cordoned.load(Ordering::Relaxed)
+    }
+
+    /// Takes the replica out of routing (true) or puts it back (false); requests already sent
+    /// finish normally.
+    pub fn set_cordoned(&self, cordoned: bool) {
+        self.cordoned.store(cordoned, Ordering::Relaxed);
     }
 
     /// Whether the replica is out of routing at `now`.

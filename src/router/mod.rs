@@ -89,7 +89,7 @@ pub struct PickContext {
     pub limits: crate::config::Admission,
 }
 
-/// Picks a replica index, skipping ejected replicas and those in `exclude` (already tried for
+/// Picks a replica index, skipping ejected and cordoned replicas and those in `exclude` (already tried for
 /// this request). None when no replica is eligible.
 pub fn pick(
     routing: &Routing,
@@ -98,7 +98,7 @@ pub fn pick(
     ctx: PickContext,
     exclude: &[usize],
 ) -> Option<usize> {
-    let eligible = |i: &usize| !exclude.contains(i) && !snapshot.replicas[*i].is_ejected(ctx.now);
+    let eligible = |i: &usize| !exclude.contains(i) && snapshot.replicas[*i].takes_traffic(ctx.now);
     let policy = routing.policy;
     match policy {
         RoutingPolicy::RoundRobin | RoutingPolicy::Random => {
@@ -142,6 +142,28 @@ mod test_support;
 mod tests {
     use super::test_support::*;
     use super::*;
+
+    #[test]
+    fn cordoned_replicas_are_skipped_until_uncordoned() {
+        let s = snapshot(2);
+        let f = RequestFeatures::default();
+        s.replicas[1].set_cordoned(true);
+        for policy in [RoutingPolicy::RoundRobin, RoutingPolicy::PredictedTtft] {
+            for r in 0..10 {
+                assert_eq!(pick(&routing(policy), &s, &f, ctx(r, r), &[]), Some(0));
+            }
+        }
+        s.replicas[0].set_cordoned(true);
+        assert_eq!(
+            pick(&routing(RoutingPolicy::RoundRobin), &s, &f, ctx(1, 1), &[]),
+            None
+        );
+        s.replicas[1].set_cordoned(false);
+        assert_eq!(
+            pick(&routing(RoutingPolicy::RoundRobin), &s, &f, ctx(1, 1), &[]),
+            Some(1)
+        );
+    }
 
     #[test]
     fn ejected_replicas_are_skipped_and_none_when_all_are_out() {

@@ -40,7 +40,7 @@ pub fn all_saturated(
     snapshot
         .replicas
         .iter()
-        .filter(|r| !r.is_ejected(now))
+        .filter(|r| r.takes_traffic(now))
         .all(|r| saturated(r, limits, now, stale_after))
 }
 

@@ -67,14 +67,23 @@ pub fn spawn(
                 queue_wait: pool.queue.take_max_wait().map(|d| d.as_secs_f64()),
             };
             let obs = observation::observe(&pool.snapshot(), &pool.config, now, beyond);
-            let rec = policy.recommend(&obs);
+            let mut rec = policy.recommend(&obs);
+            // An operator's pin replaces the recommendation (the policy still sees the load).
+            if let Some(pinned) = pool.hold.pinned() {
+                rec.reason = format!("pinned at {pinned} by an operator (policy: {})", rec.reason);
+                rec.desired = pinned;
+            }
             desired_gauge.set(i64::from(rec.desired));
             if last_desired != Some(rec.desired) {
                 tracing::info!(pool = pool.name(), ready = obs.ready, starting = obs.starting, desired = rec.desired, reason = %rec.reason, "scaler decision");
                 last_desired = Some(rec.desired);
             }
             let leading = actuation.leadership.as_ref().is_none_or(|l| l.is_leader());
-            let acting = actuation.enabled && leading;
+            let paused = pool.hold.paused();
+            if paused {
+                rec.reason = format!("paused by an operator (would want {})", rec.desired);
+            }
+            let acting = actuation.enabled && leading && !paused;
             if let Some(provider) = actuation.provider.as_ref().filter(|_| acting) {
                 match provider.scale(rec.desired, &obs).await {
                     Ok(action) => {

@@ -33,7 +33,7 @@ pub fn observe(
     now: Instant,
     beyond: Beyond,
 ) -> Observation {
-    let routed = || snapshot.replicas.iter().filter(|r| !r.is_ejected(now));
+    let routed = || snapshot.replicas.iter().filter(|r| r.takes_traffic(now));
     let gpu_stale_after = pool.metrics.gpu_stale_after();
     let (gpu_sum, gpu_n) = routed()
         .filter_map(|r| r.gpu_use(now, gpu_stale_after))

@@ -7,6 +7,7 @@ mod fleet;
 mod gateway;
 mod hardening;
 mod kube;
+mod operations;
 mod scaler;
 mod signals;
 mod sim;
