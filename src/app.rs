@@ -160,6 +160,12 @@ async fn start_on(config: Config, options: Options, sockets: Sockets) -> anyhow:
     }
     let placements =
         start_routing_sync(&config, &pools, &peers, &options, &metrics, &mut background);
+    let (notifier, senders) =
+        crate::notify::Notifier::start(&config.chatops.notify, &peers.id, &metrics);
+    background.extend(senders);
+    for pool in pools.live() {
+        let _ = pool.notifier.set(notifier.clone());
+    }
     let rate_limits = crate::gateway::auth::RateLimits::new(&config.auth);
     let state = Arc::new(GatewayState {
         config,
@@ -175,6 +181,7 @@ async fn start_on(config: Config, options: Options, sockets: Sockets) -> anyhow:
             .map(crate::gateway::auth::digest),
         placements,
         actions: options.actions.clone().unwrap_or_default(),
+        notifier,
     });
     let (gateway, admin) = serve(&state, gateway_listeners, admin_listener)?;
     let options = Options {

@@ -207,7 +207,8 @@ fn hangups() -> tokio::sync::mpsc::Receiver<()> {
 /// validate or a config that cannot start is reported and the current one keeps serving.
 async fn reload(gateway: crate::app::App, path: Option<&std::path::Path>) -> crate::app::App {
     let state = gateway.state.clone();
-    let outcome = |error: Option<String>| {
+    // Told to chat by the gateway that serves on: the new one when applied.
+    let outcome = |error: Option<String>, notifier: &crate::notify::Notifier| {
         let result = if error.is_none() {
             "applied"
         } else {
@@ -218,41 +219,57 @@ async fn reload(gateway: crate::app::App, path: Option<&std::path::Path>) -> cra
             .config_reloads
             .with_label_values(&[result])
             .inc();
+        let text = match &error {
+            None => "configuration reloaded".to_string(),
+            Some(e) => format!(
+                "configuration reload rejected, the previous one keeps serving: {}",
+                e.lines().take(3).collect::<Vec<_>>().join(" ")
+            ),
+        };
+        notifier.send(crate::notify::Event::new(
+            config::EventKind::Reload,
+            None,
+            text,
+        ));
         state.reloads.record(error);
     };
     let Some(path) = path else {
-        tracing::warn!("SIGHUP: the embedded default configuration has no file to reload");
-        outcome(Some("no configuration file (the embedded default)".into()));
+        tracing::warn!("reload: the embedded default configuration has no file to reload");
+        outcome(
+            Some("no configuration file (the embedded default)".into()),
+            &state.notifier,
+        );
         return gateway;
     };
     let config = match config::load(path) {
         Ok(config) => config,
         Err(errors) => {
             tracing::error!(
-                "SIGHUP: {} is not applied; the previous configuration keeps serving:\n{errors}",
+                "reload: {} is not applied; the previous configuration keeps serving:\n{errors}",
                 path.display()
             );
-            outcome(Some(errors.to_string()));
+            outcome(Some(errors.to_string()), &state.notifier);
             return gateway;
         }
     };
     let summary = config.summary();
     match gateway.reload(config).await {
         Ok(next) => {
-            tracing::info!("SIGHUP: configuration reloaded: {summary}");
-            outcome(None);
+            tracing::info!("reload: configuration reloaded: {summary}");
+            outcome(None, &next.state.notifier);
             next
         }
         Err((previous, e)) => {
             tracing::error!(
-                "SIGHUP: {} is not applied; the previous configuration keeps serving: {e:#}",
+                "reload: {} is not applied; the previous configuration keeps serving: {e:#}",
                 path.display()
             );
-            outcome(Some(format!("{e:#}")));
+            outcome(Some(format!("{e:#}")), &previous.state.notifier);
             previous
         }
     }
 }
+
 fn run_sim(args: SimArgs) -> anyhow::Result<()> {
     let opts = sim_options(args)?;
     // One thread: a fleet of simulators shares a small machine.

@@ -12,13 +12,15 @@
 //! - control: [`scaler`] (pure policies, observation, actuation; local and Kubernetes
 //!   providers), [`peers`] (the load only other gateways know), [`kubernetes`] (client,
 //!   leader lease);
-//! - beside them: [`config`], [`metrics`], [`admin`], [`http_server`], [`openai`] (wire
-//!   formats), [`telemetry`] (logs);
+//! - beside them: [`config`], [`metrics`], [`admin`] (status, operator actions), [`chatops`]
+//!   (slash commands from chat) and [`notify`] (events to chat), [`http_server`], [`openai`]
+//!   (wire formats), [`telemetry`] (logs);
 //! - tools: [`vllm_sim`] (a simulated vLLM replica, `infergate sim`), [`fleet_sim`] (the
 //!   fleet simulation, `infergate simulate`), [`loadgen`] (`infergate load` and `loadgen`).
 
 pub mod admin;
 pub mod app;
+pub mod chatops;
 pub mod cli;
 pub mod config;
 pub mod discovery;
@@ -28,6 +30,7 @@ pub mod http_server;
 pub mod kubernetes;
 pub mod loadgen;
 pub mod metrics;
+pub mod notify;
 pub mod openai;
 pub mod peers;
 pub mod pool;

@@ -30,6 +30,11 @@ pub struct Metrics {
     pub peer_up: IntGaugeVec,
     /// Prompt prefix placements read from the peer gateways' routing state.
     pub peer_placements: IntCounterVec,
+    /// Chat events dropped because a webhook's queue was full, and messages given up.
+    pub notify_dropped: IntCounterVec,
+    pub notify_failed: IntCounterVec,
+    /// Chat slash commands, by command and result.
+    pub chat_commands: IntCounterVec,
     pub config_reloads: IntCounterVec,
     /// Replicas this gateway drains for a scale-down (peer gateways stop sending to them).
     pub draining: IntGaugeVec,
@@ -153,6 +158,21 @@ impl Metrics {
                 "infergate_peer_placements_total",
                 "Prompt prefixes the peer gateways sent to replicas, as read from their routing state and recorded in this gateway's prefix index.",
                 &["peer"],
+            ),
+            notify_dropped: counter(
+                "infergate_notify_dropped_total",
+                "Chat events dropped because the webhook's queue was full (its chat server is slow or down), by webhook (its index in chatops.notify).",
+                &["webhook"],
+            ),
+            notify_failed: counter(
+                "infergate_notify_failed_total",
+                "Chat messages given up after retries, by webhook (its index in chatops.notify).",
+                &["webhook"],
+            ),
+            chat_commands: counter(
+                "infergate_chat_commands_total",
+                "Slash commands from chat, by command and result (done, refused, unauthenticated).",
+                &["command", "result"],
             ),
             draining: gauge(
                 "infergate_draining_replica",

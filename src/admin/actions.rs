@@ -129,6 +129,11 @@ pub fn apply(state: &GatewayState, action: Action, by: &str) -> Result<String, A
     } else {
         tracing::warn!(by, ?action, "admin action refused: {text}");
     }
+    state.notifier.send(crate::notify::Event::new(
+        crate::config::EventKind::Action,
+        None,
+        format!("{by}: {text}"),
+    ));
     state.actions.record(Done {
         at: crate::openai::unix_seconds(),
         by: by.to_string(),

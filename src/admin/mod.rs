@@ -1,6 +1,7 @@
 //! The admin listener: `/metrics` (Prometheus text), `/healthz` (the process is up), `/readyz`
 //! (at least one pool can take a request), `/admin/status` (pools and replicas as JSON),
-//! `/admin/routing` (what peer gateways read) and `POST /admin/actions` ([`actions`]).
+//! `/admin/routing` (what peer gateways read), `POST /admin/actions` ([`actions`]), and
+//! `POST /chat/slack`, `/chat/mattermost` (slash commands, [`crate::chatops`]).
 //! With an admin token, `/metrics` and `/admin/*` need it as a bearer token; probes do not.
 //! Without one, actions are taken only from loopback clients.
 
@@ -80,6 +81,15 @@ pub async fn handle(
     peer: std::net::SocketAddr,
 ) -> Response<GatewayBody> {
     let path = req.uri().path();
+    // Chat platforms sign their requests (or send a token) instead of the admin token.
+    let chat = match path {
+        "/chat/slack" => Some(crate::chatops::Platform::Slack),
+        "/chat/mattermost" => Some(crate::chatops::Platform::Mattermost),
+        _ => None,
+    };
+    if let Some(platform) = chat {
+        return chat_command(&state, platform, req).await;
+    }
     let probe = path == "/healthz" || path == "/readyz";
     if !probe && !authorized(&state, &req) {
         return text(StatusCode::UNAUTHORIZED, "a bearer token is required\n");
@@ -179,6 +189,30 @@ pub async fn handle(
         }
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
+}
+
+/// A slash command from chat ([`crate::chatops`]).
+async fn chat_command(
+    state: &GatewayState,
+    platform: crate::chatops::Platform,
+    req: Request<Incoming>,
+) -> Response<GatewayBody> {
+    if req.method() != Method::POST {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "POST a slash command\n");
+    }
+    let (parts, body) = req.into_parts();
+    let body = match crate::http_server::read_body(
+        body,
+        16 * 1024,
+        crate::http_server::BodyTimeouts::DEFAULT,
+    )
+    .await
+    {
+        Ok(body) => body,
+        Err(_) => return text(StatusCode::BAD_REQUEST, "unreadable body\n"),
+    };
+    let answer = crate::chatops::handle(state, platform, &parts.headers, &body);
+    json_response(answer.status, &answer.body)
 }
 
 /// `POST /admin/actions`: an [`actions::Action`] as JSON; its result as JSON (`ok`, `result`).

@@ -8,7 +8,8 @@ use std::time::Duration;
 use http::{HeaderName, Uri};
 
 pub use super::raw::{
-    GpuMetric, MetricsFormat, PortRef, RoutingPolicy, ScalerPolicy, UpstreamProtocol,
+    EventKind, GpuMetric, MetricsFormat, PortRef, RoutingPolicy, ScalerPolicy, UpstreamProtocol,
+    WebhookFormat,
 };
 
 #[derive(Debug, Clone)]
@@ -18,7 +19,45 @@ pub struct Config {
     pub leader_election: LeaderElection,
     pub cluster: Cluster,
     pub auth: Auth,
+    pub chatops: Chatops,
     pub pools: Vec<Pool>,
+}
+
+/// A secret read from the environment or a file: shown as `<redacted>` by `Debug`, so that it
+/// is never logged.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// Chat webhooks and slash commands.
+#[derive(Debug, Clone, Default)]
+pub struct Chatops {
+    pub notify: Vec<Webhook>,
+    pub commands: ChatCommands,
+}
+
+/// One chat webhook.
+#[derive(Debug, Clone)]
+pub struct Webhook {
+    pub url: Secret,
+    pub format: WebhookFormat,
+    /// Empty: every kind.
+    pub events: Vec<EventKind>,
+    pub min_interval: Duration,
+}
+
+/// Slash commands from chat.
+#[derive(Debug, Clone, Default)]
+pub struct ChatCommands {
+    pub slack_signing_secret: Option<Secret>,
+    pub mattermost_token: Option<Secret>,
+    /// Command → chat users (ids or names) allowed it; `*` for everyone.
+    pub allow: BTreeMap<String, Vec<String>>,
 }
 
 /// API keys of the data plane, by the SHA-256 of the key; empty: no authentication.

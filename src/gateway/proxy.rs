@@ -43,6 +43,8 @@ pub struct GatewayState {
     pub placements: Option<Arc<crate::peers::routing::PlacementLog>>,
     /// The operators' actions (`/admin/actions`), kept across reloads.
     pub actions: Arc<crate::admin::actions::ActionLog>,
+    /// Events to chat (`chatops.notify`).
+    pub notifier: crate::notify::Notifier,
 }
 
 /// Answers one request on gateway worker thread `worker`.

@@ -71,6 +71,8 @@ pub struct PoolState {
     pub placements: std::sync::OnceLock<(Arc<crate::peers::routing::PlacementLog>, Arc<str>)>,
     /// An operator's pause or pin of the scaler (`/admin/actions`).
     pub hold: crate::admin::actions::ScalerHold,
+    /// Where the pool's events (ejections, scaling) are told to chat.
+    pub notifier: std::sync::OnceLock<crate::notify::Notifier>,
 }
 
 /// The scaler's latest decision about a pool.
@@ -119,6 +121,7 @@ impl PoolState {
             api_health: std::sync::OnceLock::new(),
             placements: std::sync::OnceLock::new(),
             hold: Default::default(),
+            notifier: std::sync::OnceLock::new(),
             draining: arc_swap::ArcSwap::from_pointee(Vec::new()),
         }
     }
@@ -195,6 +198,17 @@ impl PoolState {
     fn ejected(&self, replica: &Replica, cause: &str) {
         self.gauges.ejections.inc();
         tracing::warn!(pool = self.name(), replica = %replica.name, cause, "replica ejected from routing");
+        self.notify(
+            crate::config::EventKind::Ejection,
+            format!("replica {} ejected from routing: {cause}", replica.name),
+        );
+    }
+
+    /// Tells chat about this pool (when notifications are configured; never waits).
+    pub fn notify(&self, kind: crate::config::EventKind, text: String) {
+        if let Some(notifier) = self.notifier.get() {
+            notifier.send(crate::notify::Event::new(kind, Some(self.name()), text));
+        }
     }
 
     /// How old a GPU reading may be: `metrics.gpu.stale_after` (no reading is used without a

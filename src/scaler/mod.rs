@@ -97,6 +97,13 @@ pub fn spawn(
                             scale_events
                                 .with_label_values(&[pool.name(), direction])
                                 .inc();
+                            pool.notify(
+                                crate::config::EventKind::Scale,
+                                format!(
+                                    "scaling {direction} to {} replicas ({} ready, {} starting): {}",
+                                    rec.desired, obs.ready, obs.starting, rec.reason
+                                ),
+                            );
                         }
                     }
                     Err(e) => {

@@ -60,6 +60,7 @@ fn broken_configs_list_every_expected_problem() {
     let files = yaml_files("tests/fixtures/bad-config");
     let names = names(&files);
     for fixture in [
+        "chatops.yaml",
         "duplicate-pool.yaml",
         "empty-pools.yaml",
         "gpu-source.yaml",

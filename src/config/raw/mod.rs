@@ -7,6 +7,7 @@
 //! [`Quantity`] every section uses; a pool's sections are in `pool` (discovery, admission,
 //! timeouts, retries), `metrics`, `routing` and `scaler`.
 
+mod chatops;
 mod metrics;
 mod pool;
 mod routing;
@@ -15,6 +16,7 @@ mod scaler;
 use schemars::JsonSchema;
 use serde::{Deserialize, Deserializer, Serialize};
 
+pub use chatops::*;
 pub use metrics::*;
 pub use pool::*;
 pub use routing::*;
@@ -69,6 +71,9 @@ pub struct RawConfig {
     /// API keys for the OpenAI API (data plane). Without any, every request is served as
     /// before; with keys, a request needs `Authorization: Bearer <key>` of one of them.
     pub auth: RawAuth,
+    /// Chat: webhooks told about scaling, ejections, reloads and operator actions, and slash
+    /// commands (`status`, `scale`, `drain`) from Slack or Mattermost.
+    pub chatops: RawChatops,
     /// The model pools. Each serves a set of model names from a set of replicas. At least one.
     pub pools: Vec<RawPool>,
 }

@@ -5,6 +5,7 @@
 //! classification, leader election, the pools' names and models across pools); one pool is
 //! validated in `pool` (with its discovery), its sections in `metrics`, `routing` and `scaler`.
 
+mod chatops;
 mod metrics;
 mod pool;
 mod routing;
@@ -114,6 +115,7 @@ pub fn validate(raw: RawConfig, locations: &Locations) -> Result<Config, Vec<Con
     };
     let cluster = cluster(&mut c, &raw.cluster);
     let auth = auth(&mut c, &raw.auth, &raw.classification, &raw.pools);
+    let chatops = chatops::chatops(&mut c, &raw.chatops);
     if raw.pools.is_empty() {
         c.fail("pools", "at least one pool is required");
     }
@@ -151,6 +153,7 @@ pub fn validate(raw: RawConfig, locations: &Locations) -> Result<Config, Vec<Con
             leader_election,
             cluster,
             auth,
+            chatops,
             pools,
         })
     } else {
