@@ -122,6 +122,7 @@ async fn start_on(config: Config, options: Options, sockets: Sockets) -> anyhow:
     let epoch = Instant::now();
     let pools = Pools::new(
         &config.pools,
+        &config.versions,
         &metrics,
         epoch,
         workers,
@@ -520,6 +521,10 @@ impl App {
         };
         match start_on(config, self.options.clone(), sockets).await {
             Ok(next) => {
+                // From here on, new connections go to the new config only; the old one's
+                // open answers finish in the background.
+                self.gateway.stop_accepting().await;
+                self.admin.stop_accepting().await;
                 tokio::spawn(self.shutdown());
                 Ok(next)
             }

@@ -34,11 +34,31 @@ use tokio::sync::{Notify, oneshot, watch};
 pub struct Server {
     pub addr: SocketAddr,
     stop: watch::Sender<bool>,
+    /// Accept loops still accepting, and a wake-up each time one stops.
+    accepting: Arc<(AtomicUsize, tokio::sync::Notify)>,
     /// One per accept loop; resolves when that loop has drained.
     done: Vec<oneshot::Receiver<()>>,
 }
 
 impl Server {
+    /// Stops accepting new connections and returns once no accept loop takes one any more
+    /// (at most a second; open connections go on): on a reload, every connection made after
+    /// this goes to the next server. [`Self::shutdown`] then drains.
+    pub async fn stop_accepting(&self) {
+        let _ = self.stop.send(true);
+        let (left, stopped) = &*self.accepting;
+        let all = async {
+            loop {
+                let next = stopped.notified();
+                if left.load(Ordering::Acquire) == 0 {
+                    return;
+                }
+                next.await;
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(1), all).await;
+    }
+
     /// Stops accepting, waits for open connections to finish (at most `drain`), then returns.
     pub async fn shutdown(self, drain: Duration) {
         let _ = self.stop.send(true);
@@ -138,12 +158,16 @@ where
     let (stop, stopped) = watch::channel(false);
     let make_handler = Arc::new(make_handler);
     let balance = Balance::new(listeners.len());
+    let accepting = Arc::new((
+        AtomicUsize::new(listeners.len()),
+        tokio::sync::Notify::new(),
+    ));
     let mut done = Vec::new();
     for (worker, listener) in listeners.into_iter().enumerate() {
         let (done_tx, done_rx) = oneshot::channel();
         done.push(done_rx);
         let (stopped, make_handler) = (stopped.clone(), make_handler.clone());
-        let balance = balance.clone();
+        let (balance, accepting) = (balance.clone(), accepting.clone());
         std::thread::Builder::new()
             .name(format!("{name}-{worker}"))
             .spawn(move || {
@@ -162,13 +186,19 @@ where
                         limits,
                         balance,
                         worker,
+                        accepting,
                     };
                     accept.run(handler, stopped).await;
                 });
                 let _ = done_tx.send(());
             })?;
     }
-    Ok(Server { addr, stop, done })
+    Ok(Server {
+        addr,
+        stop,
+        accepting,
+        done,
+    })
 }
 
 /// Open connections per worker. Clients such as load generators and connection-pooling SDKs
@@ -235,6 +265,8 @@ struct Accept {
     limits: Limits,
     balance: Balance,
     worker: usize,
+    /// Told when this loop stops accepting ([`Server::stop_accepting`]).
+    accepting: Arc<(AtomicUsize, tokio::sync::Notify)>,
 }
 
 /// What a connection over the cap gets before it is closed.
@@ -256,6 +288,7 @@ impl Accept {
             limits,
             balance,
             worker,
+            accepting,
         } = self;
         let graceful = GracefulShutdown::new();
         let mut builder = auto::Builder::new(LocalExecutor);
@@ -325,6 +358,9 @@ impl Accept {
             }
         }
         drop(listener);
+        let (left, stopped_accepting) = &*accepting;
+        left.fetch_sub(1, Ordering::AcqRel);
+        stopped_accepting.notify_waiters();
         stopping.set(true);
         // Clients that send on their keep-alive connections now get an answer marked as the
         // last; a moment later the idle ones are closed.

@@ -254,6 +254,36 @@ impl Metrics {
         }
     }
 
+    /// Quantiles of `pool`'s streamed time to first token so far, read off its histogram
+    /// (linear within a bucket, as Prometheus's `histogram_quantile` does); None without
+    /// streams.
+    pub fn ttft_quantiles(&self, pool: &str, quantiles: &[f64]) -> Vec<Option<f64>> {
+        let h = self.stream_ttft.with_label_values(&[pool]);
+        let total = h.get_sample_count();
+        let buckets: Vec<(f64, u64)> = LATENCY_BUCKETS
+            .iter()
+            .copied()
+            .zip(cumulative_counts(&h))
+            .collect();
+        quantiles
+            .iter()
+            .map(|q| {
+                (total > 0).then(|| {
+                    let rank = q * total as f64;
+                    let mut below = (0.0, 0u64);
+                    for &(bound, count) in &buckets {
+                        if count as f64 >= rank {
+                            let share = (rank - below.1 as f64) / (count - below.1).max(1) as f64;
+                            return below.0 + (bound - below.0) * share;
+                        }
+                        below = (bound, count);
+                    }
+                    below.0 // beyond the last bound: the last bound
+                })
+            })
+            .collect()
+    }
+
     /// The request path's handles for one pool.
     pub fn pool(&self, pool: &str) -> PoolMetrics {
         PoolMetrics {
@@ -278,5 +308,41 @@ impl Metrics {
 
     pub fn render(&self) -> Vec<u8> {
         crate::telemetry::render_metrics(&self.registry)
+    }
+}
+
+/// A histogram's cumulative bucket counts, in bound order.
+fn cumulative_counts(h: &Histogram) -> Vec<u64> {
+    use prometheus::core::Collector;
+    h.collect()
+        .iter()
+        .flat_map(|f| f.get_metric())
+        .flat_map(|m| m.get_histogram().get_bucket())
+        .map(|b| b.cumulative_count())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ttft_quantiles_interpolate_within_buckets_as_prometheus_does() {
+        let m = Metrics::new();
+        assert_eq!(m.ttft_quantiles("p", &[0.5]), vec![None], "no streams yet");
+        let h = m.pool("p").stream_ttft;
+        // 80 in (0.05, 0.1], 20 in (0.5, 1.0].
+        for _ in 0..80 {
+            h.observe(0.07);
+        }
+        for _ in 0..20 {
+            h.observe(0.7);
+        }
+        let q = m.ttft_quantiles("p", &[0.4, 0.8, 0.9]);
+        // Rank 40 of the 80 in (0.05, 0.1]: halfway, 0.075; rank 80 is that bucket's top;
+        // rank 90 is halfway into (0.5, 1.0].
+        assert!((q[0].unwrap() - 0.075).abs() < 1e-9, "{q:?}");
+        assert!((q[1].unwrap() - 0.1).abs() < 1e-9, "{q:?}");
+        assert!((q[2].unwrap() - 0.75).abs() < 1e-9, "{q:?}");
     }
 }

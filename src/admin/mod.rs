@@ -191,6 +191,55 @@ pub async fn handle(
     }
 }
 
+/// Each split model's versions side by side: weight, answers and errors so far (from
+/// `infergate_requests_total`), and TTFT quantiles of its streams (from its pool's histogram).
+fn versions(state: &GatewayState) -> serde_json::Value {
+    use prometheus::core::Collector;
+    let families = state.metrics.requests.collect();
+    let counts = |pool: &str, model: &str| {
+        let (mut ok, mut errors) = (0.0, 0.0);
+        for m in families.iter().flat_map(|f| f.get_metric()) {
+            let label = |name: &str| {
+                m.get_label()
+                    .iter()
+                    .find(|l| l.name() == name)
+                    .map(|l| l.value().to_string())
+                    .unwrap_or_default()
+            };
+            if label("pool") == pool && label("model") == model {
+                let n = m.get_counter().get_value();
+                if label("status") == "200" {
+                    ok += n
+                } else {
+                    errors += n
+                }
+            }
+        }
+        (ok as u64, errors as u64)
+    };
+    let splits: Vec<serde_json::Value> = state
+        .pools
+        .models
+        .routes()
+        .iter()
+        .filter_map(|route| {
+            let split = route.split.as_ref()?;
+            let versions: Vec<serde_json::Value> = split
+                .versions
+                .iter()
+                .map(|v| {
+                    let (answers, errors) = counts(&v.name, &route.model);
+                    let ttft = state.metrics.ttft_quantiles(&v.name, &[0.5, 0.9]);
+                    json!({"pool": v.name, "weight": v.weight, "answers": answers, "errors": errors,
+                           "ttft_p50_s": ttft[0], "ttft_p90_s": ttft[1]})
+                })
+                .collect();
+            Some(json!({"model": route.model, "sticky_header": split.sticky_header.as_ref().map(|h| h.as_str()), "versions": versions}))
+        })
+        .collect();
+    json!(splits)
+}
+
 /// A slash command from chat ([`crate::chatops`]).
 async fn chat_command(
     state: &GatewayState,
@@ -301,6 +350,7 @@ pub fn status(state: &GatewayState) -> serde_json::Value {
         "peers": state.peers.status(now),
         "config_reload": state.reloads.last().as_deref(),
         "actions": state.actions.recent(),
+        "versions": versions(state),
     })
 }
 

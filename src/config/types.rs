@@ -20,7 +20,18 @@ pub struct Config {
     pub cluster: Cluster,
     pub auth: Auth,
     pub chatops: Chatops,
+    pub versions: Vec<ModelVersions>,
     pub pools: Vec<Pool>,
+}
+
+/// A served model name split across versions (pools).
+#[derive(Debug, Clone)]
+pub struct ModelVersions {
+    pub model: String,
+    /// (pool index, weight in percent), in config order.
+    pub split: Vec<(usize, u32)>,
+    pub sticky_header: Option<HeaderName>,
+    pub pin_header: HeaderName,
 }
 
 /// A secret read from the environment or a file: shown as `<redacted>` by `Debug`, so that it
@@ -75,6 +86,7 @@ pub struct ApiKey {
     /// Priority classes (indices) it may ask for with the priority header.
     pub priority_classes: Vec<usize>,
     pub requests_per_minute: Option<u32>,
+    pub pin_versions: bool,
 }
 
 /// The Service whose endpoints are the gateway replicas' admin listeners.

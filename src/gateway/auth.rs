@@ -138,6 +138,7 @@ mod tests {
             models: models.map(|m| m.iter().map(|s| s.to_string()).collect()),
             priority_classes: classes,
             requests_per_minute: None,
+            pin_versions: false,
         };
         Auth {
             keys: [(digest(key), api_key)].into(),

@@ -25,6 +25,10 @@ pub enum GatewayError {
     Unauthorized,
     #[error("this API key may not use the model `{0}`")]
     Forbidden(String),
+    #[error("this API key may not pin a model version")]
+    PinForbidden,
+    #[error("the model has no version `{0}`")]
+    UnknownVersion(String),
     #[error("this API key is over its request rate; retry in {0} s")]
     RateLimited(u64),
     #[error("no route for {0}")]
@@ -61,12 +65,15 @@ pub fn echo(text: &str) -> String {
 impl GatewayError {
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::MalformedJson(_) | Self::MissingModel | Self::BodyRead => StatusCode::BAD_REQUEST,
+            Self::MalformedJson(_)
+            | Self::MissingModel
+            | Self::BodyRead
+            | Self::UnknownVersion(_) => StatusCode::BAD_REQUEST,
             Self::UnknownModel(_) | Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
-            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::Forbidden(_) | Self::PinForbidden => StatusCode::FORBIDDEN,
             Self::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::NoReplica => StatusCode::SERVICE_UNAVAILABLE,
             Self::UpstreamUnreachable | Self::UpstreamFailed => StatusCode::BAD_GATEWAY,

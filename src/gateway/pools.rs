@@ -56,12 +56,13 @@ pub struct Pools {
 impl Pools {
     pub fn new(
         configs: &[config::Pool],
+        versions: &[config::ModelVersions],
         metrics: &Metrics,
         epoch: Instant,
         workers: usize,
         priority_classes: usize,
     ) -> Self {
-        let models = ModelIndex::new(configs);
+        let models = ModelIndex::new(configs, versions);
         let ok_requests = models
             .routes()
             .iter()

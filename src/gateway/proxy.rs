@@ -127,7 +127,15 @@ async fn proxy(
         .pools
         .route(&classified.model)
         .ok_or_else(|| GatewayError::UnknownModel(echo(&classified.model)))?;
-    let pool = state.pools.pools[route.route.pool].clone();
+    let version = match &route.route.split {
+        Some(split) => Some(choose_version(split, &parts.headers, key)?),
+        None => None,
+    };
+    let (pool_index, rewrite_to) = match version {
+        Some(v) => (v.pool, Some(&v.served)),
+        None => (route.route.pool, route.route.rewrite_to.as_ref()),
+    };
+    let pool = state.pools.pools[pool_index].clone();
     classified.features.adapter = route.route.adapter;
     pool.metrics.bytes_in.inc_by(body.len() as u64);
     // Prefix blocks of the prompt as sent (before any alias rewrite), for pools that use them.
@@ -144,7 +152,7 @@ async fn proxy(
         }
         _ => Vec::new(),
     };
-    let body = match &route.route.rewrite_to {
+    let body = match rewrite_to {
         Some(target) => Bytes::from(rewrite_model(&body, target)?),
         None => body,
     };
@@ -156,12 +164,19 @@ async fn proxy(
         blocks: &blocks,
         received,
     };
-    let result = forward(&pool, worker, &state.config.classification, request).await;
+    let mut result = forward(&pool, worker, &state.config.classification, request).await;
+    if let (Some(v), Ok(response)) = (version, &mut result) {
+        // Which version answered, for A/B analysis on the client's side.
+        if let Ok(name) = HeaderValue::from_str(&v.name) {
+            response.headers_mut().insert(VERSION_HEADER, name);
+        }
+    }
     let status = match &result {
         Ok(response) => response.status(),
         Err(e) => e.status(),
     };
-    if status == http::StatusCode::OK {
+    // The resolved counter names the route's own pool: a split's versions count by theirs.
+    if status == http::StatusCode::OK && version.is_none() {
         route.ok_requests.inc();
     } else {
         state
@@ -171,6 +186,32 @@ async fn proxy(
             .inc();
     }
     result
+}
+
+/// The response header naming the version (pool) that answered a split model's request.
+const VERSION_HEADER: HeaderName = HeaderName::from_static("x-infergate-version");
+
+/// The version of a split model for this request: the one its pin header names (if its key may
+/// pin), else drawn by its sticky header's value, else at random.
+fn choose_version<'a>(
+    split: &'a crate::pool::models::VersionSplit,
+    headers: &http::HeaderMap,
+    key: Option<&crate::config::ApiKey>,
+) -> Result<&'a crate::pool::models::Version, GatewayError> {
+    let pinned = headers
+        .get(&split.pin_header)
+        .map(|v| v.to_str().unwrap_or_default());
+    if pinned.is_some() && key.is_some_and(|k| !k.pin_versions) {
+        return Err(GatewayError::PinForbidden);
+    }
+    let sticky = split
+        .sticky_header
+        .as_ref()
+        .and_then(|h| headers.get(h))
+        .map(|v| v.as_bytes());
+    split
+        .choose(pinned, sticky, random_u64())
+        .ok_or_else(|| GatewayError::UnknownVersion(echo(pinned.unwrap_or_default())))
 }
 
 /// A classified request on its way to a replica.

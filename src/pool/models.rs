@@ -1,8 +1,10 @@
 //! Which pool serves which model name: every served name and alias of every pool, with the
-//! name an alias is rewritten to and the LoRA adapter a served name is. One lookup for the
-//! gateway and the fleet simulation alike.
+//! name an alias is rewritten to and the LoRA adapter a served name is, and the names split
+//! across versions ([`VersionSplit`]: which pool a request goes to). One lookup for the gateway
+//! and the fleet simulation alike.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use serde_json::json;
@@ -20,6 +22,58 @@ pub struct ModelRoute {
     pub rewrite_to: Option<String>,
     /// The LoRA adapter the served name is (`routing.lora_adapters`), if it is one.
     pub adapter: Option<u64>,
+    /// For a name split across versions, the split; `pool` and `rewrite_to` are then the
+    /// first version's, and each request draws its own ([`VersionSplit::choose`]).
+    pub split: Option<Arc<VersionSplit>>,
+}
+
+/// A served name's versions, each a pool, with their weights.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VersionSplit {
+    pub versions: Vec<Version>,
+    pub sticky_header: Option<http::HeaderName>,
+    pub pin_header: http::HeaderName,
+}
+
+/// One version of a split.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Version {
+    /// Index of its pool, and the pool's name (what a pin names).
+    pub pool: usize,
+    pub name: String,
+    /// The name the request is rewritten to: the pool's first served model.
+    pub served: String,
+    /// Percent of requests.
+    pub weight: u32,
+}
+
+impl VersionSplit {
+    /// The version for one request: the pinned one (by pool name; None if no version has that
+    /// name); else by the sticky key's hash when there is one, else by `random` — each a point
+    /// in 0..100 that falls in one version's share.
+    pub fn choose(
+        &self,
+        pinned: Option<&str>,
+        sticky: Option<&[u8]>,
+        random: u64,
+    ) -> Option<&Version> {
+        if let Some(name) = pinned {
+            return self.versions.iter().find(|v| v.name == name);
+        }
+        let total: u64 = self.versions.iter().map(|v| u64::from(v.weight)).sum();
+        if total == 0 {
+            return self.versions.first();
+        }
+        let point = match sticky {
+            Some(key) => spread(crate::openai::fnv1a(key)),
+            None => random,
+        } % total;
+        let mut upto = 0;
+        self.versions.iter().find(|v| {
+            upto += u64::from(v.weight);
+            point < upto
+        })
+    }
 }
 
 /// Every model name of every pool.
@@ -32,7 +86,7 @@ pub struct ModelIndex {
 }
 
 impl ModelIndex {
-    pub fn new(pools: &[config::Pool]) -> Self {
+    pub fn new(pools: &[config::Pool], versions: &[config::ModelVersions]) -> Self {
         let mut routes = Vec::new();
         let mut data = Vec::new();
         let created = crate::openai::unix_seconds();
@@ -49,6 +103,7 @@ impl ModelIndex {
                     model: model.clone(),
                     rewrite_to: None,
                     adapter: adapter(model),
+                    split: None,
                 });
                 data.push(json!({"id": model, "object": "model", "created": created, "owned_by": pool.name}));
             }
@@ -58,9 +113,37 @@ impl ModelIndex {
                     model: alias.clone(),
                     rewrite_to: Some(target.clone()),
                     adapter: adapter(target),
+                    split: None,
                 });
                 data.push(json!({"id": alias, "object": "model", "created": created, "owned_by": pool.name, "root": target}));
             }
+        }
+        for split in versions {
+            let versions: Vec<Version> = split
+                .split
+                .iter()
+                .map(|&(pool, weight)| Version {
+                    pool,
+                    name: pools[pool].name.clone(),
+                    served: pools[pool].models.first().cloned().unwrap_or_default(),
+                    weight,
+                })
+                .collect();
+            let Some(first) = versions.first().cloned() else {
+                continue;
+            };
+            routes.push(ModelRoute {
+                pool: first.pool,
+                model: split.model.clone(),
+                rewrite_to: Some(first.served),
+                adapter: None,
+                split: Some(Arc::new(VersionSplit {
+                    versions,
+                    sticky_header: split.sticky_header.clone(),
+                    pin_header: split.pin_header.clone(),
+                })),
+            });
+            data.push(json!({"id": split.model, "object": "model", "created": created, "owned_by": "infergate"}));
         }
         let by_name = routes
             .iter()
@@ -89,6 +172,15 @@ impl ModelIndex {
     }
 }
 
+/// SplitMix64's finaliser: keys that differ in one byte land far apart (FNV-1a's low bits
+/// alone would not spread `user-1`, `user-2`, ... evenly over 100).
+fn spread(h: u64) -> u64 {
+    let mut z = h.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -102,7 +194,7 @@ mod tests {
         second.aliases = [("sql".to_string(), "sql-lora".to_string())].into();
         second.routing.lora_adapters = vec!["sql-lora".into()];
         config.pools.push(second);
-        let index = ModelIndex::new(&config.pools);
+        let index = ModelIndex::new(&config.pools, &[]);
         let first_model = config.pools[0].models[0].clone();
         assert_eq!(index.lookup(&first_model).unwrap().1.pool, 0);
         let (_, base) = index.lookup("base").unwrap();
@@ -112,6 +204,7 @@ mod tests {
         assert_eq!(alias.rewrite_to.as_deref(), Some("sql-lora"));
         assert_eq!(alias.adapter, Some(crate::replica::adapter_id("sql-lora")));
         assert!(index.lookup("SQL").is_none(), "model names are exact");
+        assert!(index.lookup("base").unwrap().1.split.is_none());
         let listed: serde_json::Value = serde_json::from_slice(&index.models_json).unwrap();
         let ids: Vec<&str> = listed["data"]
             .as_array()
@@ -122,5 +215,53 @@ mod tests {
         assert!(
             ids.contains(&"sql") && ids.contains(&"base") && ids.contains(&first_model.as_str())
         );
+    }
+
+    fn split(weights: &[u32], sticky: bool) -> VersionSplit {
+        VersionSplit {
+            versions: weights
+                .iter()
+                .enumerate()
+                .map(|(i, &weight)| Version {
+                    pool: i,
+                    name: format!("v{i}"),
+                    served: format!("m{i}"),
+                    weight,
+                })
+                .collect(),
+            sticky_header: sticky.then(|| http::HeaderName::from_static("x-user")),
+            pin_header: http::HeaderName::from_static("x-infergate-version"),
+        }
+    }
+
+    #[test]
+    fn requests_split_by_weight_stick_by_key_and_follow_a_pin() {
+        let s = split(&[90, 10], true);
+        let mut rng = crate::fleet_sim::workload::Rng::new(7);
+        let mut counts = [0u32; 2];
+        for _ in 0..10_000 {
+            counts[s.choose(None, None, rng.next_u64()).unwrap().pool] += 1;
+        }
+        assert!((8_900..=9_100).contains(&counts[0]), "{counts:?}");
+        // Keys: the same key, the same version, every time; across keys, about the weights.
+        let mut by_key = [0u32; 2];
+        for user in 0..2_000 {
+            let key = format!("user-{user}");
+            let first = s.choose(None, Some(key.as_bytes()), 1).unwrap().pool;
+            for random in [2, 3, u64::MAX] {
+                assert_eq!(
+                    s.choose(None, Some(key.as_bytes()), random).unwrap().pool,
+                    first
+                );
+            }
+            by_key[first] += 1;
+        }
+        assert!((1_700..=1_900).contains(&by_key[0]), "{by_key:?}");
+        assert_eq!(s.choose(Some("v1"), Some(b"user-1"), 0).unwrap().pool, 1);
+        assert_eq!(s.choose(Some("nope"), None, 0), None);
+        // Weight 0: pinned requests only.
+        let only_first = split(&[100, 0], false);
+        assert!((0..1000).all(|r| only_first.choose(None, None, r).unwrap().pool == 0));
+        assert_eq!(only_first.choose(Some("v1"), None, 0).unwrap().pool, 1);
     }
 }

@@ -69,6 +69,7 @@ fn broken_configs_list_every_expected_problem() {
         "negative-duration.yaml",
         "syntax-error.yaml",
         "unknown-key.yaml",
+        "versions.yaml",
         "wrong-type.yaml",
     ] {
         assert!(

@@ -13,3 +13,4 @@ mod scaler;
 mod signals;
 mod sim;
 mod support;
+mod versions;

@@ -12,6 +12,7 @@ mod metrics;
 mod pool;
 mod routing;
 mod scaler;
+mod versions;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Deserializer, Serialize};
@@ -21,6 +22,7 @@ pub use metrics::*;
 pub use pool::*;
 pub use routing::*;
 pub use scaler::*;
+pub use versions::*;
 
 /// A number with a unit (`250ms`, `32MiB`), kept as text until validation parses it. A bare
 /// number is accepted here so that validation can say "no unit" instead of "wrong type".
@@ -74,6 +76,8 @@ pub struct RawConfig {
     /// Chat: webhooks told about scaling, ejections, reloads and operator actions, and slash
     /// commands (`status`, `scale`, `drain`) from Slack or Mattermost.
     pub chatops: RawChatops,
+    /// Model versions: a served name split by weight across pools (A/B tests, canaries).
+    pub versions: Vec<RawVersions>,
     /// The model pools. Each serves a set of model names from a set of replicas. At least one.
     pub pools: Vec<RawPool>,
 }
@@ -176,6 +180,8 @@ pub struct RawApiKey {
     /// Requests per minute the key may send (a steady rate, with bursts of up to a tenth of
     /// it); over it, 429 with `Retry-After`. Unset: no limit.
     pub requests_per_minute: Option<u32>,
+    /// Whether the key may pin a model version with the versions' `pin_header`.
+    pub pin_versions: bool,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]

@@ -10,6 +10,7 @@ mod metrics;
 mod pool;
 mod routing;
 mod scaler;
+mod versions;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -116,6 +117,7 @@ pub fn validate(raw: RawConfig, locations: &Locations) -> Result<Config, Vec<Con
     let cluster = cluster(&mut c, &raw.cluster);
     let auth = auth(&mut c, &raw.auth, &raw.classification, &raw.pools);
     let chatops = chatops::chatops(&mut c, &raw.chatops);
+    let versions = versions::versions(&mut c, &raw.versions, &raw.pools);
     if raw.pools.is_empty() {
         c.fail("pools", "at least one pool is required");
     }
@@ -154,6 +156,7 @@ pub fn validate(raw: RawConfig, locations: &Locations) -> Result<Config, Vec<Con
             cluster,
             auth,
             chatops,
+            versions,
             pools,
         })
     } else {
@@ -220,6 +223,7 @@ fn auth(c: &mut Checker, raw: &RawAuth, classes: &RawClassification, pools: &[Ra
             models: (!key.models.is_empty()).then(|| key.models.iter().cloned().collect()),
             priority_classes,
             requests_per_minute: key.requests_per_minute,
+            pin_versions: key.pin_versions,
         };
         if keys.insert(digest, api_key).is_some() {
             c.fail(format!("{p}.sha256"), "the same key is listed twice");

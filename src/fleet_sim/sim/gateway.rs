@@ -30,7 +30,16 @@ impl Fleet<'_> {
             None => Some((0, None)),
             Some(model) => self.models.lookup(model).map(|(_, route)| {
                 let served = route.rewrite_to.as_ref().unwrap_or(&route.model);
-                (route.pool, route.adapter.map(|a| (a, served.clone())))
+                // A split's version as the gateway draws it; a session stands in for the
+                // sticky header.
+                let pool = route.split.as_ref().map_or(route.pool, |split| {
+                    let sticky = split.sticky_header.as_ref().and(request.session.as_deref());
+                    // Drawn only for a split: other runs keep their random sequence.
+                    split
+                        .choose(None, sticky.map(str::as_bytes), self.rng.next_u64())
+                        .map_or(route.pool, |v| v.pool)
+                });
+                (pool, route.adapter.map(|a| (a, served.clone())))
             }),
         };
         let Some((p, adapter)) = route else {

@@ -324,7 +324,7 @@ impl<'w> Fleet<'w> {
         let mut fleet = Self {
             workload,
             config,
-            models: ModelIndex::new(&config.pools),
+            models: ModelIndex::new(&config.pools, &config.versions),
             spec,
             epoch: Instant::now(),
             now: 0.0,

@@ -1,0 +1,43 @@
+//! The schema of the `versions` section: a served model name split across versions of the
+//! model, each a pool of its own (its replicas, discovery and scaler), by weight.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawVersions {
+    /// The model name clients send. Required; no pool may serve or alias it directly. Each
+    /// request is rewritten to the chosen version's served name (its pool's first model).
+    pub model: String,
+    /// The versions and their shares of requests: weights summing to 100.
+    pub split: Vec<RawVersion>,
+    /// A request header whose value keeps its sender on one version (e.g. `x-user-id`): the
+    /// same value lands on the same version as long as the weights stay. Unset: each request
+    /// is drawn anew. Requests without the header are drawn anew too.
+    pub sticky_header: Option<String>,
+    /// A request header naming a version (its pool) to use, for testing. With API keys, only
+    /// keys with `pin_versions: true` may send it.
+    pub pin_header: String,
+}
+
+impl Default for RawVersions {
+    fn default() -> Self {
+        Self {
+            model: String::new(),
+            split: Vec::new(),
+            sticky_header: None,
+            pin_header: "x-infergate-version".into(),
+        }
+    }
+}
+
+/// One version: a pool and its weight.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawVersion {
+    /// The pool serving this version (by name). Required.
+    pub pool: String,
+    /// Its share of requests, in percent (0–100; 0 keeps it for pinned requests only).
+    pub weight: u32,
+}

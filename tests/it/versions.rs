@@ -1,0 +1,223 @@
+//! Model versions: a served name split by weight across two pools, each in front of its own
+//! simulated replica — the split measured, sticky users, pins (and who may pin), the
+//! version-comparison status, and a reload that moves the weights while a stream finishes on
+//! the version it started on.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use infergate::app::{self, App};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::support::*;
+
+/// Two pools `v1` and `v2` (serving `chat-v1`, `chat-v2`), `chat` split between them.
+fn config(
+    v1: std::net::SocketAddr,
+    v2: std::net::SocketAddr,
+    weights: (u32, u32),
+    extra: &str,
+) -> String {
+    format!(
+        "listeners: {{gateway: 127.0.0.1:0, admin: 127.0.0.1:0, drain_timeout: 20s}}
+{extra}
+versions:
+  - model: chat
+    sticky_header: x-user
+    split: [{{pool: v1, weight: {}}}, {{pool: v2, weight: {}}}]
+pools:
+  - name: v1
+    models: [chat-v1]
+    discovery: {{static: {{endpoints: [\"http://{v1}\"]}}}}
+  - name: v2
+    models: [chat-v2]
+    discovery: {{static: {{endpoints: [\"http://{v2}\"]}}}}
+",
+        weights.0, weights.1
+    )
+}
+
+async fn replica(model: &str, speed: f64) -> infergate::http_server::Server {
+    let mut opts = sim_options("llama-8b-h100");
+    opts.models = vec![model.into()];
+    opts.speed = speed;
+    start_sim(opts).await
+}
+
+async fn start(yaml: &str) -> App {
+    app::start(infergate::config::parse(yaml, "test").unwrap())
+        .await
+        .unwrap()
+}
+
+/// Sends one short request for `chat` with `headers`; the version that answered.
+async fn ask(gw: &App, headers: &[(&str, &str)]) -> (u16, Option<String>) {
+    let body = serde_json::json!({"model": "chat", "max_tokens": 1, "messages": [{"role": "user", "content": "hi"}]});
+    let url = format!("http://{}/v1/chat/completions", gw.gateway_addr);
+    let reply = send_with(
+        hyper::Method::POST,
+        &url,
+        headers,
+        serde_json::to_vec(&body).unwrap(),
+    )
+    .await;
+    let version = reply
+        .headers
+        .get("x-infergate-version")
+        .map(|v| v.to_str().unwrap().to_string());
+    (reply.status.as_u16(), version)
+}
+
+#[tokio::test]
+async fn a_split_holds_its_weights_keeps_users_on_one_version_and_obeys_pins() {
+    let (r1, r2) = (
+        replica("chat-v1", 50.0).await,
+        replica("chat-v2", 50.0).await,
+    );
+    let gw = start(&config(r1.addr, r2.addr, (90, 10), "")).await;
+    let models = get(&format!("http://{}/v1/models", gw.gateway_addr))
+        .await
+        .json();
+    assert!(
+        models["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["id"] == "chat")
+    );
+
+    let mut counts: HashMap<String, u32> = HashMap::new();
+    for _ in 0..1000 {
+        let (status, version) = ask(&gw, &[]).await;
+        assert_eq!(status, 200);
+        *counts.entry(version.unwrap()).or_default() += 1;
+    }
+    let v2 = counts.get("v2").copied().unwrap_or(0);
+    assert!(
+        (70..=130).contains(&v2),
+        "10 % ± 3 points of 1,000: {counts:?}"
+    );
+
+    // A user stays on one version, request after request.
+    let mut users_on_v2 = 0;
+    for user in 0..60 {
+        let user = format!("user-{user}");
+        let (_, first) = ask(&gw, &[("x-user", &user)]).await;
+        for _ in 0..4 {
+            assert_eq!(
+                ask(&gw, &[("x-user", &user)]).await.1,
+                first,
+                "{user} moved"
+            );
+        }
+        users_on_v2 += usize::from(first.as_deref() == Some("v2"));
+    }
+    assert!(
+        users_on_v2 < 20,
+        "{users_on_v2} of 60 users on the 10 % version"
+    );
+    // A pin wins over the draw; an unknown version is a 400.
+    for _ in 0..20 {
+        assert_eq!(
+            ask(&gw, &[("x-infergate-version", "v2")])
+                .await
+                .1
+                .as_deref(),
+            Some("v2")
+        );
+    }
+    assert_eq!(ask(&gw, &[("x-infergate-version", "v9")]).await.0, 400);
+
+    // The versions side by side.
+    let status = admin_status(&gw).await;
+    let split = &status["versions"][0];
+    assert_eq!(split["model"], "chat");
+    let answers: Vec<u64> = split["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["answers"].as_u64().unwrap())
+        .collect();
+    assert_eq!(answers.iter().sum::<u64>(), 1000 + 300 + 20, "{split}");
+    assert_eq!(split["versions"][1]["weight"], 10);
+    assert_eq!(split["versions"][0]["errors"], 0);
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn with_api_keys_only_a_key_allowed_to_may_pin_a_version() {
+    let (r1, r2) = (
+        replica("chat-v1", 50.0).await,
+        replica("chat-v2", 50.0).await,
+    );
+    let digest = |key: &str| -> String {
+        infergate::gateway::auth::digest(key)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    };
+    let keys = format!(
+        "auth: {{keys: [{{name: app, sha256: \"{}\"}}, {{name: tester, sha256: \"{}\", pin_versions: true}}]}}",
+        digest("app-key"),
+        digest("test-key")
+    );
+    let gw = start(&config(r1.addr, r2.addr, (100, 0), &keys)).await;
+    let pin = ("x-infergate-version", "v2");
+    let (app_pin, _) = ask(&gw, &[("authorization", "Bearer app-key"), pin]).await;
+    assert_eq!(app_pin, 403);
+    let (status, version) = ask(&gw, &[("authorization", "Bearer test-key"), pin]).await;
+    assert_eq!((status, version.as_deref()), (200, Some("v2")));
+    let (_, unpinned) = ask(&gw, &[("authorization", "Bearer app-key")]).await;
+    assert_eq!(
+        unpinned.as_deref(),
+        Some("v1"),
+        "weight 0: pinned requests only"
+    );
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_reload_moves_new_requests_while_a_stream_finishes_on_its_version() {
+    let (r1, r2) = (
+        replica("chat-v1", 0.2).await,
+        replica("chat-v2", 50.0).await,
+    );
+    let gw = start(&config(r1.addr, r2.addr, (100, 0), "")).await;
+    let gateway = gw.gateway_addr;
+    let mut conn = TcpStream::connect(gateway).await.unwrap();
+    let body = r#"{"model":"chat","stream":true,"max_tokens":40,"ignore_eos":true,"messages":[{"role":"user","content":"hi"}]}"#;
+    let request = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    conn.write_all(request.as_bytes()).await.unwrap();
+    let stream = tokio::spawn(async move {
+        let mut answer = Vec::new();
+        conn.read_to_end(&mut answer).await.unwrap();
+        String::from_utf8_lossy(&answer).to_string()
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!stream.is_finished());
+    let reloaded =
+        infergate::config::parse(&config(r1.addr, r2.addr, (0, 100), ""), "test").unwrap();
+    let gw = gw.reload(reloaded).await.map_err(|(_, e)| e).unwrap();
+    assert_eq!(gw.gateway_addr, gateway);
+    for _ in 0..10 {
+        assert_eq!(ask(&gw, &[]).await.1.as_deref(), Some("v2"));
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !stream.is_finished() {
+        assert!(Instant::now() < deadline, "the stream never ended");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let answer = stream.await.unwrap();
+    assert!(answer.contains("x-infergate-version: v1"), "{answer}");
+    assert_eq!(
+        answer.matches("\"content\":").count(),
+        40,
+        "every token: {answer}"
+    );
+    assert!(answer.contains("data: [DONE]"));
+    gw.shutdown().await;
+}
