@@ -234,7 +234,13 @@ fn versions(state: &GatewayState) -> serde_json::Value {
                            "ttft_p50_s": ttft[0], "ttft_p90_s": ttft[1]})
                 })
                 .collect();
-            Some(json!({"model": route.model, "sticky_header": split.sticky_header.as_ref().map(|h| h.as_str()), "versions": versions}))
+            let mirror = split.mirror.as_ref().map(|(v, share)| {
+                let (answers, errors) = counts(&v.name, &route.model);
+                let ttft = state.metrics.ttft_quantiles(&v.name, &[0.5, 0.9]);
+                json!({"pool": v.name, "share": share, "answers": answers, "errors": errors,
+                       "ttft_p50_s": ttft[0], "ttft_p90_s": ttft[1]})
+            });
+            Some(json!({"model": route.model, "sticky_header": split.sticky_header.as_ref().map(|h| h.as_str()), "versions": versions, "mirror": mirror}))
         })
         .collect();
     json!(splits)

@@ -32,6 +32,8 @@ pub struct ModelVersions {
     pub split: Vec<(usize, u32)>,
     pub sticky_header: Option<HeaderName>,
     pub pin_header: HeaderName,
+    /// (pool index, share 0–1) of the shadow version.
+    pub mirror: Option<(usize, f64)>,
 }
 
 /// A secret read from the environment or a file: shown as `<redacted>` by `Debug`, so that it

@@ -152,6 +152,18 @@ async fn proxy(
         }
         _ => Vec::new(),
     };
+    if let Some((mirror, share)) = route.route.split.as_ref().and_then(|s| s.mirror.as_ref())
+        && ((random_u64() >> 11) as f64 / (1u64 << 53) as f64) < *share
+    {
+        let copy = Copy {
+            parts: &parts,
+            body: &body,
+            features: &classified.features,
+            model: &classified.model,
+            peer,
+        };
+        mirror_request(&state, worker, mirror, copy);
+    }
     let body = match rewrite_to {
         Some(target) => Bytes::from(rewrite_model(&body, target)?),
         None => body,
@@ -186,6 +198,84 @@ async fn proxy(
             .inc();
     }
     result
+}
+
+/// What a mirrored request copies from the client's.
+struct Copy<'a> {
+    parts: &'a http::request::Parts,
+    /// The body as the client sent it (before any rewrite).
+    body: &'a Bytes,
+    features: &'a router::RequestFeatures,
+    /// The name the client asked for (the metrics' `model` label).
+    model: &'a str,
+    peer: SocketAddr,
+}
+
+/// Sends a copy of the request to a split's shadow version, on this worker, and reads its
+/// answer to the end (the pool's metrics record it) and drops it. Only when the shadow's pool
+/// takes it at once: a mirror never queues, so under load it is shed first.
+fn mirror_request(
+    state: &Arc<GatewayState>,
+    worker: usize,
+    mirror: &crate::pool::models::Version,
+    copy: Copy<'_>,
+) {
+    use crate::pool::admission::{self, Admit};
+    let pool = state.pools.pools[mirror.pool].clone();
+    if !matches!(
+        admission::on_arrival(pool.gate(Instant::now()), true),
+        Admit::Go
+    ) {
+        return;
+    }
+    let Ok(body) = rewrite_model(copy.body, &mirror.served) else {
+        return;
+    };
+    let Ok(request) = Request::builder()
+        .method(copy.parts.method.clone())
+        .uri(copy.parts.uri.clone())
+        .version(copy.parts.version)
+        .body(())
+    else {
+        return;
+    };
+    let (mut parts, ()) = request.into_parts();
+    parts.headers = copy.parts.headers.clone();
+    // The primary pool's prefix matches and adapter say nothing of the shadow's replicas.
+    let features = router::RequestFeatures {
+        prefix: Default::default(),
+        adapter: None,
+        ..copy.features.clone()
+    };
+    let (state, model, peer) = (state.clone(), copy.model.to_string(), copy.peer);
+    tokio::task::spawn_local(async move {
+        let request = Outgoing {
+            parts: &parts,
+            body: Bytes::from(body),
+            peer,
+            features: &features,
+            blocks: &[],
+            received: Instant::now(),
+        };
+        let result = forward(&pool, worker, &state.config.classification, request).await;
+        let status = match result {
+            Ok(response) => {
+                let status = response.status();
+                // Read to the end, as a client would: the stream's timings are recorded as
+                // it passes; a failure on the way counts as the pool's.
+                match http_body_util::BodyExt::collect(response.into_body()).await {
+                    Ok(_) => status,
+                    Err(_) => http::StatusCode::BAD_GATEWAY,
+                }
+            }
+            Err(e) => e.status(),
+        };
+        state
+            .metrics
+            .requests
+            .with_label_values(&[pool.name(), &model, status.as_str()])
+            .inc();
+    });
 }
 
 /// The response header naming the version (pool) that answered a split model's request.

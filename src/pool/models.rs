@@ -12,7 +12,7 @@ use serde_json::json;
 use crate::config;
 
 /// How a model name resolves.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ModelRoute {
     /// Index of the pool in the config.
     pub pool: usize,
@@ -28,11 +28,13 @@ pub struct ModelRoute {
 }
 
 /// A served name's versions, each a pool, with their weights.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct VersionSplit {
     pub versions: Vec<Version>,
     pub sticky_header: Option<http::HeaderName>,
     pub pin_header: http::HeaderName,
+    /// The shadow version and the share of requests copied to it.
+    pub mirror: Option<(Version, f64)>,
 }
 
 /// One version of a split.
@@ -119,15 +121,16 @@ impl ModelIndex {
             }
         }
         for split in versions {
+            let version = |pool: usize, weight| Version {
+                pool,
+                name: pools[pool].name.clone(),
+                served: pools[pool].models.first().cloned().unwrap_or_default(),
+                weight,
+            };
             let versions: Vec<Version> = split
                 .split
                 .iter()
-                .map(|&(pool, weight)| Version {
-                    pool,
-                    name: pools[pool].name.clone(),
-                    served: pools[pool].models.first().cloned().unwrap_or_default(),
-                    weight,
-                })
+                .map(|&(pool, weight)| version(pool, weight))
                 .collect();
             let Some(first) = versions.first().cloned() else {
                 continue;
@@ -141,6 +144,7 @@ impl ModelIndex {
                     versions,
                     sticky_header: split.sticky_header.clone(),
                     pin_header: split.pin_header.clone(),
+                    mirror: split.mirror.map(|(pool, share)| (version(pool, 0), share)),
                 })),
             });
             data.push(json!({"id": split.model, "object": "model", "created": created, "owned_by": "infergate"}));
@@ -231,6 +235,7 @@ mod tests {
                 .collect(),
             sticky_header: sticky.then(|| http::HeaderName::from_static("x-user")),
             pin_header: http::HeaderName::from_static("x-infergate-version"),
+            mirror: None,
         }
     }
 

@@ -19,6 +19,26 @@ fn config(
     weights: (u32, u32),
     extra: &str,
 ) -> String {
+    config_with(v1, v2, weights, extra, None)
+}
+
+/// [`config`] with a third pool `shadow` (serving `chat-v3` at `shadow`) mirrored at `share`.
+fn config_with(
+    v1: std::net::SocketAddr,
+    v2: std::net::SocketAddr,
+    weights: (u32, u32),
+    extra: &str,
+    shadow: Option<(std::net::SocketAddr, f64)>,
+) -> String {
+    let (mirror, shadow_pool) = match shadow {
+        Some((addr, share)) => (
+            format!("mirror: {{pool: shadow, share: {share}}}"),
+            format!(
+                "  - name: shadow\n    models: [chat-v3]\n    discovery: {{static: {{endpoints: [\"http://{addr}\"]}}}}\n"
+            ),
+        ),
+        None => (String::new(), String::new()),
+    };
     format!(
         "listeners: {{gateway: 127.0.0.1:0, admin: 127.0.0.1:0, drain_timeout: 20s}}
 {extra}
@@ -26,6 +46,7 @@ versions:
   - model: chat
     sticky_header: x-user
     split: [{{pool: v1, weight: {}}}, {{pool: v2, weight: {}}}]
+    {mirror}
 pools:
   - name: v1
     models: [chat-v1]
@@ -33,7 +54,7 @@ pools:
   - name: v2
     models: [chat-v2]
     discovery: {{static: {{endpoints: [\"http://{v2}\"]}}}}
-",
+{shadow_pool}",
         weights.0, weights.1
     )
 }
@@ -219,5 +240,46 @@ async fn a_reload_moves_new_requests_while_a_stream_finishes_on_its_version() {
         "every token: {answer}"
     );
     assert!(answer.contains("data: [DONE]"));
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_mirror_gets_copies_whose_failures_never_reach_clients() {
+    // The shadow pool's replica fails every request.
+    let (r1, r2) = (
+        replica("chat-v1", 50.0).await,
+        replica("chat-v2", 50.0).await,
+    );
+    let mut failing = sim_options("llama-8b-h100");
+    failing.models = vec!["chat-v3".into()];
+    failing.fail_rate = 1.0;
+    let shadow = start_sim(failing).await;
+    let yaml = config_with(r1.addr, r2.addr, (100, 0), "", Some((shadow.addr, 0.5)));
+    let gw = start(&yaml).await;
+    for _ in 0..200 {
+        let (status, version) = ask(&gw, &[]).await;
+        assert_eq!((status, version.as_deref()), (200, Some("v1")));
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mirror = loop {
+        let status = admin_status(&gw).await;
+        let mirror = status["versions"][0]["mirror"].clone();
+        if mirror["errors"].as_u64().unwrap_or(0) + mirror["answers"].as_u64().unwrap_or(0) >= 60 {
+            break mirror;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the mirror saw too few: {mirror}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let copies = mirror["errors"].as_u64().unwrap();
+    assert_eq!(mirror["answers"], 0, "every copy failed: {mirror}");
+    assert!(
+        (60..=140).contains(&copies),
+        "about half of 200 copied: {mirror}"
+    );
+    let page = get(&format!("http://{}/metrics", shadow.addr)).await.text();
+    assert!(page.contains("vllm:"), "the shadow replica was reached");
     gw.shutdown().await;
 }

@@ -19,6 +19,21 @@ pub struct RawVersions {
     /// A request header naming a version (its pool) to use, for testing. With API keys, only
     /// keys with `pin_versions: true` may send it.
     pub pin_header: String,
+    /// A shadow version: a share of the requests is also sent to this pool, its answer read
+    /// and dropped (its TTFT, inter-token latency and errors land in that pool's metrics). It
+    /// never delays or fails the answer the client gets, and is skipped whenever the pool has
+    /// no room at once (it never queues).
+    pub mirror: Option<RawMirror>,
+}
+
+/// The shadow version of a split.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawMirror {
+    /// The pool (by name). Required.
+    pub pool: String,
+    /// Share of requests copied to it (0–1).
+    pub share: f64,
 }
 
 impl Default for RawVersions {
@@ -28,6 +43,7 @@ impl Default for RawVersions {
             split: Vec::new(),
             sticky_header: None,
             pin_header: "x-infergate-version".into(),
+            mirror: None,
         }
     }
 }

@@ -78,7 +78,31 @@ pub(super) fn versions(
                     format!("the weights must sum to 100 (they sum to {total})"),
                 );
             }
+            let mirror = v.mirror.as_ref().and_then(|m| {
+                let at = format!("{p}.mirror");
+                let share = c.fraction(format!("{at}.share"), m.share);
+                if v.split.iter().any(|s| s.pool == m.pool) {
+                    c.fail(
+                        format!("{at}.pool"),
+                        format!(
+                            "`{}` is a version of the split; a mirror is a pool of its own",
+                            m.pool
+                        ),
+                    );
+                }
+                let index = pools
+                    .iter()
+                    .position(|pool| pool.name.as_deref() == Some(m.pool.as_str()));
+                if index.is_none() {
+                    c.fail(
+                        format!("{at}.pool"),
+                        format!("no pool is named `{}`", m.pool),
+                    );
+                }
+                Some((index?, share))
+            });
             ModelVersions {
+                mirror,
                 model: v.model.clone(),
                 split,
                 sticky_header: v
