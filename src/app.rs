@@ -145,7 +145,13 @@ async fn start_on(config: Config, options: Options, sockets: Sockets) -> anyhow:
     if options.admin_token.is_none() && !admin.ip().is_loopback() {
         tracing::warn!(%admin, "the admin listener is reachable beyond this machine without a token: set INFERGATE_ADMIN_TOKEN");
     }
-    let lease = start_leader_election(&config, kube.as_ref(), &metrics, &mut background);
+    let (notifier, senders) =
+        crate::notify::Notifier::start(&config.chatops.notify, &peers.id, &metrics);
+    background.extend(senders);
+    for pool in pools.live() {
+        let _ = pool.notifier.set(notifier.clone());
+    }
+    let lease = start_leader_election(&config, kube.as_ref(), &metrics, &notifier, &mut background);
     let leadership = lease.as_ref().map(|l| l.leadership.clone());
     let mut locals = Vec::new();
     for pool in pools.live() {
@@ -154,6 +160,8 @@ async fn start_on(config: Config, options: Options, sockets: Sockets) -> anyhow:
         background.extend(found.tasks);
         locals.extend(found.local.clone());
         background.push(crate::scrape::spawn(pool.clone()));
+        let attainment = metrics.slo_attainment.with_label_values(&[pool.name()]);
+        background.extend(crate::pool::slo::watch(pool.clone(), attainment));
         if pool.config.scaler.enabled {
             let actuation = found.actuation;
             background.push(start_scaler(pool, &peers, actuation, &metrics, epoch));
@@ -161,12 +169,6 @@ async fn start_on(config: Config, options: Options, sockets: Sockets) -> anyhow:
     }
     let placements =
         start_routing_sync(&config, &pools, &peers, &options, &metrics, &mut background);
-    let (notifier, senders) =
-        crate::notify::Notifier::start(&config.chatops.notify, &peers.id, &metrics);
-    background.extend(senders);
-    for pool in pools.live() {
-        let _ = pool.notifier.set(notifier.clone());
-    }
     let rate_limits = crate::gateway::auth::RateLimits::new(&config.auth);
     let state = Arc::new(GatewayState {
         config,
@@ -248,6 +250,7 @@ fn start_leader_election(
     config: &Config,
     kube: Option<&KubeContext>,
     metrics: &Metrics,
+    notifier: &crate::notify::Notifier,
     background: &mut Vec<JoinHandle<()>>,
 ) -> Option<Lease> {
     let election = &config.leader_election;
@@ -263,6 +266,8 @@ fn start_leader_election(
         kube.identity.clone(),
         metrics.leader.clone(),
     ));
+    // Before the election starts: its first win is told too.
+    let _ = leadership.notifier.set(notifier.clone());
     let elector = Elector::new(
         kube::Api::namespaced(kube.client.clone(), &namespace),
         election.lease_name.clone(),

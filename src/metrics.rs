@@ -3,8 +3,8 @@
 //! only touches atomics.
 
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry,
+    GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry,
 };
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -35,6 +35,8 @@ pub struct Metrics {
     pub notify_failed: IntCounterVec,
     /// Chat slash commands, by command and result.
     pub chat_commands: IntCounterVec,
+    /// Each pool's SLO attainment over its window (pools with an `slo`).
+    pub slo_attainment: GaugeVec,
     pub config_reloads: IntCounterVec,
     /// Replicas this gateway drains for a scale-down (peer gateways stop sending to them).
     pub draining: IntGaugeVec,
@@ -169,6 +171,20 @@ impl Metrics {
                 "Chat messages given up after retries, by webhook (its index in chatops.notify).",
                 &["webhook"],
             ),
+            slo_attainment: {
+                let g = GaugeVec::new(
+                    Opts::new(
+                        "infergate_slo_attainment",
+                        "Share of the pool's streamed answers within its SLO (first token within slo.ttft, mean chunk gap within slo.itl) over slo.window; set every 10 s once there are answers.",
+                    ),
+                    &["pool"],
+                )
+                .expect("valid metric");
+                registry
+                    .register(Box::new(g.clone()))
+                    .expect("unique metric");
+                g
+            },
             chat_commands: counter(
                 "infergate_chat_commands_total",
                 "Slash commands from chat, by command and result (done, refused, unauthenticated).",

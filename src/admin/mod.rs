@@ -346,6 +346,12 @@ pub fn status(state: &GatewayState) -> serde_json::Value {
                 "replicas": replicas,
                 "scaler": pool.scaler_status.load().as_deref(),
                 "scaler_hold": {"paused": pool.hold.paused(), "pinned": pool.hold.pinned()},
+                "slo": pool.slo.as_ref().map(|slo| {
+                    let seen = slo.attainment(now);
+                    json!({"target": slo.target.target, "ttft_s": slo.target.ttft.as_secs_f64(),
+                           "itl_s": slo.target.itl.as_secs_f64(), "window_s": slo.target.window.as_secs(),
+                           "attainment": seen.share(), "met": seen.met, "answers": seen.total})
+                }),
                 "kubernetes_api_up": pool.api_health.get().map(|h| h.is_up()),
             })
         })

@@ -180,6 +180,16 @@ pub struct Pool {
     pub timeouts: Timeouts,
     pub retries: Retries,
     pub scaler: Scaler,
+    pub slo: Option<SloTarget>,
+}
+
+/// A pool's service-level objective for streamed answers.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SloTarget {
+    pub ttft: Duration,
+    pub itl: Duration,
+    pub target: f64,
+    pub window: Duration,
 }
 
 #[derive(Debug, Clone)]

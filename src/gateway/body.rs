@@ -55,6 +55,9 @@ pub struct ProxiedBody {
     /// When the request went to the replica (for its first-byte latency).
     sent: Instant,
     last_chunk: Option<Instant>,
+    /// The first chunk's time and the chunks so far (an SSE answer's mean gap, for the SLO).
+    first_chunk: Option<Instant>,
+    chunks: u32,
     /// Armed the first time the replica makes us wait (most small answers never do), then
     /// pushed back on every chunk.
     idle: Option<Pin<Box<Sleep>>>,
@@ -89,6 +92,8 @@ impl ProxiedBody {
             received,
             sent,
             last_chunk: None,
+            first_chunk: None,
+            chunks: 0,
             idle: None,
             idle_timeout,
             ended: false,
@@ -176,7 +181,27 @@ impl ProxiedBody {
         if let Some(lent) = lent.take() {
             self.pool.client(*worker).give_back(lent, now);
         }
+        self.count_for_slo(!self.server_error, now);
         self.finish(now);
+    }
+
+    /// Counts a streamed answer that ended at `now` toward the pool's SLO: `whole` and in
+    /// time, or missed.
+    fn count_for_slo(&self, whole: bool, now: Instant) {
+        let (Some(slo), true) = (&self.pool.slo, self.sse) else {
+            return;
+        };
+        let met = whole
+            && self.first_chunk.is_some_and(|first| {
+                let gaps = self.chunks.saturating_sub(1).max(1);
+                let itl = self
+                    .last_chunk
+                    .unwrap_or(first)
+                    .saturating_duration_since(first)
+                    / gaps;
+                slo.meets(first.saturating_duration_since(self.received), itl)
+            });
+        slo.record(met, now);
     }
 
     fn finish(&mut self, now: Instant) {
@@ -206,6 +231,7 @@ impl ProxiedBody {
             tracing::warn!(pool = self.pool.name(), replica = %replica.name, cause, "answer broke off mid-stream");
             self.pool.record_failure(replica, now, cause);
         }
+        self.count_for_slo(false, now);
         self.finish(now);
         if self.sse {
             let mut event = b"data: ".to_vec();
@@ -272,6 +298,8 @@ impl Body for GatewayBody {
                                 }
                             }
                             body.last_chunk = Some(now);
+                            body.first_chunk.get_or_insert(now);
+                            body.chunks += 1;
                             if let Some(idle) = body.idle.as_mut() {
                                 idle.as_mut().reset((now + body.idle_timeout).into());
                             }

@@ -29,6 +29,8 @@ pub struct Leadership {
     pub identity: String,
     leading_until: Mutex<Option<Instant>>,
     gauge: prometheus::IntGauge,
+    /// Where a change of leader is told to chat (when notifications are configured).
+    pub notifier: std::sync::OnceLock<crate::notify::Notifier>,
 }
 
 impl Leadership {
@@ -38,6 +40,7 @@ impl Leadership {
             identity,
             leading_until: Mutex::new(None),
             gauge,
+            notifier: std::sync::OnceLock::new(),
         }
     }
 
@@ -55,6 +58,10 @@ impl Leadership {
         let mut leading = self.leading_until.lock().expect("not poisoned");
         if leading.is_none_or(|t| t <= Instant::now()) {
             tracing::info!(identity = %self.identity, "became the leader: this replica resizes pools");
+            self.tell(format!(
+                "{} became the leader: it resizes pools",
+                self.identity
+            ));
         }
         *leading = Some(until);
         self.gauge.set(1);
@@ -64,8 +71,22 @@ impl Leadership {
         let mut leading = self.leading_until.lock().expect("not poisoned");
         if leading.take().is_some_and(|t| t > Instant::now()) {
             tracing::warn!(identity = %self.identity, "lost the lease: this replica stops resizing pools");
+            self.tell(format!(
+                "{} lost the lease: it stops resizing pools",
+                self.identity
+            ));
         }
         self.gauge.set(0);
+    }
+
+    fn tell(&self, text: String) {
+        if let Some(notifier) = self.notifier.get() {
+            notifier.send(crate::notify::Event::new(
+                crate::config::EventKind::Leader,
+                None,
+                text,
+            ));
+        }
     }
 }
 

@@ -19,6 +19,7 @@
 pub mod admission;
 pub mod models;
 pub mod queue;
+pub mod slo;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -73,6 +74,8 @@ pub struct PoolState {
     pub hold: crate::admin::actions::ScalerHold,
     /// Where the pool's events (ejections, scaling) are told to chat.
     pub notifier: std::sync::OnceLock<crate::notify::Notifier>,
+    /// Attainment of the pool's SLO (`slo`), when it has one.
+    pub slo: Option<slo::SloTracker>,
 }
 
 /// The scaler's latest decision about a pool.
@@ -109,7 +112,9 @@ impl PoolState {
         .then(|| {
             crate::router::prefix::PrefixIndex::new(config.routing.prefix_cache_entries as usize)
         });
+        let slo = config.slo.map(|target| slo::SloTracker::new(target, epoch));
         Self {
+            slo,
             gauges,
             snapshot: ArcSwap::from_pointee(Snapshot::default()),
             sequence: AtomicU64::new(0),

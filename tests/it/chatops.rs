@@ -15,12 +15,12 @@ use tokio::net::TcpListener;
 use crate::support::*;
 
 /// A chat webhook receiver: keeps each message's JSON; `hang` never answers.
-struct Receiver {
-    url: String,
+pub struct Receiver {
+    pub url: String,
     messages: Arc<Mutex<Vec<serde_json::Value>>>,
 }
 
-async fn receiver(hang: bool) -> Receiver {
+pub async fn receiver(hang: bool) -> Receiver {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/hook", listener.local_addr().unwrap());
     let messages = Arc::new(Mutex::new(Vec::new()));
@@ -65,7 +65,7 @@ fn secret_file(name: &str, value: &str) -> String {
     path.display().to_string()
 }
 
-fn messages(r: &Receiver) -> Vec<serde_json::Value> {
+pub fn messages(r: &Receiver) -> Vec<serde_json::Value> {
     r.messages.lock().unwrap().clone()
 }
 
@@ -296,5 +296,55 @@ async fn slash_commands_need_a_signature_a_fresh_timestamp_and_an_allowed_user()
     assert_eq!(count("scale", "refused"), 1.0);
     assert_eq!(count("scale", "done"), 1.0);
     assert_eq!(count("status", "done"), 1.0);
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_slo_missed_over_its_window_is_told_once() {
+    let hook = receiver(false).await;
+    let url = secret_file("slo-url", &hook.url);
+    let replica = start_sim(sim_options("llama-8b-h100")).await;
+    // A first token within 1 ms: no streamed answer can meet it.
+    let gw = GatewayConfig::static_replicas(&[replica.addr])
+        .pool("slo: {ttft: 1ms, itl: 1s, target: 0.9, window: 1m}")
+        .top(&format!(
+            "chatops: {{notify: [{{url_file: \"{url}\", format: json, events: [slo], min_interval: 1s}}]}}"
+        ))
+        .start()
+        .await;
+    let url = format!("http://{}/v1/chat/completions", gw.gateway_addr);
+    let body = serde_json::json!({"model": "m", "stream": true, "max_tokens": 3, "messages": [{"role": "user", "content": "hi"}]});
+    for _ in 0..25 {
+        let reply = post(&url, body.clone()).await;
+        assert!(reply.text().contains("[DONE]"));
+    }
+    let slo = pool_status(&gw).await["slo"].clone();
+    assert_eq!(
+        (slo["answers"].as_u64(), slo["met"].as_u64()),
+        (Some(25), Some(0)),
+        "{slo}"
+    );
+    assert_eq!(slo["attainment"], 0.0);
+    // The watcher looks every 10 s.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while messages(&hook).is_empty() {
+        assert!(Instant::now() < deadline, "chat was never told");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let got = messages(&hook);
+    assert_eq!(got.len(), 1, "{got:?}");
+    let text = got[0]["events"][0]["text"].as_str().unwrap();
+    assert!(
+        text.starts_with("SLO attainment 0.0 % is below the 90.0 % target over 1m"),
+        "{text}"
+    );
+    let page = get(&format!("http://{}/metrics", gw.admin_addr))
+        .await
+        .text();
+    assert_eq!(
+        metric(&page, "infergate_slo_attainment", &[("pool", "p")]),
+        Some(0.0)
+    );
     gw.shutdown().await;
 }

@@ -687,13 +687,31 @@ async fn kube_lease_is_taken_over_only_after_the_holder_stops_renewing() {
     };
     let (task_a, a) = elect("gw-a");
     eventually(Duration::from_secs(3), "a leads", async || a.is_leader()).await;
+    // b tells a chat webhook when it takes over.
+    let hook = crate::chatops::receiver(false).await;
+    let webhook = infergate::config::Webhook {
+        url: infergate::config::Secret(hook.url.clone()),
+        format: infergate::config::WebhookFormat::Json,
+        events: vec![infergate::config::EventKind::Leader],
+        min_interval: Duration::from_millis(100),
+    };
+    let metrics = infergate::metrics::Metrics::new();
+    let (notifier, _senders) = infergate::notify::Notifier::start(&[webhook], "gw-b", &metrics);
     let (task_b, b) = elect("gw-b");
+    let _ = b.notifier.set(notifier);
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(a.is_leader() && !b.is_leader(), "a renews, b waits");
     task_a.abort(); // a crashes: no release
     let crashed = Instant::now();
     eventually(Duration::from_secs(5), "b takes over", async || {
         b.is_leader()
+    })
+    .await;
+    eventually(Duration::from_secs(5), "chat is told", async || {
+        crate::chatops::messages(&hook).iter().any(|m| {
+            m["events"][0]["kind"] == "leader"
+                && m["events"][0]["text"] == "gw-b became the leader: it resizes pools"
+        })
     })
     .await;
     assert!(

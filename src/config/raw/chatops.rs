@@ -45,6 +45,10 @@ pub enum EventKind {
     Reload,
     /// An operator acted (`/admin/actions`, `infergate admin`, chat commands).
     Action,
+    /// This gateway became the leader (it resizes pools) or lost the lease.
+    Leader,
+    /// A pool's SLO attainment fell below its target over its window, or is back above.
+    Slo,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]

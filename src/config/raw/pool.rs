@@ -35,6 +35,35 @@ pub struct RawPool {
     pub retries: RawRetries,
     /// Autoscaling of this pool's replica count.
     pub scaler: RawScaler,
+    /// The pool's service-level objective, for its streamed answers: the share of them whose
+    /// first token comes within `ttft` and whose mean gap between chunks is within `itl`, over
+    /// the last `window`. `/admin/status` and `infergate_slo_attainment` show it; chat is told
+    /// when it falls below `target` (and when it is back). Unset: none.
+    pub slo: Option<RawSlo>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawSlo {
+    /// Longest time to first token (duration).
+    pub ttft: Quantity,
+    /// Longest mean inter-token latency (duration).
+    pub itl: Quantity,
+    /// Share of answers that must meet both (0–1).
+    pub target: f64,
+    /// Over how long (duration, at least 1m).
+    pub window: Quantity,
+}
+
+impl Default for RawSlo {
+    fn default() -> Self {
+        Self {
+            ttft: "2s".into(),
+            itl: "100ms".into(),
+            target: 0.99,
+            window: "5m".into(),
+        }
+    }
 }
 
 /// Where replicas come from: exactly one of `static`, `local` or `kubernetes`.

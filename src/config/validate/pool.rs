@@ -3,6 +3,7 @@
 //! retry settings; its metrics, routing and scaler sections through their own files.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use super::Checker;
 use super::metrics::metrics;
@@ -73,7 +74,30 @@ pub(super) fn pool(c: &mut Checker, p: &str, raw: &RawPool) -> Pool {
         ),
         _ => {}
     }
+    let slo = raw.slo.as_ref().map(|slo| {
+        let at = format!("{p}.slo");
+        let window = c.positive_duration(format!("{at}.window"), &slo.window);
+        if window < Duration::from_secs(60) && !window.is_zero() {
+            c.fail(
+                format!("{at}.window"),
+                "must be at least 1m (attainment is kept per 10 s)",
+            );
+        }
+        if !(slo.target > 0.0 && slo.target <= 1.0) {
+            c.fail(
+                format!("{at}.target"),
+                format!("must be above 0 and at most 1 (got {})", slo.target),
+            );
+        }
+        SloTarget {
+            ttft: c.positive_duration(format!("{at}.ttft"), &slo.ttft),
+            itl: c.positive_duration(format!("{at}.itl"), &slo.itl),
+            target: slo.target,
+            window,
+        }
+    });
     Pool {
+        slo,
         name,
         models: raw.models.clone(),
         aliases: raw.aliases.clone(),
