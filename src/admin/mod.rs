@@ -1,11 +1,15 @@
 //! The admin listener: `/metrics` (Prometheus text), `/healthz` (the process is up), `/readyz`
 //! (at least one pool can take a request), `/admin/status` (pools and replicas as JSON),
-//! `/admin/routing` (what peer gateways read) and `POST /admin/actions` ([`actions`]).
-//! With an admin token, `/metrics` and `/admin/*` need it as a bearer token; probes do not.
-//! Without one, actions are taken only from loopback clients.
+//! `/admin/history` (each pool's replica count over the last hour, [`history`]),
+//! `/admin/page` (the live status page, [`page`]), `/admin/routing` (what peer gateways read)
+//! and `POST /admin/actions` ([`actions`]). With an admin token, `/metrics` and `/admin/*` need
+//! it ([`token`]); probes do not. Without one, actions are taken only from loopback clients.
 
 pub mod actions;
 pub mod client;
+pub mod history;
+pub mod page;
+pub mod token;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -15,7 +19,6 @@ use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use serde_json::json;
 
-use crate::gateway::auth::digest;
 use crate::gateway::body::GatewayBody;
 use crate::gateway::proxy::GatewayState;
 
@@ -60,20 +63,6 @@ impl Reloads {
     }
 }
 
-/// Whether `req` may see `/metrics` and `/admin/*`: always when no token is set; else with
-/// `Authorization: Bearer <token>`. Probes (`/healthz`, `/readyz`) need none.
-fn authorized(state: &GatewayState, req: &Request<Incoming>) -> bool {
-    let Some(expected) = &state.admin_token else {
-        return true;
-    };
-    req.headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        // Compared by digest: no early exit on the bytes of the token itself.
-        .is_some_and(|token| digest(token.trim()) == *expected)
-}
-
 pub async fn handle(
     state: Arc<GatewayState>,
     req: Request<Incoming>,
@@ -81,7 +70,10 @@ pub async fn handle(
 ) -> Response<GatewayBody> {
     let path = req.uri().path();
     let probe = path == "/healthz" || path == "/readyz";
-    if !probe && !authorized(&state, &req) {
+    if path == page::PATH {
+        return page::handle(&state, req).await;
+    }
+    if !probe && !token::authorized(state.admin_token.as_ref(), &req) {
         return text(StatusCode::UNAUTHORIZED, "a bearer token is required\n");
     }
     if path == "/admin/actions" {
@@ -162,6 +154,10 @@ pub async fn handle(
             )
         }
         "/admin/status" => json_response(StatusCode::OK, &status(&state)),
+        "/admin/history" => json_response(
+            StatusCode::OK,
+            &json!({"every_s": history::EVERY.as_secs(), "pools": state.history.get()}),
+        ),
         "/admin/routing" => {
             let since = req
                 .uri()
@@ -263,6 +259,7 @@ pub fn status(state: &GatewayState) -> serde_json::Value {
         .collect();
     json!({
         "gateway": state.peers.id,
+        "version": env!("CARGO_PKG_VERSION"),
         "pools": pools,
         "peers": state.peers.status(now),
         "config_reload": state.reloads.last().as_deref(),

@@ -43,6 +43,8 @@ pub struct GatewayState {
     pub placements: Option<Arc<crate::peers::routing::PlacementLog>>,
     /// The operators' actions (`/admin/actions`), kept across reloads.
     pub actions: Arc<crate::admin::actions::ActionLog>,
+    /// Each pool's replica count over the last hour, kept across reloads.
+    pub history: Arc<crate::admin::history::History>,
 }
 
 /// Answers one request on gateway worker thread `worker`.

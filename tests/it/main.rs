@@ -11,4 +11,5 @@ mod operations;
 mod scaler;
 mod signals;
 mod sim;
+mod status_page;
 mod support;
