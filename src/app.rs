@@ -1,6 +1,6 @@
 //! The one place that wires infergate together, top to bottom: listeners, the process's
 //! metrics, the pools' live state, leader election, then per pool its discovery, scraper and
-//! scaler loop, then the gateway and admin servers. Each part is started by a function that
+//! scaler loop, the sampler of the pools' history, then the gateway and admin servers. Each part is started by a function that
 //! returns its handle; [`App::shutdown`] stops them in reverse.
 
 use std::net::SocketAddr;
@@ -62,6 +62,8 @@ pub struct Options {
     pub placements: Option<Arc<crate::peers::routing::PlacementLog>>,
     /// The operators' actions so far, kept across reloads (None: none yet).
     pub actions: Option<Arc<crate::admin::actions::ActionLog>>,
+    /// The pools' replica counts so far, kept across reloads (None: none yet).
+    pub history: Option<Arc<crate::admin::history::History>>,
 }
 
 /// The bound listening sockets and the addresses they were configured with.
@@ -185,7 +187,10 @@ async fn start_on(config: Config, options: Options, sockets: Sockets) -> anyhow:
         placements,
         actions: options.actions.clone().unwrap_or_default(),
         notifier,
+        history: options.history.clone().unwrap_or_default(),
     });
+    let live = state.pools.live().cloned().collect();
+    background.push(crate::admin::history::spawn(state.history.clone(), live));
     let (gateway, admin) = serve(&state, gateway_listeners, admin_listener)?;
     let options = Options {
         kube,
@@ -195,6 +200,7 @@ async fn start_on(config: Config, options: Options, sockets: Sockets) -> anyhow:
         admin_token: options.admin_token,
         placements: state.placements.clone(),
         actions: Some(state.actions.clone()),
+        history: Some(state.history.clone()),
     };
     Ok(App {
         gateway_addr: gateway.addr,

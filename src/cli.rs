@@ -166,7 +166,7 @@ fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
         let mut gateway = crate::app::start_with(config, options).await?;
         tracing::info!("gateway listening on http://{}", gateway.gateway_addr);
         tracing::info!(
-            "admin listening on http://{} (/metrics, /healthz, /readyz, /admin/status)",
+            "admin listening on http://{} (/metrics, /healthz, /readyz, /admin/status, the status page /admin/page)",
             gateway.admin_addr
         );
         let mut hangups = hangups();

@@ -1,12 +1,16 @@
 //! The admin listener: `/metrics` (Prometheus text), `/healthz` (the process is up), `/readyz`
 //! (at least one pool can take a request), `/admin/status` (pools and replicas as JSON),
-//! `/admin/routing` (what peer gateways read), `POST /admin/actions` ([`actions`]), and
-//! `POST /chat/slack`, `/chat/mattermost` (slash commands, [`crate::chatops`]).
-//! With an admin token, `/metrics` and `/admin/*` need it as a bearer token; probes do not.
-//! Without one, actions are taken only from loopback clients.
+//! `/admin/history` (each pool's replica count over the last hour, [`history`]),
+//! `/admin/page` (the live status page, [`page`]), `/admin/routing` (what peer gateways read),
+//! `POST /admin/actions` ([`actions`]), and `POST /chat/slack`, `/chat/mattermost` (slash
+//! commands, [`crate::chatops`]). With an admin token, `/metrics` and `/admin/*` need it
+//! ([`token`]); probes do not. Without one, actions are taken only from loopback clients.
 
 pub mod actions;
 pub mod client;
+pub mod history;
+pub mod page;
+pub mod token;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -16,7 +20,6 @@ use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use serde_json::json;
 
-use crate::gateway::auth::digest;
 use crate::gateway::body::GatewayBody;
 use crate::gateway::proxy::GatewayState;
 
@@ -61,20 +64,6 @@ impl Reloads {
     }
 }
 
-/// Whether `req` may see `/metrics` and `/admin/*`: always when no token is set; else with
-/// `Authorization: Bearer <token>`. Probes (`/healthz`, `/readyz`) need none.
-fn authorized(state: &GatewayState, req: &Request<Incoming>) -> bool {
-    let Some(expected) = &state.admin_token else {
-        return true;
-    };
-    req.headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        // Compared by digest: no early exit on the bytes of the token itself.
-        .is_some_and(|token| digest(token.trim()) == *expected)
-}
-
 pub async fn handle(
     state: Arc<GatewayState>,
     req: Request<Incoming>,
@@ -91,7 +80,10 @@ pub async fn handle(
         return chat_command(&state, platform, req).await;
     }
     let probe = path == "/healthz" || path == "/readyz";
-    if !probe && !authorized(&state, &req) {
+    if path == page::PATH {
+        return page::handle(&state, req).await;
+    }
+    if !probe && !token::authorized(state.admin_token.as_ref(), &req) {
         return text(StatusCode::UNAUTHORIZED, "a bearer token is required\n");
     }
     if path == "/admin/actions" {
@@ -172,6 +164,10 @@ pub async fn handle(
             )
         }
         "/admin/status" => json_response(StatusCode::OK, &status(&state)),
+        "/admin/history" => json_response(
+            StatusCode::OK,
+            &json!({"every_s": history::EVERY.as_secs(), "pools": state.history.get()}),
+        ),
         "/admin/routing" => {
             let since = req
                 .uri()
@@ -358,6 +354,7 @@ pub fn status(state: &GatewayState) -> serde_json::Value {
         .collect();
     json!({
         "gateway": state.peers.id,
+        "version": env!("CARGO_PKG_VERSION"),
         "pools": pools,
         "peers": state.peers.status(now),
         "config_reload": state.reloads.last().as_deref(),

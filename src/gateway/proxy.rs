@@ -45,6 +45,8 @@ pub struct GatewayState {
     pub actions: Arc<crate::admin::actions::ActionLog>,
     /// Events to chat (`chatops.notify`).
     pub notifier: crate::notify::Notifier,
+    /// Each pool's replica count over the last hour, kept across reloads.
+    pub history: Arc<crate::admin::history::History>,
 }
 
 /// Answers one request on gateway worker thread `worker`.

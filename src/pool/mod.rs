@@ -78,7 +78,7 @@ pub struct PoolState {
     pub slo: Option<slo::SloTracker>,
 }
 
-/// The scaler's latest decision about a pool.
+/// The scaler's latest decision about a pool, and its last changes of mind.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ScalerStatus {
     pub desired: u32,
@@ -96,6 +96,25 @@ pub struct ScalerStatus {
     pub queued: u64,
     /// Peer gateways whose load is unknown (unreadable for longer than it stays fresh).
     pub peers_unknown: u32,
+    /// The last changes of the desired count, oldest first (at most [`DECISIONS_KEPT`]).
+    pub decisions: Vec<Decision>,
+}
+
+/// How many of the scaler's last decisions its status keeps.
+pub const DECISIONS_KEPT: usize = 20;
+
+/// A change of the scaler's desired count, and why.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Decision {
+    /// Unix seconds.
+    pub at: u64,
+    pub desired: u32,
+    /// Ready and starting when it was decided.
+    pub ready: u32,
+    pub starting: u32,
+    pub reason: String,
+    /// Whether this gateway acted on it (not paused, leading, an enabled provider).
+    pub acting: bool,
 }
 
 impl PoolState {

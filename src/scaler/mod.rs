@@ -20,7 +20,7 @@ use tokio::task::JoinHandle;
 
 use crate::kubernetes::lease::Leadership;
 use crate::peers::Peers;
-use crate::pool::{PoolState, ScalerStatus};
+use crate::pool::{DECISIONS_KEPT, Decision, PoolState, ScalerStatus};
 use observation::Beyond;
 use provider::{Action, Provider, Supply};
 
@@ -51,6 +51,7 @@ pub fn spawn(
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_desired = None;
         let mut last_error: Option<String> = None;
+        let mut decisions = std::collections::VecDeque::new();
         loop {
             tick.tick().await;
             let supply = match &actuation.provider {
@@ -74,7 +75,8 @@ pub fn spawn(
                 rec.desired = pinned;
             }
             desired_gauge.set(i64::from(rec.desired));
-            if last_desired != Some(rec.desired) {
+            let changed = last_desired != Some(rec.desired);
+            if changed {
                 tracing::info!(pool = pool.name(), ready = obs.ready, starting = obs.starting, desired = rec.desired, reason = %rec.reason, "scaler decision");
                 last_desired = Some(rec.desired);
             }
@@ -84,6 +86,19 @@ pub fn spawn(
                 rec.reason = format!("paused by an operator (would want {})", rec.desired);
             }
             let acting = actuation.enabled && leading && !paused;
+            if changed {
+                if decisions.len() == DECISIONS_KEPT {
+                    decisions.pop_front();
+                }
+                decisions.push_back(Decision {
+                    at: crate::openai::unix_seconds(),
+                    desired: rec.desired,
+                    ready: obs.ready,
+                    starting: obs.starting,
+                    reason: rec.reason.clone(),
+                    acting,
+                });
+            }
             if let Some(provider) = actuation.provider.as_ref().filter(|_| acting) {
                 match provider.scale(rec.desired, &obs).await {
                     Ok(action) => {
@@ -126,6 +141,7 @@ pub fn spawn(
                 inflight: obs.inflight,
                 queued: obs.queued,
                 peers_unknown: from_peers.unknown,
+                decisions: decisions.iter().cloned().collect(),
             })));
         }
     })

@@ -12,5 +12,6 @@ mod operations;
 mod scaler;
 mod signals;
 mod sim;
+mod status_page;
 mod support;
 mod versions;
