@@ -12,8 +12,9 @@
 //! - control: [`scaler`] (pure policies, observation, actuation; local and Kubernetes
 //!   providers), [`peers`] (the load only other gateways know), [`kubernetes`] (client,
 //!   leader lease);
-//! - beside them: [`config`], [`metrics`], [`admin`], [`http_server`], [`openai`] (wire
-//!   formats), [`telemetry`] (logs);
+//! - beside them: [`config`], [`metrics`], [`admin`], [`http_server`], [`tls`] (the
+//!   listener's certificate, verifying `https://` replicas), [`openai`] (wire formats),
+//!   [`telemetry`] (logs);
 //! - tools: [`vllm_sim`] (a simulated vLLM replica, `infergate sim`), [`fleet_sim`] (the
 //!   fleet simulation, `infergate simulate`), [`loadgen`] (`infergate load` and `loadgen`).
 
@@ -36,4 +37,5 @@ pub mod router;
 pub mod scaler;
 pub mod scrape;
 pub mod telemetry;
+pub mod tls;
 pub mod vllm_sim;

@@ -11,3 +11,4 @@ mod scaler;
 mod signals;
 mod sim;
 mod support;
+mod tls;
