@@ -16,7 +16,14 @@
 #
 # Environment: ROUNDS=N measured runs per path and case (default 3); PAUSE=S; WORKERS=N gives both
 # proxies N worker threads/processes (default: the gateway's default, one per core, and
-# nginx's `auto`); CASES="small" runs only some cases.
+# nginx's `auto`); CASES="small" runs only some cases (`small`, `large`, and `close`: the small
+# request with `Connection: close`, so that every request opens a connection).
+#
+# TLS=1 adds two paths: a second gateway with a TLS listener (`infergate-tls`) and nginx with
+# `ssl` on a second port (`nginx-tls`, TLS 1.3 allowed as infergate speaks it), both with an
+# ECDSA P-256 certificate made by openssl; the replica stays plain HTTP. Each TLS path's CPU per
+# request less its plain path's is the cost of TLS (the `close` case: of a handshake per
+# request); the report prints both differences.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-10}
@@ -26,9 +33,11 @@ workers=${WORKERS:-}
 cases=${CASES:-small large}
 conns=64
 threads=2
+tls=${TLS:-}
 command -v wrk >/dev/null && command -v nginx >/dev/null || { echo "needs wrk and nginx (apt-get install wrk nginx)"; exit 1; }
+[ -z "$tls" ] || command -v openssl >/dev/null || { echo "TLS=1 needs openssl"; exit 1; }
 cargo build --release --locked -q
-bin=target/release/infergate
+bin=${CARGO_TARGET_DIR:-target}/release/infergate
 # shellcheck source=benches/common.sh
 . benches/common.sh
 with_workdir
@@ -39,17 +48,45 @@ pids+=($!)
 sleep 0.5
 sim=$(awk '{print $3}' "$work/sim.out")
 
-gw_port=$(free_port); admin_port=$(free_port)
-cat >"$work/gw.yaml" <<YAML
-listeners: {gateway: 127.0.0.1:$gw_port, admin: 127.0.0.1:$admin_port${workers:+, worker_threads: $workers}}
+gateway_yaml() { # gateway-port admin-port [more listener settings]
+  cat <<YAML
+listeners: {gateway: 127.0.0.1:$1, admin: 127.0.0.1:$2${workers:+, worker_threads: $workers}${3:+, $3}}
 pools:
   - name: bench
     models: [m]
     discovery: {static: {endpoints: ["http://$sim"]}}
 YAML
+}
+gw_port=$(free_port); admin_port=$(free_port)
+gateway_yaml "$gw_port" "$admin_port" >"$work/gw.yaml"
 RUST_LOG=warn "$bin" serve --config "$work/gw.yaml" 2>"$work/gw.log" &
 gw_pid=$!
 pids+=($gw_pid)
+
+nginx_tls=""
+if [ -n "$tls" ]; then
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 -subj /CN=localhost \
+    -addext subjectAltName=IP:127.0.0.1 -keyout "$work/key.pem" -out "$work/cert.pem" 2>/dev/null
+  gw_tls_port=$(free_port); admin_tls_port=$(free_port)
+  gateway_yaml "$gw_tls_port" "$admin_tls_port" "tls: {cert: $work/cert.pem, key: $work/key.pem}" \
+    >"$work/gw-tls.yaml"
+  RUST_LOG=warn "$bin" serve --config "$work/gw-tls.yaml" 2>"$work/gw-tls.log" &
+  gw_tls_pid=$!
+  pids+=($gw_tls_pid)
+  ng_tls_port=$(free_port)
+  nginx_tls="server {
+    listen 127.0.0.1:$ng_tls_port ssl;
+    ssl_certificate $work/cert.pem;
+    ssl_certificate_key $work/key.pem;
+    ssl_protocols TLSv1.2 TLSv1.3;  # 1.22's default stops at TLS 1.2 (and resumes sessions)
+    location / {
+      proxy_pass http://sim;
+      proxy_http_version 1.1;
+      proxy_set_header Connection \"\";
+      proxy_buffering off;
+    }
+  }"
+fi
 
 ng_port=$(free_port)
 cat >"$work/nginx.conf" <<NGINX
@@ -71,6 +108,7 @@ http {
       proxy_buffering off;
     }
   }
+  $nginx_tls
 }
 NGINX
 # In the foreground of this session like the gateway (a daemon gets a scheduler group of its
@@ -96,6 +134,13 @@ wrk.headers["Content-Type"] = "application/json"
 wrk.body = '{"model": "m", "prompt": "Say hello to the benchmark.", "max_tokens": 4}'
 $quantiles
 LUA
+cat >"$work/close.lua" <<LUA
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Connection"] = "close"
+wrk.body = '{"model": "m", "prompt": "Say hello to the benchmark.", "max_tokens": 4}'
+$quantiles
+LUA
 cat >"$work/large.lua" <<LUA
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
@@ -115,7 +160,12 @@ print(sum(int(float(l.split()[-1])) for l in page.splitlines() if l.startswith("
 
 declare -A url=([direct]="http://$sim" [infergate]="http://127.0.0.1:$gw_port" [nginx]="http://127.0.0.1:$ng_port")
 paths=(direct infergate nginx)
-proxy_pids() { case $1 in infergate) echo "$gw_pid" ;; nginx) nginx_pids ;; esac; }
+if [ -n "$tls" ]; then
+  url[infergate-tls]="https://127.0.0.1:$gw_tls_port"
+  url[nginx-tls]="https://127.0.0.1:$ng_tls_port"
+  paths+=(infergate-tls nginx-tls)
+fi
+proxy_pids() { case $1 in infergate) echo "$gw_pid" ;; infergate-tls) echo "$gw_tls_pid" ;; nginx*) nginx_pids ;; esac; }
 
 # One measured run: quantiles to $work/$case.$path.$round, CPU ticks of the proxy added to
 # $work/$case.$path.cpu, wrk's error lines to $work/$case.$path.errors.
@@ -134,9 +184,10 @@ measure() { # case path round
 
 # Pools the rounds of one case and prints its table and per-round ratios.
 report() { # case
-  python3 - "$work" "$1" "$rounds" "$(getconf CLK_TCK)" "$gw_pid" <<'PY'
+  python3 - "$work" "$1" "$rounds" "$(getconf CLK_TCK)" "${paths[@]}" <<'PY'
 import os, sys
 work, case, rounds, hz = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+paths = sys.argv[5:]
 
 def run(path, r):
     lines = open(f"{work}/{case}.{path}.{r}").read().split()
@@ -168,14 +219,15 @@ def read(name, default=""):
 
 print("| path | req/s | p50 latency | p99 latency | proxy CPU µs/req | proxy peak RSS MiB | errors |")
 print("|---|---|---|---|---|---|---|")
-result = {}
-for path in ("direct", "infergate", "nginx"):
+result, cpu_per_request = {}, {}
+for path in paths:
     requests, rps, p50, p99 = pooled(path)
     result[path] = (rps, p99)
     cpu = mem = "-"
     if path != "direct":
         ticks = sum(int(x) for x in read(f"{case}.{path}.cpu", "0").split())
-        cpu = f"{ticks / hz * 1e6 / requests:.1f}"
+        cpu_per_request[path] = ticks / hz * 1e6 / requests
+        cpu = f"{cpu_per_request[path]:.1f}"
         mem = read(f"{path}.rss_mib", "-")
     errors = " ".join(read(f"{case}.{path}.errors").split()) or "none"
     print(f"| {path} | {rps:.0f} | {ms(p50)} | {ms(p99)} | {cpu} | {mem} | {errors} |")
@@ -189,6 +241,11 @@ for r in range(rounds):
 (g_rps, g99), (n_rps, n99) = result["infergate"], result["nginx"]
 print(f"infergate / nginx, rounds pooled: throughput {g_rps / n_rps:.2f}x, p99 {g99 / n99:.2f}x; "
       + "; ".join(ratios))
+for proxy in ("infergate", "nginx"):
+    if f"{proxy}-tls" in cpu_per_request:
+        plain, over_tls = cpu_per_request[proxy], cpu_per_request[f"{proxy}-tls"]
+        print(f"TLS costs {proxy} {over_tls - plain:.1f} µs CPU per request "
+              f"({over_tls:.1f} vs {plain:.1f}, {over_tls / plain:.2f}x)")
 PY
 }
 
@@ -201,17 +258,23 @@ for case in $cases; do
   rm -f "$work"/*.rss_mib
   queued_before=$(queued)
   for ((round = 0; round < rounds; round++)); do
-    for ((i = 0; i < 3; i++)); do
-      path=${paths[$(( (round + i) % 3 ))]}
+    for ((i = 0; i < ${#paths[@]}; i++)); do
+      path=${paths[$(( (round + i) % ${#paths[@]} ))]}
       measure "$case" "$path" "$round"
     done
   done
   queued_note="$case: $(( $(queued) - queued_before )) requests waited in infergate's admission queue"
   echo $(( $(hwm_kb "$gw_pid") / 1024 )) >"$work/infergate.rss_mib"
+  [ -z "$tls" ] || echo $(( $(hwm_kb "$gw_tls_pid") / 1024 )) >"$work/infergate-tls.rss_mib"
   # shellcheck disable=SC2046
   echo $(( $(hwm_kb $(nginx_pids)) / 1024 )) >"$work/nginx.rss_mib"
   echo
-  echo "**$case request** ($( [ $case = small ] && echo '~70-byte body' || echo '1 MiB prompt'))"
+  case $case in
+    small) what='~70-byte body' ;;
+    close) what='~70-byte body, a new connection each' ;;
+    *) what='1 MiB prompt' ;;
+  esac
+  echo "**$case request** ($what)"
   echo
   report "$case"
   echo

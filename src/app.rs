@@ -496,10 +496,18 @@ fn serve(
         },
     };
     let gateway_state = state.clone();
-    let gateway = http_server::serve("gateway", gateway_listeners, drain, limits, move |worker| {
-        let state = gateway_state.clone();
-        move |req, peer| crate::gateway::proxy::handle(state.clone(), worker, req, peer)
-    })?;
+    let tls = listeners.tls.clone();
+    let gateway = http_server::serve_tls(
+        "gateway",
+        gateway_listeners,
+        drain,
+        limits,
+        tls,
+        move |worker| {
+            let state = gateway_state.clone();
+            move |req, peer| crate::gateway::proxy::handle(state.clone(), worker, req, peer)
+        },
+    )?;
     let admin_state = state.clone();
     let (admin_drain, small) = (Duration::from_secs(1), http_server::Limits::SMALL);
     let admin = http_server::serve("admin", admin_listener, admin_drain, small, move |_| {
@@ -511,12 +519,12 @@ fn serve(
 
 impl App {
     /// Applies `config` the way `nginx -s reload` does: everything starts anew on the new
-    /// config — pools, discovery, scrapers, scalers, local replicas — on the same listening
-    /// sockets, and new connections go to it; then this one stops accepting and its open
-    /// answers finish on the pool state they started with (up to its drain timeout) before its
-    /// local replicas stop. Changed listener addresses or worker counts need a restart, and
-    /// a config that cannot start leaves this one serving: both come back as errors with this
-    /// app.
+    /// config — pools, discovery, scrapers, scalers, local replicas, the listener's TLS
+    /// certificate — on the same listening sockets, and new connections go to it; then this one
+    /// stops accepting and its open answers finish on the pool state they started with (up to
+    /// its drain timeout) before its local replicas stop. Changed listener addresses or worker
+    /// counts need a restart, and a config that cannot start leaves this one serving: both come
+    /// back as errors with this app.
     pub async fn reload(self, config: Config) -> Result<App, (App, anyhow::Error)> {
         let listeners = &config.listeners;
         let wanted = (listeners.gateway, listeners.admin, listeners.worker_threads);

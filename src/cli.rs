@@ -164,7 +164,11 @@ fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
             ..Default::default()
         };
         let mut gateway = crate::app::start_with(config, options).await?;
-        tracing::info!("gateway listening on http://{}", gateway.gateway_addr);
+        let scheme = match gateway.state.config.listeners.tls {
+            Some(_) => "https",
+            None => "http",
+        };
+        tracing::info!("gateway listening on {scheme}://{}", gateway.gateway_addr);
         tracing::info!(
             "admin listening on http://{} (/metrics, /healthz, /readyz, /admin/status, the status page /admin/page)",
             gateway.admin_addr

@@ -13,6 +13,11 @@
 //! most `max_connections` open — one more is answered 503 and closed at once, so that a flood
 //! of idle connections cannot use up the process's file descriptors (and take the admin
 //! listener down with the gateway).
+//!
+//! A listener given TLS settings serves the same over TLS: each accepted connection counts
+//! against the cap from the start and must finish its handshake within `header_timeout`, so
+//! that a client that connects and never says hello is closed like a slow one. One over the
+//! cap is closed without an answer (which would need a handshake first).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -154,6 +159,25 @@ where
     B: Body<Data = bytes::Bytes> + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    serve_tls(name, listeners, drain, limits, None, make_handler)
+}
+
+/// [`serve`] over TLS with `tls` (plain without).
+pub fn serve_tls<M, H, F, B>(
+    name: &str,
+    listeners: Vec<std::net::TcpListener>,
+    drain: Duration,
+    limits: Limits,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    make_handler: M,
+) -> std::io::Result<Server>
+where
+    M: Fn(usize) -> H + Send + Sync + 'static,
+    H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + 'static,
+    F: Future<Output = Response<B>> + 'static,
+    B: Body<Data = bytes::Bytes> + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let addr = listeners[0].local_addr()?;
     let (stop, stopped) = watch::channel(false);
     let make_handler = Arc::new(make_handler);
@@ -168,6 +192,7 @@ where
         done.push(done_rx);
         let (stopped, make_handler) = (stopped.clone(), make_handler.clone());
         let (balance, accepting) = (balance.clone(), accepting.clone());
+        let tls = tls.clone().map(tokio_rustls::TlsAcceptor::from);
         std::thread::Builder::new()
             .name(format!("{name}-{worker}"))
             .spawn(move || {
@@ -184,6 +209,7 @@ where
                         listener,
                         drain,
                         limits,
+                        tls,
                         balance,
                         worker,
                         accepting,
@@ -263,6 +289,8 @@ struct Accept {
     listener: TcpListener,
     drain: Duration,
     limits: Limits,
+    /// Set: every connection starts with a TLS handshake.
+    tls: Option<tokio_rustls::TlsAcceptor>,
     balance: Balance,
     worker: usize,
     /// Told when this loop stops accepting ([`Server::stop_accepting`]).
@@ -286,6 +314,7 @@ impl Accept {
             listener,
             drain,
             limits,
+            tls,
             balance,
             worker,
             accepting,
@@ -297,6 +326,8 @@ impl Accept {
             .timer(TokioTimer::new())
             .header_read_timeout(limits.header_timeout);
         builder.http2().timer(TokioTimer::new());
+        // Shared with the tasks that finish TLS handshakes before serving.
+        let builder = std::rc::Rc::new(builder);
         let mut over_cap = false;
         // Set once this server stops; read per answer on this thread only (no atomics).
         let stopping = std::rc::Rc::new(std::cell::Cell::new(false));
@@ -322,7 +353,11 @@ impl Accept {
                             tracing::warn!(max_connections = limits.max_connections, "connection cap reached: refusing new connections");
                         }
                         over_cap = true;
-                        tokio::task::spawn_local(refuse(stream));
+                        // Over TLS an answer would need the handshake the cap is there to
+                        // save: the connection is just closed.
+                        if tls.is_none() {
+                            tokio::task::spawn_local(refuse(stream));
+                        }
                         continue;
                     }
                     over_cap = false;
@@ -346,11 +381,26 @@ impl Accept {
                             Ok::<_, Infallible>(response)
                         }
                     });
-                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                    let conn = graceful.watch(conn.into_owned());
                     let open = balance.open(worker);
+                    let Some(tls) = &tls else {
+                        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                        let conn = graceful.watch(conn.into_owned());
+                        tokio::task::spawn_local(async move {
+                            let _ = conn.await;
+                            drop(open);
+                        });
+                        continue;
+                    };
+                    // Watched from now on: a stop waits for the handshake too (bounded).
+                    let watcher = graceful.watcher();
+                    let (tls, builder) = (tls.clone(), builder.clone());
+                    let handshake_timeout = limits.header_timeout;
                     tokio::task::spawn_local(async move {
-                        let _ = conn.await;
+                        let accepted = tokio::time::timeout(handshake_timeout, tls.accept(stream)).await;
+                        if let Ok(Ok(stream)) = accepted {
+                            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                            let _ = watcher.watch(conn.into_owned()).await;
+                        }
                         drop(open);
                     });
                 }

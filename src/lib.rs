@@ -13,8 +13,9 @@
 //!   providers), [`peers`] (the load only other gateways know), [`kubernetes`] (client,
 //!   leader lease);
 //! - beside them: [`config`], [`metrics`], [`admin`] (status, operator actions), [`chatops`]
-//!   (slash commands from chat) and [`notify`] (events to chat), [`http_server`], [`openai`]
-//!   (wire formats), [`telemetry`] (logs);
+//!   (slash commands from chat) and [`notify`] (events to chat), [`http_server`], [`tls`] (the
+//!   listener's certificate, verifying `https://` replicas), [`openai`] (wire formats),
+//!   [`telemetry`] (logs);
 //! - tools: [`vllm_sim`] (a simulated vLLM replica, `infergate sim`), [`fleet_sim`] (the
 //!   fleet simulation, `infergate simulate`), [`loadgen`] (`infergate load` and `loadgen`).
 
@@ -39,4 +40,5 @@ pub mod router;
 pub mod scaler;
 pub mod scrape;
 pub mod telemetry;
+pub mod tls;
 pub mod vllm_sim;

@@ -3,14 +3,17 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
+use http::uri::Scheme;
 use http::{HeaderName, Uri};
 
 pub use super::raw::{
     EventKind, GpuMetric, MetricsFormat, PortRef, RoutingPolicy, ScalerPolicy, UpstreamProtocol,
     WebhookFormat,
 };
+pub use crate::tls::UpstreamTls;
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -126,6 +129,8 @@ pub struct Listeners {
     pub body_timeout: Duration,
     /// Open client connections on the gateway listener (0: from the open-file limit at start).
     pub max_connections: usize,
+    /// The gateway listener's certificate, loaded; None: plain HTTP.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 #[derive(Debug, Clone)]
@@ -174,6 +179,8 @@ pub struct Pool {
     pub aliases: BTreeMap<String, String>,
     pub discovery: Discovery,
     pub upstream_protocol: UpstreamProtocol,
+    /// How `https://` replicas are verified (trusting nothing when the pool has none).
+    pub upstream_tls: UpstreamTls,
     pub metrics: Metrics,
     pub routing: Routing,
     pub admission: Admission,
@@ -215,6 +222,8 @@ pub struct KubernetesDiscovery {
     pub namespace: Option<String>,
     pub source: KubernetesSource,
     pub port: Option<PortRef>,
+    /// `http` or `https`.
+    pub scheme: Scheme,
 }
 
 #[derive(Debug, Clone)]
@@ -368,8 +377,13 @@ impl Config {
                 format!("{} ({} models, {kind}{scaling})", p.name, p.models.len())
             })
             .collect();
+        let tls = if self.listeners.tls.is_some() {
+            " (TLS)"
+        } else {
+            ""
+        };
         format!(
-            "ok: gateway {}, admin {}, {} pool(s): {}",
+            "ok: gateway {}{tls}, admin {}, {} pool(s): {}",
             self.listeners.gateway,
             self.listeners.admin,
             self.pools.len(),

@@ -126,6 +126,14 @@ impl Members {
         self.reconcile_locked(&mut state);
     }
 
+    /// How the pool's replicas are spoken to (`discovery.kubernetes.scheme`).
+    pub fn scheme(&self) -> Scheme {
+        match &self.pool.config.discovery {
+            crate::config::Discovery::Kubernetes(k) => k.scheme.clone(),
+            _ => Scheme::HTTP,
+        }
+    }
+
     /// Re-applies the rules (an exclusion may have expired).
     pub fn reconcile(&self) {
         let mut state = self.state.lock().expect("not poisoned");
@@ -162,7 +170,7 @@ impl Members {
             if !state.routed.contains(authority) {
                 tracing::info!(pool = self.pool.name(), replica = %authority, pod = ?placement.pod, "replica joined routing");
                 self.pool
-                    .add_placed_replica(Scheme::HTTP, authority.clone(), placement.clone());
+                    .add_placed_replica(self.scheme(), authority.clone(), placement.clone());
             }
         }
         state.routed = wanted.into_keys().collect();

@@ -174,6 +174,7 @@ async fn proxy(
         parts: &parts,
         body,
         peer,
+        over_tls: state.config.listeners.tls.is_some(),
         features: &classified.features,
         blocks: &blocks,
         received,
@@ -258,6 +259,7 @@ fn mirror_request(
             features: &features,
             blocks: &[],
             received: Instant::now(),
+            over_tls: state.config.listeners.tls.is_some(),
         };
         let result = forward(&pool, worker, &state.config.classification, request).await;
         let status = match result {
@@ -311,6 +313,8 @@ struct Outgoing<'a> {
     parts: &'a http::request::Parts,
     body: Bytes,
     peer: SocketAddr,
+    /// The client came over TLS (`X-Forwarded-Proto: https`).
+    over_tls: bool,
     features: &'a router::RequestFeatures,
     /// The prompt's prefix blocks, recorded against the chosen replica.
     blocks: &'a [u64],
@@ -327,6 +331,7 @@ async fn forward(
         parts,
         body,
         peer,
+        over_tls,
         features,
         blocks,
         received,
@@ -369,7 +374,7 @@ async fn forward(
             index.record(blocks, replica.id);
             pool.log_placement(replica.id, blocks);
         }
-        let upstream = upstream_request(parts, body.clone(), &replica, peer);
+        let upstream = upstream_request(parts, body.clone(), &replica, peer, over_tls);
         // The pick's clock reading is the send time too (building the request takes a
         // microsecond; clock reads show in the profile).
         let sent = now;
@@ -450,12 +455,14 @@ async fn admit(
 }
 
 /// The request as sent to the replica: same method, path, query, body and end-to-end headers;
-/// hop-by-hop headers stripped; `X-Forwarded-For` and `-Proto` added.
+/// hop-by-hop headers stripped; `X-Forwarded-For` and `-Proto` (`https` when the client came
+/// `over_tls`) added.
 fn upstream_request(
     parts: &http::request::Parts,
     body: Bytes,
     replica: &crate::replica::Replica,
     peer: SocketAddr,
+    over_tls: bool,
 ) -> Request<Full<Bytes>> {
     // Scheme, authority and path are all shared `Bytes`: building the URI copies nothing.
     let mut uri = http::uri::Parts::default();
@@ -495,7 +502,8 @@ fn upstream_request(
     if let Some(value) = forwarded_for {
         headers.insert(FORWARDED_FOR, value);
     }
-    headers.insert(FORWARDED_PROTO, HeaderValue::from_static("http"));
+    let proto = if over_tls { "https" } else { "http" };
+    headers.insert(FORWARDED_PROTO, HeaderValue::from_static(proto));
     let mut request = Request::new(Full::new(body));
     *request.method_mut() = parts.method.clone();
     *request.uri_mut() = uri;
@@ -639,7 +647,7 @@ mod tests {
             Instant::now(),
         );
         let peer: SocketAddr = "192.168.1.7:5000".parse().unwrap();
-        let upstream = upstream_request(&parts, Bytes::from_static(b"{}"), &replica, peer);
+        let upstream = upstream_request(&parts, Bytes::from_static(b"{}"), &replica, peer, false);
         assert_eq!(upstream.uri(), "http://127.0.0.1:9/v1/completions?x=1");
         let h = upstream.headers();
         let names: Vec<&str> = h.keys().map(|n| n.as_str()).collect();
@@ -656,5 +664,7 @@ mod tests {
         assert_eq!(custom, ["a", "b"]);
         assert_eq!(h[FORWARDED_FOR], "10.0.0.1, 192.168.1.7");
         assert_eq!(h[FORWARDED_PROTO], "http");
+        let over_tls = upstream_request(&parts, Bytes::new(), &replica, peer, true);
+        assert_eq!(over_tls.headers()[FORWARDED_PROTO], "https");
     }
 }

@@ -3,7 +3,8 @@
 //! when its answer has been read to the end. hyper-util's pooled client did the same through a
 //! map hashed twice per request and a task spawned per answer to put the connection back, which
 //! cost more than the rest of the proxying in user space. h2c pools keep hyper-util's client,
-//! whose one multiplexed connection per replica serves every request.
+//! whose one multiplexed connection per replica serves every request. `https://` replicas are
+//! spoken to in HTTP/1.1 over TLS, verified as the pool's `upstream_tls` says.
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
@@ -21,7 +22,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioIo;
 
-use crate::config::{self, UpstreamProtocol};
+use crate::config::{self, UpstreamProtocol, UpstreamTls};
 use crate::replica::Replica;
 
 /// Idle connections kept per replica and worker.
@@ -82,6 +83,7 @@ impl UpstreamClient {
             }
             UpstreamProtocol::Http1 => UpstreamClient::Http1(Http1Pool {
                 connect_timeout: config.timeouts.connect,
+                tls: config.upstream_tls.clone(),
                 idle: Mutex::default(),
             }),
         }
@@ -113,7 +115,9 @@ impl UpstreamClient {
 }
 
 pub struct Http1Pool {
+    /// For the TCP connection and, to an `https://` replica, the TLS handshake.
     connect_timeout: Duration,
+    tls: UpstreamTls,
     /// Idle connections by replica id, oldest first.
     idle: Mutex<HashMap<u64, VecDeque<Idle>, BuildHasherDefault<IdHasher>>>,
 }
@@ -190,33 +194,53 @@ impl Http1Pool {
     }
 
     async fn connect(&self, replica: &Replica) -> Result<SendRequest<Full<Bytes>>, UpstreamError> {
-        if replica.scheme != Scheme::HTTP {
+        let https = if replica.scheme == Scheme::HTTP {
+            false
+        } else if replica.scheme == Scheme::HTTPS {
+            true
+        } else {
+            let scheme = &replica.scheme;
             return Err(UpstreamError::Connect(format!(
-                "scheme {} is not http",
-                replica.scheme
+                "scheme {scheme} is not http(s)"
             )));
-        }
-        let host = replica.authority.host().trim_matches(['[', ']']);
-        let port = replica.authority.port_u16().unwrap_or(80);
-        let stream = match tokio::time::timeout(
-            self.connect_timeout,
-            tokio::net::TcpStream::connect((host, port)),
-        )
-        .await
-        {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(e)) => return Err(UpstreamError::Connect(e.to_string())),
-            Err(_) => return Err(UpstreamError::Connect("timed out".into())),
         };
-        let _ = stream.set_nodelay(true);
-        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| UpstreamError::Connect(e.to_string()))?;
-        tokio::task::spawn_local(async move {
-            let _ = connection.await;
-        });
-        Ok(sender)
+        let host = replica.authority.host().trim_matches(['[', ']']);
+        let default_port = if https { 443 } else { 80 };
+        let port = replica.authority.port_u16().unwrap_or(default_port);
+        let connect = async {
+            let stream = tokio::net::TcpStream::connect((host, port))
+                .await
+                .map_err(|e| UpstreamError::Connect(e.to_string()))?;
+            let _ = stream.set_nodelay(true);
+            if !https {
+                return handshake(stream).await;
+            }
+            let name = self.tls.server_name(host).map_err(UpstreamError::Connect)?;
+            let tls = tokio_rustls::TlsConnector::from(self.tls.config.clone())
+                .connect(name, stream)
+                .await
+                .map_err(|e| UpstreamError::Connect(format!("TLS: {e}")))?;
+            handshake(tls).await
+        };
+        match tokio::time::timeout(self.connect_timeout, connect).await {
+            Ok(connected) => connected,
+            Err(_) => Err(UpstreamError::Connect("timed out".into())),
+        }
     }
+}
+
+/// Starts HTTP/1.1 on a connected stream; its connection task runs on this worker.
+async fn handshake<S>(stream: S) -> Result<SendRequest<Full<Bytes>>, UpstreamError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'static,
+{
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| UpstreamError::Connect(e.to_string()))?;
+    tokio::task::spawn_local(async move {
+        let _ = connection.await;
+    });
+    Ok(sender)
 }
 
 /// An HTTP/1.1 request names only the path; the replica goes in `Host`.

@@ -26,7 +26,16 @@ pub async fn run(
     mut events: mpsc::Receiver<Event>,
     failed: prometheus::IntCounter,
 ) {
-    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    // Chat services are https: verified with the system's CA certificates (without any, only
+    // http:// webhooks can be reached).
+    let tls = crate::tls::client_config(&[])
+        .map(|config| crate::tls::UpstreamTls {
+            config,
+            server_name: None,
+        })
+        .unwrap_or_else(|_| crate::tls::UpstreamTls::unused());
+    let client: Client<_, Full<Bytes>> =
+        Client::builder(TokioExecutor::new()).build(tls.connector());
     let mut last_sent: Option<tokio::time::Instant> = None;
     while let Some(first) = events.recv().await {
         // The first of a quiet spell goes at once; after a message, the rest wait out

@@ -350,13 +350,12 @@ impl Inner {
     /// gone or its metrics are, and the deadline bounds the wait either way).
     async fn wait_until_idle(&self, victims: &[Member], deadline: Instant) -> f64 {
         let metrics = &self.pool.config.metrics;
-        let client: crate::scrape::HttpClient =
-            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-                .build_http();
+        let client = crate::scrape::replica_client(&self.pool.config);
+        let scheme = self.members.scheme();
         loop {
             let mut busy = 0.0;
             for authority in victims.iter().filter_map(|v| v.authority.as_ref()) {
-                let uri = format!("http://{authority}{}", metrics.path);
+                let uri = format!("{scheme}://{authority}{}", metrics.path);
                 let page = crate::scrape::scrape(&client, &uri, metrics.format, None);
                 if let Ok(Ok((stats, _))) = tokio::time::timeout(metrics.scrape_timeout, page).await
                 {

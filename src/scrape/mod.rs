@@ -1,18 +1,21 @@
 //! The per-pool scraper (its parsers: [`exposition`] for the replicas' own pages, [`gpu`] for
 //! DCGM samples): polls every replica's `/metrics` over keep-alive connections at the
 //! configured interval (all replicas concurrently, each bounded by the scrape timeout and the
-//! page-size limit) and stores the parsed [`EngineStats`] on the replica. A failed scrape changes
-//! nothing but a failure count; stale stats age out on their own. With `metrics.gpu`, GPU use
-//! comes from the same replica pages, or from a DCGM exporter polled on its own interval by the
-//! same task (bounded the same way; a failed exporter scrape changes nothing).
+//! page-size limit) and stores the parsed [`EngineStats`] on the replica. `https://` replicas
+//! are read over TLS with the pool's `upstream_tls`, as requests to them are sent. A failed
+//! scrape changes nothing but a failure count; stale stats age out on their own. With
+//! `metrics.gpu`, GPU use comes from the same replica pages, or from a DCGM exporter polled on
+//! its own interval by the same task (bounded the same way; a failed exporter scrape changes
+//! nothing).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Limited};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::{Connect, HttpConnector};
 use hyper_util::rt::TokioExecutor;
 use tokio::task::{JoinHandle, JoinSet};
 
@@ -27,9 +30,7 @@ use exposition::MAX_PAGE_BYTES;
 /// Scrapes the pool's replicas until aborted.
 pub fn spawn(pool: Arc<PoolState>) -> JoinHandle<()> {
     tokio::spawn(async move {
-        let client: HttpClient = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build_http();
+        let client = replica_client(&pool.config);
         match pool.config.metrics.gpu.clone() {
             Some(GpuMetrics {
                 url: Some(url),
@@ -45,10 +46,21 @@ pub fn spawn(pool: Arc<PoolState>) -> JoinHandle<()> {
     })
 }
 
+/// A client for plain `http://` pages (peer gateways).
 pub(crate) type HttpClient = Client<HttpConnector, Empty<Bytes>>;
 
+/// A client for a pool's replica pages: `https://` ones with the pool's TLS settings.
+pub(crate) type ReplicaClient = Client<HttpsConnector<HttpConnector>, Empty<Bytes>>;
+
+/// The client a pool's replica pages are read with.
+pub(crate) fn replica_client(pool: &crate::config::Pool) -> ReplicaClient {
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(30))
+        .build(pool.upstream_tls.connector())
+}
+
 /// Polls the replicas' own pages until the task is aborted.
-async fn scrape_replicas(pool: &Arc<PoolState>, client: &HttpClient) {
+async fn scrape_replicas(pool: &Arc<PoolState>, client: &ReplicaClient) {
     let metrics = pool.config.metrics.clone();
     // The GPU metric is read from the replica pages when no exporter is configured.
     let gpu_on_page = metrics
@@ -114,7 +126,7 @@ async fn scrape_replicas(pool: &Arc<PoolState>, client: &HttpClient) {
 /// readings go stale on their own.
 async fn scrape_exporter(
     pool: &PoolState,
-    client: &HttpClient,
+    client: &ReplicaClient,
     url: http::Uri,
     metric: GpuMetric,
     interval: Duration,
@@ -160,6 +172,11 @@ async fn scrape_exporter(
     }
 }
 
+/// What a client connects with: plain, or `https://` too.
+pub(crate) trait Connector: Connect + Clone + Send + Sync + 'static {}
+
+impl<C: Connect + Clone + Send + Sync + 'static> Connector for C {}
+
 pub(crate) enum ScrapeError {
     /// No connection could be made.
     Unreachable(String),
@@ -168,8 +185,8 @@ pub(crate) enum ScrapeError {
 }
 
 /// Reads a replica's page: its engine stats and, when asked, the GPU metric on it.
-pub(crate) async fn scrape(
-    client: &HttpClient,
+pub(crate) async fn scrape<C: Connector>(
+    client: &Client<C, Empty<Bytes>>,
     uri: &str,
     format: crate::config::MetricsFormat,
     gpu_metric: Option<GpuMetric>,
@@ -188,13 +205,16 @@ pub(crate) async fn scrape(
 }
 
 /// GETs a metrics page, at most [`MAX_PAGE_BYTES`] of it.
-pub(crate) async fn fetch(client: &HttpClient, uri: http::Uri) -> Result<Bytes, ScrapeError> {
+pub(crate) async fn fetch<C: Connector>(
+    client: &Client<C, Empty<Bytes>>,
+    uri: http::Uri,
+) -> Result<Bytes, ScrapeError> {
     fetch_with(client, uri, None).await
 }
 
 /// [`fetch`] with a bearer token (a peer gateway's admin listener may require one).
-pub(crate) async fn fetch_with(
-    client: &HttpClient,
+pub(crate) async fn fetch_with<C: Connector>(
+    client: &Client<C, Empty<Bytes>>,
     uri: http::Uri,
     bearer: Option<&str>,
 ) -> Result<Bytes, ScrapeError> {

@@ -178,6 +178,41 @@ async fn kube_endpoint_slices_appear_become_ready_and_terminate() {
     gw.shutdown().await;
 }
 
+/// `scheme: https`: the endpoints (pod IPs) are spoken to over TLS, for requests and scrapes,
+/// verified with the pool's CA against the Service's name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_endpoints_with_scheme_https_are_reached_over_tls() {
+    use crate::tls::{TestCa, tls_front};
+    let replica = sim("llama-8b-h100").await;
+    let ca = TestCa::new("kube");
+    let (front, handshakes) = tls_front(replica.addr, &ca.issue(&["sim.default.svc"], "sim")).await;
+    let fake = FakeKube::start().await;
+    fake.apply(SLICES, slice("sim-a", front, true, false));
+    let tls = format!(
+        "upstream_tls: {{ca: {:?}, server_name: sim.default.svc}}\nmetrics: {{scrape_interval: 50ms}}",
+        ca.ca_file()
+    );
+    let gw = GatewayConfig::kubernetes("{service: sim, port: http, scheme: https}")
+        .pool(&tls)
+        .start_with(Options {
+            kube: Some(KubeContext {
+                client: fake.client("gw"),
+                identity: "gw".into(),
+            }),
+            ..Default::default()
+        })
+        .await;
+    assert_eq!(routed(&gw).await, [front.to_string()]);
+    assert_eq!(chat(&gw).await.status, 200);
+    assert_eq!(requests_finished(replica.addr).await, 1.0);
+    eventually(Duration::from_secs(5), "scraped over TLS", async || {
+        replicas(&pool_status(&gw).await)[0]["engine"].is_object()
+    })
+    .await;
+    assert!(handshakes.load(std::sync::atomic::Ordering::Relaxed) >= 2);
+    gw.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kube_pods_by_selector_route_on_the_named_container_port() {
     let (a, b) = (sim("llama-8b-h100").await, sim("llama-8b-h100").await);

@@ -14,4 +14,5 @@ mod signals;
 mod sim;
 mod status_page;
 mod support;
+mod tls;
 mod versions;

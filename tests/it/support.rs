@@ -239,6 +239,12 @@ impl GatewayConfig {
         Self::with_discovery(format!("{{static: {{endpoints: [{}]}}}}", list.join(", ")))
     }
 
+    /// Static discovery of the replicas at `urls` (`https://` ones, say).
+    pub fn static_urls(urls: &[&str]) -> Self {
+        let list: Vec<String> = urls.iter().map(|u| format!("\"{u}\"")).collect();
+        Self::with_discovery(format!("{{static: {{endpoints: [{}]}}}}", list.join(", ")))
+    }
+
     /// Static discovery of replicas (address, pod name): the pod names match GPU readings.
     pub fn static_pods(replicas: &[(SocketAddr, &str)]) -> Self {
         let endpoints: Vec<String> = replicas
@@ -610,10 +616,36 @@ pub fn openai_chat_stream(
     max_tokens: u32,
     extra_body: &str,
 ) -> Value {
+    let client = format!(r#"openai.OpenAI(base_url="http://{addr}/v1", api_key="unused")"#);
+    openai_chat_stream_with(&client, content, max_tokens, extra_body)
+}
+
+/// [`openai_chat_stream`] over TLS from `https://{addr}`, trusting the CA certificates in
+/// `ca_file` (PEM) and no other.
+pub fn openai_chat_stream_over_tls(
+    addr: SocketAddr,
+    ca_file: &std::path::Path,
+    content: &str,
+    max_tokens: u32,
+) -> Value {
+    let client = format!(
+        r#"openai.OpenAI(base_url="https://{addr}/v1", api_key="unused",
+    http_client=openai.DefaultHttpxClient(verify=ssl.create_default_context(cafile={ca_file:?})))"#
+    );
+    openai_chat_stream_with(&client, content, max_tokens, "None")
+}
+
+/// The stream of [`openai_chat_stream`] through `client`, a Python expression.
+fn openai_chat_stream_with(
+    client: &str,
+    content: &str,
+    max_tokens: u32,
+    extra_body: &str,
+) -> Value {
     let script = format!(
         r#"
-import json, openai
-client = openai.OpenAI(base_url="http://{addr}/v1", api_key="unused")
+import json, openai, ssl
+client = {client}
 stream = client.chat.completions.create(model="m", messages=[{{"role": "user", "content": {content:?}}}],
     max_tokens={max_tokens}, stream=True, stream_options={{"include_usage": True}}, extra_body={extra_body})
 content, finish, usage = "", None, None
@@ -651,7 +683,7 @@ pub fn spawn_serve(
     while gateway.is_none() || admin.is_none() {
         let line = lines.next().expect("serve logs its addresses").unwrap();
         let addr = || {
-            line.split("http://")
+            line.split("://") // http, or https for a TLS listener
                 .nth(1)?
                 .split_whitespace()
                 .next()?

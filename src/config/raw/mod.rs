@@ -108,10 +108,29 @@ pub struct RawListeners {
     /// Longest time to receive a whole request body (duration); the request then gets 408.
     pub body_timeout: Quantity,
     /// Client connections the gateway listener holds open at once; a connection over it is
-    /// answered 503 and closed at once, while the admin listener and established streams go on.
+    /// answered 503 and closed at once (over TLS: closed, as an answer would need a handshake),
+    /// while the admin listener and established streams go on.
     /// 0: from the open-file limit (raised to its hard limit at start) — half of it less 256, so
     /// that upstream and scrape connections and the admin listener keep file descriptors.
     pub max_connections: u32,
+    /// Serve the gateway listener over TLS (HTTPS, HTTP/2 and HTTP/1.1 by ALPN) with this
+    /// certificate. The files are read when the config is loaded and again on every reload
+    /// (SIGHUP): new connections get the new certificate, and a file that does not load keeps
+    /// the previous config serving. The TLS handshake counts against `header_timeout` and
+    /// `max_connections`. Unset: plain HTTP. The admin listener stays plain HTTP.
+    pub tls: Option<RawListenerTls>,
+}
+
+/// A certificate and its private key, as PEM files. Relative paths are taken from the working
+/// directory.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawListenerTls {
+    /// The certificate chain (PEM): the gateway's own certificate first, then the
+    /// intermediates. Required.
+    pub cert: String,
+    /// The certificate's private key (PEM: PKCS#8, RSA or EC). Required.
+    pub key: String,
 }
 
 impl Default for RawListeners {
@@ -126,6 +145,7 @@ impl Default for RawListeners {
             body_idle_timeout: "10s".into(),
             body_timeout: "60s".into(),
             max_connections: 0,
+            tls: None,
         }
     }
 }

@@ -23,6 +23,10 @@ pub struct RawPool {
     pub discovery: Option<RawDiscovery>,
     /// Protocol spoken to replicas.
     pub upstream_protocol: UpstreamProtocol,
+    /// How `https://` replicas are verified: by the system's CA roots, plus a private CA here.
+    /// Only for pools whose replicas are `https://` (static URLs, or `discovery.kubernetes.scheme:
+    /// https`).
+    pub upstream_tls: RawUpstreamTls,
     /// How replica load is scraped.
     pub metrics: RawMetrics,
     /// How a replica is picked for each request.
@@ -81,7 +85,8 @@ pub enum RawDiscovery {
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawStaticDiscovery {
-    /// Base URLs of the replicas, e.g. `http://10.0.0.5:8000`.
+    /// Base URLs of the replicas, e.g. `http://10.0.0.5:8000`, or `https://` ones (verified as
+    /// `upstream_tls` says).
     pub endpoints: Vec<String>,
     /// Pod (or host) name of an endpoint, keyed by its URL as written in `endpoints`: GPU
     /// samples (`metrics.gpu.url`) are matched to replicas by it.
@@ -125,6 +130,32 @@ pub struct RawKubernetesDiscovery {
     /// Target port of the replicas: a number, or a name (the Service port's name with
     /// `service`, the container port's name with `selector`). Unset: the first port listed.
     pub port: Option<PortRef>,
+    /// How the replicas are spoken to: `http`, or `https` (verified as `upstream_tls` says;
+    /// endpoints are pod IPs, so their certificates must name the IP, or set
+    /// `upstream_tls.server_name`).
+    pub scheme: ReplicaScheme,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, JsonSchema, Default, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ReplicaScheme {
+    /// Plain HTTP.
+    #[default]
+    Http,
+    /// HTTP over TLS.
+    Https,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawUpstreamTls {
+    /// PEM file of CA certificates that sign the replicas' certificates (a private CA), trusted
+    /// besides the system's roots. Re-read on every reload. A relative path is taken from the
+    /// working directory.
+    pub ca: Option<String>,
+    /// The name the replicas' certificates must carry, instead of the host in each replica's
+    /// URL (e.g. the Service's DNS name when endpoints are pod IPs).
+    pub server_name: Option<String>,
 }
 
 /// A port given by number or by name.
@@ -141,7 +172,7 @@ pub enum UpstreamProtocol {
     /// HTTP/1.1 with keep-alive.
     #[default]
     Http1,
-    /// HTTP/2 over cleartext (prior knowledge).
+    /// HTTP/2 over cleartext (prior knowledge); not for `https://` replicas.
     H2c,
 }
 
@@ -181,7 +212,8 @@ impl Default for RawAdmission {
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawTimeouts {
-    /// Time to open a connection to a replica (duration).
+    /// Time to open a connection to a replica (duration), the TLS handshake included for
+    /// `https://` ones.
     pub connect: Quantity,
     /// Time from sending a request until the replica's response headers arrive (duration).
     pub first_byte: Quantity,

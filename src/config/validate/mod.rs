@@ -1,9 +1,13 @@
 //! Raw config → typed config. Every rule is checked and every failure recorded with its YAML
 //! path and location; the typed config is returned only when there is none.
 //!
-//! This file holds the checker that records problems, the file's top level (listeners,
-//! classification, leader election, the pools' names and models across pools); one pool is
-//! validated in `pool` (with its discovery), its sections in `metrics`, `routing` and `scaler`.
+//! The TLS files a config names are read and parsed here too, so that a certificate that does
+//! not load is reported like any other problem.
+//!
+//! This file holds the checker that records problems, the file's top level (listeners and the
+//! listener's certificate, classification, leader election, the pools' names and models across
+//! pools); one pool is validated in `pool` (with its discovery and replica TLS), its sections
+//! in `metrics`, `routing` and `scaler`.
 
 mod chatops;
 mod metrics;
@@ -14,6 +18,8 @@ mod versions;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderName, Uri};
@@ -76,10 +82,25 @@ impl Checker<'_> {
     }
 
     fn http_url(&mut self, path: String, text: &str) -> Uri {
+        self.url(path, text, &["http"])
+    }
+
+    /// A URL with a host, whose scheme is one of `schemes`.
+    fn url(&mut self, path: String, text: &str, schemes: &[&str]) -> Uri {
         match text.parse::<Uri>() {
-            Ok(uri) if uri.scheme_str() == Some("http") && uri.authority().is_some() => uri,
+            Ok(uri)
+                if uri.authority().is_some()
+                    && uri.scheme_str().is_some_and(|s| schemes.contains(&s)) =>
+            {
+                uri
+            }
             _ => {
-                self.fail(path, format!("`{text}` is not an http:// URL with a host"));
+                let schemes: Vec<String> = schemes.iter().map(|s| format!("{s}://")).collect();
+                let schemes = schemes.join(" or ");
+                self.fail(
+                    path,
+                    format!("`{text}` is not an {schemes} URL with a host"),
+                );
                 Uri::from_static("http://invalid")
             }
         }
@@ -314,7 +335,23 @@ fn listeners(c: &mut Checker, raw: &RawListeners) -> Listeners {
             .positive_duration("listeners.body_idle_timeout".into(), &raw.body_idle_timeout),
         body_timeout: c.positive_duration("listeners.body_timeout".into(), &raw.body_timeout),
         max_connections: raw.max_connections as usize,
+        tls: raw.tls.as_ref().and_then(|tls| listener_tls(c, tls)),
     }
+}
+
+/// Loads the listener's certificate and key now, so that a file that does not load is a
+/// config problem (and a reload with it keeps the previous config serving).
+fn listener_tls(c: &mut Checker, raw: &RawListenerTls) -> Option<Arc<rustls::ServerConfig>> {
+    let p = "listeners.tls";
+    let chain = crate::tls::read_certs(Path::new(&raw.cert))
+        .map_err(|e| c.fail(format!("{p}.cert"), e))
+        .ok();
+    let key = crate::tls::read_key(Path::new(&raw.key))
+        .map_err(|e| c.fail(format!("{p}.key"), e))
+        .ok();
+    crate::tls::server_config(chain?, key?)
+        .map_err(|e| c.fail(p, e))
+        .ok()
 }
 
 fn classification(c: &mut Checker, raw: &RawClassification) -> Classification {

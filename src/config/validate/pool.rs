@@ -1,9 +1,14 @@
 //! Validation of one pool: its name, models, aliases and LoRA adapters, where its replicas
-//! come from (discovery) and whether its scaler's provider fits it, its admission, timeout and
-//! retry settings; its metrics, routing and scaler sections through their own files.
+//! come from (discovery) and whether its scaler's provider fits it, how `https://` replicas are
+//! verified, its admission, timeout and retry settings; its metrics, routing and scaler
+//! sections through their own files.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::time::Duration;
+
+use http::uri::Scheme;
+use rustls::pki_types::ServerName;
 
 use super::Checker;
 use super::metrics::metrics;
@@ -96,11 +101,25 @@ pub(super) fn pool(c: &mut Checker, p: &str, raw: &RawPool) -> Pool {
             window,
         }
     });
+    let https = match &discovery {
+        Discovery::Static { endpoints, .. } => {
+            endpoints.iter().any(|e| e.scheme() == Some(&Scheme::HTTPS))
+        }
+        Discovery::Kubernetes(k) => k.scheme == Scheme::HTTPS,
+        Discovery::Local(_) => false,
+    };
+    if https && raw.upstream_protocol == UpstreamProtocol::H2c {
+        c.fail(
+            format!("{p}.upstream_protocol"),
+            "h2c is HTTP/2 in the clear: `https://` replicas are spoken to in HTTP/1.1 (`http1`)",
+        );
+    }
     Pool {
         slo,
         name,
         models: raw.models.clone(),
         aliases: raw.aliases.clone(),
+        upstream_tls: upstream_tls(c, p, &raw.upstream_tls, https),
         discovery,
         upstream_protocol: raw.upstream_protocol,
         metrics: metrics(c, p, &raw.metrics),
@@ -151,6 +170,49 @@ pub(super) fn pool(c: &mut Checker, p: &str, raw: &RawPool) -> Pool {
     }
 }
 
+/// The client settings for the pool's `https://` replicas: the system's roots and the `ca`
+/// file, read now (so that a reload re-reads it).
+fn upstream_tls(c: &mut Checker, p: &str, raw: &RawUpstreamTls, https: bool) -> UpstreamTls {
+    let p = format!("{p}.upstream_tls");
+    let server_name = raw.server_name.as_ref().and_then(|name| {
+        ServerName::try_from(name.clone())
+            .map_err(|_| {
+                let message = format!("`{name}` is not a DNS name or an IP address");
+                c.fail(format!("{p}.server_name"), message)
+            })
+            .ok()
+    });
+    let ca = match &raw.ca {
+        Some(file) => match crate::tls::read_certs(Path::new(file)) {
+            Ok(certs) => certs,
+            Err(e) => {
+                c.fail(format!("{p}.ca"), e);
+                return UpstreamTls::unused();
+            }
+        },
+        None => Vec::new(),
+    };
+    if !https {
+        if raw.ca.is_some() || raw.server_name.is_some() {
+            c.fail(
+                p,
+                "no replica of this pool is `https://` (static endpoints, or `discovery.kubernetes.scheme: https`)",
+            );
+        }
+        return UpstreamTls::unused();
+    }
+    match crate::tls::client_config(&ca) {
+        Ok(config) => UpstreamTls {
+            config,
+            server_name,
+        },
+        Err(e) => {
+            c.fail(format!("{p}.ca"), e);
+            UpstreamTls::unused()
+        }
+    }
+}
+
 fn discovery(c: &mut Checker, p: &str, raw: Option<&RawDiscovery>, scaler: &Scaler) -> Discovery {
     let p = format!("{p}.discovery");
     match raw {
@@ -172,7 +234,7 @@ fn discovery(c: &mut Checker, p: &str, raw: Option<&RawDiscovery>, scaler: &Scal
                 .endpoints
                 .iter()
                 .enumerate()
-                .map(|(i, e)| c.http_url(format!("{p}.static.endpoints[{i}]"), e))
+                .map(|(i, e)| c.url(format!("{p}.static.endpoints[{i}]"), e, &["http", "https"]))
                 .collect();
             let pods = s.endpoints.iter().map(|e| s.pods.get(e).cloned()).collect();
             for url in s.pods.keys().filter(|u| !s.endpoints.contains(u)) {
@@ -226,6 +288,10 @@ fn discovery(c: &mut Checker, p: &str, raw: Option<&RawDiscovery>, scaler: &Scal
                 namespace: Checker::namespace(&k.namespace),
                 source,
                 port: k.port.clone(),
+                scheme: match k.scheme {
+                    ReplicaScheme::Http => Scheme::HTTP,
+                    ReplicaScheme::Https => Scheme::HTTPS,
+                },
             })
         }
     }
