@@ -145,7 +145,7 @@ async fn start_on(config: Config, options: Options, sockets: Sockets) -> anyhow:
     );
     let admin = config.listeners.admin;
     if options.admin_token.is_none() && !admin.ip().is_loopback() {
-        tracing::warn!(%admin, "the admin listener is reachable beyond this machine without a token: set INFERGATE_ADMIN_TOKEN");
+        tracing::warn!(%admin, "the admin listener is reachable beyond this machine without a token: it answers only probes to other machines; set INFERGATE_ADMIN_TOKEN");
     }
     let (notifier, senders) =
         crate::notify::Notifier::start(&config.chatops.notify, &peers.id, &metrics);

@@ -117,6 +117,9 @@ expect_in statefulset "- statefulsets/scale" "- vllm-qwen" "replicas: 1" "termin
 expect_in scaler "- leaderworkersets/scale" "namespace: llm-large" "lease_name: ig-infergate-leader" "kind: ServiceMonitor" "replicas: 3"
 expect_in set-flags "lease_duration: 10s" "drain_timeout: 120s" "terminationGracePeriodSeconds: 135"
 expect_in sidecar-kubernetes "serviceAccountName: chat-infergate" "admin: 127.0.0.1:9091"
+# The admin token: a Secret the container reads, and the ServiceMonitor sends.
+expect_in default "kind: Secret" "name: ig-infergate-admin-token" "- name: INFERGATE_ADMIN_TOKEN"
+expect_in scaler "type: Bearer" "name: ig-infergate-admin-token"
 if grep -q 'kind: PodDisruptionBudget\|- leases' "$tmp/statefulset.yaml"; then
   bad "statefulset: a PDB or Lease permissions with one replica and no leader election"
 fi

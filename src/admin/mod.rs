@@ -4,7 +4,7 @@
 //! `/admin/page` (the live status page, [`page`]), `/admin/routing` (what peer gateways read),
 //! `POST /admin/actions` ([`actions`]), and `POST /chat/slack`, `/chat/mattermost` (slash
 //! commands, [`crate::chatops`]). With an admin token, `/metrics` and `/admin/*` need it
-//! ([`token`]); probes do not. Without one, actions are taken only from loopback clients.
+//! ([`token`]); probes do not. Without one, only loopback clients get more than the probes.
 
 pub mod actions;
 pub mod client;
@@ -80,6 +80,14 @@ pub async fn handle(
         return chat_command(&state, platform, req).await;
     }
     let probe = path == "/healthz" || path == "/readyz";
+    // Without a token, only this machine may read or act: a listener reachable from elsewhere
+    // needs one (the log says so at start).
+    if !probe && !open_to(state.admin_token.is_some(), peer) {
+        return text(
+            StatusCode::UNAUTHORIZED,
+            "this admin listener is reachable beyond its machine: set INFERGATE_ADMIN_TOKEN and send it as a bearer token\n",
+        );
+    }
     if path == page::PATH {
         return page::handle(&state, req).await;
     }
@@ -242,6 +250,12 @@ fn versions(state: &GatewayState) -> serde_json::Value {
     json!(splits)
 }
 
+/// Whether a client at `peer` may go past the probes: with a token set, whoever sends it
+/// (checked next); without one, this machine only.
+fn open_to(token_set: bool, peer: std::net::SocketAddr) -> bool {
+    token_set || peer.ip().is_loopback()
+}
+
 /// A slash command from chat ([`crate::chatops`]).
 async fn chat_command(
     state: &GatewayState,
@@ -379,4 +393,20 @@ fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<Gate
         HeaderValue::from_static("application/json"),
     );
     r
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn without_a_token_only_this_machine_gets_past_the_probes() {
+        let at = |a: &str| a.parse::<std::net::SocketAddr>().unwrap();
+        assert!(super::open_to(false, at("127.0.0.1:5000")));
+        assert!(super::open_to(false, at("[::1]:5000")));
+        assert!(!super::open_to(false, at("10.1.2.3:5000")));
+        assert!(!super::open_to(false, at("[fd00::1]:5000")));
+        assert!(
+            super::open_to(true, at("10.1.2.3:5000")),
+            "the token is checked next"
+        );
+    }
 }

@@ -208,6 +208,15 @@ env:
     valueFrom:
       fieldRef:
         fieldPath: spec.nodeName
+  {{- if $v.adminToken.enabled }}
+  # /metrics and /admin/* answer other machines only with this bearer token; peer gateways
+  # read each other with it.
+  - name: INFERGATE_ADMIN_TOKEN
+    valueFrom:
+      secretKeyRef:
+        name: {{ include "infergate.adminTokenSecret" $root }}
+        key: {{ $v.adminToken.key }}
+  {{- end }}
   {{- with $v.extraEnv }}
   {{- toYaml . | nindent 2 }}
   {{- end }}
@@ -271,4 +280,9 @@ volumeMounts:
 - name: {{ $vol }}tmp
   emptyDir:
     sizeLimit: 64Mi
+{{- end }}
+
+{{/* The Secret holding the admin listener's bearer token. */}}
+{{- define "infergate.adminTokenSecret" -}}
+{{- default (printf "%s-admin-token" (include "infergate.fullname" .)) .Values.adminToken.existingSecret -}}
 {{- end }}
