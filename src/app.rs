@@ -171,6 +171,19 @@ async fn start_on(config: Config, options: Options, sockets: Sockets) -> anyhow:
     }
     let placements =
         start_routing_sync(&config, &pools, &peers, &options, &metrics, &mut background);
+    for route in pools.models.routes() {
+        if let Some(split) = &route.split
+            && let Some(control) = &split.rollout
+        {
+            background.push(crate::rollout::spawn(
+                route.model.clone(),
+                split.clone(),
+                control.clone(),
+                metrics.clone(),
+                notifier.clone(),
+            ));
+        }
+    }
     let rate_limits = crate::gateway::auth::RateLimits::new(&config.auth);
     let state = Arc::new(GatewayState {
         config,

@@ -1,5 +1,6 @@
 //! Slash commands from chat (`/chat/slack`, `/chat/mattermost` on the admin listener): `status
-//! [pool]`, `scale <pool> pin <n> | unpin`, `drain <replica>`, `help`.
+//! [pool]`, `scale <pool> pin <n> | unpin`, `drain <replica>`, `rollout <model> promote |
+//! abort`, `help`.
 //!
 //! A Slack request is taken only with a valid `X-Slack-Signature` (HMAC-SHA256 of
 //! `v0:<timestamp>:<body>` with the signing secret) and a timestamp within 5 minutes; a
@@ -154,7 +155,20 @@ pub fn handle(
             ),
             None => Err(format!("no pool has a replica {replica}")),
         },
-        ("rollout", _) => Err("rollouts are not available yet".into()),
+        ("rollout", [model, verb @ ("promote" | "abort")]) if allowed("rollout") => {
+            let action = if *verb == "promote" {
+                Action::Promote {
+                    model: model.to_string(),
+                }
+            } else {
+                Action::Abort {
+                    model: model.to_string(),
+                }
+            };
+            act(state, action, &by)
+        }
+        ("rollout", _) if !allowed("rollout") => Err("you are not allowed to use `rollout`".into()),
+        ("rollout", _) => Err("usage: `rollout <model> promote | abort`".into()),
         _ => Err(format!("cannot read `{}`; try `help`", field("text"))),
     };
     let command = match command {
@@ -176,7 +190,8 @@ pub fn handle(
 
 const HELP: &str = "`status [pool]`: pools, replicas, the scaler's last decision\n\
 `scale <pool> pin <n>`: hold the pool at n replicas · `scale <pool> unpin`: the scaler decides\n\
-`drain <replica>`: no new requests to it; `status` shows when it is idle";
+`drain <replica>`: no new requests to it; `status` shows when it is idle\n\
+`rollout <model> promote | abort`: end a canary rollout now";
 
 fn act(state: &GatewayState, action: Action, by: &str) -> Result<(bool, String), String> {
     actions::apply(state, action, by)

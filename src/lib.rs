@@ -36,6 +36,7 @@ pub mod openai;
 pub mod peers;
 pub mod pool;
 pub mod replica;
+pub mod rollout;
 pub mod router;
 pub mod scaler;
 pub mod scrape;

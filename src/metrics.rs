@@ -274,30 +274,41 @@ impl Metrics {
     /// (linear within a bucket, as Prometheus's `histogram_quantile` does); None without
     /// streams.
     pub fn ttft_quantiles(&self, pool: &str, quantiles: &[f64]) -> Vec<Option<f64>> {
+        let counts = self.ttft_counts(pool);
+        quantiles.iter().map(|q| quantile(&counts, *q)).collect()
+    }
+
+    /// `pool`'s streamed-TTFT histogram now: cumulative counts per bucket and the total (a
+    /// later reading minus an earlier one is what happened in between).
+    pub fn ttft_counts(&self, pool: &str) -> Vec<u64> {
         let h = self.stream_ttft.with_label_values(&[pool]);
-        let total = h.get_sample_count();
-        let buckets: Vec<(f64, u64)> = LATENCY_BUCKETS
-            .iter()
-            .copied()
-            .zip(cumulative_counts(&h))
-            .collect();
-        quantiles
-            .iter()
-            .map(|q| {
-                (total > 0).then(|| {
-                    let rank = q * total as f64;
-                    let mut below = (0.0, 0u64);
-                    for &(bound, count) in &buckets {
-                        if count as f64 >= rank {
-                            let share = (rank - below.1 as f64) / (count - below.1).max(1) as f64;
-                            return below.0 + (bound - below.0) * share;
-                        }
-                        below = (bound, count);
-                    }
-                    below.0 // beyond the last bound: the last bound
-                })
-            })
-            .collect()
+        let mut counts = cumulative_counts(&h);
+        counts.push(h.get_sample_count());
+        counts
+    }
+
+    /// Answers of `pool` to requests for `model` so far: (200, any other status).
+    pub fn answers(&self, pool: &str, model: &str) -> (u64, u64) {
+        use prometheus::core::Collector;
+        let (mut ok, mut errors) = (0, 0);
+        for m in self.requests.collect().iter().flat_map(|f| f.get_metric()) {
+            let label = |name: &str| {
+                m.get_label()
+                    .iter()
+                    .find(|l| l.name() == name)
+                    .map(|l| l.value().to_string())
+                    .unwrap_or_default()
+            };
+            if label("pool") == pool && label("model") == model {
+                let n = m.get_counter().get_value() as u64;
+                if label("status") == "200" {
+                    ok += n
+                } else {
+                    errors += n
+                }
+            }
+        }
+        (ok, errors)
     }
 
     /// The request path's handles for one pool.
@@ -325,6 +336,25 @@ impl Metrics {
     pub fn render(&self) -> Vec<u8> {
         crate::telemetry::render_metrics(&self.registry)
     }
+}
+
+/// The `q` quantile of a [`Metrics::ttft_counts`] reading (or the difference of two): linear
+/// within a bucket; None without samples.
+pub fn quantile(counts: &[u64], q: f64) -> Option<f64> {
+    let (&total, buckets) = counts.split_last()?;
+    if total == 0 {
+        return None;
+    }
+    let rank = q * total as f64;
+    let mut below = (0.0, 0u64);
+    for (&bound, &count) in LATENCY_BUCKETS.iter().zip(buckets) {
+        if count as f64 >= rank {
+            let share = (rank - below.1 as f64) / (count - below.1).max(1) as f64;
+            return Some(below.0 + (bound - below.0) * share);
+        }
+        below = (bound, count);
+    }
+    Some(below.0) // beyond the last bound: the last bound
 }
 
 /// A histogram's cumulative bucket counts, in bound order.

@@ -53,6 +53,14 @@ pub enum Action {
     },
     /// Re-read the configuration file, as SIGHUP does.
     Reload,
+    /// Promote the canary of the split model's rollout now (all traffic).
+    Promote {
+        model: String,
+    },
+    /// Abort the split model's rollout: the canary is rolled back (no traffic).
+    Abort {
+        model: String,
+    },
 }
 
 /// Why an action was refused.
@@ -146,6 +154,23 @@ pub fn apply(state: &GatewayState, action: Action, by: &str) -> Result<String, A
 
 fn act(state: &GatewayState, action: &Action) -> Result<String, ActionError> {
     match action {
+        Action::Promote { model } | Action::Abort { model } => {
+            let promote = matches!(action, Action::Promote { .. });
+            let rollout = state
+                .pools
+                .route(model)
+                .and_then(|r| r.route.split.as_ref()?.rollout.clone())
+                .ok_or_else(|| ActionError::NotFound(format!("{model} has no rollout")))?;
+            if !rollout.ask(promote) {
+                return Err(ActionError::Invalid(format!(
+                    "the rollout of {model} is over"
+                )));
+            }
+            Ok(format!(
+                "{model}: {} asked; the rollout acts within a second",
+                if promote { "promotion" } else { "rollback" }
+            ))
+        }
         Action::Reload => {
             state.reloads.request();
             Ok("reload requested".into())

@@ -43,6 +43,10 @@ pub enum AdminCommand {
     Uncordon { pool: String, replica: String },
     /// Re-read the configuration file, as SIGHUP does.
     Reload,
+    /// Promote a split model's canary now.
+    Promote { model: String },
+    /// Abort a split model's rollout (the canary gets no more traffic).
+    Abort { model: String },
 }
 
 impl AdminCommand {
@@ -57,6 +61,8 @@ impl AdminCommand {
             AdminCommand::Drain { pool, replica } => Action::Drain { pool, replica },
             AdminCommand::Uncordon { pool, replica } => Action::Uncordon { pool, replica },
             AdminCommand::Reload => Action::Reload,
+            AdminCommand::Promote { model } => Action::Promote { model },
+            AdminCommand::Abort { model } => Action::Abort { model },
         })
     }
 }

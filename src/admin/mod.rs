@@ -198,29 +198,7 @@ pub async fn handle(
 /// Each split model's versions side by side: weight, answers and errors so far (from
 /// `infergate_requests_total`), and TTFT quantiles of its streams (from its pool's histogram).
 fn versions(state: &GatewayState) -> serde_json::Value {
-    use prometheus::core::Collector;
-    let families = state.metrics.requests.collect();
-    let counts = |pool: &str, model: &str| {
-        let (mut ok, mut errors) = (0.0, 0.0);
-        for m in families.iter().flat_map(|f| f.get_metric()) {
-            let label = |name: &str| {
-                m.get_label()
-                    .iter()
-                    .find(|l| l.name() == name)
-                    .map(|l| l.value().to_string())
-                    .unwrap_or_default()
-            };
-            if label("pool") == pool && label("model") == model {
-                let n = m.get_counter().get_value();
-                if label("status") == "200" {
-                    ok += n
-                } else {
-                    errors += n
-                }
-            }
-        }
-        (ok as u64, errors as u64)
-    };
+    let counts = |pool: &str, model: &str| state.metrics.answers(pool, model);
     let splits: Vec<serde_json::Value> = state
         .pools
         .models
@@ -228,13 +206,15 @@ fn versions(state: &GatewayState) -> serde_json::Value {
         .iter()
         .filter_map(|route| {
             let split = route.split.as_ref()?;
+            let weights = split.weights();
             let versions: Vec<serde_json::Value> = split
                 .versions
                 .iter()
-                .map(|v| {
+                .zip(weights)
+                .map(|(v, weight)| {
                     let (answers, errors) = counts(&v.name, &route.model);
                     let ttft = state.metrics.ttft_quantiles(&v.name, &[0.5, 0.9]);
-                    json!({"pool": v.name, "weight": v.weight, "answers": answers, "errors": errors,
+                    json!({"pool": v.name, "weight": weight, "configured_weight": v.weight, "answers": answers, "errors": errors,
                            "ttft_p50_s": ttft[0], "ttft_p90_s": ttft[1]})
                 })
                 .collect();
@@ -244,7 +224,8 @@ fn versions(state: &GatewayState) -> serde_json::Value {
                 json!({"pool": v.name, "share": share, "answers": answers, "errors": errors,
                        "ttft_p50_s": ttft[0], "ttft_p90_s": ttft[1]})
             });
-            Some(json!({"model": route.model, "sticky_header": split.sticky_header.as_ref().map(|h| h.as_str()), "versions": versions, "mirror": mirror}))
+            let rollout = split.rollout.as_ref().map(|r| r.status());
+            Some(json!({"model": route.model, "sticky_header": split.sticky_header.as_ref().map(|h| h.as_str()), "versions": versions, "mirror": mirror, "rollout": rollout}))
         })
         .collect();
     json!(splits)

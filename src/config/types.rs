@@ -37,6 +37,19 @@ pub struct ModelVersions {
     pub pin_header: HeaderName,
     /// (pool index, share 0–1) of the shadow version.
     pub mirror: Option<(usize, f64)>,
+    pub rollout: Option<Rollout>,
+}
+
+/// A canary rollout plan of a split.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rollout {
+    /// Index of the canary in the split (the other is the stable).
+    pub canary: usize,
+    /// (canary weight, how long), in order.
+    pub steps: Vec<(u32, Duration)>,
+    pub max_error_rate: f64,
+    pub max_ttft_ratio: f64,
+    pub min_requests: u64,
 }
 
 /// A secret read from the environment or a file: shown as `<redacted>` by `Debug`, so that it

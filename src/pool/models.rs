@@ -12,7 +12,7 @@ use serde_json::json;
 use crate::config;
 
 /// How a model name resolves.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct ModelRoute {
     /// Index of the pool in the config.
     pub pool: usize,
@@ -28,13 +28,18 @@ pub struct ModelRoute {
 }
 
 /// A served name's versions, each a pool, with their weights.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug)]
 pub struct VersionSplit {
     pub versions: Vec<Version>,
+    /// Each version's weight now: the configured ones, moved by a rollout
+    /// ([`crate::rollout`]).
+    pub live: Vec<std::sync::atomic::AtomicU32>,
     pub sticky_header: Option<http::HeaderName>,
     pub pin_header: http::HeaderName,
     /// The shadow version and the share of requests copied to it.
     pub mirror: Option<(Version, f64)>,
+    /// The canary rollout of one of the versions, when the config plans one.
+    pub rollout: Option<Arc<crate::rollout::RolloutControl>>,
 }
 
 /// One version of a split.
@@ -62,7 +67,8 @@ impl VersionSplit {
         if let Some(name) = pinned {
             return self.versions.iter().find(|v| v.name == name);
         }
-        let total: u64 = self.versions.iter().map(|v| u64::from(v.weight)).sum();
+        let weights: Vec<u64> = self.weights().into_iter().map(u64::from).collect();
+        let total: u64 = weights.iter().sum();
         if total == 0 {
             return self.versions.first();
         }
@@ -71,10 +77,26 @@ impl VersionSplit {
             None => random,
         } % total;
         let mut upto = 0;
-        self.versions.iter().find(|v| {
-            upto += u64::from(v.weight);
+        let i = weights.iter().position(|w| {
+            upto += w;
             point < upto
-        })
+        })?;
+        self.versions.get(i)
+    }
+
+    /// The weights now, in version order.
+    pub fn weights(&self) -> Vec<u32> {
+        self.live
+            .iter()
+            .map(|w| w.load(std::sync::atomic::Ordering::Relaxed))
+            .collect()
+    }
+
+    /// Sets the weights (a rollout's step, promotion or rollback), in version order.
+    pub fn set_weights(&self, weights: &[u32]) {
+        for (live, w) in self.live.iter().zip(weights) {
+            live.store(*w, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 }
 
@@ -141,10 +163,18 @@ impl ModelIndex {
                 rewrite_to: Some(first.served),
                 adapter: None,
                 split: Some(Arc::new(VersionSplit {
+                    live: versions
+                        .iter()
+                        .map(|v| std::sync::atomic::AtomicU32::new(v.weight))
+                        .collect(),
                     versions,
                     sticky_header: split.sticky_header.clone(),
                     pin_header: split.pin_header.clone(),
                     mirror: split.mirror.map(|(pool, share)| (version(pool, 0), share)),
+                    rollout: split
+                        .rollout
+                        .clone()
+                        .map(|plan| Arc::new(crate::rollout::RolloutControl::new(plan))),
                 })),
             });
             data.push(json!({"id": split.model, "object": "model", "created": created, "owned_by": "infergate"}));
@@ -223,6 +253,10 @@ mod tests {
 
     fn split(weights: &[u32], sticky: bool) -> VersionSplit {
         VersionSplit {
+            live: weights
+                .iter()
+                .map(|&w| std::sync::atomic::AtomicU32::new(w))
+                .collect(),
             versions: weights
                 .iter()
                 .enumerate()
@@ -236,6 +270,7 @@ mod tests {
             sticky_header: sticky.then(|| http::HeaderName::from_static("x-user")),
             pin_header: http::HeaderName::from_static("x-infergate-version"),
             mirror: None,
+            rollout: None,
         }
     }
 
@@ -268,5 +303,8 @@ mod tests {
         let only_first = split(&[100, 0], false);
         assert!((0..1000).all(|r| only_first.choose(None, None, r).unwrap().pool == 0));
         assert_eq!(only_first.choose(Some("v1"), None, 0).unwrap().pool, 1);
+        // Moved at run time (a rollout): the new weights apply at once.
+        only_first.set_weights(&[0, 100]);
+        assert!((0..1000).all(|r| only_first.choose(None, None, r).unwrap().pool == 1));
     }
 }

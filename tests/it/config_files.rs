@@ -67,6 +67,7 @@ fn broken_configs_list_every_expected_problem() {
         "many-problems.yaml",
         "min-greater-than-max.yaml",
         "negative-duration.yaml",
+        "rollout.yaml",
         "syntax-error.yaml",
         "unknown-key.yaml",
         "versions.yaml",

@@ -283,3 +283,120 @@ async fn a_mirror_gets_copies_whose_failures_never_reach_clients() {
     assert!(page.contains("vllm:"), "the shadow replica was reached");
     gw.shutdown().await;
 }
+
+/// A split of `chat` between `v1` (stable, 100) and `v2` (canary, 0) with a rollout plan.
+fn rollout_config(v1: std::net::SocketAddr, v2: std::net::SocketAddr, rollout: &str) -> String {
+    config(v1, v2, (100, 0), "").replace(
+        "    sticky_header: x-user\n",
+        &format!("    sticky_header: x-user\n    rollout: {rollout}\n"),
+    )
+}
+
+/// Streams requests for `chat` until the rollout's state is `until` (at most 600 or 30 s).
+async fn drive(gw: &App, until: &str) -> serde_json::Value {
+    let url = format!("http://{}/v1/chat/completions", gw.gateway_addr);
+    let body = serde_json::json!({"model": "chat", "stream": true, "max_tokens": 2, "messages": [{"role": "user", "content": "hi"}]});
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for _ in 0..600 {
+        post(&url, body.clone()).await;
+        let rollout = admin_status(gw).await["versions"][0]["rollout"].clone();
+        if rollout["state"] == until {
+            return rollout;
+        }
+        assert!(Instant::now() < deadline, "never {until}: {rollout}");
+    }
+    panic!("never {until}");
+}
+
+#[tokio::test]
+async fn a_failing_canary_is_rolled_back_in_its_first_step_and_a_healthy_one_promoted() {
+    let stable = replica("chat-v1", 50.0).await;
+    let mut failing = sim_options("llama-8b-h100");
+    failing.models = vec!["chat-v2".into()];
+    failing.speed = 50.0;
+    failing.fail_rate = 0.2;
+    let canary = start_sim(failing).await;
+    let plan = "{canary: v2, min_requests: 20, max_error_rate: 0.05, steps: [{weight: 50, duration: 60s}, {weight: 100, duration: 60s}]}";
+    let gw = start(&rollout_config(stable.addr, canary.addr, plan)).await;
+    let rollout = drive(&gw, "rolled back").await;
+    let verdicts = rollout["verdicts"].as_array().unwrap();
+    let last = verdicts.last().unwrap().as_str().unwrap();
+    assert!(last.starts_with("step 1 failed:"), "{rollout}");
+    assert!(last.contains("% failed (max 5.0 %)"), "{last}");
+    assert_eq!(rollout["canary_weight"], 0);
+    for _ in 0..20 {
+        assert_eq!(
+            ask(&gw, &[]).await.1.as_deref(),
+            Some("v1"),
+            "rolled back: stable only"
+        );
+    }
+    gw.shutdown().await;
+
+    // The same plan with a canary as healthy as the stable, and short steps: promoted.
+    let healthy = replica("chat-v2", 50.0).await;
+    let plan = "{canary: v2, min_requests: 10, steps: [{weight: 50, duration: 1s}, {weight: 100, duration: 1s}]}";
+    let gw = start(&rollout_config(stable.addr, healthy.addr, plan)).await;
+    let rollout = drive(&gw, "promoted").await;
+    let verdicts: Vec<&str> = rollout["verdicts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert!(
+        verdicts.iter().any(|v| v.starts_with("step 1 passed")),
+        "{verdicts:?}"
+    );
+    assert!(
+        verdicts.iter().any(|v| v.starts_with("step 2 passed")),
+        "{verdicts:?}"
+    );
+    assert!(
+        verdicts
+            .last()
+            .unwrap()
+            .ends_with("promoted: every step passed")
+    );
+    for _ in 0..20 {
+        assert_eq!(
+            ask(&gw, &[]).await.1.as_deref(),
+            Some("v2"),
+            "promoted: canary only"
+        );
+    }
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_operator_aborts_a_rollout() {
+    let (r1, r2) = (
+        replica("chat-v1", 50.0).await,
+        replica("chat-v2", 50.0).await,
+    );
+    let plan = "{canary: v2, steps: [{weight: 50, duration: 10m}]}";
+    let gw = start(&rollout_config(r1.addr, r2.addr, plan)).await;
+    let actions = format!("http://{}/admin/actions", gw.admin_addr);
+    let abort = serde_json::json!({"action": "abort", "model": "chat"});
+    let reply = post(&actions, abort.clone()).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let rollout = admin_status(&gw).await["versions"][0]["rollout"].clone();
+        if rollout["state"] == "rolled back" {
+            assert_eq!(rollout["canary_weight"], 0);
+            break;
+        }
+        assert!(Instant::now() < deadline, "{rollout}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let again = post(&actions, abort).await;
+    assert_eq!(again.status, 400, "over: {}", again.text());
+    let none = post(
+        &actions,
+        serde_json::json!({"action": "promote", "model": "nope"}),
+    )
+    .await;
+    assert_eq!(none.status, 404);
+    gw.shutdown().await;
+}

@@ -49,6 +49,8 @@ pub enum EventKind {
     Leader,
     /// A pool's SLO attainment fell below its target over its window, or is back above.
     Slo,
+    /// A canary rollout's steps and verdicts (`versions[].rollout`).
+    Rollout,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
@@ -91,7 +93,8 @@ pub struct RawChatCommands {
     pub mattermost_token_env: Option<String>,
     /// Or a file holding it.
     pub mattermost_token_file: Option<String>,
-    /// Chat users (user ids or names) allowed each command — `status`, `scale`, `drain` — or
+    /// Chat users (user ids or names) allowed each command — `status`, `scale`, `drain`,
+    /// `rollout` — or
     /// `*` for everyone; a command not listed is allowed to nobody. `help` is open to all.
     pub allow: BTreeMap<String, Vec<String>>,
 }

@@ -4,6 +4,8 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use super::Quantity;
+
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawVersions {
@@ -24,6 +26,47 @@ pub struct RawVersions {
     /// never delays or fails the answer the client gets, and is skipped whenever the pool has
     /// no room at once (it never queues).
     pub mirror: Option<RawMirror>,
+    /// A canary rollout of one of the split's two versions: its weight goes up step by step,
+    /// each step judged on live traffic against the other (stable) version; it is promoted
+    /// (all traffic) after the last step, or rolled back (none) at once when a step fails.
+    pub rollout: Option<RawRollout>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawRollout {
+    /// The version (pool name) rolled out. Required; the split's other version is the stable.
+    pub canary: String,
+    /// The steps: the canary's weight (1–100, rising) and how long it holds it before the
+    /// next (each step needs a duration).
+    pub steps: Vec<RawRolloutStep>,
+    /// Rolled back when more than this share of the canary's answers in a step fail (0–1).
+    pub max_error_rate: f64,
+    /// Rolled back when the canary's TTFT p90 in a step is more than this times the stable's.
+    pub max_ttft_ratio: f64,
+    /// Answers the canary needs in a step before it is judged (a step lasts until then).
+    pub min_requests: u64,
+}
+
+impl Default for RawRollout {
+    fn default() -> Self {
+        Self {
+            canary: String::new(),
+            steps: Vec::new(),
+            max_error_rate: 0.05,
+            max_ttft_ratio: 1.5,
+            min_requests: 20,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawRolloutStep {
+    /// The canary's share of requests in this step (percent).
+    pub weight: u32,
+    /// How long the step lasts (duration). Required.
+    pub duration: Option<Quantity>,
 }
 
 /// The shadow version of a split.
@@ -44,6 +87,7 @@ impl Default for RawVersions {
             sticky_header: None,
             pin_header: "x-infergate-version".into(),
             mirror: None,
+            rollout: None,
         }
     }
 }

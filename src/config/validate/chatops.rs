@@ -6,7 +6,7 @@ use crate::config::raw::{RawChatCommands, RawChatops};
 use crate::config::types::{ChatCommands, Chatops, Secret, Webhook};
 
 /// The commands an allow-list may name (`help` is open to all).
-pub const COMMANDS: [&str; 3] = ["status", "scale", "drain"];
+pub const COMMANDS: [&str; 4] = ["status", "scale", "drain", "rollout"];
 
 pub(super) fn chatops(c: &mut Checker, raw: &RawChatops) -> Chatops {
     let notify = raw

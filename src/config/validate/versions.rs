@@ -101,7 +101,49 @@ pub(super) fn versions(
                 }
                 Some((index?, share))
             });
+            let rollout = v.rollout.as_ref().and_then(|r| {
+                let at = format!("{p}.rollout");
+                if v.split.len() != 2 {
+                    c.fail(at.clone(), "a rollout needs a split of exactly two versions (stable and canary)");
+                }
+                let canary = v.split.iter().position(|s| s.pool == r.canary);
+                if canary.is_none() {
+                    c.fail(format!("{at}.canary"), format!("`{}` is not a version of this split", r.canary));
+                }
+                if r.steps.is_empty() {
+                    c.fail(format!("{at}.steps"), "at least one step is required");
+                }
+                let mut last = 0;
+                let steps = r
+                    .steps
+                    .iter()
+                    .enumerate()
+                    .map(|(k, step)| {
+                        let s = format!("{at}.steps[{k}]");
+                        if step.weight == 0 || step.weight > 100 || step.weight <= last {
+                            c.fail(format!("{s}.weight"), format!("must rise from step to step within 1–100 (got {} after {last})", step.weight));
+                        }
+                        last = step.weight;
+                        let duration = match &step.duration {
+                            Some(d) => c.positive_duration(format!("{s}.duration"), d),
+                            None => {
+                                c.fail(s.clone(), "a step needs a duration");
+                                std::time::Duration::ZERO
+                            }
+                        };
+                        (step.weight, duration)
+                    })
+                    .collect();
+                Some(crate::config::types::Rollout {
+                    canary: canary?,
+                    steps,
+                    max_error_rate: c.fraction(format!("{at}.max_error_rate"), r.max_error_rate),
+                    max_ttft_ratio: r.max_ttft_ratio,
+                    min_requests: r.min_requests.max(1),
+                })
+            });
             ModelVersions {
+                rollout,
                 mirror,
                 model: v.model.clone(),
                 split,
