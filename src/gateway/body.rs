@@ -174,7 +174,16 @@ impl ProxiedBody {
                 self.pool
                     .record_failure(replica, now, "answered with a server error");
             } else {
-                replica.record_success();
+                if replica.record_success() {
+                    tracing::info!(pool = self.pool.name(), replica = %replica.name, "replica back in routing: its probe answered");
+                    self.pool.notify(
+                        crate::config::EventKind::Ejection,
+                        format!(
+                            "replica {} is back in routing: its probe answered",
+                            replica.name
+                        ),
+                    );
+                }
             }
         }
         let (worker, lent) = &mut self.connection;

@@ -446,14 +446,16 @@ impl Replica {
         (failures >= eject_after || probe_failed) && self.eject(now, base_ms)
     }
 
-    /// Records an answer that went well: the run of failures and of ejections ends.
-    pub fn record_success(&self) {
+    /// Records an answer that went well: the run of failures and of ejections ends. True when
+    /// it was the probe of a replica back from an ejection (it is in routing again).
+    pub fn record_success(&self) -> bool {
         if self.consecutive_failures.load(Ordering::Relaxed) != 0 {
             self.consecutive_failures.store(0, Ordering::Relaxed);
         }
-        if self.half_open.load(Ordering::Relaxed) {
-            self.half_open.store(false, Ordering::Relaxed);
+        // Only one answer closes a run (the swap), so a return is told once.
+        self.half_open.load(Ordering::Relaxed) && self.half_open.swap(false, Ordering::Relaxed) && {
             self.ejections.store(0, Ordering::Relaxed);
+            true
         }
     }
 }
@@ -478,7 +480,7 @@ mod tests {
         let r = replica();
         let now = Instant::now();
         assert!(!r.record_failure(now, 3, 1000));
-        r.record_success(); // resets the run
+        assert!(r.record_success(), "the probe's success closes the run"); // resets the run
         assert!(!r.record_failure(now, 3, 1000));
         assert!(!r.record_failure(now, 3, 1000));
         assert!(r.record_failure(now, 3, 1000));
