@@ -4,7 +4,7 @@
 #![no_main]
 
 use infergate::config::{GpuMetric, MetricsFormat};
-use infergate::replica::{exposition, gpu};
+use infergate::scrape::{exposition, gpu};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
