@@ -208,3 +208,17 @@ async fn the_status_page_needs_the_admin_token_and_its_cookie_only_reads() {
     assert_eq!(acted.status, 401);
     gw.shutdown().await;
 }
+
+#[tokio::test]
+async fn the_status_page_shows_a_models_versions_side_by_side() {
+    assert_chromium();
+    let (r1, r2) = (
+        crate::versions::replica("chat-v1", 50.0).await,
+        crate::versions::replica("chat-v2", 50.0).await,
+    );
+    let gw = crate::versions::start(&crate::versions::config(r1.addr, r2.addr, (90, 10), "")).await;
+    let dom = browser_dom(&format!("http://{}/admin/page", gw.admin_addr)).await;
+    assert!(dom.contains("data-version=\"v1\""), "{dom}");
+    assert!(dom.contains("<b>v2</b> 10 %: 0 answers"), "{dom}");
+    gw.shutdown().await;
+}

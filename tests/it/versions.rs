@@ -13,7 +13,7 @@ use tokio::net::TcpStream;
 use crate::support::*;
 
 /// Two pools `v1` and `v2` (serving `chat-v1`, `chat-v2`), `chat` split between them.
-fn config(
+pub fn config(
     v1: std::net::SocketAddr,
     v2: std::net::SocketAddr,
     weights: (u32, u32),
@@ -59,14 +59,14 @@ pools:
     )
 }
 
-async fn replica(model: &str, speed: f64) -> infergate::http_server::Server {
+pub async fn replica(model: &str, speed: f64) -> infergate::http_server::Server {
     let mut opts = sim_options("llama-8b-h100");
     opts.models = vec![model.into()];
     opts.speed = speed;
     start_sim(opts).await
 }
 
-async fn start(yaml: &str) -> App {
+pub async fn start(yaml: &str) -> App {
     app::start(infergate::config::parse(yaml, "test").unwrap())
         .await
         .unwrap()
