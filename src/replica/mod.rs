@@ -480,7 +480,7 @@ mod tests {
         let r = replica();
         let now = Instant::now();
         assert!(!r.record_failure(now, 3, 1000));
-        assert!(r.record_success(), "the probe's success closes the run"); // resets the run
+        assert!(!r.record_success(), "no ejection yet: nothing comes back"); // resets the run
         assert!(!r.record_failure(now, 3, 1000));
         assert!(!r.record_failure(now, 3, 1000));
         assert!(r.record_failure(now, 3, 1000));
@@ -500,8 +500,9 @@ mod tests {
         );
         let back = back + Duration::from_millis(2001);
         assert!(!r.is_ejected(back));
-        // The probe answers: the run ends, and the next ejection is short again.
-        r.record_success();
+        // The probe answers: the run ends (told once), and the next ejection is short again.
+        assert!(r.record_success(), "back in routing");
+        assert!(!r.record_success(), "told once");
         assert!(
             !r.record_failure(back, 3, 1000),
             "closed: one failure is not enough"
