@@ -12,8 +12,8 @@
 //! - control: [`scaler`] (pure policies, observation, actuation; local and Kubernetes
 //!   providers), [`peers`] (the load only other gateways know), [`kubernetes`] (client,
 //!   leader lease);
-//! - beside them: [`config`], [`metrics`], [`admin`] (status, operator actions), [`chatops`]
-//!   (slash commands from chat) and [`notify`] (events to chat), [`http_server`], [`tls`] (the
+//! - beside them: [`config`], [`metrics`], [`admin`] (status, operator actions, slash
+//!   commands from chat) and [`notify`] (events to chat), [`http_server`], [`tls`] (the
 //!   listener's certificate, verifying `https://` replicas), [`openai`] (wire formats),
 //!   [`telemetry`] (logs);
 //! - tools: [`vllm_sim`] (a simulated vLLM replica, `infergate sim`), [`fleet_sim`] (the
@@ -21,7 +21,6 @@
 
 pub mod admin;
 pub mod app;
-pub mod chatops;
 pub mod cli;
 pub mod config;
 pub mod discovery;

@@ -3,10 +3,11 @@
 //! `/admin/history` (each pool's replica count over the last hour, [`history`]),
 //! `/admin/page` (the live status page, [`page`]), `/admin/routing` (what peer gateways read),
 //! `POST /admin/actions` ([`actions`]), and `POST /chat/slack`, `/chat/mattermost` (slash
-//! commands, [`crate::chatops`]). With an admin token, `/metrics` and `/admin/*` need it
+//! commands, [`chatops`]). With an admin token, `/metrics` and `/admin/*` need it
 //! ([`token`]); probes do not. Without one, only loopback clients get more than the probes.
 
 pub mod actions;
+pub mod chatops;
 pub mod client;
 pub mod history;
 pub mod page;
@@ -72,8 +73,8 @@ pub async fn handle(
     let path = req.uri().path();
     // Chat platforms sign their requests (or send a token) instead of the admin token.
     let chat = match path {
-        "/chat/slack" => Some(crate::chatops::Platform::Slack),
-        "/chat/mattermost" => Some(crate::chatops::Platform::Mattermost),
+        "/chat/slack" => Some(chatops::Platform::Slack),
+        "/chat/mattermost" => Some(chatops::Platform::Mattermost),
         _ => None,
     };
     if let Some(platform) = chat {
@@ -237,10 +238,10 @@ fn open_to(token_set: bool, peer: std::net::SocketAddr) -> bool {
     token_set || peer.ip().is_loopback()
 }
 
-/// A slash command from chat ([`crate::chatops`]).
+/// A slash command from chat ([`chatops`]).
 async fn chat_command(
     state: &GatewayState,
-    platform: crate::chatops::Platform,
+    platform: chatops::Platform,
     req: Request<Incoming>,
 ) -> Response<GatewayBody> {
     if req.method() != Method::POST {
@@ -257,7 +258,7 @@ async fn chat_command(
         Ok(body) => body,
         Err(_) => return text(StatusCode::BAD_REQUEST, "unreadable body\n"),
     };
-    let answer = crate::chatops::handle(state, platform, &parts.headers, &body);
+    let answer = chatops::handle(state, platform, &parts.headers, &body);
     json_response(answer.status, &answer.body)
 }
 

@@ -224,7 +224,7 @@ async fn slash_commands_need_a_signature_a_fresh_timestamp_and_an_allowed_user()
             ("x-slack-request-timestamp", at.to_string()),
             (
                 "x-slack-signature",
-                infergate::chatops::slack_signature(
+                infergate::admin::chatops::slack_signature(
                     "8f742231b10e8888abcd99yyyzzz85a5",
                     at,
                     body.as_bytes(),

@@ -6,7 +6,7 @@
 //! `v0:<timestamp>:<body>` with the signing secret) and a timestamp within 5 minutes; a
 //! Mattermost request only with the command's token. Then the user must be on the command's
 //! allow-list (`chatops.commands.allow`). The command goes through the same admin actions as
-//! `/admin/actions` ([`crate::admin::actions`]); every command and its result is logged and
+//! `/admin/actions` ([`super::actions`]); every command and its result is logged and
 //! counted (`infergate_chat_commands_total`), and answered in the channel — refusals only to
 //! the user who asked (ephemeral).
 
@@ -16,7 +16,7 @@ use hmac::{Hmac, Mac};
 use serde_json::json;
 use sha2::Sha256;
 
-use crate::admin::actions::{self, Action};
+use super::actions::{self, Action};
 use crate::gateway::proxy::GatewayState;
 
 /// Which chat platform a command came from.
