@@ -24,6 +24,11 @@
 # ECDSA P-256 certificate made by openssl; the replica stays plain HTTP. Each TLS path's CPU per
 # request less its plain path's is the cost of TLS (the `close` case: of a handshake per
 # request); the report prints both differences.
+#
+# KEYS=1 adds a gateway that requires an API key (`infergate-keys`: `auth.keys` with one key
+# that has a tokens-per-minute budget far above what the run spends, so every request is
+# authenticated, rate-checked and metered); every path's requests carry the key (the others
+# ignore it). Its CPU per request less the plain gateway's is the cost of keys.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-10}
@@ -34,6 +39,7 @@ cases=${CASES:-small large}
 conns=64
 threads=2
 tls=${TLS:-}
+keys=${KEYS:-}
 command -v wrk >/dev/null && command -v nginx >/dev/null || { echo "needs wrk and nginx (apt-get install wrk nginx)"; exit 1; }
 [ -z "$tls" ] || command -v openssl >/dev/null || { echo "TLS=1 needs openssl"; exit 1; }
 cargo build --release --locked -q
@@ -48,9 +54,10 @@ pids+=($!)
 sleep 0.5
 sim=$(awk '{print $3}' "$work/sim.out")
 
-gateway_yaml() { # gateway-port admin-port [more listener settings]
+gateway_yaml() { # gateway-port admin-port [more listener settings] [more top-level YAML]
   cat <<YAML
 listeners: {gateway: 127.0.0.1:$1, admin: 127.0.0.1:$2${workers:+, worker_threads: $workers}${3:+, $3}}
+${4:-}
 pools:
   - name: bench
     models: [m]
@@ -62,6 +69,17 @@ gateway_yaml "$gw_port" "$admin_port" >"$work/gw.yaml"
 RUST_LOG=warn "$bin" serve --config "$work/gw.yaml" 2>"$work/gw.log" &
 gw_pid=$!
 pids+=($gw_pid)
+
+if [ -n "$keys" ]; then
+  key_hash=$(printf %s sk-bench | sha256sum | cut -d' ' -f1)
+  gw_keys_port=$(free_port); admin_keys_port=$(free_port)
+  gateway_yaml "$gw_keys_port" "$admin_keys_port" "" \
+    "auth: {keys: [{name: bench, sha256: $key_hash, tokens_per_minute: 1000000000000}]}" \
+    >"$work/gw-keys.yaml"
+  RUST_LOG=warn "$bin" serve --config "$work/gw-keys.yaml" 2>"$work/gw-keys.log" &
+  gw_keys_pid=$!
+  pids+=($gw_keys_pid)
+fi
 
 nginx_tls=""
 if [ -n "$tls" ]; then
@@ -114,7 +132,8 @@ NGINX
 # In the foreground of this session like the gateway (a daemon gets a scheduler group of its
 # own, which changes its share of the two cores against wrk and the replica).
 nginx -c "$work/nginx.conf" -g 'daemon off;' &
-pids+=($!)
+nginx_master=$!
+pids+=($nginx_master)
 sleep 1
 
 # Each measured run writes its request count and its latency quantiles (every 0.1 %, in µs;
@@ -131,12 +150,14 @@ end'
 cat >"$work/small.lua" <<LUA
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
+${keys:+wrk.headers["Authorization"] = "Bearer sk-bench"}
 wrk.body = '{"model": "m", "prompt": "Say hello to the benchmark.", "max_tokens": 4}'
 $quantiles
 LUA
 cat >"$work/close.lua" <<LUA
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
+${keys:+wrk.headers["Authorization"] = "Bearer sk-bench"}
 wrk.headers["Connection"] = "close"
 wrk.body = '{"model": "m", "prompt": "Say hello to the benchmark.", "max_tokens": 4}'
 $quantiles
@@ -144,13 +165,15 @@ LUA
 cat >"$work/large.lua" <<LUA
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
+${keys:+wrk.headers["Authorization"] = "Bearer sk-bench"}
 wrk.body = '{"messages": [{"role": "user", "content": "' .. string.rep("a", 1024 * 1024) .. '"}], "max_tokens": 4, "model": "m"}'
 $quantiles
 LUA
 
 # CPU ticks (user+system) of a set of processes.
 cpu_of() { local t=0; for p in "$@"; do set -- $(cut -d' ' -f14,15 "/proc/$p/stat"); t=$((t + $1 + $2)); done; echo "$t"; }
-nginx_pids() { pgrep -f "nginx: " | tr '\n' ' '; }
+# This run's nginx only (its master and workers), whatever else runs on the machine.
+nginx_pids() { echo "$nginx_master $(pgrep -P "$nginx_master" | tr '\n' ' ')"; }
 hwm_kb() { local m=0; for p in "$@"; do v=$(awk '/VmHWM/{print $2}' "/proc/$p/status"); m=$((m + v)); done; echo "$m"; }
 
 # Requests that went through infergate's admission queue so far.
@@ -165,7 +188,11 @@ if [ -n "$tls" ]; then
   url[nginx-tls]="https://127.0.0.1:$ng_tls_port"
   paths+=(infergate-tls nginx-tls)
 fi
-proxy_pids() { case $1 in infergate) echo "$gw_pid" ;; infergate-tls) echo "$gw_tls_pid" ;; nginx*) nginx_pids ;; esac; }
+if [ -n "$keys" ]; then
+  url[infergate-keys]="http://127.0.0.1:$gw_keys_port"
+  paths+=(infergate-keys)
+fi
+proxy_pids() { case $1 in infergate) echo "$gw_pid" ;; infergate-tls) echo "$gw_tls_pid" ;; infergate-keys) echo "$gw_keys_pid" ;; nginx*) nginx_pids ;; esac; }
 
 # One measured run: quantiles to $work/$case.$path.$round, CPU ticks of the proxy added to
 # $work/$case.$path.cpu, wrk's error lines to $work/$case.$path.errors.
@@ -246,6 +273,10 @@ for proxy in ("infergate", "nginx"):
         plain, over_tls = cpu_per_request[proxy], cpu_per_request[f"{proxy}-tls"]
         print(f"TLS costs {proxy} {over_tls - plain:.1f} µs CPU per request "
               f"({over_tls:.1f} vs {plain:.1f}, {over_tls / plain:.2f}x)")
+if "infergate-keys" in cpu_per_request:
+    plain, keyed = cpu_per_request["infergate"], cpu_per_request["infergate-keys"]
+    print(f"API keys cost infergate {keyed - plain:.1f} µs CPU per request "
+          f"({keyed:.1f} vs {plain:.1f}, {keyed / plain:.2f}x)")
 PY
 }
 
@@ -266,6 +297,7 @@ for case in $cases; do
   queued_note="$case: $(( $(queued) - queued_before )) requests waited in infergate's admission queue"
   echo $(( $(hwm_kb "$gw_pid") / 1024 )) >"$work/infergate.rss_mib"
   [ -z "$tls" ] || echo $(( $(hwm_kb "$gw_tls_pid") / 1024 )) >"$work/infergate-tls.rss_mib"
+  [ -z "$keys" ] || echo $(( $(hwm_kb "$gw_keys_pid") / 1024 )) >"$work/infergate-keys.rss_mib"
   # shellcheck disable=SC2046
   echo $(( $(hwm_kb $(nginx_pids)) / 1024 )) >"$work/nginx.rss_mib"
   echo

@@ -530,6 +530,10 @@ fn serve(
     Ok((gateway, admin))
 }
 
+/// How long before the drain timeout open answers are ended with an error event (time to
+/// write it and close).
+const CUT_NOTICE: Duration = Duration::from_millis(250);
+
 impl App {
     /// Applies `config` the way `nginx -s reload` does: everything starts anew on the new
     /// config — pools, discovery, scrapers, scalers, local replicas, the listener's TLS
@@ -587,7 +591,15 @@ impl App {
             let _ = tokio::time::timeout(Duration::from_secs(2), release).await;
         }
         let drain = self.state.config.listeners.drain_timeout;
+        // Answers still open just before the drain timeout end with an error event that the
+        // client can read, instead of a connection that simply breaks.
+        let state = self.state.clone();
+        let cutter = tokio::spawn(async move {
+            tokio::time::sleep(drain.saturating_sub(CUT_NOTICE)).await;
+            state.pools.cut_open_answers();
+        });
         self.gateway.shutdown(drain).await;
+        cutter.abort();
         self.admin.shutdown(Duration::from_millis(100)).await;
         for local in &self.locals {
             local.stop_all(drain).await;

@@ -104,6 +104,7 @@ pub struct ApiKey {
     /// Priority classes (indices) it may ask for with the priority header.
     pub priority_classes: Vec<usize>,
     pub requests_per_minute: Option<u32>,
+    pub tokens_per_minute: Option<u64>,
     pub pin_versions: bool,
 }
 

@@ -2,10 +2,11 @@
 //! config holds only each key's SHA-256, so the check is one hash of the presented key and one
 //! map lookup. A key may be limited to some models and to some priority classes: a priority
 //! header its key may not use is ignored (the request gets the default class). A key may have a
-//! request rate ([`RateLimits`]). Without keys in the config every request is served, as without
+//! request rate and a token budget ([`RateLimits`]). Without keys in the config every request is served, as without
 //! this module.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -40,68 +41,143 @@ pub fn authenticate<'a>(
         .ok_or(GatewayError::Unauthorized)
 }
 
-/// The request rate of each key that has one: GCRA (the "virtual scheduling" form of a token
-/// bucket), one atomic per key. Kept by the gateway's state, so a reload starts the counts anew.
+/// The request rate and token budget of each key that has them: GCRA (the "virtual
+/// scheduling" form of a token bucket), one atomic each. Kept by the gateway's state, so a
+/// reload starts the counts anew.
 pub struct RateLimits {
-    epoch: Instant,
-    by_key: HashMap<String, Gcra>,
+    by_key: HashMap<String, KeyLimits>,
 }
 
+#[derive(Default)]
+struct KeyLimits {
+    requests: Option<Gcra>,
+    tokens: Option<Arc<TokenBudget>>,
+}
+
+#[derive(Debug)]
 struct Gcra {
-    /// Nanoseconds between two requests at the steady rate.
+    epoch: Instant,
+    /// Nanoseconds between two requests (or tokens) at the steady rate.
     interval: u64,
     /// How far ahead of now the schedule may run (the burst).
     tolerance: u64,
-    /// When the next request is due at the steady rate (nanoseconds since `epoch`).
+    /// When the next one is due at the steady rate (nanoseconds since `epoch`).
     due: AtomicU64,
 }
 
-impl RateLimits {
-    pub fn new(auth: &Auth) -> Self {
-        let by_key = auth
-            .keys
-            .values()
-            .filter_map(|k| {
-                let per_minute = u64::from(k.requests_per_minute?.max(1));
-                let interval = 60_000_000_000 / per_minute;
-                let burst = (per_minute / 10).max(1);
-                let gcra = Gcra {
-                    interval,
-                    tolerance: interval * (burst - 1),
-                    due: AtomicU64::new(0),
-                };
-                Some((k.name.clone(), gcra))
-            })
-            .collect();
+impl Gcra {
+    fn new(epoch: Instant, per_minute: u64, burst: u64) -> Self {
+        let interval = 60_000_000_000 / per_minute.max(1);
         Self {
-            epoch: Instant::now(),
-            by_key,
+            epoch,
+            interval,
+            tolerance: interval.saturating_mul(burst.max(1) - 1),
+            due: AtomicU64::new(0),
         }
     }
 
-    /// Counts a request of `key` at `now`; when it is over its rate, how long until one would
-    /// be let in (`Retry-After`).
-    pub fn admit(&self, key: &ApiKey, now: Instant) -> Result<(), Duration> {
-        let Some(gcra) = self.by_key.get(&key.name) else {
-            return Ok(());
-        };
-        let now = now.saturating_duration_since(self.epoch).as_nanos() as u64;
-        let mut due = gcra.due.load(Ordering::Relaxed);
+    fn nanos(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.epoch).as_nanos() as u64
+    }
+
+    /// Counts `cost` at `now` if the schedule is not over its tolerance; else how long until
+    /// it is back under it.
+    fn admit(&self, now: Instant, cost: u64) -> Result<(), Duration> {
+        let now = self.nanos(now);
+        let mut due = self.due.load(Ordering::Relaxed);
         loop {
             let start = due.max(now);
-            if start - now > gcra.tolerance {
-                return Err(Duration::from_nanos(start - now - gcra.tolerance));
+            if start - now > self.tolerance {
+                return Err(Duration::from_nanos(start - now - self.tolerance));
             }
-            match gcra.due.compare_exchange_weak(
-                due,
-                start + gcra.interval,
-                Ordering::Relaxed,
-                Ordering::Relaxed,
-            ) {
+            let next = start.saturating_add(self.interval.saturating_mul(cost));
+            match self
+                .due
+                .compare_exchange_weak(due, next, Ordering::Relaxed, Ordering::Relaxed)
+            {
                 Ok(_) => return Ok(()),
                 Err(current) => due = current,
             }
         }
+    }
+
+    /// Counts `cost` at `now` whatever the schedule (what was already served).
+    fn charge(&self, now: Instant, cost: u64) {
+        let now = self.nanos(now);
+        let add = self.interval.saturating_mul(cost);
+        let _ = self
+            .due
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |due| {
+                Some(due.max(now).saturating_add(add))
+            });
+    }
+}
+
+/// A key's tokens per minute. Tokens are known only once the answer is read, so a request is
+/// let in while the key's spending is within a minute's worth, and the answer's tokens are
+/// charged when it ends: a key over its budget waits until its spending falls back under it.
+#[derive(Debug)]
+pub struct TokenBudget(Gcra);
+
+impl TokenBudget {
+    /// A budget of `per_minute` tokens, a minute's worth of which may be spent at once (a
+    /// tolerance of 60 s).
+    pub fn new(epoch: Instant, per_minute: u64) -> Self {
+        Self(Gcra::new(epoch, per_minute, per_minute + 1))
+    }
+
+    /// Charges the tokens (prompt + completion) of an answer that ended at `now`.
+    pub fn charge(&self, now: Instant, tokens: u64) {
+        self.0.charge(now, tokens);
+    }
+}
+
+impl RateLimits {
+    pub fn new(auth: &Auth) -> Self {
+        let epoch = Instant::now();
+        let by_key = auth
+            .keys
+            .values()
+            .filter(|k| k.requests_per_minute.is_some() || k.tokens_per_minute.is_some())
+            .map(|k| {
+                let requests = k.requests_per_minute.map(|per_minute| {
+                    let per_minute = u64::from(per_minute);
+                    Gcra::new(epoch, per_minute, per_minute / 10)
+                });
+                let tokens = k
+                    .tokens_per_minute
+                    .map(|per_minute| Arc::new(TokenBudget::new(epoch, per_minute)));
+                (k.name.clone(), KeyLimits { requests, tokens })
+            })
+            .collect();
+        Self { by_key }
+    }
+
+    /// Counts a request of `key` at `now`; when it is over its request rate or token budget,
+    /// 429 with how many seconds until one would be let in (`Retry-After`). Gives the key's
+    /// token budget, to be charged with the answer's tokens.
+    pub fn admit(
+        &self,
+        key: &ApiKey,
+        now: Instant,
+    ) -> Result<Option<Arc<TokenBudget>>, GatewayError> {
+        let Some(limits) = self.by_key.get(&key.name) else {
+            return Ok(None);
+        };
+        let seconds = |wait: Duration| wait.as_secs_f64().ceil().max(1.0) as u64;
+        if let Some(tokens) = &limits.tokens {
+            // Over budget: refused before the request counts against its rate.
+            tokens
+                .0
+                .admit(now, 0)
+                .map_err(|wait| GatewayError::OverTokenBudget(seconds(wait)))?;
+        }
+        if let Some(requests) = &limits.requests {
+            requests
+                .admit(now, 1)
+                .map_err(|wait| GatewayError::RateLimited(seconds(wait)))?;
+        }
+        Ok(limits.tokens.clone())
     }
 }
 
@@ -138,6 +214,7 @@ mod tests {
             models: models.map(|m| m.iter().map(|s| s.to_string()).collect()),
             priority_classes: classes,
             requests_per_minute: None,
+            tokens_per_minute: None,
             pin_versions: false,
         };
         Auth {
@@ -195,10 +272,9 @@ mod tests {
             assert!(limits.admit(&key, t0).is_ok(), "request {i} of the burst");
         }
         let wait = limits.admit(&key, t0).unwrap_err();
-        assert_eq!(
-            wait,
-            Duration::from_secs(1),
-            "the next one is due in a second"
+        assert!(
+            matches!(wait, GatewayError::RateLimited(1)),
+            "the next one is due in a second: {wait:?}"
         );
         assert!(limits.admit(&key, t0 + Duration::from_millis(999)).is_err());
         assert!(limits.admit(&key, t0 + Duration::from_secs(1)).is_ok());
@@ -207,6 +283,43 @@ mod tests {
         open.keys.values_mut().next().unwrap().name = "free".into();
         let free = open.keys.values().next().unwrap();
         assert!((0..1000).all(|_| limits.admit(free, t0).is_ok()));
+    }
+
+    #[test]
+    fn a_key_over_its_token_budget_waits_until_its_spending_falls_back() {
+        let mut auth = auth_with("k", None, vec![]);
+        auth.keys.values_mut().next().unwrap().tokens_per_minute = Some(600);
+        let key = auth.keys.values().next().unwrap().clone();
+        let limits = RateLimits::new(&auth);
+        let t0 = Instant::now() + Duration::from_secs(1);
+        let budget = limits
+            .admit(&key, t0)
+            .unwrap()
+            .expect("the key has a budget");
+        // 600 a minute: 10 a second. Within a minute's worth, requests go on.
+        budget.charge(t0, 500);
+        assert!(limits.admit(&key, t0).is_ok(), "500 of 600 spent");
+        // One answer takes it 300 tokens over: refused until 30 s have paid them back.
+        budget.charge(t0, 400);
+        let wait = limits.admit(&key, t0).unwrap_err();
+        assert!(
+            matches!(wait, GatewayError::OverTokenBudget(30)),
+            "{wait:?}"
+        );
+        assert!(
+            limits
+                .admit(&key, t0 + Duration::from_millis(29_900))
+                .is_err()
+        );
+        assert!(limits.admit(&key, t0 + Duration::from_secs(30)).is_ok());
+        // A refused request spends nothing: the wait did not grow.
+        let later = limits
+            .admit(&key, t0 + Duration::from_secs(10))
+            .unwrap_err();
+        assert!(
+            matches!(later, GatewayError::OverTokenBudget(20)),
+            "{later:?}"
+        );
     }
 
     #[test]

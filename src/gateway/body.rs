@@ -16,6 +16,7 @@ use tokio::time::Sleep;
 use super::error::GatewayError;
 use super::pools::GatewayPool;
 use super::upstream::Lent;
+use super::usage::UsageMeter;
 use crate::replica::InflightGuard;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -62,11 +63,15 @@ pub struct ProxiedBody {
     /// pushed back on every chunk.
     idle: Option<Pin<Box<Sleep>>>,
     idle_timeout: Duration,
+    /// Armed with `idle`: ready once the drain timeout is about to cut open answers.
+    cut: Option<Pin<Box<dyn Future<Output = ()>>>>,
     /// Set once the stream has ended (normally or not).
     ended: bool,
     /// Body bytes passed on, added to the shared counter once at the end (a shared atomic per
     /// chunk would bounce between cores).
     bytes_sent: u64,
+    /// The key's token budget, charged with the answer's tokens when it ends.
+    usage: Option<UsageMeter>,
 }
 
 impl ProxiedBody {
@@ -96,8 +101,23 @@ impl ProxiedBody {
             chunks: 0,
             idle: None,
             idle_timeout,
+            cut: None,
             ended: false,
             bytes_sent: 0,
+            usage: None,
+        }
+    }
+
+    /// Charges the answer's tokens to a key's budget when it ends.
+    pub fn metered(mut self, usage: Option<UsageMeter>) -> Self {
+        self.usage = usage;
+        self
+    }
+
+    /// Charges the answer's tokens so far (once).
+    fn charge_usage(&mut self, now: Instant) {
+        if let Some(usage) = self.usage.take() {
+            usage.charge(now, self.sse, self.chunks, self.bytes_sent);
         }
     }
 
@@ -214,6 +234,7 @@ impl ProxiedBody {
     }
 
     fn finish(&mut self, now: Instant) {
+        self.charge_usage(now);
         self.ended = true;
         self.guard = None;
         self.pool
@@ -228,7 +249,8 @@ impl ProxiedBody {
             .observe(now.saturating_duration_since(self.received).as_secs_f64());
     }
 
-    /// The replica broke off (error or idle timeout): count a failure, end the stream.
+    /// The answer broke off (the replica's error or idle timeout, counted as its failure; or
+    /// the gateway's drain timeout): end the stream.
     fn broke(
         &mut self,
         error: GatewayError,
@@ -238,7 +260,9 @@ impl ProxiedBody {
         if let Some(guard) = &self.guard {
             let replica = guard.replica();
             tracing::warn!(pool = self.pool.name(), replica = %replica.name, cause, "answer broke off mid-stream");
-            self.pool.record_failure(replica, now, cause);
+            if !matches!(error, GatewayError::Drained) {
+                self.pool.record_failure(replica, now, cause);
+            }
         }
         self.count_for_slo(false, now);
         self.finish(now);
@@ -257,6 +281,7 @@ impl Drop for ProxiedBody {
     fn drop(&mut self) {
         if !self.ended {
             // The client went away mid-answer: release the replica, then let a waiter in.
+            self.charge_usage(Instant::now());
             self.pool.metrics.bytes_out.inc_by(self.bytes_sent);
             self.guard = None;
             self.pool.queue.wake();
@@ -284,6 +309,9 @@ impl Body for GatewayBody {
                         if let Some(data) = frame.data_ref() {
                             let metrics = &body.pool.metrics;
                             body.bytes_sent += data.len() as u64;
+                            if let Some(usage) = &mut body.usage {
+                                usage.saw(data);
+                            }
                             if body.last_chunk.is_none()
                                 && let Some(guard) = &mut body.guard
                             {
@@ -326,17 +354,25 @@ impl Body for GatewayBody {
                         body.completed(Instant::now());
                         Poll::Ready(None)
                     }
-                    Poll::Pending => match body
-                        .idle
-                        .get_or_insert_with(|| Box::pin(tokio::time::sleep(body.idle_timeout)))
-                        .as_mut()
-                        .poll(cx)
-                    {
-                        Poll::Ready(()) => {
-                            body.broke(GatewayError::UpstreamTimeout, "idle stream timeout")
+                    Poll::Pending => {
+                        let idle = body
+                            .idle
+                            .get_or_insert_with(|| Box::pin(tokio::time::sleep(body.idle_timeout)));
+                        if idle.as_mut().poll(cx).is_ready() {
+                            return body
+                                .broke(GatewayError::UpstreamTimeout, "idle stream timeout");
                         }
-                        Poll::Pending => Poll::Pending,
-                    },
+                        let cut = body.cut.get_or_insert_with(|| {
+                            let mut cut = body.pool.cut.clone();
+                            Box::pin(async move {
+                                let _ = cut.wait_for(|cut| *cut).await;
+                            })
+                        });
+                        if cut.as_mut().poll(cx).is_ready() {
+                            return body.broke(GatewayError::Drained, "cut by the drain timeout");
+                        }
+                        Poll::Pending
+                    }
                 }
             }
         }

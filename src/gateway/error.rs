@@ -31,6 +31,8 @@ pub enum GatewayError {
     UnknownVersion(String),
     #[error("this API key is over its request rate; retry in {0} s")]
     RateLimited(u64),
+    #[error("this API key is over its tokens per minute; retry in {0} s")]
+    OverTokenBudget(u64),
     #[error("no route for {0}")]
     NotFound(String),
     #[error("method not allowed")]
@@ -43,6 +45,8 @@ pub enum GatewayError {
     UpstreamFailed,
     #[error("the model server did not answer in time")]
     UpstreamTimeout,
+    #[error("the gateway stopped before the answer finished (its drain timeout); retry")]
+    Drained,
     #[error("too many requests are waiting for this model; retry later")]
     QueueFull,
     #[error("no replica became available in time; retry later")]
@@ -75,12 +79,14 @@ impl GatewayError {
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) | Self::PinForbidden => StatusCode::FORBIDDEN,
             Self::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::NoReplica => StatusCode::SERVICE_UNAVAILABLE,
+            Self::NoReplica | Self::Drained => StatusCode::SERVICE_UNAVAILABLE,
             Self::UpstreamUnreachable | Self::UpstreamFailed => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
-            Self::QueueFull | Self::QueueTimeout | Self::Shed | Self::RateLimited(_) => {
-                StatusCode::TOO_MANY_REQUESTS
-            }
+            Self::QueueFull
+            | Self::QueueTimeout
+            | Self::Shed
+            | Self::RateLimited(_)
+            | Self::OverTokenBudget(_) => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -116,7 +122,7 @@ impl GatewayError {
         );
         if response.status() == StatusCode::TOO_MANY_REQUESTS {
             let after = match self {
-                Self::RateLimited(secs) => HeaderValue::from(secs),
+                Self::RateLimited(secs) | Self::OverTokenBudget(secs) => HeaderValue::from(secs),
                 _ => HeaderValue::from_static("1"),
             };
             response.headers_mut().insert(header::RETRY_AFTER, after);

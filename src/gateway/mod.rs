@@ -11,3 +11,4 @@ pub mod error;
 pub mod pools;
 pub mod proxy;
 pub mod upstream;
+pub mod usage;

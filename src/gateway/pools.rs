@@ -19,6 +19,8 @@ pub struct GatewayPool {
     /// connection tasks run in that worker's `LocalSet`).
     clients: Vec<UpstreamClient>,
     pub metrics: PoolMetrics,
+    /// Turns true when the drain timeout is about to cut the answers still open.
+    pub cut: tokio::sync::watch::Receiver<bool>,
 }
 
 impl GatewayPool {
@@ -51,6 +53,7 @@ pub struct Pools {
     pub models: ModelIndex,
     /// Per route of `models`, in its order.
     ok_requests: Vec<prometheus::IntCounter>,
+    cut: tokio::sync::watch::Sender<bool>,
 }
 
 impl Pools {
@@ -71,6 +74,7 @@ impl Pools {
                 metrics.requests.with_label_values(&[pool, &r.model, "200"])
             })
             .collect();
+        let (cut, cut_seen) = tokio::sync::watch::channel(false);
         let pools = configs
             .iter()
             .map(|c| {
@@ -86,6 +90,7 @@ impl Pools {
                         .map(|_| UpstreamClient::new(c))
                         .collect(),
                     metrics: metrics.pool(&c.name),
+                    cut: cut_seen.clone(),
                 })
             })
             .collect();
@@ -93,7 +98,14 @@ impl Pools {
             pools,
             models,
             ok_requests,
+            cut,
         }
+    }
+
+    /// Ends every answer still open with an error (an SSE error event, or a broken connection
+    /// for other answers): the drain timeout is about to cut them.
+    pub fn cut_open_answers(&self) {
+        self.cut.send_replace(true);
     }
 
     pub fn route(&self, model: &str) -> Option<Route<'_>> {

@@ -90,13 +90,10 @@ async fn proxy(
     let (mut parts, body) = req.into_parts();
     // Before the body is read: an unknown client sends nothing further.
     let key = auth::authenticate(&state.config.auth, &parts.headers)?;
-    if let Some(key) = key
-        && let Err(wait) = state.rate_limits.admit(key, received)
-    {
-        return Err(GatewayError::RateLimited(
-            wait.as_secs_f64().ceil().max(1.0) as u64,
-        ));
-    }
+    let budget = match key {
+        Some(key) => state.rate_limits.admit(key, received)?,
+        None => None,
+    };
     let listeners = &state.config.listeners;
     let limit = listeners.max_body_size;
     // A client waiting for `100 Continue` with a declared body over the limit gets 413 at once:
@@ -170,11 +167,15 @@ async fn proxy(
         Some(target) => Bytes::from(rewrite_model(&body, target)?),
         None => body,
     };
+    let usage = budget.map(|budget| {
+        super::usage::UsageMeter::new(budget, u64::from(classified.features.prompt_tokens))
+    });
     let request = Outgoing {
         parts: &parts,
         body,
         peer,
         over_tls: state.config.listeners.tls.is_some(),
+        usage,
         features: &classified.features,
         blocks: &blocks,
         received,
@@ -260,6 +261,8 @@ fn mirror_request(
             blocks: &[],
             received: Instant::now(),
             over_tls: state.config.listeners.tls.is_some(),
+            // A shadow's answer goes to no client: it spends nobody's tokens.
+            usage: None,
         };
         let result = forward(&pool, worker, &state.config.classification, request).await;
         let status = match result {
@@ -315,6 +318,8 @@ struct Outgoing<'a> {
     peer: SocketAddr,
     /// The client came over TLS (`X-Forwarded-Proto: https`).
     over_tls: bool,
+    /// The key's token budget to charge with the answer's tokens.
+    usage: Option<super::usage::UsageMeter>,
     features: &'a router::RequestFeatures,
     /// The prompt's prefix blocks, recorded against the chosen replica.
     blocks: &'a [u64],
@@ -332,6 +337,7 @@ async fn forward(
         body,
         peer,
         over_tls,
+        mut usage,
         features,
         blocks,
         received,
@@ -399,7 +405,8 @@ async fn forward(
                     received,
                     sent,
                 )
-                .server_error(head.status.is_server_error());
+                .server_error(head.status.is_server_error())
+                .metered(usage.take());
                 body.gather().await;
                 return Ok(Response::from_parts(
                     head,

@@ -199,12 +199,44 @@ async fn oversized_bodies_are_refused_before_100_continue_and_errors_echo_little
     let reply = send(http::Method::GET, &url, "").await;
     assert_eq!(reply.status, 405);
     assert_eq!(reply.json()["error"]["type"], "invalid_request_error");
+    // Heads hyper cannot parse get its own 431 and 400, with JSON bodies like every error.
+    for (head, status, kind) in [
+        (
+            format!(
+                "GET /v1/models HTTP/1.1\r\nhost: x\r\nx-big: {}\r\n\r\n",
+                "b".repeat(500_000)
+            ),
+            431,
+            "request_too_large",
+        ),
+        (
+            "GET /v1/models HTTP/1.1\r\nbad header\r\n\r\n".to_string(),
+            400,
+            "invalid_request_error",
+        ),
+    ] {
+        let mut conn = TcpStream::connect(gw.gateway_addr).await.unwrap();
+        let _ = conn.write_all(head.as_bytes()).await;
+        let (answer, closed) = read_until_closed(&mut conn, Duration::from_secs(5)).await;
+        assert!(closed.is_some(), "closed after the error");
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status} ")),
+            "{answer}"
+        );
+        let (top, body) = answer.split_once("\r\n\r\n").unwrap();
+        assert!(top.contains("content-type: application/json"), "{top}");
+        let json: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(json["error"]["type"], kind, "{body}");
+        assert_eq!(json["error"]["code"], status);
+    }
     gw.shutdown().await;
     gw_big.shutdown().await;
 }
 
+/// A draining gateway says so on `/readyz`; a stream still open at its drain timeout ends with
+/// an SSE error event and a proper end of the body, not a broken connection.
 #[tokio::test]
-async fn a_draining_gateway_is_not_ready() {
+async fn a_draining_gateway_is_not_ready_and_ends_cut_streams_with_an_error_event() {
     let mut opts = sim_options("llama-8b-h100");
     opts.speed = 0.05; // a long answer keeps the drain going
     let replica = start_sim(opts).await;
@@ -232,7 +264,29 @@ async fn a_draining_gateway_is_not_ready() {
     let ready = get(&format!("http://{admin}/readyz")).await;
     assert_eq!(ready.status, 503, "{}", ready.text());
     assert_eq!(ready.json()["draining"], true);
+    let started = Instant::now();
+    let (answer, closed) = read_until_closed(&mut stream, Duration::from_secs(10)).await;
     shutdown.await.unwrap();
+    let closed = closed.expect("the connection closes at the drain timeout");
+    assert!(
+        closed - started < Duration::from_secs(3),
+        "within the 3 s drain timeout"
+    );
+    let tail = &answer[answer.len().saturating_sub(600)..];
+    let error = tail
+        .split("data: ")
+        .last()
+        .and_then(|e| e.split("\r\n").next())
+        .unwrap();
+    let error: serde_json::Value = serde_json::from_str(error).expect(tail);
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("drain timeout"),
+        "{error}"
+    );
+    assert!(tail.ends_with("\r\n0\r\n\r\n"), "the body ends: {tail:?}");
 }
 
 #[tokio::test]
@@ -488,6 +542,86 @@ async fn first_byte_and_idle_stream_timeouts_end_requests_and_count_as_failures(
     assert_eq!(s["pools"][0]["replicas"][0]["ejected"], true, "{s}");
     gw.shutdown().await;
     slow.shutdown(Duration::from_millis(100)).await;
+}
+
+/// A key's tokens per minute are charged from each answer's `usage` (streamed with
+/// `include_usage` or not): once over a minute's worth, 429 with a `Retry-After` that pays the
+/// excess back at the key's rate; other keys go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_over_its_token_budget_waits_for_it_to_refill() {
+    use sha2::{Digest, Sha256};
+    let hash = |key: &str| {
+        Sha256::digest(key.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    };
+    let mut opts = sim_options("llama-8b-h100");
+    opts.instant = true;
+    let replica = start_sim(opts).await;
+    let auth = format!(
+        "auth:
+  keys:
+    - {{name: budgeted, sha256: {}, tokens_per_minute: 600}}
+    - {{name: free, sha256: {}}}",
+        hash("sk-budget"),
+        hash("sk-free"),
+    );
+    let gw = GatewayConfig::static_replicas(&[replica.addr])
+        .top(&auth)
+        .start()
+        .await;
+    let url = format!("http://{}/v1/chat/completions", gw.gateway_addr);
+    let send = |key: &'static str, body: serde_json::Value| {
+        let url = url.clone();
+        async move {
+            let bearer = format!("Bearer {key}");
+            send_with(
+                http::Method::POST,
+                &url,
+                &[("authorization", bearer.as_str())],
+                serde_json::to_vec(&body).unwrap(),
+            )
+            .await
+        }
+    };
+    let total = |usage: &serde_json::Value| {
+        usage["prompt_tokens"].as_u64().unwrap() + usage["completion_tokens"].as_u64().unwrap()
+    };
+    // Small: well within the budget.
+    let small = send("sk-budget", chat()).await;
+    assert_eq!(small.status, 200, "{}", small.text());
+    let mut spent = total(&small.json()["usage"]);
+    // A streamed answer of ~500 prompt and 300 completion tokens: let in (the key had spent
+    // little), and it takes the key over its minute's worth.
+    let long = json!({"model": "m", "max_tokens": 300, "ignore_eos": true, "stream": true,
+        "stream_options": {"include_usage": true},
+        "messages": [{"role": "user", "content": "lorem ipsum ".repeat(170)}]});
+    let streamed = send("sk-budget", long.clone()).await;
+    assert_eq!(streamed.status, 200);
+    let text = streamed.text();
+    let usage_event = text
+        .split("\n\n")
+        .filter_map(|e| e.strip_prefix("data: "))
+        .filter_map(|e| serde_json::from_str::<serde_json::Value>(e).ok())
+        .find(|e| e["usage"].is_object())
+        .expect("a usage event");
+    spent += total(&usage_event["usage"]);
+    assert!(spent > 700, "the test needs the key over 600: {spent}");
+    let over = send("sk-budget", chat()).await;
+    assert_openai_error(&over, 429, "over its tokens per minute");
+    let retry: u64 = over.headers["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    // 600 a minute pays back 10 tokens a second.
+    let expected = (spent - 600).div_ceil(10);
+    assert!(
+        retry.abs_diff(expected) <= 1,
+        "Retry-After {retry} s, expected about {expected} s for {spent} tokens spent"
+    );
+    assert_eq!(send("sk-free", long).await.status, 200, "other keys go on");
 }
 
 /// API keys: none or a wrong one gets 401 before the body is read; a key limited to other

@@ -200,6 +200,11 @@ pub struct RawApiKey {
     /// Requests per minute the key may send (a steady rate, with bursts of up to a tenth of
     /// it); over it, 429 with `Retry-After`. Unset: no limit.
     pub requests_per_minute: Option<u32>,
+    /// Tokens (prompt + completion) per minute the key may use, counted from each answer's
+    /// `usage` (estimated where the replica sends none): a key that has spent more than a
+    /// minute's worth gets 429 with `Retry-After` until its spending falls back under it.
+    /// Unset: no limit.
+    pub tokens_per_minute: Option<u64>,
     /// Whether the key may pin a model version with the versions' `pin_header`.
     pub pin_versions: bool,
 }

@@ -239,11 +239,18 @@ fn auth(c: &mut Checker, raw: &RawAuth, classes: &RawClassification, pools: &[Ra
                 "must be at least 1 (leave it unset for no limit)",
             );
         }
+        if key.tokens_per_minute == Some(0) {
+            c.fail(
+                format!("{p}.tokens_per_minute"),
+                "must be at least 1 (leave it unset for no limit)",
+            );
+        }
         let api_key = ApiKey {
             name: key.name.clone(),
             models: (!key.models.is_empty()).then(|| key.models.iter().cloned().collect()),
             priority_classes,
             requests_per_minute: key.requests_per_minute,
+            tokens_per_minute: key.tokens_per_minute,
             pin_versions: key.pin_versions,
         };
         if keys.insert(digest, api_key).is_some() {

@@ -18,6 +18,9 @@
 //! against the cap from the start and must finish its handshake within `header_timeout`, so
 //! that a client that connects and never says hello is closed like a slow one. One over the
 //! cap is closed without an answer (which would need a handshake first).
+//!
+//! A request head hyper cannot parse gets hyper's own 400, 414 or 431, with an OpenAI-style
+//! JSON body like every other error ([`parse_errors`]).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -34,6 +37,9 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::{Notify, oneshot, watch};
+
+mod parse_errors;
+use parse_errors::ParseErrorBodies;
 
 /// A running server: its bound address and the way to stop it.
 pub struct Server {
@@ -383,7 +389,7 @@ impl Accept {
                     });
                     let open = balance.open(worker);
                     let Some(tls) = &tls else {
-                        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                        let conn = builder.serve_connection_with_upgrades(TokioIo::new(ParseErrorBodies::new(stream)), service);
                         let conn = graceful.watch(conn.into_owned());
                         tokio::task::spawn_local(async move {
                             let _ = conn.await;
@@ -398,7 +404,7 @@ impl Accept {
                     tokio::task::spawn_local(async move {
                         let accepted = tokio::time::timeout(handshake_timeout, tls.accept(stream)).await;
                         if let Ok(Ok(stream)) = accepted {
-                            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                            let conn = builder.serve_connection_with_upgrades(TokioIo::new(ParseErrorBodies::new(stream)), service);
                             let _ = watcher.watch(conn.into_owned()).await;
                         }
                         drop(open);
