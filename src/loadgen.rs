@@ -240,7 +240,9 @@ async fn one_request(
   infergate loadgen --url http://127.0.0.1:8000 --model my-model \\
       --trace azure_llm_conv.csv --time-scale 0.1 --window 5m --out run.json")]
 pub struct ReplayArgs {
-    /// Base URL of the endpoint (the gateway, a replica, or vLLM).
+    /// Base URL of the endpoint (the gateway, a replica, or vLLM); several, comma-separated,
+    /// for several gateways: a request goes to one by its session, else in turn (as
+    /// `simulate --gateways` sends them).
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     pub url: String,
     /// Model for requests whose workload names none.
@@ -279,7 +281,11 @@ pub async fn replay(args: ReplayArgs) -> anyhow::Result<crate::fleet_sim::stats:
     use crate::fleet_sim::stats::{Failure, Recorder, RunReport, Sample as Point, Slo};
     let requests = args.workload.load()?;
     anyhow::ensure!(args.max_inflight > 0, "--max-inflight must be at least 1");
-    let uri: http::Uri = format!("{}/v1/completions", args.url.trim_end_matches('/')).parse()?;
+    let uris = args
+        .url
+        .split(',')
+        .map(|url| format!("{}/v1/completions", url.trim().trim_end_matches('/')).parse())
+        .collect::<Result<Vec<http::Uri>, _>>()?;
     let session_header = http::HeaderName::try_from(args.session_header.as_str())?;
     let priority_header = http::HeaderName::try_from(args.priority_header.as_str())?;
     let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
@@ -294,7 +300,7 @@ pub async fn replay(args: ReplayArgs) -> anyhow::Result<crate::fleet_sim::stats:
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(usize, Sample)>();
     let start = Instant::now();
     let sender = {
-        let (client, uri, args_model) = (client.clone(), uri.clone(), args.model.clone());
+        let (client, args_model) = (client.clone(), args.model.clone());
         let timeout = args.timeout;
         tokio::spawn(async move {
             for (i, r) in requests.iter().enumerate() {
@@ -305,8 +311,9 @@ pub async fn replay(args: ReplayArgs) -> anyhow::Result<crate::fleet_sim::stats:
                     "prompt": r.prompt_text(),
                     "max_tokens": r.output_tokens, "ignore_eos": true, "stream": true,
                 });
+                let uri = uris[r.gateway(i, uris.len())].clone();
                 let mut request =
-                    http::Request::post(uri.clone()).header("content-type", "application/json");
+                    http::Request::post(uri).header("content-type", "application/json");
                 if let Some(session) = &r.session {
                     request = request.header(&session_header, session.as_str());
                 }
@@ -409,7 +416,9 @@ pub async fn replay(args: ReplayArgs) -> anyhow::Result<crate::fleet_sim::stats:
         slo,
         slo_attainment: rec.good_requests as f64 / total.max(1) as f64,
         goodput: rec.good_tokens as f64 / span.max(1e-9),
+        // Only the replicas know these (their /metrics pages).
         prefix_cache_hit_rate: 0.0,
+        preemptions: 0,
         replica_seconds,
         scale_ups: changes(true),
         scale_downs: changes(false),

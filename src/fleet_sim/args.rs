@@ -170,6 +170,10 @@ pub struct SimulateArgs {
     /// Override the replicas' context window (tokens); longer requests fail as vLLM's do.
     #[arg(long)]
     pub max_model_len: Option<u32>,
+    /// Override the replicas' KV cache size (blocks of 16 tokens), as `infergate sim
+    /// --kv-blocks` does: a smaller cache fills and preempts sooner.
+    #[arg(long)]
+    pub kv_blocks: Option<u32>,
     /// Share of each pool's replicas that are slow (0-1), for a heterogeneous fleet.
     #[arg(long, default_value_t = 0.0)]
     pub slow_fraction: f64,

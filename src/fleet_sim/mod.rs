@@ -125,6 +125,10 @@ fn fleet_spec(config: &config::Config, args: &SimulateArgs) -> anyhow::Result<si
         args.sample_every > 0.0,
         "--sample-every must be greater than 0"
     );
+    anyhow::ensure!(
+        args.kv_blocks != Some(0),
+        "--kv-blocks must be greater than 0"
+    );
     let mut profiles = Vec::new();
     let mut initial = Vec::new();
     for pool in &config.pools {
@@ -140,6 +144,9 @@ fn fleet_spec(config: &config::Config, args: &SimulateArgs) -> anyhow::Result<si
         let mut profile = profile;
         if let Some(len) = args.max_model_len {
             profile.max_model_len = len;
+        }
+        if let Some(blocks) = args.kv_blocks {
+            profile.kv_blocks = blocks;
         }
         profiles.push(profile);
         let configured = match &pool.discovery {

@@ -168,6 +168,8 @@ pub struct RunReport {
     pub goodput: f64,
     /// Prompt tokens served from the replicas' prefix caches over all prompt tokens.
     pub prefix_cache_hit_rate: f64,
+    /// Running requests the replicas' engines preempted (KV cache full), over all replicas.
+    pub preemptions: u64,
     /// Sum over replicas of the time from start (including cold start) to stop.
     pub replica_seconds: f64,
     pub scale_ups: u32,

@@ -475,6 +475,64 @@ async fn loadgen_replays_a_workload_against_a_real_replica() {
     );
 }
 
+/// Several URLs (several gateways): requests without a session go to each in turn, as
+/// `simulate --gateways` sends them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loadgen_spreads_requests_over_several_urls_in_turn() {
+    let (_a, a) = spawn_sim(&["--model", "sim-m", "--instant"]);
+    let (_b, b) = spawn_sim(&["--model", "sim-m", "--instant"]);
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_infergate"))
+        .args([
+            "loadgen",
+            "--url",
+            &format!("http://{a}, http://{b}/"),
+            "--model",
+            "sim-m",
+        ])
+        .args([
+            "--rate",
+            "20",
+            "--duration",
+            "2s",
+            "--output-tokens",
+            "4",
+            "--seed",
+            "5",
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let (on_a, on_b) = (requests_finished(a).await, requests_finished(b).await);
+    assert!(on_a + on_b > 20.0, "{on_a} + {on_b}");
+    assert!(
+        on_a - on_b == 0.0 || on_a - on_b == 1.0,
+        "in turn, the first URL first: {on_a} and {on_b}"
+    );
+}
+
+/// A KV cache too small for the running requests preempts them, in simulation as in the
+/// engine (the report counts it); a large one does not.
+#[test]
+fn a_small_kv_cache_preempts_and_the_report_counts_it() {
+    let config = pool_config(1, "least-request", NO_SCALER);
+    let workload: Vec<Request> = (0..16u32)
+        .map(|i| request(f64::from(i) * 0.01, 2000, 600, u64::from(i)))
+        .collect();
+    let roomy = run(&config, &spec(1, None), &workload);
+    assert_eq!(roomy.preemptions, 0);
+    let mut small = spec(1, None);
+    // 16 requests of 2,600 tokens at their longest; room for about 6.
+    small.profiles[0].kv_blocks = 1000;
+    let tight = run(&config, &small, &workload);
+    assert_eq!(tight.completed, 16, "preempted requests still finish");
+    assert!(tight.preemptions > 0, "{}", tight.preemptions);
+}
+
 /// Two gateways, and every client's connection on the second one: the first gateway, which
 /// scales, sees none of the requests itself — yet it scales up to the same count as a lone
 /// gateway would, on the load its peer publishes; and the replicas serve every request.

@@ -54,12 +54,7 @@ impl Fleet<'_> {
             .config
             .classification
             .priority_of(request.priority.as_deref());
-        // A client's keep-alive connection stays on one gateway: by session, else in turn.
-        let gateways = self.pools[p].gateways.len();
-        let g = match &request.session {
-            Some(session) => crate::openai::fnv1a(session.as_bytes()) as usize % gateways,
-            None => i % gateways,
-        };
+        let g = request.gateway(i, self.pools[p].gateways.len());
         self.via[i] = g as u32;
         let blocks = request.block_hashes();
         let indexed = index_blocks(&blocks, self.pools[p].config.routing.prefix_block_chars);

@@ -77,6 +77,12 @@ impl Fleet<'_> {
             slo_attainment: rec.good_requests as f64 / requests.max(1) as f64,
             goodput: rec.good_tokens as f64 / span,
             prefix_cache_hit_rate: rec.cached_tokens as f64 / rec.prompt_tokens.max(1) as f64,
+            preemptions: self
+                .pools
+                .iter()
+                .flat_map(|p| &p.replicas)
+                .map(|r| r.engine.stats().preemptions)
+                .sum(),
             replica_seconds,
             scale_ups: self.scale_ups,
             scale_downs: self.scale_downs,

@@ -50,6 +50,16 @@ pub struct Segment {
 }
 
 impl Request {
+    /// Which of `gateways` the `index`th request of a workload goes to: a client's keep-alive
+    /// connection stays on one gateway, so by its session, else in turn. (The fleet
+    /// simulation's and `loadgen`'s rule alike.)
+    pub fn gateway(&self, index: usize, gateways: usize) -> usize {
+        match &self.session {
+            Some(session) => crate::openai::fnv1a(session.as_bytes()) as usize % gateways.max(1),
+            None => index % gateways.max(1),
+        }
+    }
+
     /// The content id of each full prompt block.
     fn block_ids(&self) -> impl Iterator<Item = u64> + '_ {
         let full = (self.prompt_tokens / BLOCK_TOKENS) as usize;
