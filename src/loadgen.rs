@@ -339,7 +339,7 @@ pub async fn replay(args: ReplayArgs) -> anyhow::Result<crate::fleet_sim::stats:
             }
         })
     };
-    let replicas = Arc::new(std::sync::Mutex::new(Vec::<(f64, u32)>::new()));
+    let replicas = Arc::new(std::sync::Mutex::new(Vec::<(f64, u32, u64)>::new()));
     let poller = args.admin_url.clone().map(|admin| {
         let (client, replicas) = (client.clone(), replicas.clone());
         tokio::spawn(async move {
@@ -351,9 +351,12 @@ pub async fn replay(args: ReplayArgs) -> anyhow::Result<crate::fleet_sim::stats:
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             loop {
                 tick.tick().await;
-                if let Some(ready) = ready_replicas(&client, &uri).await {
+                if let Some((ready, inflight)) = ready_replicas(&client, &uri).await {
                     let t = start.elapsed().as_secs_f64();
-                    replicas.lock().expect("not poisoned").push((t, ready));
+                    replicas
+                        .lock()
+                        .expect("not poisoned")
+                        .push((t, ready, inflight));
                 }
             }
         })
@@ -427,9 +430,10 @@ pub async fn replay(args: ReplayArgs) -> anyhow::Result<crate::fleet_sim::stats:
         wall_seconds: wall,
         timeline: replicas
             .iter()
-            .map(|(t, ready)| Point {
-                t: *t,
-                ready: *ready,
+            .map(|&(t, ready, inflight)| Point {
+                t,
+                ready,
+                inflight,
                 ..Default::default()
             })
             .collect(),
@@ -438,17 +442,20 @@ pub async fn replay(args: ReplayArgs) -> anyhow::Result<crate::fleet_sim::stats:
     })
 }
 
-/// Ready replicas over all pools, from the gateway's `/admin/status`.
-async fn ready_replicas(client: &HttpClient, uri: &http::Uri) -> Option<u32> {
+/// Ready replicas and answers in flight over all pools, from the gateway's `/admin/status`.
+async fn ready_replicas(client: &HttpClient, uri: &http::Uri) -> Option<(u32, u64)> {
     let response = client.get(uri.clone()).await.ok()?;
     let body = response.into_body().collect().await.ok()?.to_bytes();
     let status: serde_json::Value = serde_json::from_slice(&body).ok()?;
     let pools = status.get("pools")?.as_array()?;
-    Some(
-        pools
-            .iter()
-            .filter_map(|p| p.get("replicas")?.as_array())
-            .map(|r| r.len() as u32)
-            .sum(),
-    )
+    let ready = pools
+        .iter()
+        .filter_map(|p| p.get("replicas")?.as_array())
+        .map(|r| r.len() as u32)
+        .sum();
+    let inflight = pools
+        .iter()
+        .filter_map(|p| p.get("inflight")?.as_u64())
+        .sum();
+    Some((ready, inflight))
 }

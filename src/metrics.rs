@@ -18,6 +18,9 @@ const CHUNK_BUCKETS: &[f64] = &[
 pub struct Metrics {
     pub registry: Registry,
     pub requests: IntCounterVec,
+    /// Prompt and completion tokens of the answers, from their `usage` (estimated where a
+    /// replica sends none).
+    pub tokens: IntCounterVec,
     pub inflight: IntGaugeVec,
     pub replicas: IntGaugeVec,
     pub scaler_desired: IntGaugeVec,
@@ -115,6 +118,11 @@ impl Metrics {
                 "infergate_requests_total",
                 "Requests answered, by pool, model and status code.",
                 &["pool", "model", "status"],
+            ),
+            tokens: counter(
+                "infergate_tokens_total",
+                "Tokens of the answers, by pool, model (as requested), version, API key and kind (prompt or completion): from each answer's usage, estimated where the replica sends none.",
+                &["pool", "model", "version", "key", "kind"],
             ),
             inflight: gauge(
                 "infergate_replica_inflight_requests",

@@ -1,5 +1,5 @@
 //! Logging set-up (`tracing`, a human format by default or JSON lines, level from `RUST_LOG`,
-//! default `info`) and the Prometheus text rendering every `/metrics` page uses.
+//! default `info`; colours only on a terminal) and the Prometheus text rendering every `/metrics` page uses.
 
 use tracing_subscriber::EnvFilter;
 
@@ -13,8 +13,11 @@ pub enum LogFormat {
 /// what scripts read (bound addresses, reports).
 pub fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // Colours only for a person at a terminal: a log file or collector gets plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     let result = match format {
         LogFormat::Human => builder.try_init(),

@@ -145,6 +145,7 @@ pub struct Listeners {
     pub max_connections: usize,
     /// The gateway listener's certificate, loaded; None: plain HTTP.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    pub access_log: bool,
 }
 
 #[derive(Debug, Clone)]

@@ -16,7 +16,7 @@ use tokio::time::Sleep;
 use super::error::GatewayError;
 use super::pools::GatewayPool;
 use super::upstream::Lent;
-use super::usage::UsageMeter;
+use super::usage::{Answer, AnswerRecord};
 use crate::replica::InflightGuard;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -70,8 +70,10 @@ pub struct ProxiedBody {
     /// Body bytes passed on, added to the shared counter once at the end (a shared atomic per
     /// chunk would bounce between cores).
     bytes_sent: u64,
-    /// The key's token budget, charged with the answer's tokens when it ends.
-    usage: Option<UsageMeter>,
+    /// The answer's status (for its record).
+    status: http::StatusCode,
+    /// Its tokens, counted and charged to the key's budget when it ends, and its access-log line.
+    record: Option<AnswerRecord>,
 }
 
 impl ProxiedBody {
@@ -104,20 +106,32 @@ impl ProxiedBody {
             cut: None,
             ended: false,
             bytes_sent: 0,
-            usage: None,
+            status: http::StatusCode::OK,
+            record: None,
         }
     }
 
-    /// Charges the answer's tokens to a key's budget when it ends.
-    pub fn metered(mut self, usage: Option<UsageMeter>) -> Self {
-        self.usage = usage;
+    /// Records the answer (`status`) when it ends.
+    pub fn recorded(mut self, status: http::StatusCode, record: Option<AnswerRecord>) -> Self {
+        self.status = status;
+        self.record = record;
         self
     }
 
-    /// Charges the answer's tokens so far (once).
-    fn charge_usage(&mut self, now: Instant) {
-        if let Some(usage) = self.usage.take() {
-            usage.charge(now, self.sse, self.chunks, self.bytes_sent);
+    /// Records the answer as it is at `now` (once).
+    fn end_record(&mut self, now: Instant) {
+        if let Some(record) = self.record.take() {
+            let answer = Answer {
+                status: self.status,
+                sse: self.sse,
+                chunks: self.chunks,
+                bytes: self.bytes_sent,
+                first_byte: self
+                    .first_chunk
+                    .map(|first| first.saturating_duration_since(self.received)),
+                total: now.saturating_duration_since(self.received),
+            };
+            record.ended(now, &answer);
         }
     }
 
@@ -234,7 +248,7 @@ impl ProxiedBody {
     }
 
     fn finish(&mut self, now: Instant) {
-        self.charge_usage(now);
+        self.end_record(now);
         self.ended = true;
         self.guard = None;
         self.pool
@@ -281,7 +295,7 @@ impl Drop for ProxiedBody {
     fn drop(&mut self) {
         if !self.ended {
             // The client went away mid-answer: release the replica, then let a waiter in.
-            self.charge_usage(Instant::now());
+            self.end_record(Instant::now());
             self.pool.metrics.bytes_out.inc_by(self.bytes_sent);
             self.guard = None;
             self.pool.queue.wake();
@@ -309,8 +323,8 @@ impl Body for GatewayBody {
                         if let Some(data) = frame.data_ref() {
                             let metrics = &body.pool.metrics;
                             body.bytes_sent += data.len() as u64;
-                            if let Some(usage) = &mut body.usage {
-                                usage.saw(data);
+                            if let Some(record) = &mut body.record {
+                                record.saw(data);
                             }
                             if body.last_chunk.is_none()
                                 && let Some(guard) = &mut body.guard

@@ -17,6 +17,7 @@ use super::body::{GatewayBody, ProxiedBody};
 use super::classify::{classify, rewrite_model};
 use super::error::{GatewayError, echo};
 use super::pools::{GatewayPool, Pools};
+use super::usage::{Access, AnswerRecord};
 use crate::config::Config;
 use crate::http_server::{BodyError, BodyTimeouts, read_body};
 use crate::pool::queue::Refused;
@@ -49,19 +50,38 @@ pub struct GatewayState {
     pub history: Arc<crate::admin::history::History>,
 }
 
-/// Answers one request on gateway worker thread `worker`.
+/// Answers one request on gateway worker thread `worker`. Every answer carries the request's
+/// id (`x-request-id`: the client's, else a new one), which the replica gets too.
 pub async fn handle(
     state: Arc<GatewayState>,
     worker: usize,
     req: Request<Incoming>,
     peer: SocketAddr,
 ) -> Response<GatewayBody> {
+    let received = Instant::now();
+    let request_id = request_id(req.headers());
     let path = req.uri().path();
-    match (req.method(), path) {
+    let access = state.config.listeners.access_log.then(|| {
+        Box::new(Access {
+            request_id: String::from_utf8_lossy(request_id.as_bytes()).into_owned(),
+            client: Some(peer),
+            method: req.method().to_string(),
+            path: echo(path),
+            ..Access::default()
+        })
+    });
+    let mut ctx = RequestContext {
+        request_id: request_id.clone(),
+        received,
+        counted: false,
+        access,
+    };
+    let mut response = match (req.method(), path) {
         (&Method::POST, "/v1/completions" | "/v1/chat/completions" | "/v1/embeddings") => {
-            proxy(state, worker, req, peer)
-                .await
-                .unwrap_or_else(GatewayError::into_response)
+            match proxy(state.clone(), worker, req, peer, &mut ctx).await {
+                Ok(response) => response,
+                Err(e) => refused(&state, e, &mut ctx),
+            }
         }
         (&Method::GET, "/v1/models") => {
             let mut response =
@@ -74,10 +94,62 @@ pub async fn handle(
         }
         (&Method::GET, "/health") => Response::new(GatewayBody::full(Bytes::new())),
         (_, "/v1/models" | "/v1/completions" | "/v1/chat/completions" | "/v1/embeddings") => {
-            GatewayError::MethodNotAllowed.into_response()
+            refused(&state, GatewayError::MethodNotAllowed, &mut ctx)
         }
-        (_, path) => GatewayError::NotFound(echo(path)).into_response(),
+        (_, path) => {
+            let error = GatewayError::NotFound(echo(path));
+            refused(&state, error, &mut ctx)
+        }
+    };
+    response.headers_mut().insert(REQUEST_ID, request_id);
+    response
+}
+
+/// The request id header: the client's own, else one made here.
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The client's request id if it is a sensible one (1–128 visible ASCII characters), else a
+/// new random one (32 hex digits).
+fn request_id(headers: &HeaderMap) -> HeaderValue {
+    headers
+        .get(REQUEST_ID)
+        .filter(|v| (1..=128).contains(&v.len()) && v.as_bytes().iter().all(u8::is_ascii_graphic))
+        .cloned()
+        .unwrap_or_else(|| {
+            let id = format!("{:016x}{:016x}", random_u64(), random_u64());
+            HeaderValue::from_str(&id).expect("hex digits")
+        })
+}
+
+/// What the request path keeps of one request from start to answer.
+struct RequestContext {
+    request_id: HeaderValue,
+    received: Instant,
+    /// `infergate_requests_total` has counted it (once it was routed).
+    counted: bool,
+    /// The access-log line's fields so far (when the log is on).
+    access: Option<Box<Access>>,
+}
+
+/// A request answered with an error by the gateway itself: counted (with empty pool and model
+/// labels when it was refused before routing: a client's model name is not a label) and logged.
+fn refused(
+    state: &GatewayState,
+    error: GatewayError,
+    ctx: &mut RequestContext,
+) -> Response<GatewayBody> {
+    let status = error.status();
+    if !ctx.counted {
+        state
+            .metrics
+            .requests
+            .with_label_values(&["", "", status.as_str()])
+            .inc();
     }
+    if let Some(access) = &ctx.access {
+        super::usage::log_access(access, status, None, ctx.received.elapsed(), None);
+    }
+    error.into_response()
 }
 
 async fn proxy(
@@ -85,8 +157,9 @@ async fn proxy(
     worker: usize,
     req: Request<Incoming>,
     peer: SocketAddr,
+    ctx: &mut RequestContext,
 ) -> Result<Response<GatewayBody>, GatewayError> {
-    let received = Instant::now();
+    let received = ctx.received;
     let (mut parts, body) = req.into_parts();
     // Before the body is read: an unknown client sends nothing further.
     let key = auth::authenticate(&state.config.auth, &parts.headers)?;
@@ -94,6 +167,8 @@ async fn proxy(
         Some(key) => state.rate_limits.admit(key, received)?,
         None => None,
     };
+    // The replica logs the same id.
+    parts.headers.insert(REQUEST_ID, ctx.request_id.clone());
     let listeners = &state.config.listeners;
     let limit = listeners.max_body_size;
     // A client waiting for `100 Continue` with a declared body over the limit gets 413 at once:
@@ -167,15 +242,32 @@ async fn proxy(
         Some(target) => Bytes::from(rewrite_model(&body, target)?),
         None => body,
     };
-    let usage = budget.map(|budget| {
-        super::usage::UsageMeter::new(budget, u64::from(classified.features.prompt_tokens))
-    });
+    let version_name = version.map_or("", |v| v.name.as_str());
+    let key_name = key.map_or("", |k| k.name.as_str());
+    if let Some(access) = &mut ctx.access {
+        access.model = echo(&classified.model);
+        access.pool = pool.name().to_string();
+        access.version = version_name.to_string();
+        access.key = key_name.to_string();
+    }
+    let tokens = |kind| {
+        let labels = [pool.name(), &classified.model, version_name, key_name, kind];
+        state.metrics.tokens.with_label_values(&labels)
+    };
+    // The answer's record logs it when it ends; an error answered here is logged by `handle`.
+    let access = ctx.access.clone();
+    let record = AnswerRecord::new(
+        budget,
+        u64::from(classified.features.prompt_tokens),
+        [tokens("prompt"), tokens("completion")],
+        ctx.access.take(),
+    );
     let request = Outgoing {
         parts: &parts,
         body,
         peer,
         over_tls: state.config.listeners.tls.is_some(),
-        usage,
+        record: Some(record),
         features: &classified.features,
         blocks: &blocks,
         received,
@@ -191,6 +283,10 @@ async fn proxy(
         Ok(response) => response.status(),
         Err(e) => e.status(),
     };
+    ctx.counted = true;
+    if result.is_err() {
+        ctx.access = access;
+    }
     // The resolved counter names the route's own pool: a split's versions count by theirs.
     if status == http::StatusCode::OK && version.is_none() {
         route.ok_requests.inc();
@@ -262,7 +358,7 @@ fn mirror_request(
             received: Instant::now(),
             over_tls: state.config.listeners.tls.is_some(),
             // A shadow's answer goes to no client: it spends nobody's tokens.
-            usage: None,
+            record: None,
         };
         let result = forward(&pool, worker, &state.config.classification, request).await;
         let status = match result {
@@ -318,8 +414,8 @@ struct Outgoing<'a> {
     peer: SocketAddr,
     /// The client came over TLS (`X-Forwarded-Proto: https`).
     over_tls: bool,
-    /// The key's token budget to charge with the answer's tokens.
-    usage: Option<super::usage::UsageMeter>,
+    /// What to record of the answer when it ends (tokens, budget, access log).
+    record: Option<AnswerRecord>,
     features: &'a router::RequestFeatures,
     /// The prompt's prefix blocks, recorded against the chosen replica.
     blocks: &'a [u64],
@@ -337,7 +433,7 @@ async fn forward(
         body,
         peer,
         over_tls,
-        mut usage,
+        mut record,
         features,
         blocks,
         received,
@@ -406,7 +502,7 @@ async fn forward(
                     sent,
                 )
                 .server_error(head.status.is_server_error())
-                .metered(usage.take());
+                .recorded(head.status, record.take().map(|r| r.replica(&replica.name)));
                 body.gather().await;
                 return Ok(Response::from_parts(
                     head,

@@ -1,5 +1,6 @@
 //! The one integration-test binary (every extra binary costs a full link of the dependency tree).
 
+mod accounting;
 mod chatops;
 mod cluster;
 mod config_files;

@@ -668,6 +668,19 @@ print(json.dumps({{"content": content, "finish_reason": finish,
 pub fn spawn_serve(
     file: &std::path::Path,
 ) -> (ChildGuard, std::net::SocketAddr, std::net::SocketAddr) {
+    let (child, gateway, admin, _log) = spawn_serve_logged(file);
+    (child, gateway, admin)
+}
+
+/// [`spawn_serve`], keeping its log lines from then on.
+pub fn spawn_serve_logged(
+    file: &std::path::Path,
+) -> (
+    ChildGuard,
+    std::net::SocketAddr,
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+) {
     use std::io::BufRead;
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_infergate"))
         .args(["serve", "--config"])
@@ -697,6 +710,12 @@ pub fn spawn_serve(
         }
     }
     // Keep draining its log so that it never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    (ChildGuard(child), gateway.unwrap(), admin.unwrap())
+    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let kept = log.clone();
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            kept.lock().unwrap().push(line);
+        }
+    });
+    (ChildGuard(child), gateway.unwrap(), admin.unwrap(), log)
 }

@@ -119,6 +119,11 @@ pub struct RawListeners {
     /// the previous config serving. The TLS handshake counts against `header_timeout` and
     /// `max_connections`. Unset: plain HTTP. The admin listener stays plain HTTP.
     pub tls: Option<RawListenerTls>,
+    /// Log one line per request on the gateway listener when its answer ends (target
+    /// `infergate::access`, in the process's `--log-format`, human or JSON): request id,
+    /// client, method, path, model, pool, version, replica, API key name, status, time to the
+    /// first byte and in all, and the answer's prompt and completion tokens.
+    pub access_log: bool,
 }
 
 /// A certificate and its private key, as PEM files. Relative paths are taken from the working
@@ -146,6 +151,7 @@ impl Default for RawListeners {
             body_timeout: "60s".into(),
             max_connections: 0,
             tls: None,
+            access_log: false,
         }
     }
 }

@@ -343,6 +343,7 @@ fn listeners(c: &mut Checker, raw: &RawListeners) -> Listeners {
         body_timeout: c.positive_duration("listeners.body_timeout".into(), &raw.body_timeout),
         max_connections: raw.max_connections as usize,
         tls: raw.tls.as_ref().and_then(|tls| listener_tls(c, tls)),
+        access_log: raw.access_log,
     }
 }
 
