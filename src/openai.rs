@@ -57,6 +57,29 @@ pub fn prompt_text(body: &Value) -> Option<String> {
     Some(text)
 }
 
+/// The prompt of a Responses API request as one string: its `instructions`, then its `input`
+/// (a string, or items each `role\ncontent\n` as for chat). None without an `input`.
+pub fn responses_prompt_text(body: &Value) -> Option<String> {
+    let input = body.get("input")?;
+    let mut text = String::new();
+    if let Some(instructions) = body.get("instructions").and_then(Value::as_str) {
+        text.push_str(instructions);
+        text.push('\n');
+    }
+    match input {
+        Value::Array(items) => {
+            for item in items {
+                text.push_str(item.get("role").and_then(Value::as_str).unwrap_or(""));
+                text.push('\n');
+                push_content(&mut text, item.get("content").unwrap_or(&Value::Null));
+                text.push('\n');
+            }
+        }
+        other => push_content(&mut text, other),
+    }
+    Some(text)
+}
+
 fn push_content(text: &mut String, content: &Value) {
     match content {
         Value::String(s) => text.push_str(s),
@@ -78,6 +101,49 @@ fn push_content(text: &mut String, content: &Value) {
         }
         _ => {}
     }
+}
+
+/// The value of the form field `name` in a `multipart/form-data` body (the audio endpoints'
+/// `model`, `stream`), found without copying: the parts are scanned in place and a file part's
+/// bytes are skipped over. None when the content type is not multipart or the field is absent.
+pub fn form_field<'a>(body: &'a [u8], content_type: &str, name: &str) -> Option<&'a [u8]> {
+    let boundary = content_type
+        .split(';')
+        .skip(1)
+        .filter_map(|p| p.trim().split_once('='))
+        .find(|(k, _)| k.eq_ignore_ascii_case("boundary"))
+        .map(|(_, v)| v.trim_matches('"'))?;
+    if !content_type
+        .trim_start()
+        .to_ascii_lowercase()
+        .starts_with("multipart/form-data")
+    {
+        return None;
+    }
+    let delimiter = format!("--{boundary}");
+    let delimiter = delimiter.as_bytes();
+    let wanted = format!("name=\"{name}\"");
+    let mut rest = body;
+    while let Some(at) = memchr::memmem::find(rest, delimiter) {
+        rest = &rest[at + delimiter.len()..];
+        let (head_end, value_start) = match memchr::memmem::find(rest, b"\r\n\r\n") {
+            Some(i) => (i, i + 4),
+            None => return None,
+        };
+        let head = &rest[..head_end];
+        let next = memchr::memmem::find(&rest[value_start..], delimiter)?;
+        // The value ends before the CRLF that precedes the next delimiter.
+        let value = &rest[value_start..value_start + next];
+        let value = value.strip_suffix(b"\r\n").unwrap_or(value);
+        let disposition = head.split(|&b| b == b'\n').find(|line| {
+            line.len() > 20 && line[..20].eq_ignore_ascii_case(b"content-disposition:")
+        });
+        if disposition.is_some_and(|line| memchr::memmem::find(line, wanted.as_bytes()).is_some()) {
+            return Some(value);
+        }
+        rest = &rest[value_start + next..];
+    }
+    None
 }
 
 /// Hashes of each full block of `block_tokens` tokens of `text`, chained so that equal hashes
@@ -106,6 +172,37 @@ pub fn chained_block_hashes(text: &[u8], block_bytes: usize, max_blocks: usize) 
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn form_fields_are_read_from_multipart_bodies() {
+        let body =
+            b"--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.wav\"\r\n\
+Content-Type: audio/wav\r\n\r\nRIFF\x00\x01name=\"model\"\r\n--XyZ\r\n\
+Content-Disposition: form-data; name=\"model\"\r\n\r\nwhisper-1\r\n--XyZ\r\n\
+content-disposition: form-data; name=\"stream\"\r\n\r\ntrue\r\n--XyZ--\r\n";
+        let ct = "multipart/form-data; boundary=XyZ";
+        assert_eq!(
+            form_field(body, ct, "model"),
+            Some(&b"whisper-1"[..]),
+            "not the file's bytes"
+        );
+        assert_eq!(form_field(body, ct, "stream"), Some(&b"true"[..]));
+        assert_eq!(form_field(body, ct, "language"), None);
+        assert_eq!(form_field(body, "application/json", "model"), None);
+        assert_eq!(
+            form_field(body, "multipart/form-data; boundary=\"XyZ\"", "model"),
+            Some(&b"whisper-1"[..])
+        );
+        assert_eq!(
+            form_field(
+                b"--XyZ\r\nContent-Disposition: form-data; name=\"model\"",
+                ct,
+                "model"
+            ),
+            None,
+            "cut short"
+        );
+    }
 
     #[test]
     fn chat_prompts_concatenate_roles_and_contents() {

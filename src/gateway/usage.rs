@@ -155,7 +155,9 @@ pub fn log_access(
     );
 }
 
-/// The counts of the last `"usage"` object in `bytes`, if it has a prompt count.
+/// The counts of the last `"usage"` object in `bytes`, if it has a prompt count: chat and
+/// completions name them `prompt_tokens` and `completion_tokens`, the Responses API
+/// `input_tokens` and `output_tokens`.
 pub fn usage_in(bytes: &[u8]) -> Option<Usage> {
     let key = memchr::memmem::rfind(bytes, b"\"usage\"")?;
     // A quote escaped inside a string is text, not a key.
@@ -163,8 +165,14 @@ pub fn usage_in(bytes: &[u8]) -> Option<Usage> {
         return None;
     }
     let object = &bytes[key + 7..];
-    let prompt = count_after(object, b"\"prompt_tokens\"")?;
-    let completion = count_after(object, b"\"completion_tokens\"").unwrap_or(0);
+    let (prompt, completion) = match count_after(object, b"\"prompt_tokens\"") {
+        Some(prompt) => (prompt, count_after(object, b"\"completion_tokens\"")),
+        None => (
+            count_after(object, b"\"input_tokens\"")?,
+            count_after(object, b"\"output_tokens\""),
+        ),
+    };
+    let completion = completion.unwrap_or(0);
     Some(Usage { prompt, completion })
 }
 
@@ -203,6 +211,10 @@ mod tests {
             "null usage: estimated"
         );
         assert_eq!(usage_in(b"{\"choices\":[]}"), None);
+        // The Responses API's names.
+        let response = br#"event: response.completed
+data: {"type":"response.completed","response":{"usage":{"input_tokens":30,"input_tokens_details":{"cached_tokens":0},"output_tokens":9,"total_tokens":39}}}"#;
+        assert_eq!(usage_in(response), usage(30, 9));
         // The last `"usage"` is inside a completion's text: not trusted.
         assert_eq!(usage_in(br#"{"text":"say \"usage\""}"#), None);
     }

@@ -15,6 +15,8 @@ pub(super) enum Kind {
     Completion,
     Chat,
     Embedding,
+    /// The Responses API.
+    Response,
 }
 
 /// What an accepted request turned into, before the engine runs it.
@@ -74,11 +76,15 @@ pub(super) fn accept(
         .pointer("/stream_options/include_usage")
         .and_then(Value::as_bool)
         .unwrap_or(false);
-    let Some(text) = openai::prompt_text(&value) else {
+    let text = match kind {
+        Kind::Response => openai::responses_prompt_text(&value),
+        _ => openai::prompt_text(&value),
+    };
+    let Some(text) = text else {
         return Err(bad(match kind {
             Kind::Chat => "`messages` is required",
             Kind::Completion => "`prompt` is required",
-            Kind::Embedding => "`input` is required",
+            Kind::Embedding | Kind::Response => "`input` is required",
         }));
     };
     let inputs = match value.get("input") {
@@ -97,6 +103,7 @@ pub(super) fn accept(
     let max_tokens = value
         .get("max_completion_tokens")
         .or_else(|| value.get("max_tokens"))
+        .or_else(|| value.get("max_output_tokens"))
         .and_then(Value::as_u64)
         .map(|v| v.min(u64::from(u32::MAX)) as u32);
     let ignore_eos = value

@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 use super::Shared;
 use super::accept::{Accepted, Kind, accept};
 use super::body::{SimBody, error, json_response};
+use super::responses::{self, ResponseParts};
 use crate::vllm_sim::driver::{self, Command};
 use crate::vllm_sim::engine::{EngineRequest, Event, Finished};
 use crate::vllm_sim::text::{Rng, token_text};
@@ -63,8 +64,17 @@ pub(super) async fn answer(shared: Arc<Shared>, body: &[u8], kind: Kind) -> Resp
         finished: false,
         pending: std::collections::VecDeque::new(),
         crashing: false,
+        events_out: responses::Events::default(),
     };
     if reply.accepted.stream {
+        let mut reply = reply;
+        if reply.accepted.kind == Kind::Response {
+            // vLLM opens a Responses stream at once, before the first token.
+            let mut events = std::mem::take(&mut reply.events_out);
+            let prelude = events.prelude(&reply.response_parts(None));
+            reply.events_out = events;
+            reply.pending.extend(prelude);
+        }
         let mut response = Response::new(SimBody::Stream(Box::new(reply)));
         response.headers_mut().insert(
             header::CONTENT_TYPE,
@@ -123,6 +133,8 @@ pub(super) struct Answer {
     pub(super) pending: std::collections::VecDeque<Bytes>,
     /// `--crash-after` struck: nothing more is sent, and the process exits shortly.
     pub(super) crashing: bool,
+    /// A Responses stream's event numbering.
+    events_out: responses::Events,
 }
 
 impl Drop for Answer {
@@ -147,6 +159,19 @@ impl Answer {
             Kind::Chat => format!("chatcmpl-sim-{}", self.accepted.id),
             Kind::Completion => format!("cmpl-sim-{}", self.accepted.id),
             Kind::Embedding => format!("embd-sim-{}", self.accepted.id),
+            Kind::Response => format!("resp_sim_{}", self.accepted.id),
+        }
+    }
+
+    /// A Responses API answer as it stands (finished: with its usage).
+    fn response_parts(&self, finished: Option<&Finished>) -> ResponseParts<'_> {
+        ResponseParts {
+            id: self.accepted.id,
+            model: &self.accepted.model,
+            created: driver::unix_now() as u64,
+            text: &self.text,
+            truncated: self.accepted.finish_reason == "length",
+            usage: finished.map(|f| (f.prompt_tokens, f.cached_tokens, f.output_tokens)),
         }
     }
 
@@ -219,6 +244,7 @@ impl Answer {
                             "choices": [{"index": 0, "text": self.text, "logprobs": null, "finish_reason": a.finish_reason}],
                             "usage": self.usage(&f),
                         }),
+                        Kind::Response => responses::object(&self.response_parts(Some(&f))),
                     };
                     return json_response(StatusCode::OK, &body);
                 }
@@ -257,12 +283,27 @@ impl Answer {
                     return self.crash_mid_stream();
                 }
                 let text = token_text(self.accepted.content_seed, index);
+                if self.accepted.kind == Kind::Response {
+                    self.text.push_str(text);
+                    let bytes = self.events_out.delta(self.accepted.id, text);
+                    self.pending.push_back(bytes);
+                    return;
+                }
                 let last = index + 1 == self.accepted.output_tokens;
                 let finish = last.then_some(self.accepted.finish_reason);
                 let bytes = self.chunk(Some(text), finish);
                 self.pending.push_back(bytes);
             }
             Event::Preempted { .. } => {}
+            Event::Finished(f) if self.accepted.kind == Kind::Response => {
+                self.finished = true;
+                self.record(&f);
+                let mut events = std::mem::take(&mut self.events_out);
+                let closing = events.closing(&self.response_parts(Some(&f)));
+                self.events_out = events;
+                self.pending.extend(closing);
+                self.done = true;
+            }
             Event::Finished(f) => {
                 self.finished = true;
                 self.record(&f);

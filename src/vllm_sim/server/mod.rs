@@ -7,6 +7,8 @@
 mod accept;
 mod answer;
 mod body;
+mod instant;
+mod responses;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -28,6 +30,7 @@ use crate::http_server::{self, Server};
 use crate::openai::fnv1a;
 use accept::Kind;
 use body::{SimBody, error, full, json_response};
+use instant::Endpoint;
 
 /// Response headers with the length and FNV-1a hash of the request body as received.
 pub const REQUEST_BYTES_HEADER: &str = "x-sim-request-bytes";
@@ -162,6 +165,16 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<SimBody
         (&Method::POST, "/v1/completions") => generate(shared, req, Kind::Completion).await,
         (&Method::POST, "/v1/chat/completions") => generate(shared, req, Kind::Chat).await,
         (&Method::POST, "/v1/embeddings") => generate(shared, req, Kind::Embedding).await,
+        (&Method::POST, "/v1/responses") => generate(shared, req, Kind::Response).await,
+        (&Method::POST, "/rerank" | "/v1/rerank" | "/v2/rerank") => {
+            engine_free(shared, req, Endpoint::Rerank).await
+        }
+        (&Method::POST, "/score" | "/v1/score") => engine_free(shared, req, Endpoint::Score).await,
+        (&Method::POST, "/tokenize") => engine_free(shared, req, Endpoint::Tokenize).await,
+        (&Method::POST, "/detokenize") => engine_free(shared, req, Endpoint::Detokenize).await,
+        (&Method::POST, "/v1/audio/transcriptions") => {
+            engine_free(shared, req, Endpoint::Transcription).await
+        }
         (_, path) => error(StatusCode::NOT_FOUND, &format!("no route for {path}")),
     }
 }
@@ -183,6 +196,49 @@ fn models(shared: &Shared) -> Response<SimBody> {
     json_response(StatusCode::OK, &json!({"object": "list", "data": data}))
 }
 
+/// An endpoint answered without the engine ([`instant`]).
+async fn engine_free(
+    shared: Arc<Shared>,
+    req: Request<Incoming>,
+    endpoint: Endpoint,
+) -> Response<SimBody> {
+    let content_type = req
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    match read(&shared, req).await {
+        Ok(body) => instant::answer(&shared, endpoint, &body, &content_type),
+        Err(refused) => refused,
+    }
+}
+
+/// A request's body, bounded as vLLM bounds it; an error answer when it cannot be read.
+async fn read(shared: &Shared, req: Request<Incoming>) -> Result<Bytes, Response<SimBody>> {
+    match http_server::read_body(
+        req.into_body(),
+        shared.opts.max_body_bytes,
+        http_server::BodyTimeouts::DEFAULT,
+    )
+    .await
+    {
+        Ok(body) => Ok(body),
+        Err(http_server::BodyError::TooLarge) => Err(error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request body too large",
+        )),
+        Err(http_server::BodyError::Unreadable) => Err(error(
+            StatusCode::BAD_REQUEST,
+            "could not read the request body",
+        )),
+        Err(http_server::BodyError::TimedOut) => Err(error(
+            StatusCode::REQUEST_TIMEOUT,
+            "the request body came too slowly",
+        )),
+    }
+}
+
 async fn generate(shared: Arc<Shared>, req: Request<Incoming>, kind: Kind) -> Response<SimBody> {
     if let Some(status) = req
         .headers()
@@ -194,26 +250,9 @@ async fn generate(shared: Arc<Shared>, req: Request<Incoming>, kind: Kind) -> Re
         return error(status, "error forced by the x-sim-force-error header");
     }
     let version = req.version();
-    let body = match http_server::read_body(
-        req.into_body(),
-        shared.opts.max_body_bytes,
-        http_server::BodyTimeouts::DEFAULT,
-    )
-    .await
-    {
+    let body = match read(&shared, req).await {
         Ok(body) => body,
-        Err(http_server::BodyError::TooLarge) => {
-            return error(StatusCode::PAYLOAD_TOO_LARGE, "request body too large");
-        }
-        Err(http_server::BodyError::Unreadable) => {
-            return error(StatusCode::BAD_REQUEST, "could not read the request body");
-        }
-        Err(http_server::BodyError::TimedOut) => {
-            return error(
-                StatusCode::REQUEST_TIMEOUT,
-                "the request body came too slowly",
-            );
-        }
+        Err(refused) => return refused,
     };
     let fingerprint = (body.len(), fnv1a(&body));
     let mut response = answer::answer(shared, &body, kind).await;
