@@ -115,7 +115,11 @@ async fn proxy(
         Err(BodyError::Unreadable) => return Err(GatewayError::BodyRead),
         Err(BodyError::TimedOut) => return Err(GatewayError::BodyTimeout),
     };
-    let mut classified = classify(&body, &parts.headers, &state.config.classification)?;
+    let mut classified = classify(
+        std::slice::from_ref(&body),
+        &parts.headers,
+        &state.config.classification,
+    )?;
     if let Some(key) = key {
         if !auth::may_use(key, &classified.model) {
             return Err(GatewayError::Forbidden(echo(&classified.model)));
