@@ -149,11 +149,12 @@ fn decode<B: AsRef<[u8]>>(members: &scan::Members, pieces: &[B]) -> Option<Read>
             Some(span) => serde_json::from_slice(&bytes(pieces, span)).ok(),
         }
     }
-    // `null` is no prompt, as serde_json reads an absent `Option`.
+    // `null` is no prompt, as serde_json reads an absent `Option` (a prompt is looked at only
+    // when it is 4 bytes long: it may be megabytes, and in several pieces).
     let prompt = |field| {
         members
             .get(field)
-            .filter(|span| bytes(pieces, span.clone()).as_ref() != b"null")
+            .filter(|span| span.len() != 4 || bytes(pieces, span.clone()).as_ref() != b"null")
     };
     Some(Read {
         model: value(members.get(Field::Model), pieces)?,
