@@ -33,7 +33,7 @@ fn bench_classify(c: &mut Criterion) {
         let body = chat_body(size);
         group.throughput(Throughput::Bytes(body.len() as u64));
         group.bench_with_input(BenchmarkId::from_parameter(size), &body, |b, body| {
-            b.iter(|| classify(black_box(body), &headers, &classes).unwrap())
+            b.iter(|| classify(black_box(std::slice::from_ref(body)), &headers, &classes).unwrap())
         });
     }
     group.finish();

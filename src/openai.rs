@@ -2,8 +2,6 @@
 //! how a prompt is read out of a request, and the tokenizer approximation (4 bytes per token)
 //! behind token counts and prefix-block hashes.
 
-use std::hash::{DefaultHasher, Hash, Hasher};
-
 use serde_json::Value;
 
 /// Bytes of text per token: a deterministic stand-in for a real tokenizer (English text under
@@ -155,17 +153,61 @@ pub fn block_hashes(text: &[u8], block_tokens: usize) -> Vec<u64> {
 /// Hashes of the first `max_blocks` full blocks of `block_bytes` bytes, each chained over the
 /// ones before it.
 pub fn chained_block_hashes(text: &[u8], block_bytes: usize, max_blocks: usize) -> Vec<u64> {
+    chained_block_hashes_of([text], block_bytes, max_blocks)
+}
+
+/// [`chained_block_hashes`] of the text made of `pieces` in order (a request body as it was
+/// read), hashing each byte where it lies: only a block cut between two pieces is copied.
+///
+/// Each block is hashed with XXH3 (64-bit), seeded with the previous block's hash, not with
+/// SipHash: XXH3 is several times faster, and its output is specified, so every gateway of a
+/// deployment (which exchange these hashes) and every platform computes the same. SipHash's
+/// resistance to chosen collisions is not needed here — and `DefaultHasher::new()`, used
+/// before, had fixed keys, so it gave none either. What a client could do with collisions is
+/// bounded by the prefix index ([`crate::router::prefix`]): a hash picks one set of 8 places
+/// in a table of fixed size, so colliding blocks cannot grow memory or make a lookup probe
+/// more than that set, and each replica counts only its budget of recent blocks as held; the
+/// worst a client can do is evict entries from the sets its blocks fall in, or make its own
+/// request look like another's prefix, which only misroutes its own request — sending many
+/// distinct prompts evicts as much with no collisions at all.
+pub fn chained_block_hashes_of<'a>(
+    pieces: impl IntoIterator<Item = &'a [u8]>,
+    block_bytes: usize,
+    max_blocks: usize,
+) -> Vec<u64> {
+    let block_bytes = block_bytes.max(1);
+    let mut hashes = Vec::new();
     let mut previous = 0u64;
-    text.chunks_exact(block_bytes.max(1))
-        .take(max_blocks)
-        .map(|block| {
-            let mut h = DefaultHasher::new();
-            previous.hash(&mut h);
-            block.hash(&mut h);
-            previous = h.finish();
-            previous
-        })
-        .collect()
+    let mut hash = |block: &[u8], hashes: &mut Vec<u64>| {
+        previous = twox_hash::XxHash3_64::oneshot_with_seed(previous, block);
+        hashes.push(previous);
+    };
+    // The start of a block cut at a piece's end.
+    let mut cut: Vec<u8> = Vec::new();
+    for mut piece in pieces {
+        if hashes.len() >= max_blocks {
+            break;
+        }
+        if !cut.is_empty() {
+            let take = (block_bytes - cut.len()).min(piece.len());
+            cut.extend_from_slice(&piece[..take]);
+            piece = &piece[take..];
+            if cut.len() < block_bytes {
+                continue;
+            }
+            hash(&cut, &mut hashes);
+            cut.clear();
+        }
+        let mut blocks = piece.chunks_exact(block_bytes);
+        for block in blocks.by_ref().take(max_blocks - hashes.len()) {
+            hash(block, &mut hashes);
+        }
+        if hashes.len() < max_blocks {
+            cut.extend_from_slice(blocks.remainder());
+        }
+    }
+    hashes.truncate(max_blocks);
+    hashes
 }
 
 #[cfg(test)]
@@ -241,5 +283,35 @@ content-disposition: form-data; name=\"stream\"\r\n\r\ntrue\r\n--XyZ--\r\n";
         let c = format!("{}{}", "z".repeat(64), "x".repeat(64));
         assert_ne!(block_hashes(c.as_bytes(), 16)[1], ha[1]);
         assert_eq!(approx_tokens(9), 3);
+    }
+
+    #[test]
+    fn block_hashes_do_not_depend_on_where_the_text_was_cut() {
+        let text: Vec<u8> = (0..1000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let whole = chained_block_hashes(&text, 64, 12);
+        assert_eq!(whole.len(), 12);
+        assert_eq!(chained_block_hashes(&text, 64, 100).len(), 15);
+        for cuts in [
+            vec![1],
+            vec![63, 64, 65],
+            vec![100, 101, 500],
+            (1..999).collect(),
+        ] {
+            let mut pieces = Vec::new();
+            let mut start = 0;
+            for end in cuts.into_iter().chain([text.len()]) {
+                pieces.push(&text[start..end]);
+                start = end;
+            }
+            assert_eq!(
+                chained_block_hashes_of(pieces.iter().copied(), 64, 12),
+                whole
+            );
+        }
+        // The hash is XXH3's, seeded with the previous block's: the same on every gateway.
+        assert_eq!(
+            chained_block_hashes(b"abcd", 4, 1),
+            vec![twox_hash::XxHash3_64::oneshot_with_seed(0, b"abcd")]
+        );
     }
 }

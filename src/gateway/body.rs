@@ -1,6 +1,7 @@
-//! Answer bodies. A proxied answer streams the replica's body chunk by chunk without buffering,
-//! holds the replica's in-flight guard until the body ends or the client goes away, times
-//! chunks for the metrics, enforces the idle-stream timeout, and turns a replica dying
+//! Bodies. A request body ([`RequestBody`]) is kept as the frames it was read in and sent on
+//! to the replica from them. A proxied answer streams the replica's body chunk by chunk without
+//! buffering, holds the replica's in-flight guard until the body ends or the client goes away,
+//! times chunks for the metrics, enforces the idle-stream timeout, and turns a replica dying
 //! mid-stream into a clean SSE error event (or a closed connection for non-SSE answers).
 
 use std::future::Future;
@@ -20,6 +21,76 @@ use super::usage::{Answer, AnswerRecord};
 use crate::replica::InflightGuard;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A request body as the client's connection read it: the frames hyper handed over, each a
+/// slice of the buffer the socket was read into, in order. It is classified where it lies and
+/// sent to the replica frame by frame (one vectored write), so a long prompt is never copied
+/// in user space and a request in flight holds about its body's size. Cloning shares the
+/// frames (a retry, a mirror).
+#[derive(Debug, Clone, Default)]
+pub struct RequestBody {
+    frames: Vec<Bytes>,
+    /// Frames already sent (as an HTTP body).
+    sent: usize,
+    /// Bytes not sent yet.
+    left: u64,
+}
+
+impl RequestBody {
+    pub fn new(frames: Vec<Bytes>) -> Self {
+        let left = frames.iter().map(|f| f.len() as u64).sum();
+        Self {
+            frames,
+            sent: 0,
+            left,
+        }
+    }
+
+    /// The body's bytes, in order.
+    pub fn frames(&self) -> &[Bytes] {
+        &self.frames
+    }
+
+    pub fn len(&self) -> usize {
+        self.frames.iter().map(Bytes::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.frames.iter().all(Bytes::is_empty)
+    }
+}
+
+impl From<Bytes> for RequestBody {
+    fn from(bytes: Bytes) -> Self {
+        Self::new(vec![bytes])
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let body = self.get_mut();
+        let Some(frame) = body.frames.get(body.sent).cloned() else {
+            return Poll::Ready(None);
+        };
+        body.sent += 1;
+        body.left -= frame.len() as u64;
+        Poll::Ready(Some(Ok(Frame::data(frame))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.left == 0
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.left)
+    }
+}
 
 pub enum GatewayBody {
     Full(Option<Bytes>),

@@ -9,17 +9,16 @@ use std::time::Instant;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, Uri};
-use http_body_util::Full;
 use hyper::body::{Body, Incoming};
 
 use super::auth;
-use super::body::{GatewayBody, ProxiedBody};
-use super::classify::{classify, rewrite_model};
+use super::body::{GatewayBody, ProxiedBody, RequestBody};
+use super::classify::{self, Scanner, classify_scanned, rewrite_model};
 use super::error::{GatewayError, echo};
 use super::pools::{GatewayPool, Pools};
 use super::usage::{Access, AnswerRecord};
 use crate::config::Config;
-use crate::http_server::{BodyError, BodyTimeouts, read_body};
+use crate::http_server::{BodyError, BodyTimeouts, read_body_frames};
 use crate::pool::queue::Refused;
 use crate::router;
 
@@ -181,13 +180,21 @@ async fn proxy(
         idle: listeners.body_idle_timeout,
         total: listeners.body_timeout,
     };
-    let body = match read_body(body, limit as usize, timeouts).await {
-        Ok(body) => body,
+    // Classified as it arrives, each frame while it is still in cache.
+    let mut scanner = Scanner::new();
+    let frames = read_body_frames(body, limit as usize, timeouts, |frame| scanner.feed(frame));
+    let body = match frames.await {
+        Ok(frames) => RequestBody::new(frames),
         Err(BodyError::TooLarge) => return Err(GatewayError::BodyTooLarge(limit)),
         Err(BodyError::Unreadable) => return Err(GatewayError::BodyRead),
         Err(BodyError::TimedOut) => return Err(GatewayError::BodyTimeout),
     };
-    let mut classified = classify(&body, &parts.headers, &state.config.classification)?;
+    let mut classified = classify_scanned(
+        scanner,
+        body.frames(),
+        &parts.headers,
+        &state.config.classification,
+    )?;
     if let Some(key) = key {
         if !auth::may_use(key, &classified.model) {
             return Err(GatewayError::Forbidden(echo(&classified.model)));
@@ -216,8 +223,8 @@ async fn proxy(
     let blocks = match (&pool.prefix_index, &classified.prompt_span) {
         (Some(index), Some(span)) => {
             let block_chars = pool.config.routing.prefix_block_chars as usize;
-            let blocks = crate::openai::chained_block_hashes(
-                &body[span.clone()],
+            let blocks = crate::openai::chained_block_hashes_of(
+                classify::slices(body.frames(), span.clone()),
                 block_chars,
                 router::prefix::MAX_BLOCKS,
             );
@@ -239,7 +246,10 @@ async fn proxy(
         mirror_request(&state, worker, mirror, copy);
     }
     let body = match rewrite_to {
-        Some(target) => Bytes::from(rewrite_model(&body, target)?),
+        Some(target) => {
+            let whole = classify::contiguous(body.frames());
+            RequestBody::from(Bytes::from(rewrite_model(&whole, target)?))
+        }
         None => body,
     };
     let version_name = version.map_or("", |v| v.name.as_str());
@@ -304,7 +314,7 @@ async fn proxy(
 struct Copy<'a> {
     parts: &'a http::request::Parts,
     /// The body as the client sent it (before any rewrite).
-    body: &'a Bytes,
+    body: &'a RequestBody,
     features: &'a router::RequestFeatures,
     /// The name the client asked for (the metrics' `model` label).
     model: &'a str,
@@ -328,7 +338,7 @@ fn mirror_request(
     ) {
         return;
     }
-    let Ok(body) = rewrite_model(copy.body, &mirror.served) else {
+    let Ok(body) = rewrite_model(&classify::contiguous(copy.body.frames()), &mirror.served) else {
         return;
     };
     let Ok(request) = Request::builder()
@@ -351,7 +361,7 @@ fn mirror_request(
     tokio::task::spawn_local(async move {
         let request = Outgoing {
             parts: &parts,
-            body: Bytes::from(body),
+            body: RequestBody::from(Bytes::from(body)),
             peer,
             features: &features,
             blocks: &[],
@@ -410,7 +420,7 @@ fn choose_version<'a>(
 /// A classified request on its way to a replica.
 struct Outgoing<'a> {
     parts: &'a http::request::Parts,
-    body: Bytes,
+    body: RequestBody,
     peer: SocketAddr,
     /// The client came over TLS (`X-Forwarded-Proto: https`).
     over_tls: bool,
@@ -562,11 +572,11 @@ async fn admit(
 /// `over_tls`) added.
 fn upstream_request(
     parts: &http::request::Parts,
-    body: Bytes,
+    body: RequestBody,
     replica: &crate::replica::Replica,
     peer: SocketAddr,
     over_tls: bool,
-) -> Request<Full<Bytes>> {
+) -> Request<RequestBody> {
     // Scheme, authority and path are all shared `Bytes`: building the URI copies nothing.
     let mut uri = http::uri::Parts::default();
     uri.scheme = Some(replica.scheme.clone());
@@ -607,7 +617,7 @@ fn upstream_request(
     }
     let proto = if over_tls { "https" } else { "http" };
     headers.insert(FORWARDED_PROTO, HeaderValue::from_static(proto));
-    let mut request = Request::new(Full::new(body));
+    let mut request = Request::new(body);
     *request.method_mut() = parts.method.clone();
     *request.uri_mut() = uri;
     *request.headers_mut() = headers;
@@ -750,7 +760,13 @@ mod tests {
             Instant::now(),
         );
         let peer: SocketAddr = "192.168.1.7:5000".parse().unwrap();
-        let upstream = upstream_request(&parts, Bytes::from_static(b"{}"), &replica, peer, false);
+        let upstream = upstream_request(
+            &parts,
+            RequestBody::from(Bytes::from_static(b"{}")),
+            &replica,
+            peer,
+            false,
+        );
         assert_eq!(upstream.uri(), "http://127.0.0.1:9/v1/completions?x=1");
         let h = upstream.headers();
         let names: Vec<&str> = h.keys().map(|n| n.as_str()).collect();
@@ -767,7 +783,7 @@ mod tests {
         assert_eq!(custom, ["a", "b"]);
         assert_eq!(h[FORWARDED_FOR], "10.0.0.1, 192.168.1.7");
         assert_eq!(h[FORWARDED_PROTO], "http");
-        let over_tls = upstream_request(&parts, Bytes::new(), &replica, peer, true);
+        let over_tls = upstream_request(&parts, RequestBody::default(), &replica, peer, true);
         assert_eq!(over_tls.headers()[FORWARDED_PROTO], "https");
     }
 }

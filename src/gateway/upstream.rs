@@ -11,17 +11,16 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use http::header;
 use http::uri::Scheme;
 use http::{Request, Response, Uri};
-use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioIo;
 
+use super::body::RequestBody;
 use crate::config::{self, UpstreamProtocol, UpstreamTls};
 use crate::replica::Replica;
 
@@ -34,7 +33,7 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// thread (connection tasks run in its `LocalSet`).
 pub enum UpstreamClient {
     Http1(Http1Pool),
-    H2c(Box<Client<HttpConnector, Full<Bytes>>>),
+    H2c(Box<Client<HttpConnector, RequestBody>>),
 }
 
 /// Why a request got no answer head.
@@ -62,7 +61,7 @@ impl UpstreamError {
 
 /// An HTTP/1.1 connection lent to one request, to give back once its answer is read.
 pub struct Lent {
-    sender: SendRequest<Full<Bytes>>,
+    sender: SendRequest<RequestBody>,
     replica: u64,
 }
 
@@ -94,7 +93,7 @@ impl UpstreamClient {
     pub async fn send(
         &self,
         replica: &Replica,
-        request: Request<Full<Bytes>>,
+        request: Request<RequestBody>,
         now: Instant,
     ) -> Result<(Response<Incoming>, Option<Lent>), UpstreamError> {
         match self {
@@ -123,7 +122,7 @@ pub struct Http1Pool {
 }
 
 struct Idle {
-    sender: SendRequest<Full<Bytes>>,
+    sender: SendRequest<RequestBody>,
     since: Instant,
 }
 
@@ -131,7 +130,7 @@ impl Http1Pool {
     async fn send(
         &self,
         replica: &Replica,
-        mut request: Request<Full<Bytes>>,
+        mut request: Request<RequestBody>,
         now: Instant,
     ) -> Result<(Response<Incoming>, Lent), UpstreamError> {
         origin_form(&mut request, replica);
@@ -162,7 +161,7 @@ impl Http1Pool {
     }
 
     /// The most recently used idle connection to `replica` that is still open.
-    fn take(&self, replica: u64, now: Instant) -> Option<SendRequest<Full<Bytes>>> {
+    fn take(&self, replica: u64, now: Instant) -> Option<SendRequest<RequestBody>> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         let list = idle.get_mut(&replica)?;
         while let Some(conn) = list.pop_back() {
@@ -193,7 +192,7 @@ impl Http1Pool {
         }
     }
 
-    async fn connect(&self, replica: &Replica) -> Result<SendRequest<Full<Bytes>>, UpstreamError> {
+    async fn connect(&self, replica: &Replica) -> Result<SendRequest<RequestBody>, UpstreamError> {
         let https = if replica.scheme == Scheme::HTTP {
             false
         } else if replica.scheme == Scheme::HTTPS {
@@ -230,7 +229,7 @@ impl Http1Pool {
 }
 
 /// Starts HTTP/1.1 on a connected stream; its connection task runs on this worker.
-async fn handshake<S>(stream: S) -> Result<SendRequest<Full<Bytes>>, UpstreamError>
+async fn handshake<S>(stream: S) -> Result<SendRequest<RequestBody>, UpstreamError>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'static,
 {
@@ -244,7 +243,7 @@ where
 }
 
 /// An HTTP/1.1 request names only the path; the replica goes in `Host`.
-fn origin_form(request: &mut Request<Full<Bytes>>, replica: &Replica) {
+fn origin_form(request: &mut Request<RequestBody>, replica: &Replica) {
     let path = match request.uri().path_and_query() {
         Some(path) if path.as_str() != "/" => {
             let mut parts = http::uri::Parts::default();
@@ -285,8 +284,9 @@ mod tests {
     use std::cell::Cell;
     use std::rc::Rc;
 
+    use bytes::Bytes;
     use http::HeaderValue;
-    use http_body_util::BodyExt;
+    use http_body_util::{BodyExt, Full};
 
     /// A replica on 127.0.0.1:0 counting its connections; it closes a connection after
     /// answering a request that carries `x-close`.
@@ -320,9 +320,9 @@ mod tests {
         )
     }
 
-    fn request(replica: &Replica, close: bool) -> Request<Full<Bytes>> {
+    fn request(replica: &Replica, close: bool) -> Request<RequestBody> {
         let mut request = Request::post(format!("http://{}/v1/completions", replica.authority))
-            .body(Full::new(Bytes::from_static(b"{}")))
+            .body(RequestBody::from(Bytes::from_static(b"{}")))
             .unwrap();
         if close {
             request

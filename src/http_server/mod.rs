@@ -490,23 +490,38 @@ impl BodyTimeouts {
     };
 }
 
-/// Reads a request body of at most `limit` bytes within `timeouts`. Over the limit, the rest
-/// is read and dropped (up to a bound and a few seconds) before the caller answers 413, so the
-/// client, still sending, gets that answer instead of a reset connection.
+/// Reads a request body of at most `limit` bytes within `timeouts`, in one buffer: the frame
+/// itself when the body came in one, else the frames copied once into a buffer of their total
+/// size. Over the limit, see [`read_body_frames`].
 pub async fn read_body(
-    mut body: Incoming,
+    body: Incoming,
     limit: usize,
     timeouts: BodyTimeouts,
 ) -> Result<bytes::Bytes, BodyError> {
+    let mut frames = read_body_frames(body, limit, timeouts, |_| {}).await?;
+    if frames.len() <= 1 {
+        return Ok(frames.pop().unwrap_or_default());
+    }
+    let mut whole = bytes::BytesMut::with_capacity(frames.iter().map(|f| f.len()).sum());
+    frames.iter().for_each(|f| whole.extend_from_slice(f));
+    Ok(whole.freeze())
+}
+
+/// Reads a request body of at most `limit` bytes within `timeouts` as the frames hyper handed
+/// over — slices of the buffers it read the socket into, so the bytes are never copied — and
+/// shows each to `each` as it arrives, while it is still in cache. Over the limit, the rest is
+/// read and dropped (up to a bound and a few seconds) before the caller answers 413, so the
+/// client, still sending, gets that answer instead of a reset connection.
+pub async fn read_body_frames(
+    mut body: Incoming,
+    limit: usize,
+    timeouts: BodyTimeouts,
+    mut each: impl FnMut(&[u8]),
+) -> Result<Vec<bytes::Bytes>, BodyError> {
     use futures::FutureExt;
     use http_body_util::BodyExt;
-    let mut collected = bytes::BytesMut::new();
-    // A declared length within the limit is allocated at once (a 1 MiB prompt otherwise grows
-    // the buffer about a dozen times, copying it each time).
-    let mut declared = match body.size_hint().lower() {
-        n if n <= limit as u64 => n as usize,
-        _ => 0, // refused below anyway
-    };
+    let mut frames = Vec::new();
+    let mut read = 0usize;
     // Timers only once the client makes us wait: most bodies arrive with their headers, and
     // arming two timers per request showed in the instruction count.
     let mut total: Option<tokio::time::Instant> = None;
@@ -530,20 +545,18 @@ pub async fn read_body(
         let Ok(data) = frame.into_data() else {
             continue; // trailers
         };
-        if collected.len() + data.len() > limit {
+        if read + data.len() > limit {
             drain(body, limit).await;
             return Err(BodyError::TooLarge);
         }
-        if collected.is_empty() && body.is_end_stream() {
-            return Ok(data); // one frame: no copy
+        if data.is_empty() {
+            continue;
         }
-        if declared > 0 {
-            collected.reserve(declared);
-            declared = 0;
-        }
-        collected.extend_from_slice(&data);
+        read += data.len();
+        each(&data);
+        frames.push(data);
     }
-    Ok(collected.freeze())
+    Ok(frames)
 }
 
 async fn drain(mut body: Incoming, limit: usize) {
