@@ -241,7 +241,7 @@ impl Metrics {
             ),
             stream_ttft: histogram(
                 "infergate_stream_first_chunk_seconds",
-                "For streamed answers, time from the request to the first body chunk (time to first token).",
+                "For streamed answers, time from the request to the first body chunk (time to first token; for the Responses API, its first text delta).",
                 LATENCY_BUCKETS,
             ),
             inter_chunk: histogram(

@@ -143,6 +143,9 @@ pub struct ProxiedBody {
     bytes_sent: u64,
     /// The answer's status (for its record).
     status: http::StatusCode,
+    /// Set for a stream whose chunks are not all tokens (the Responses API's events): what a
+    /// token's chunk contains.
+    token_event: Option<&'static [u8]>,
     /// Its tokens, counted and charged to the key's budget when it ends, and its access-log line.
     record: Option<AnswerRecord>,
 }
@@ -178,8 +181,15 @@ impl ProxiedBody {
             ended: false,
             bytes_sent: 0,
             status: http::StatusCode::OK,
+            token_event: None,
             record: None,
         }
+    }
+
+    /// Times only the chunks that contain `marker` as tokens (a Responses API stream).
+    pub fn tokens_marked(mut self, marker: Option<&'static [u8]>) -> Self {
+        self.token_event = marker;
+        self
     }
 
     /// Records the answer (`status`) when it ends.
@@ -397,31 +407,39 @@ impl Body for GatewayBody {
                             if let Some(record) = &mut body.record {
                                 record.saw(data);
                             }
-                            if body.last_chunk.is_none()
-                                && let Some(guard) = &mut body.guard
-                            {
-                                guard.first_byte(now - body.sent);
-                                // Its prefill is done: a stream no longer counts as waiting
-                                // there, so a request held at the gateway may go now (the
-                                // fleet simulation re-checks after every engine step too).
-                                body.pool.queue.wake();
-                            }
-                            if body.sse {
-                                match body.last_chunk {
-                                    None => metrics
-                                        .stream_ttft
-                                        .observe((now - body.received).as_secs_f64()),
-                                    Some(last) => {
-                                        metrics.inter_chunk.observe((now - last).as_secs_f64());
-                                        if let Some(guard) = &body.guard {
-                                            guard.chunk_gap(now - last);
+                            // A Responses stream opens with events that are not tokens
+                            // (created, in progress, the item and part added): its first
+                            // token, and the gaps, are its text deltas only.
+                            let token = body
+                                .token_event
+                                .is_none_or(|marker| memchr::memmem::find(data, marker).is_some());
+                            if token {
+                                if body.last_chunk.is_none()
+                                    && let Some(guard) = &mut body.guard
+                                {
+                                    guard.first_byte(now - body.sent);
+                                    // Its prefill is done: a stream no longer counts as waiting
+                                    // there, so a request held at the gateway may go now (the
+                                    // fleet simulation re-checks after every engine step too).
+                                    body.pool.queue.wake();
+                                }
+                                if body.sse {
+                                    match body.last_chunk {
+                                        None => metrics
+                                            .stream_ttft
+                                            .observe((now - body.received).as_secs_f64()),
+                                        Some(last) => {
+                                            metrics.inter_chunk.observe((now - last).as_secs_f64());
+                                            if let Some(guard) = &body.guard {
+                                                guard.chunk_gap(now - last);
+                                            }
                                         }
                                     }
                                 }
+                                body.last_chunk = Some(now);
+                                body.first_chunk.get_or_insert(now);
+                                body.chunks += 1;
                             }
-                            body.last_chunk = Some(now);
-                            body.first_chunk.get_or_insert(now);
-                            body.chunks += 1;
                             if let Some(idle) = body.idle.as_mut() {
                                 idle.as_mut().reset((now + body.idle_timeout).into());
                             }

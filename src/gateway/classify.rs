@@ -73,6 +73,55 @@ pub fn classify_scanned<B: AsRef<[u8]>>(
     features(read, headers, classes)
 }
 
+/// Whether a request's body is a multipart form (the audio endpoints) rather than JSON.
+pub fn is_form(headers: &HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("multipart/form-data")
+        })
+}
+
+/// A multipart form (the audio endpoints): `model` and `stream` read from its fields. Audio
+/// has no prompt text to estimate.
+pub fn classify_form<B: AsRef<[u8]>>(
+    pieces: &[B],
+    headers: &HeaderMap,
+    classes: &Classification,
+) -> Result<Classified, GatewayError> {
+    let whole = contiguous(pieces);
+    let content_type = headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let field = |name| {
+        openai::form_field(&whole, content_type, name)
+            .map(|v| String::from_utf8_lossy(v).trim().to_string())
+    };
+    let read = Read {
+        model: field("model"),
+        stream: field("stream").map(|s| s.eq_ignore_ascii_case("true")),
+        max_tokens: None,
+        max_completion_tokens: None,
+        prompt_span: None,
+    };
+    features(read, headers, classes)
+}
+
+/// A multipart form with its `model` field's value replaced (an alias resolved).
+pub fn rewrite_form_model(body: &[u8], content_type: &str, model: &str) -> Option<Vec<u8>> {
+    let value = openai::form_field(body, content_type, "model")?;
+    let start = value.as_ptr() as usize - body.as_ptr() as usize;
+    let mut out = Vec::with_capacity(body.len() + model.len());
+    out.extend_from_slice(&body[..start]);
+    out.extend_from_slice(model.as_bytes());
+    out.extend_from_slice(&body[start + value.len()..]);
+    Some(out)
+}
+
 /// What the scan alone gives, without the full parser to fall back on: None where the scan
 /// gave up. For the fuzz target, which checks that it agrees with [`reference`].
 pub fn scan_only<B: AsRef<[u8]>>(
@@ -252,6 +301,33 @@ mod tests {
 
     fn classes() -> Classification {
         crate::config::embedded_default().classification
+    }
+
+    #[test]
+    fn forms_give_their_model_and_stream_fields_and_take_a_new_model() {
+        let body = b"--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.wav\"\r\n\r\nRIFF....\r\n--b\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nwhisper\r\n--b\r\nContent-Disposition: form-data; name=\"stream\"\r\n\r\ntrue\r\n--b--\r\n";
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            "multipart/form-data; boundary=b".parse().unwrap(),
+        );
+        assert!(is_form(&headers));
+        // Split anywhere: the form is read whole.
+        let c = classify_form(&[&body[..30], &body[30..]], &headers, &classes()).unwrap();
+        assert_eq!(c.model, "whisper");
+        assert!(c.features.stream);
+        assert_eq!(c.features.prompt_tokens, 0);
+        let renamed =
+            rewrite_form_model(body, "multipart/form-data; boundary=b", "whisper-large").unwrap();
+        let again = classify_form(&[&renamed], &headers, &classes()).unwrap();
+        assert_eq!(again.model, "whisper-large");
+        assert_eq!(renamed.len(), body.len() + 6, "nothing else changed");
+        let no_model =
+            b"--b\r\nContent-Disposition: form-data; name=\"file\"\r\n\r\nx\r\n--b--\r\n";
+        assert!(matches!(
+            classify_form(&[no_model], &headers, &classes()),
+            Err(GatewayError::MissingModel)
+        ));
     }
 
     #[test]

@@ -76,7 +76,7 @@ pub async fn handle(
         access,
     };
     let mut response = match (req.method(), path) {
-        (&Method::POST, "/v1/completions" | "/v1/chat/completions" | "/v1/embeddings") => {
+        (&Method::POST, path) if PROXIED.contains(&path) => {
             match proxy(state.clone(), worker, req, peer, &mut ctx).await {
                 Ok(response) => response,
                 Err(e) => refused(&state, e, &mut ctx),
@@ -92,7 +92,7 @@ pub async fn handle(
             response
         }
         (&Method::GET, "/health") => Response::new(GatewayBody::full(Bytes::new())),
-        (_, "/v1/models" | "/v1/completions" | "/v1/chat/completions" | "/v1/embeddings") => {
+        (_, path) if path == "/v1/models" || PROXIED.contains(&path) => {
             refused(&state, GatewayError::MethodNotAllowed, &mut ctx)
         }
         (_, path) => {
@@ -103,6 +103,27 @@ pub async fn handle(
     response.headers_mut().insert(REQUEST_ID, request_id);
     response
 }
+
+/// The paths proxied to a replica of the request's model (each a POST): OpenAI's and vLLM's
+/// generation, pooling and utility endpoints. A body is JSON with a `model`, or for audio a
+/// multipart form with a `model` field.
+const PROXIED: &[&str] = &[
+    "/v1/completions",
+    "/v1/chat/completions",
+    "/v1/embeddings",
+    "/v1/responses",
+    "/v1/rerank",
+    "/v2/rerank",
+    "/rerank",
+    "/v1/score",
+    "/score",
+    "/tokenize",
+    "/detokenize",
+    "/pooling",
+    "/classify",
+    "/v1/audio/transcriptions",
+    "/v1/audio/translations",
+];
 
 /// The request id header: the client's own, else one made here.
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -180,21 +201,26 @@ async fn proxy(
         idle: listeners.body_idle_timeout,
         total: listeners.body_timeout,
     };
-    // Classified as it arrives, each frame while it is still in cache.
+    // Classified as it arrives, each frame while it is still in cache (a form is read whole).
+    let form = classify::is_form(&parts.headers);
     let mut scanner = Scanner::new();
-    let frames = read_body_frames(body, limit as usize, timeouts, |frame| scanner.feed(frame));
+    let frames = read_body_frames(body, limit as usize, timeouts, |frame| {
+        if !form {
+            scanner.feed(frame);
+        }
+    });
     let body = match frames.await {
         Ok(frames) => RequestBody::new(frames),
         Err(BodyError::TooLarge) => return Err(GatewayError::BodyTooLarge(limit)),
         Err(BodyError::Unreadable) => return Err(GatewayError::BodyRead),
         Err(BodyError::TimedOut) => return Err(GatewayError::BodyTimeout),
     };
-    let mut classified = classify_scanned(
-        scanner,
-        body.frames(),
-        &parts.headers,
-        &state.config.classification,
-    )?;
+    let classes = &state.config.classification;
+    let mut classified = if form {
+        classify::classify_form(body.frames(), &parts.headers, classes)?
+    } else {
+        classify_scanned(scanner, body.frames(), &parts.headers, classes)?
+    };
     if let Some(key) = key {
         if !auth::may_use(key, &classified.model) {
             return Err(GatewayError::Forbidden(echo(&classified.model)));
@@ -246,6 +272,13 @@ async fn proxy(
         mirror_request(&state, worker, mirror, copy);
     }
     let body = match rewrite_to {
+        Some(target) if form => {
+            let whole = classify::contiguous(body.frames());
+            let content_type = parts.headers[header::CONTENT_TYPE].to_str().unwrap_or("");
+            let renamed = classify::rewrite_form_model(&whole, content_type, target)
+                .ok_or(GatewayError::MissingModel)?;
+            RequestBody::from(Bytes::from(renamed))
+        }
         Some(target) => {
             let whole = classify::contiguous(body.frames());
             RequestBody::from(Bytes::from(rewrite_model(&whole, target)?))
@@ -512,6 +545,10 @@ async fn forward(
                     sent,
                 )
                 .server_error(head.status.is_server_error())
+                .tokens_marked(
+                    (sse && parts.uri.path() == "/v1/responses")
+                        .then_some(&b"response.output_text.delta"[..]),
+                )
                 .recorded(head.status, record.take().map(|r| r.replica(&replica.name)));
                 body.gather().await;
                 return Ok(Response::from_parts(

@@ -4,6 +4,7 @@ mod accounting;
 mod chatops;
 mod cluster;
 mod config_files;
+mod endpoints;
 mod fake_kube;
 mod fleet;
 mod gateway;

@@ -114,11 +114,6 @@ impl Events {
             }
             v
         };
-        let completed = if p.truncated {
-            "response.incomplete"
-        } else {
-            "response.completed"
-        };
         vec![
             self.event(
                 "response.output_text.done",
@@ -132,7 +127,9 @@ impl Events {
                 "response.output_item.done",
                 json!({"output_index": 0, "item": message(p, "completed")}),
             ),
-            self.event(completed, json!({"response": object(p)})),
+            // vLLM ends with `response.completed` even when the response is `incomplete` (at
+            // its token limit); the openai SDK's stream helper waits for it.
+            self.event("response.completed", json!({"response": object(p)})),
         ]
     }
 }
