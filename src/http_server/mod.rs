@@ -109,6 +109,15 @@ fn bind_one(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     socket.listen(4096)?.into_std()
 }
 
+/// The most a connection's read buffer grows to (hyper's default is 400 KiB). A long request
+/// body is kept as the slices of these buffers it was read into
+/// ([`read_body_frames`]), so this is also the most a body in flight holds beyond its own
+/// size, and each connection keeps its last buffer while idle. With 1 MiB prompts on 64
+/// connections the gateway's peak RSS was 150 MiB at 400 KiB, 133 at 256, 109 at 128 and 102
+/// at 64, for about 3 % more CPU per request (more, smaller reads). It also bounds a request's
+/// header section (nginx's default is 32 KiB).
+const READ_BUFFER: usize = 64 * 1024;
+
 /// What one listener allows its clients.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -330,6 +339,7 @@ impl Accept {
         builder
             .http1()
             .timer(TokioTimer::new())
+            .max_buf_size(READ_BUFFER)
             .header_read_timeout(limits.header_timeout);
         builder.http2().timer(TokioTimer::new());
         // Shared with the tasks that finish TLS handshakes before serving.
