@@ -147,17 +147,20 @@ done = function(summary, latency, requests)
   f:write(latency.max, "\n")
   f:close()
 end'
+# (A variable: inside a here-document, ${keys:+...} would drop the quotes of the Lua.)
+auth_header=""
+[ -z "$keys" ] || auth_header='wrk.headers["Authorization"] = "Bearer sk-bench"'
 cat >"$work/small.lua" <<LUA
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
-${keys:+wrk.headers["Authorization"] = "Bearer sk-bench"}
+$auth_header
 wrk.body = '{"model": "m", "prompt": "Say hello to the benchmark.", "max_tokens": 4}'
 $quantiles
 LUA
 cat >"$work/close.lua" <<LUA
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
-${keys:+wrk.headers["Authorization"] = "Bearer sk-bench"}
+$auth_header
 wrk.headers["Connection"] = "close"
 wrk.body = '{"model": "m", "prompt": "Say hello to the benchmark.", "max_tokens": 4}'
 $quantiles
@@ -165,7 +168,7 @@ LUA
 cat >"$work/large.lua" <<LUA
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
-${keys:+wrk.headers["Authorization"] = "Bearer sk-bench"}
+$auth_header
 wrk.body = '{"messages": [{"role": "user", "content": "' .. string.rep("a", 1024 * 1024) .. '"}], "max_tokens": 4, "model": "m"}'
 $quantiles
 LUA

@@ -437,6 +437,7 @@ pub async fn replay(args: ReplayArgs) -> anyhow::Result<crate::fleet_sim::stats:
                 ..Default::default()
             })
             .collect(),
+        rollout: Vec::new(),
         replicas: Vec::new(),
         per_request: Vec::new(),
     })

@@ -365,6 +365,17 @@ pub fn quantile(counts: &[u64], q: f64) -> Option<f64> {
     Some(below.0) // beyond the last bound: the last bound
 }
 
+/// What a latency histogram ([`Metrics::ttft_counts`]) would read after observing `samples`
+/// (the fleet simulation's stand-in for the gateway's histogram).
+pub fn latency_counts(samples: &[f64]) -> Vec<u64> {
+    let mut counts: Vec<u64> = LATENCY_BUCKETS
+        .iter()
+        .map(|&bound| samples.iter().filter(|&&s| s <= bound).count() as u64)
+        .collect();
+    counts.push(samples.len() as u64);
+    counts
+}
+
 /// A histogram's cumulative bucket counts, in bound order.
 fn cumulative_counts(h: &Histogram) -> Vec<u64> {
     use prometheus::core::Collector;
@@ -398,5 +409,18 @@ mod tests {
         assert!((q[0].unwrap() - 0.075).abs() < 1e-9, "{q:?}");
         assert!((q[1].unwrap() - 0.1).abs() < 1e-9, "{q:?}");
         assert!((q[2].unwrap() - 0.75).abs() < 1e-9, "{q:?}");
+    }
+
+    #[test]
+    fn the_simulations_latency_counts_read_as_the_gateways_histogram_does() {
+        // The fleet simulation judges a rollout's TTFT on `latency_counts`, the gateway on its
+        // histogram: the same samples must give the same counts, bound for bound.
+        let m = Metrics::new();
+        let h = m.pool("p").stream_ttft;
+        let samples = [0.001, 0.05, 0.07, 0.1, 0.3, 0.7, 2.5, 9.0, 400.0];
+        for s in samples {
+            h.observe(s);
+        }
+        assert_eq!(latency_counts(&samples), m.ttft_counts("p"));
     }
 }

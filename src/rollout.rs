@@ -18,7 +18,7 @@ use crate::notify::{Event, Notifier};
 use crate::pool::models::VersionSplit;
 
 /// How often a step's numbers are looked at.
-const LOOK_EVERY: Duration = Duration::from_millis(500);
+pub const LOOK_EVERY: Duration = Duration::from_millis(500);
 
 /// A rollout's plan, where it stands, and an operator's word.
 #[derive(Debug)]
@@ -77,13 +77,130 @@ impl RolloutControl {
     }
 }
 
-/// What a step saw of one version since it began.
-struct Since {
+/// What a step saw of one version since it began: its answers, how many failed, and its
+/// streamed TTFT p90 (read off the latency histogram's buckets, [`quantile`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct StepStats {
+    pub answers: u64,
+    pub failed: u64,
+    pub ttft_p90: Option<f64>,
+}
+
+/// A step's end, as [`Walk::look`] finds it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StepEnd {
+    /// The step held for its whole duration; the next one begins (its index and the canary's
+    /// weight), or after the last the canary is promoted (None).
+    Passed {
+        text: String,
+        next: Option<(usize, u32)>,
+    },
+    /// The canary failed the step: it is rolled back.
+    Failed { text: String },
+}
+
+/// Where a rollout stands, on its caller's clock (the gateway's, or the fleet simulation's
+/// virtual time): the one rule both follow.
+#[derive(Debug, Clone)]
+pub struct Walk {
+    step: usize,
+    /// When the step began.
+    began: Duration,
+}
+
+impl Walk {
+    /// The first step, begun at `now`.
+    pub fn start(now: Duration) -> Self {
+        Self {
+            step: 0,
+            began: now,
+        }
+    }
+
+    /// The step running (0-based).
+    pub fn step(&self) -> usize {
+        self.step
+    }
+
+    /// Judges the step at `now` on what each version saw since it began: failed as soon as
+    /// the canary's error rate or its TTFT p90 against the stable's passes the plan's bound
+    /// (once it has `min_requests` answers: until then nothing is judged and the step goes
+    /// on); passed once it has held for the step's duration. None while it runs.
+    pub fn look(
+        &mut self,
+        plan: &Rollout,
+        now: Duration,
+        canary: StepStats,
+        stable: StepStats,
+    ) -> Option<StepEnd> {
+        let (_, duration) = plan.steps[self.step];
+        if canary.answers < plan.min_requests {
+            return None;
+        }
+        let error_rate = canary.failed as f64 / canary.answers as f64;
+        let ratio = match (canary.ttft_p90, stable.ttft_p90) {
+            (Some(c), Some(s)) if s > 0.0 => Some(c / s),
+            _ => None,
+        };
+        let numbers = format!(
+            "{} answers, {:.1} % failed (max {:.1} %), TTFT p90 {}",
+            canary.answers,
+            error_rate * 100.0,
+            plan.max_error_rate * 100.0,
+            match (canary.ttft_p90, stable.ttft_p90, ratio) {
+                (Some(c), Some(s), Some(r)) => format!(
+                    "{:.0} ms vs stable {:.0} ms ({r:.2}x, max {:.2}x)",
+                    c * 1e3,
+                    s * 1e3,
+                    plan.max_ttft_ratio
+                ),
+                _ => "not compared (no streams on both)".into(),
+            }
+        );
+        let k = self.step + 1;
+        if error_rate > plan.max_error_rate || ratio.is_some_and(|r| r > plan.max_ttft_ratio) {
+            return Some(StepEnd::Failed {
+                text: format!("step {k} failed: {numbers}: rolled back"),
+            });
+        }
+        if now.saturating_sub(self.began) < duration {
+            return None;
+        }
+        self.step += 1;
+        self.began = now;
+        let next = plan.steps.get(self.step).map(|&(w, _)| (self.step, w));
+        Some(StepEnd::Passed {
+            text: format!("step {k} passed: {numbers}"),
+            next,
+        })
+    }
+}
+
+/// The announcement of a step.
+pub fn step_text(plan: &Rollout, step: usize, canary: &str) -> String {
+    format!(
+        "step {} of {}: {canary} at {} %",
+        step + 1,
+        plan.steps.len(),
+        plan.steps[step].0
+    )
+}
+
+/// The weights of a two-version split with the canary at `canary_weight`.
+pub fn weights(plan: &Rollout, canary_weight: u32) -> [u32; 2] {
+    let mut weights = [0, 0];
+    weights[plan.canary] = canary_weight;
+    weights[1 - plan.canary] = 100 - canary_weight;
+    weights
+}
+
+/// What a version's metrics read now (a later reading minus an earlier one is a step's).
+struct Reading {
     answers: (u64, u64),
     ttft: Vec<u64>,
 }
 
-impl Since {
+impl Reading {
     fn now(metrics: &Metrics, pool: &str, model: &str) -> Self {
         Self {
             answers: metrics.answers(pool, model),
@@ -91,8 +208,8 @@ impl Since {
         }
     }
 
-    /// (answers, failed, TTFT p90) from `start` to `self`.
-    fn minus(&self, start: &Since) -> (u64, u64, Option<f64>) {
+    /// What happened from `start` to `self`.
+    fn since(&self, start: &Reading) -> StepStats {
         let ok = self.answers.0 - start.answers.0;
         let failed = self.answers.1 - start.answers.1;
         let ttft: Vec<u64> = self
@@ -101,7 +218,11 @@ impl Since {
             .zip(&start.ttft)
             .map(|(a, b)| a - b)
             .collect();
-        (ok + failed, failed, quantile(&ttft, 0.9))
+        StepStats {
+            answers: ok + failed,
+            failed,
+            ttft_p90: quantile(&ttft, 0.9),
+        }
     }
 }
 
@@ -115,11 +236,9 @@ pub fn spawn(
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let plan = control.plan.clone();
-        let canary = plan.canary;
-        let stable = 1 - canary;
         let (canary_pool, stable_pool) = (
-            split.versions[canary].name.clone(),
-            split.versions[stable].name.clone(),
+            split.versions[plan.canary].name.clone(),
+            split.versions[1 - plan.canary].name.clone(),
         );
         let tell = |text: String| {
             tracing::info!(model = %model, "rollout: {text}");
@@ -130,83 +249,59 @@ pub fn spawn(
             ));
             text
         };
-        let set = |canary_weight: u32| {
-            let mut weights = [0, 0];
-            weights[canary] = canary_weight;
-            weights[stable] = 100 - canary_weight;
-            split.set_weights(&weights);
-        };
+        let set = |canary_weight: u32| split.set_weights(&weights(&plan, canary_weight));
         let n = plan.steps.len();
-        for (k, &(weight, duration)) in plan.steps.iter().enumerate() {
-            set(weight);
-            let text = tell(format!(
-                "step {} of {n}: {canary_pool} at {weight} %",
-                k + 1
-            ));
-            control.update(format!("step {} of {n}", k + 1), weight, Some(text));
-            let began = Instant::now();
-            let (c0, s0) = (
-                Since::now(&metrics, &canary_pool, &model),
-                Since::now(&metrics, &stable_pool, &model),
+        let epoch = Instant::now();
+        let mut walk = Walk::start(Duration::ZERO);
+        let begin = |k: usize| {
+            set(plan.steps[k].0);
+            let text = tell(step_text(&plan, k, &canary_pool));
+            control.update(
+                format!("step {} of {n}", k + 1),
+                plan.steps[k].0,
+                Some(text),
             );
-            loop {
-                tokio::time::sleep(LOOK_EVERY).await;
-                match control.asked.swap(0, Ordering::Relaxed) {
-                    PROMOTE => {
-                        return promote(&control, &set, tell("promoted by an operator".into()));
-                    }
-                    ABORT => {
-                        return roll_back(
-                            &control,
-                            &set,
-                            tell("aborted by an operator: rolled back".into()),
-                        );
-                    }
-                    _ => {}
+            (
+                Reading::now(&metrics, &canary_pool, &model),
+                Reading::now(&metrics, &stable_pool, &model),
+            )
+        };
+        let (mut c0, mut s0) = begin(0);
+        loop {
+            tokio::time::sleep(LOOK_EVERY).await;
+            match control.asked.swap(0, Ordering::Relaxed) {
+                PROMOTE => {
+                    return promote(&control, &set, tell("promoted by an operator".into()));
                 }
-                let (answers, failed, canary_p90) =
-                    Since::now(&metrics, &canary_pool, &model).minus(&c0);
-                if answers < plan.min_requests {
-                    continue; // too little traffic to judge: the step goes on
+                ABORT => {
+                    return roll_back(
+                        &control,
+                        &set,
+                        tell("aborted by an operator: rolled back".into()),
+                    );
                 }
-                let error_rate = failed as f64 / answers as f64;
-                let (_, _, stable_p90) = Since::now(&metrics, &stable_pool, &model).minus(&s0);
-                let ratio = match (canary_p90, stable_p90) {
-                    (Some(c), Some(s)) if s > 0.0 => Some(c / s),
-                    _ => None,
-                };
-                let numbers = format!(
-                    "{answers} answers, {:.1} % failed (max {:.1} %), TTFT p90 {}",
-                    error_rate * 100.0,
-                    plan.max_error_rate * 100.0,
-                    match (canary_p90, stable_p90, ratio) {
-                        (Some(c), Some(s), Some(r)) => format!(
-                            "{:.0} ms vs stable {:.0} ms ({r:.2}x, max {:.2}x)",
-                            c * 1e3,
-                            s * 1e3,
-                            plan.max_ttft_ratio
-                        ),
-                        _ => "not compared (no streams on both)".into(),
+                _ => {}
+            }
+            let canary = Reading::now(&metrics, &canary_pool, &model).since(&c0);
+            let stable = Reading::now(&metrics, &stable_pool, &model).since(&s0);
+            match walk.look(&plan, epoch.elapsed(), canary, stable) {
+                None => {}
+                Some(StepEnd::Failed { text }) => return roll_back(&control, &set, tell(text)),
+                Some(StepEnd::Passed { text, next }) => {
+                    let k = walk.step();
+                    control.update(
+                        format!("step {k} of {n}"),
+                        plan.steps[k - 1].0,
+                        Some(tell(text)),
+                    );
+                    if next.is_none() {
+                        let text = tell(format!("{canary_pool} promoted: every step passed"));
+                        return promote(&control, &set, text);
                     }
-                );
-                if error_rate > plan.max_error_rate
-                    || ratio.is_some_and(|r| r > plan.max_ttft_ratio)
-                {
-                    let text = tell(format!("step {} failed: {numbers}: rolled back", k + 1));
-                    return roll_back(&control, &set, text);
-                }
-                if began.elapsed() >= duration {
-                    let text = tell(format!("step {} passed: {numbers}", k + 1));
-                    control.update(format!("step {} of {n}", k + 1), weight, Some(text));
-                    break;
+                    (c0, s0) = begin(k);
                 }
             }
         }
-        promote(
-            &control,
-            &set,
-            tell(format!("{canary_pool} promoted: every step passed")),
-        );
     })
 }
 

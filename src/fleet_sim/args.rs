@@ -210,6 +210,10 @@ pub struct SimulateArgs {
     /// Print no progress.
     #[arg(long)]
     pub quiet: bool,
+    /// The model every request names (default: the trace's, else the first pool's), e.g. a
+    /// name split across versions, to replay its rollout.
+    #[arg(long)]
+    pub model: Option<String>,
 }
 
 /// Parses a policy name as the YAML does (aliases included).

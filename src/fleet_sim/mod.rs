@@ -39,7 +39,12 @@ pub fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
             pool.scaler.enabled = false;
         }
     }
-    let requests = args.workload.load()?;
+    let mut requests = args.workload.load()?;
+    if let Some(model) = &args.model {
+        for request in &mut requests {
+            request.model = Some(model.clone());
+        }
+    }
     let spec = fleet_spec(&config, &args)?;
     let runs = compared_runs(&args.routing, &args.scaler);
     let summary = report::summarize(&requests);
@@ -65,6 +70,12 @@ pub fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
         runs: reports,
     };
     println!("{}", table(&report.runs));
+    for run in report.runs.iter().filter(|r| !r.rollout.is_empty()) {
+        println!("\nrollout ({}):", run.name);
+        for event in &run.rollout {
+            println!("  {:>7.1} s  {}: {}", event.t, event.model, event.text);
+        }
+    }
     if let Some(dir) = &args.out {
         write_outputs(dir, &report)?;
         println!(
@@ -130,18 +141,27 @@ fn fleet_spec(config: &config::Config, args: &SimulateArgs) -> anyhow::Result<si
         "--kv-blocks must be greater than 0"
     );
     let mut profiles = Vec::new();
+    let mut fail_rates = Vec::new();
     let mut initial = Vec::new();
     for pool in &config.pools {
-        let profile = match &args.profile {
-            Some(name) => crate::vllm_sim::profile::profile(name).map_err(anyhow::Error::msg)?,
-            None => match &pool.discovery {
-                Discovery::Local(local) => local_profile(&local.command)
-                    .with_context(|| format!("pool `{}`: reading its sim command", pool.name))?,
-                _ => crate::vllm_sim::profile::profile("llama-8b-h100")
-                    .map_err(anyhow::Error::msg)?,
-            },
+        let (local, fail_rate) = match &pool.discovery {
+            Discovery::Local(local) => {
+                let (profile, fail_rate) = local_profile(&local.command)
+                    .with_context(|| format!("pool `{}`: reading its sim command", pool.name))?;
+                (Some(profile), fail_rate)
+            }
+            _ => (None, 0.0),
         };
-        let mut profile = profile;
+        fail_rates.push(fail_rate);
+        let mut profile = match (&args.profile, local) {
+            (Some(name), _) => {
+                crate::vllm_sim::profile::profile(name).map_err(anyhow::Error::msg)?
+            }
+            (None, Some(profile)) => profile,
+            (None, None) => {
+                crate::vllm_sim::profile::profile("llama-8b-h100").map_err(anyhow::Error::msg)?
+            }
+        };
         if let Some(len) = args.max_model_len {
             profile.max_model_len = len;
         }
@@ -163,6 +183,7 @@ fn fleet_spec(config: &config::Config, args: &SimulateArgs) -> anyhow::Result<si
     }
     Ok(sim::FleetSpec {
         profiles,
+        fail_rates,
         initial,
         slow_fraction: args.slow_fraction,
         slow_factor: args.slow_factor,
@@ -184,15 +205,18 @@ fn fleet_spec(config: &config::Config, args: &SimulateArgs) -> anyhow::Result<si
 }
 
 /// The engine profile a local pool's `infergate sim ...` command runs, with its overrides and
-/// `--speed` applied (a replica at speed 10 takes a tenth of the time per step).
-fn local_profile(command: &[String]) -> anyhow::Result<crate::vllm_sim::profile::Profile> {
+/// `--speed` applied (a replica at speed 10 takes a tenth of the time per step), and its
+/// `--fail-rate`.
+fn local_profile(command: &[String]) -> anyhow::Result<(crate::vllm_sim::profile::Profile, f64)> {
     #[derive(clap::Parser)]
     struct SimCommand {
         #[command(flatten)]
         args: crate::vllm_sim::SimArgs,
     }
     let Some(at) = command.iter().position(|a| a == "sim") else {
-        return crate::vllm_sim::profile::profile("llama-8b-h100").map_err(anyhow::Error::msg);
+        let profile =
+            crate::vllm_sim::profile::profile("llama-8b-h100").map_err(anyhow::Error::msg)?;
+        return Ok((profile, 0.0));
     };
     let argv = std::iter::once("sim").chain(command[at + 1..].iter().map(String::as_str));
     let parsed = <SimCommand as clap::Parser>::try_parse_from(argv)
@@ -204,7 +228,7 @@ fn local_profile(command: &[String]) -> anyhow::Result<crate::vllm_sim::profile:
     profile.prefill_per_token /= speed;
     profile.decode_per_seq /= speed;
     profile.context_per_token /= speed;
-    Ok(profile)
+    Ok((profile, opts.fail_rate))
 }
 
 /// Progress on stderr: a line every 10 % when not a terminal (CI logs), else one updating line.

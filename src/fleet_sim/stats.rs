@@ -26,6 +26,8 @@ pub enum Failure {
     CutByScaleDown,
     /// Still running when the simulation's time limit passed.
     Unfinished,
+    /// The replica answered with a server error (a pool's `sim --fail-rate`).
+    ServerError,
     /// A real request failed (`loadgen`: an error status or a stream that broke off).
     Error,
 }
@@ -135,6 +137,9 @@ pub struct Sample {
     /// TTFT percentiles of the first tokens since the previous point (None when there were none).
     pub ttft_p50: Option<f64>,
     pub ttft_p90: Option<f64>,
+    /// The canary's weight in percent while a rollout runs or after it ended.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub canary_weight: Option<u32>,
 }
 
 /// SLO targets a request must meet to count as good.
@@ -182,9 +187,23 @@ pub struct RunReport {
     pub timeline: Vec<Sample>,
     /// Per replica: its share of the requests and how busy its engine was.
     pub replicas: Vec<ReplicaReport>,
+    /// Each rollout's steps and verdicts, in time order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub rollout: Vec<RolloutEvent>,
     /// Per request, when the run was asked to keep them (`FleetSpec::keep_requests`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub per_request: Vec<RequestRecord>,
+}
+
+/// A rollout's step or verdict, as the gateway logs it.
+#[derive(Debug, Clone, Serialize)]
+pub struct RolloutEvent {
+    /// Virtual seconds.
+    pub t: f64,
+    pub model: String,
+    /// The canary's weight from then on.
+    pub canary_weight: u32,
+    pub text: String,
 }
 
 /// What one replica did.

@@ -67,11 +67,16 @@ struct Gcra {
 
 impl Gcra {
     fn new(epoch: Instant, per_minute: u64, burst: u64) -> Self {
-        let interval = 60_000_000_000 / per_minute.max(1);
+        const MINUTE: u128 = 60_000_000_000;
+        let per_minute = per_minute.max(1);
+        // The tolerance from the rate itself, not from the rounded interval: above 60 billion
+        // a minute the interval rounds to 0 ns, and a tolerance of 0 then refused whoever read
+        // the clock a moment before another thread charged.
+        let tolerance = MINUTE * u128::from(burst.max(1) - 1) / u128::from(per_minute);
         Self {
             epoch,
-            interval,
-            tolerance: interval.saturating_mul(burst.max(1) - 1),
+            interval: (MINUTE / u128::from(per_minute)) as u64,
+            tolerance: u64::try_from(tolerance).unwrap_or(u64::MAX),
             due: AtomicU64::new(0),
         }
     }
@@ -283,6 +288,19 @@ mod tests {
         open.keys.values_mut().next().unwrap().name = "free".into();
         let free = open.keys.values().next().unwrap();
         assert!((0..1000).all(|_| limits.admit(free, t0).is_ok()));
+    }
+
+    #[test]
+    fn a_budget_beyond_a_token_a_nanosecond_still_allows_a_minute_of_spending() {
+        let mut auth = auth_with("k", None, vec![]);
+        auth.keys.values_mut().next().unwrap().tokens_per_minute = Some(1_000_000_000_000);
+        let key = auth.keys.values().next().unwrap().clone();
+        let limits = RateLimits::new(&auth);
+        let t0 = Instant::now() + Duration::from_secs(1);
+        let budget = limits.admit(&key, t0).unwrap().unwrap();
+        // Another thread charged an answer a moment after this one read the clock.
+        budget.charge(t0 + Duration::from_micros(5), 80);
+        assert!(limits.admit(&key, t0).is_ok());
     }
 
     #[test]

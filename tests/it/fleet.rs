@@ -49,6 +49,7 @@ fn generator(kind: workload::GeneratorKind, seed: u64) -> workload::Generator {
 fn spec(initial: u32, cold_start: Option<f64>) -> FleetSpec {
     FleetSpec {
         profiles: vec![profile::profile("llama-8b-h100").unwrap()],
+        fail_rates: vec![0.0],
         initial: vec![initial],
         slow_fraction: 0.0,
         slow_factor: 1.0,
@@ -568,4 +569,133 @@ fn with_two_gateways_the_scaling_one_counts_its_peers_load() {
     );
     assert_eq!(two.completed, workload.len());
     assert_eq!(two.failed.values().sum::<usize>(), 0, "{:?}", two.failed);
+}
+
+/// `simulate --model chat` on one of the rollout configs of `benches/fleet`: its report.
+fn replay_rollout(config: &str) -> serde_json::Value {
+    let out = tempdir();
+    let output = Command::new(env!("CARGO_BIN_EXE_infergate"))
+        .args([
+            "simulate",
+            "-c",
+            &format!("benches/fleet/{config}"),
+            "--model",
+            "chat",
+        ])
+        .args([
+            "--rate",
+            "10",
+            "--duration",
+            "240s",
+            "--sample-every",
+            "5s",
+            "--quiet",
+        ])
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
+    let run = report["runs"][0].clone();
+    // What the report holds, the command prints.
+    for event in run["rollout"].as_array().unwrap() {
+        assert!(stdout.contains(event["text"].as_str().unwrap()), "{stdout}");
+    }
+    run
+}
+
+/// The rollout's events as (time, canary weight, text).
+fn rollout_events(run: &serde_json::Value) -> Vec<(f64, u64, String)> {
+    run["rollout"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let text = e["text"].as_str().unwrap().to_string();
+            (
+                e["t"].as_f64().unwrap(),
+                e["canary_weight"].as_u64().unwrap(),
+                text,
+            )
+        })
+        .collect()
+}
+
+/// The canary's weight in the last timeline point.
+fn last_weight(run: &serde_json::Value) -> u64 {
+    let timeline = run["timeline"].as_array().unwrap();
+    timeline.last().unwrap()["canary_weight"].as_u64().unwrap()
+}
+
+#[test]
+fn the_simulation_rolls_back_a_canary_that_fails_within_its_first_step() {
+    let run = replay_rollout("rollout-failing.yaml");
+    let events = rollout_events(&run);
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert_eq!((events[0].0, events[0].1), (0.0, 10));
+    let (t, weight, text) = &events[1];
+    // Judged once it has 20 answers: at 10 % of 10 requests/s, about 20 s in; the step lasts 60.
+    assert!(*t > 10.0 && *t < 60.0, "{events:?}");
+    assert_eq!(*weight, 0);
+    assert!(
+        text.starts_with("step 1 failed") && text.ends_with("rolled back"),
+        "{text}"
+    );
+    assert_eq!(last_weight(&run), 0);
+    // The clients saw the canary's 500s until the rollback, and none after it.
+    let errors = run["failed"]["server-error"].as_u64().unwrap();
+    assert!(
+        (1..=12).contains(&errors),
+        "{errors} of about 20 canary answers failed"
+    );
+}
+
+#[test]
+fn the_simulation_rolls_back_a_slower_canary_on_its_ttft() {
+    let run = replay_rollout("rollout-slow.yaml");
+    let events = rollout_events(&run);
+    assert_eq!(events.len(), 2, "{events:?}");
+    let (t, weight, text) = &events[1];
+    assert!(*t < 60.0 && *weight == 0, "{events:?}");
+    assert!(
+        text.contains("0.0 % failed") && text.contains("max 1.50x"),
+        "{text}"
+    );
+    assert!(run["failed"].get("server-error").is_none());
+}
+
+#[test]
+fn the_simulation_promotes_a_faster_canary_after_every_step() {
+    let run = replay_rollout("rollout-faster.yaml");
+    let events = rollout_events(&run);
+    let steps: Vec<(f64, u64)> = events.iter().map(|e| (e.0, e.1)).collect();
+    // Each step holds its 60 s: 10 %, then 50 %, then all traffic.
+    assert_eq!(
+        steps,
+        [(0.0, 10), (60.0, 10), (60.0, 50), (120.0, 50), (120.0, 100)],
+        "{events:?}"
+    );
+    assert!(events[4].2.contains("promoted"), "{events:?}");
+    assert_eq!(last_weight(&run), 100);
+    // The timeline shows each step's weight in its time.
+    let timeline = run["timeline"].as_array().unwrap();
+    let weight_at = |t: f64| {
+        timeline
+            .iter()
+            .find(|p| p["t"].as_f64().unwrap() >= t)
+            .unwrap()["canary_weight"]
+            .as_u64()
+            .unwrap()
+    };
+    assert_eq!(
+        (weight_at(30.0), weight_at(90.0), weight_at(150.0)),
+        (10, 50, 100)
+    );
 }

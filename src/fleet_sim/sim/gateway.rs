@@ -16,6 +16,11 @@ impl Fleet<'_> {
         self.features[i] = None;
         self.active -= 1;
         self.rec.fail(why);
+        if let Some(p) = self.routed[i] {
+            let tally = &mut self.tallies[p as usize];
+            tally.answers += 1;
+            tally.failed += 1;
+        }
         if let Some(record) = self.records.get_mut(i) {
             record.failure = Some(why);
         }
@@ -46,6 +51,7 @@ impl Fleet<'_> {
             self.fail(i, Failure::UnknownModel);
             return;
         };
+        self.routed[i] = Some(p as u32);
         if request.prompt_tokens + request.output_tokens > self.pools[p].profile.max_model_len {
             self.fail(i, Failure::TooLong);
             return;
@@ -187,6 +193,16 @@ impl Fleet<'_> {
             .expect("snapshot replicas are pool replicas");
         let guard = replica.start_request_with(router::own_prefill_tokens(&features, replica.id));
         pool.replicas[r].served += 1;
+        // `sim --fail-rate`: the replica answers 500 at once; the gateway counts it against
+        // the replica (`PoolState::record_failure`).
+        if pool.fail_rate > 0.0 && self.rng.unit() < pool.fail_rate {
+            let retries = &pool.config.retries;
+            let ejection_ms = retries.ejection_time.as_millis() as u64;
+            replica.record_failure(now, retries.eject_after_failures, ejection_ms);
+            drop(guard);
+            self.fail(i, Failure::ServerError);
+            return self.after_release(p, r);
+        }
         if let Some(index) = &pool.gateways[g].prefix {
             index.record(&indexed, replica.id);
             if self.spec.sync_interval.is_some() && pool.gateways.len() > 1 {

@@ -23,6 +23,7 @@ mod gateway;
 mod parity;
 mod replicas;
 mod report;
+mod rollout;
 mod scaling;
 use crate::config::{self, RoutingPolicy, ScalerPolicy};
 use crate::pool::admission::{self, Gate};
@@ -48,6 +49,9 @@ pub struct RunSpec {
 pub struct FleetSpec {
     /// Engine profile per pool (index as in the config).
     pub profiles: Vec<Profile>,
+    /// Per pool, the share of requests its replicas answer with a 500 at once (a local
+    /// pool's `sim --fail-rate`).
+    pub fail_rates: Vec<f64>,
     /// Replicas each pool starts with.
     pub initial: Vec<u32>,
     /// Share of each pool's replicas (every k-th) that run `slow_factor` times slower.
@@ -103,6 +107,8 @@ struct SimReplica {
 struct SimPool {
     config: config::Pool,
     profile: Profile,
+    /// Share of requests its replicas answer with a 500 at once.
+    fail_rate: f64,
     replicas: Vec<SimReplica>,
     /// The pool's live state on each gateway.
     gateways: Vec<SimGateway>,
@@ -200,6 +206,8 @@ enum Ev {
     /// The gateways of a pool read each other's routing state.
     PeerSync(usize),
     ScalerTick(usize),
+    /// A look at a rollout's step (index in `Fleet::rollouts`).
+    RolloutLook(usize),
     QueueDeadline {
         pool: usize,
         request: usize,
@@ -246,6 +254,12 @@ pub struct Fleet<'w> {
     active: usize,
     /// Per request, when kept.
     records: Vec<RequestRecord>,
+    /// Per request, the pool its version draw chose (None before, or without a pool).
+    routed: Vec<Option<u32>>,
+    /// Per pool, its answers so far (what a rollout judges).
+    tallies: Vec<rollout::Tally>,
+    rollouts: Vec<rollout::SimRollout>,
+    rollout_events: Vec<super::stats::RolloutEvent>,
 }
 
 /// Runs `workload` through the fleet `config` describes, changed by `run`.
@@ -314,6 +328,7 @@ impl<'w> Fleet<'w> {
                         .cold_start
                         .unwrap_or(pool.scaler.cold_start.as_secs_f64()),
                     profile: spec.profiles[i].clone(),
+                    fail_rate: spec.fail_rates.get(i).copied().unwrap_or(0.0),
                     config: pool,
                     replicas: Vec::new(),
                     gateways,
@@ -354,7 +369,12 @@ impl<'w> Fleet<'w> {
             } else {
                 Vec::new()
             },
+            routed: vec![None; workload.len()],
+            tallies: vec![Default::default(); config.pools.len()],
+            rollouts: Vec::new(),
+            rollout_events: Vec::new(),
         };
+        fleet.start_rollouts();
         for p in 0..fleet.pools.len() {
             for _ in 0..spec.initial[p] {
                 let r = fleet.add_replica(p);
@@ -472,6 +492,7 @@ impl<'w> Fleet<'w> {
                 let every = self.pools[pool].config.scaler.interval.as_secs_f64();
                 self.at(self.now + every, Ev::ScalerTick(pool));
             }
+            Ev::RolloutLook(at) => self.look_at_rollout(at),
             Ev::QueueDeadline { pool, request } => self.expire(pool, request),
             Ev::FirstByteDeadline(request) => {
                 let late = self.running[request]

@@ -147,6 +147,7 @@ fn gateway_decisions(config: &Config) -> Vec<Decision> {
 fn fleet_spec(initial: u32) -> FleetSpec {
     FleetSpec {
         profiles: vec![crate::vllm_sim::profile::profile("llama-8b-h100").unwrap()],
+        fail_rates: vec![0.0],
         initial: vec![initial],
         slow_fraction: 0.0,
         slow_factor: 1.0,

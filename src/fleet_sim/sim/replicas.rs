@@ -126,6 +126,7 @@ impl Fleet<'_> {
                         }
                         let ttft = self.now - self.workload[i].arrival;
                         self.rec.first_token(ttft);
+                        self.tallies[p].ttft.push(ttft);
                         if let Some(record) = self.records.get_mut(i) {
                             record.ttft = Some(ttft);
                         }
@@ -145,6 +146,7 @@ impl Fleet<'_> {
                     let arrival = self.workload[i].arrival;
                     let ttft = running.first_token.unwrap_or(self.now) - arrival;
                     self.active -= 1;
+                    self.tallies[p].answers += 1;
                     if let Some(record) = self.records.get_mut(i) {
                         record.e2e = Some(self.now - arrival);
                     }

@@ -36,6 +36,7 @@ impl Fleet<'_> {
             arrival_rate: self.rec.window_arrivals as f64 / self.spec.sample_every,
             ttft_p50: (summary.count > 0).then_some(summary.p50),
             ttft_p90: (summary.count > 0).then_some(summary.p90),
+            canary_weight: self.canary_weight(),
         };
         self.rec.window_arrivals = 0;
         self.timeline.push(sample);
@@ -90,6 +91,7 @@ impl Fleet<'_> {
             duration: end,
             wall_seconds,
             timeline: std::mem::take(&mut self.timeline),
+            rollout: std::mem::take(&mut self.rollout_events),
             per_request: std::mem::take(&mut self.records),
             replicas: self
                 .pools
