@@ -46,6 +46,10 @@ pub struct Metrics {
     pub kube_api_up: IntGaugeVec,
     pub kube_watch_errors: IntCounterVec,
     pub leader: IntGauge,
+    /// Each split model's version weights now (moved by rollouts, reloads).
+    pub version_weight: IntGaugeVec,
+    /// Mirrored copies not sent because the shadow pool had no room at once.
+    pub mirror_shed: IntCounterVec,
     ttfb: HistogramVec,
     duration: HistogramVec,
     stream_ttft: HistogramVec,
@@ -229,6 +233,16 @@ impl Metrics {
                     .expect("unique metric");
                 g
             },
+            version_weight: gauge(
+                "infergate_version_weight",
+                "Each version's share of a split model's requests now, in percent (a rollout moves it).",
+                &["model", "version"],
+            ),
+            mirror_shed: counter(
+                "infergate_mirror_shed_total",
+                "Mirrored copies not sent because the shadow version's pool had no room at once (a mirror never queues).",
+                &["pool"],
+            ),
             ttfb: histogram(
                 "infergate_upstream_first_byte_seconds",
                 "Time from sending a request upstream to its response headers.",
@@ -284,6 +298,18 @@ impl Metrics {
     pub fn ttft_quantiles(&self, pool: &str, quantiles: &[f64]) -> Vec<Option<f64>> {
         let counts = self.ttft_counts(pool);
         quantiles.iter().map(|q| quantile(&counts, *q)).collect()
+    }
+
+    /// Quantiles of `pool`'s gaps between stream chunks (inter-token latency) so far; None
+    /// without streams.
+    pub fn itl_quantiles(&self, pool: &str, quantiles: &[f64]) -> Vec<Option<f64>> {
+        let h = self.inter_chunk.with_label_values(&[pool]);
+        let mut counts = cumulative_counts(&h);
+        counts.push(h.get_sample_count());
+        quantiles
+            .iter()
+            .map(|q| quantile_in(CHUNK_BUCKETS, &counts, *q))
+            .collect()
     }
 
     /// `pool`'s streamed-TTFT histogram now: cumulative counts per bucket and the total (a
@@ -349,13 +375,18 @@ impl Metrics {
 /// The `q` quantile of a [`Metrics::ttft_counts`] reading (or the difference of two): linear
 /// within a bucket; None without samples.
 pub fn quantile(counts: &[u64], q: f64) -> Option<f64> {
+    quantile_in(LATENCY_BUCKETS, counts, q)
+}
+
+/// [`quantile`] of a histogram with the bucket bounds `bounds`.
+fn quantile_in(bounds: &[f64], counts: &[u64], q: f64) -> Option<f64> {
     let (&total, buckets) = counts.split_last()?;
     if total == 0 {
         return None;
     }
     let rank = q * total as f64;
     let mut below = (0.0, 0u64);
-    for (&bound, &count) in LATENCY_BUCKETS.iter().zip(buckets) {
+    for (&bound, &count) in bounds.iter().zip(buckets) {
         if count as f64 >= rank {
             let share = (rank - below.1 as f64) / (count - below.1).max(1) as f64;
             return Some(below.0 + (bound - below.0) * share);

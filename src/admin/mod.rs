@@ -124,6 +124,16 @@ pub async fn handle(
                     .with_label_values(name)
                     .set(inflight as i64);
             }
+            for route in state.pools.models.routes() {
+                if let Some(split) = &route.split {
+                    for (version, weight) in split.versions.iter().zip(split.weights()) {
+                        metrics
+                            .version_weight
+                            .with_label_values(&[&route.model, &version.name])
+                            .set(i64::from(weight));
+                    }
+                }
+            }
             let mut r = Response::new(GatewayBody::full(Bytes::from(state.metrics.render())));
             r.headers_mut().insert(
                 header::CONTENT_TYPE,
@@ -215,15 +225,17 @@ fn versions(state: &GatewayState) -> serde_json::Value {
                 .map(|(v, weight)| {
                     let (answers, errors) = counts(&v.name, &route.model);
                     let ttft = state.metrics.ttft_quantiles(&v.name, &[0.5, 0.9]);
+                    let itl = state.metrics.itl_quantiles(&v.name, &[0.5, 0.9]);
                     json!({"pool": v.name, "weight": weight, "configured_weight": v.weight, "answers": answers, "errors": errors,
-                           "ttft_p50_s": ttft[0], "ttft_p90_s": ttft[1]})
+                           "ttft_p50_s": ttft[0], "ttft_p90_s": ttft[1], "itl_p50_s": itl[0], "itl_p90_s": itl[1]})
                 })
                 .collect();
             let mirror = split.mirror.as_ref().map(|(v, share)| {
                 let (answers, errors) = counts(&v.name, &route.model);
                 let ttft = state.metrics.ttft_quantiles(&v.name, &[0.5, 0.9]);
+                let itl = state.metrics.itl_quantiles(&v.name, &[0.5, 0.9]);
                 json!({"pool": v.name, "share": share, "answers": answers, "errors": errors,
-                       "ttft_p50_s": ttft[0], "ttft_p90_s": ttft[1]})
+                       "ttft_p50_s": ttft[0], "ttft_p90_s": ttft[1], "itl_p50_s": itl[0], "itl_p90_s": itl[1]})
             });
             let rollout = split.rollout.as_ref().map(|r| r.status());
             Some(json!({"model": route.model, "sticky_header": split.sticky_header.as_ref().map(|h| h.as_str()), "versions": versions, "mirror": mirror, "rollout": rollout}))

@@ -369,6 +369,11 @@ fn mirror_request(
         admission::on_arrival(pool.gate(Instant::now()), true),
         Admit::Go
     ) {
+        state
+            .metrics
+            .mirror_shed
+            .with_label_values(&[pool.name()])
+            .inc();
         return;
     }
     let Ok(body) = rewrite_model(&classify::contiguous(copy.body.frames()), &mirror.served) else {

@@ -240,6 +240,12 @@ async fn a_reload_moves_new_requests_while_a_stream_finishes_on_its_version() {
         "every token: {answer}"
     );
     assert!(answer.contains("data: [DONE]"));
+    // The versions side by side: only v1 streamed, its gaps ~40 ms (speed 0.2).
+    let status = admin_status(&gw).await;
+    let versions = &status["versions"][0]["versions"];
+    let itl = versions[0]["itl_p90_s"].as_f64().expect("v1 streamed");
+    assert!(itl > 0.02 && itl <= 0.5, "{versions}");
+    assert!(versions[1]["itl_p90_s"].is_null(), "{versions}");
     gw.shutdown().await;
 }
 
@@ -281,6 +287,79 @@ async fn a_mirror_gets_copies_whose_failures_never_reach_clients() {
     );
     let page = get(&format!("http://{}/metrics", shadow.addr)).await.text();
     assert!(page.contains("vllm:"), "the shadow replica was reached");
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_mirror_is_shed_when_its_pool_is_full_and_never_holds_the_primary() {
+    // The shadow's one replica is slow and takes 2 requests at a time; the primary is fast.
+    let (r1, r2) = (
+        replica("chat-v1", 50.0).await,
+        replica("chat-v2", 50.0).await,
+    );
+    let shadow = replica("chat-v3", 1.0).await;
+    let yaml = config_with(r1.addr, r2.addr, (100, 0), "", Some((shadow.addr, 1.0))).replace(
+        "    models: [chat-v3]\n",
+        "    models: [chat-v3]\n    admission: {max_inflight_per_replica: 2}\n",
+    );
+    let gw = start(&yaml).await;
+    let metrics_url = format!("http://{}/metrics", gw.admin_addr);
+    let ask_long = || async {
+        // 300 tokens: ~0.05 s on the primary, seconds on the shadow.
+        let body = serde_json::json!({"model": "chat", "max_tokens": 300, "ignore_eos": true,
+            "messages": [{"role": "user", "content": "hi"}]});
+        post(
+            &format!("http://{}/v1/chat/completions", gw.gateway_addr),
+            body,
+        )
+        .await
+    };
+    let shadow_inflight = || async {
+        let page = get(&metrics_url).await.text();
+        metric_sum(
+            &page,
+            "infergate_replica_inflight_requests",
+            &[("pool", "shadow")],
+        )
+    };
+    // Two copies fill the shadow.
+    for _ in 0..2 {
+        assert_eq!(ask_long().await.status, 200);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while shadow_inflight().await < 2.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the shadow never got its two copies"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Ten more: every answer whole and quick, every copy shed.
+    for _ in 0..10 {
+        let reply = ask_long().await;
+        assert_eq!(reply.status, 200);
+        assert_eq!(reply.json()["usage"]["completion_tokens"], 300);
+    }
+    let page = get(&metrics_url).await.text();
+    assert_eq!(
+        metric(&page, "infergate_mirror_shed_total", &[("pool", "shadow")]),
+        Some(10.0),
+        "{page}"
+    );
+    // The shed copies were never sent, and the ten answers ended while the first two copies
+    // still ran: no primary waited for its mirror.
+    assert_eq!(shadow_inflight().await, 2.0);
+    // The two copies end and are counted as the shadow's answers.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let page = get(&metrics_url).await.text();
+        let answered = metric_sum(&page, "infergate_requests_total", &[("pool", "shadow")]);
+        if answered == 2.0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "shadow answers: {answered}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     gw.shutdown().await;
 }
 
@@ -366,6 +445,22 @@ async fn a_failing_canary_is_rolled_back_in_its_first_step_and_a_healthy_one_pro
             "promoted: canary only"
         );
     }
+    // The weights as a dashboard reads them.
+    let page = get(&format!("http://{}/metrics", gw.admin_addr))
+        .await
+        .text();
+    let weight = |v: &str| {
+        metric(
+            &page,
+            "infergate_version_weight",
+            &[("model", "chat"), ("version", v)],
+        )
+    };
+    assert_eq!(
+        (weight("v1"), weight("v2")),
+        (Some(0.0), Some(100.0)),
+        "{page}"
+    );
     gw.shutdown().await;
 }
 
