@@ -36,6 +36,16 @@ fn bench_classify(c: &mut Criterion) {
             b.iter(|| classify(black_box(std::slice::from_ref(body)), &headers, &classes).unwrap())
         });
     }
+    // A question about an inline image: 256 KiB of base64 in a data URL.
+    let image = format!(
+        r#"{{"messages": [{{"role": "user", "content": [{{"type": "text", "text": "What is in this image?"}}, {{"type": "image_url", "image_url": {{"url": "data:image/png;base64,{}"}}}}]}}], "max_tokens": 256, "model": "llama"}}"#,
+        "iVBORw0K".repeat(256 * 1024 / 8)
+    )
+    .into_bytes();
+    group.throughput(Throughput::Bytes(image.len() as u64));
+    group.bench_with_input("image_256KiB", &image, |b, body| {
+        b.iter(|| classify(black_box(std::slice::from_ref(body)), &headers, &classes).unwrap())
+    });
     group.finish();
 }
 

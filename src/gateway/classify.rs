@@ -20,6 +20,7 @@ use crate::config::Classification;
 use crate::openai;
 use crate::router::RequestFeatures;
 
+pub mod media;
 pub mod scan;
 
 pub use scan::Scanner;
@@ -41,6 +42,8 @@ struct Read {
     max_tokens: Option<u64>,
     max_completion_tokens: Option<u64>,
     prompt_span: Option<Range<usize>>,
+    /// Inline media in the prompt: their bytes, and how many ([`media::inline_media`]).
+    media: (usize, u32),
 }
 
 /// Reads the routing-relevant parts of a request whose body is `pieces`, in order.
@@ -107,6 +110,7 @@ pub fn classify_form<B: AsRef<[u8]>>(
         max_tokens: None,
         max_completion_tokens: None,
         prompt_span: None,
+        media: (0, 0),
     };
     features(read, headers, classes)
 }
@@ -152,11 +156,13 @@ fn features(
     classes: &Classification,
 ) -> Result<Classified, GatewayError> {
     let model = read.model.ok_or(GatewayError::MissingModel)?;
-    // The raw JSON of the prompt is within a few percent of its text for natural language.
-    let prompt_tokens = read
-        .prompt_span
-        .as_ref()
-        .map_or(0, |span| openai::approx_tokens(span.len()));
+    // The raw JSON of the prompt is within a few percent of its text for natural language;
+    // inline images count as a vision encoder's tokens, not as their base64.
+    let prompt_tokens = read.prompt_span.as_ref().map_or(0, |span| {
+        let (media_bytes, media) = read.media;
+        openai::approx_tokens(span.len() - media_bytes)
+            .saturating_add(media.saturating_mul(media::MEDIA_TOKENS))
+    });
     let priority = classes.priority_of(
         headers
             .get(&classes.priority_header)
@@ -205,14 +211,26 @@ fn decode<B: AsRef<[u8]>>(members: &scan::Members, pieces: &[B]) -> Option<Read>
             .get(field)
             .filter(|span| span.len() != 4 || bytes(pieces, span.clone()).as_ref() != b"null")
     };
+    let prompt_span = prompt(Field::Messages)
+        .or_else(|| prompt(Field::Prompt))
+        .or_else(|| prompt(Field::Input));
+    let in_prompt: Vec<Range<usize>> = members
+        .long_strings()
+        .iter()
+        .filter(|s| {
+            prompt_span
+                .as_ref()
+                .is_some_and(|p| p.start <= s.start && s.end <= p.end)
+        })
+        .cloned()
+        .collect();
     Some(Read {
         model: value(members.get(Field::Model), pieces)?,
         stream: value(members.get(Field::Stream), pieces)?,
         max_tokens: value(members.get(Field::MaxTokens), pieces)?,
         max_completion_tokens: value(members.get(Field::MaxCompletionTokens), pieces)?,
-        prompt_span: prompt(Field::Messages)
-            .or_else(|| prompt(Field::Prompt))
-            .or_else(|| prompt(Field::Input)),
+        media: media::inline_media(&in_prompt, pieces),
+        prompt_span,
     })
 }
 
@@ -241,12 +259,17 @@ fn parse(body: &[u8]) -> Result<Read, GatewayError> {
         let start = raw.get().as_ptr() as usize - body.as_ptr() as usize;
         start..start + raw.get().len()
     });
+    let media = prompt_span.as_ref().map_or((0, 0), |span| {
+        let strings = media::long_strings(&body[span.clone()], span.start);
+        media::inline_media(&strings, &[body])
+    });
     Ok(Read {
         model: probe.model.map(Cow::into_owned),
         stream: probe.stream,
         max_tokens: probe.max_tokens,
         max_completion_tokens: probe.max_completion_tokens,
         prompt_span,
+        media,
     })
 }
 
@@ -301,6 +324,37 @@ mod tests {
 
     fn classes() -> Classification {
         crate::config::embedded_default().classification
+    }
+
+    #[test]
+    fn an_inline_image_counts_as_a_vision_encoders_tokens_not_its_base64() {
+        let text = "Describe this picture in detail, please.";
+        let plain = format!(
+            r#"{{"model": "m", "messages": [{{"role": "user", "content": [{{"type": "text", "text": "{text}"}}]}}]}}"#
+        );
+        let image = format!(
+            r#"{{"type": "image_url", "image_url": {{"url": "data:image/jpeg;base64,{}"}}}}"#,
+            "/9j/".repeat(25_000)
+        );
+        let with_image = plain.replace("}]}]}", &format!("}}, {image}]}}]}}"));
+        let headers = HeaderMap::new();
+        let a = classify(&[plain.as_bytes()], &headers, &classes()).unwrap();
+        // 100 KB of base64 in 4 KB pieces, as a socket gives them; and the serde_json path.
+        let pieces: Vec<&[u8]> = with_image.as_bytes().chunks(4096).collect();
+        let b = classify(&pieces, &headers, &classes()).unwrap();
+        let c = reference(with_image.as_bytes(), &headers, &classes()).unwrap();
+        let (with, without) = (b.features.prompt_tokens, a.features.prompt_tokens);
+        // The image's own part (type, key names) is a few dozen bytes of text beside it.
+        assert!(
+            (with - without).abs_diff(media::MEDIA_TOKENS) < 30,
+            "{without} -> {with} (was ~25,000)"
+        );
+        assert_eq!(c.features.prompt_tokens, with);
+        // A body the one-pass scan leaves to serde_json (an escaped key): the same estimate.
+        let escaped = with_image.replace(r#""model""#, r#""mod\u0065l""#);
+        assert!(scan_only(&[escaped.as_bytes()], &headers, &classes()).is_none());
+        let d = classify(&[escaped.as_bytes()], &headers, &classes()).unwrap();
+        assert_eq!(d.features.prompt_tokens, with);
     }
 
     #[test]

@@ -20,6 +20,8 @@
 
 use std::ops::Range;
 
+use super::media;
+
 /// The top-level members the classifier reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Field {
@@ -57,11 +59,18 @@ pub struct GaveUp;
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Members {
     spans: [Option<Range<usize>>; FIELDS],
+    /// The string values of `prompt`, `messages` and `input` at least
+    /// [`media::MIN_MEDIA_BYTES`] long, between their quotes: where inline media may be.
+    long_strings: Vec<Range<usize>>,
 }
 
 impl Members {
     pub fn get(&self, field: Field) -> Option<Range<usize>> {
         self.spans[field as usize].clone()
+    }
+
+    pub fn long_strings(&self) -> &[Range<usize>] {
+        &self.long_strings
     }
 }
 
@@ -152,6 +161,8 @@ pub struct Scanner {
     /// The member whose value comes next or is being scanned, and where it started.
     member: Option<Field>,
     value_start: usize,
+    /// Where the string value being scanned began (past its quote).
+    string_start: usize,
     members: Members,
     /// The last piece's bytes of a UTF-8 sequence it cut, to be finished by the next piece.
     utf8_carry: [u8; 4],
@@ -178,6 +189,7 @@ impl Scanner {
             key_len: 0,
             member: None,
             value_start: 0,
+            string_start: 0,
             members: Members::default(),
             utf8_carry: [0; 4],
             utf8_carried: 0,
@@ -224,6 +236,15 @@ impl Scanner {
                         if key {
                             self.state = State::Colon;
                         } else {
+                            let end = self.offset + quote;
+                            if end - self.string_start >= media::MIN_MEDIA_BYTES
+                                && matches!(
+                                    self.member,
+                                    Some(Field::Prompt | Field::Messages | Field::Input)
+                                )
+                            {
+                                self.members.long_strings.push(self.string_start..end);
+                            }
                             self.value_done(self.offset + i);
                         }
                     }
@@ -345,7 +366,10 @@ impl Scanner {
             self.value_start = self.offset + i;
         }
         self.state = match c {
-            b'"' => State::Str { key: false },
+            b'"' => {
+                self.string_start = self.offset + i + 1;
+                State::Str { key: false }
+            }
             b'{' => {
                 self.open(true)?;
                 State::FirstKey
