@@ -83,8 +83,12 @@ pub async fn handle(
             }
         }
         (&Method::GET, "/v1/models") => {
-            let mut response =
-                Response::new(GatewayBody::full(state.pools.models.models_json.clone()));
+            let pools = &state.pools.pools;
+            let listing = state
+                .pools
+                .models
+                .listing(|p| pools.get(p).and_then(|pool| pool.listed_models.load_full()));
+            let mut response = Response::new(GatewayBody::full(listing));
             response.headers_mut().insert(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("application/json"),

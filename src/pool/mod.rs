@@ -76,6 +76,10 @@ pub struct PoolState {
     pub notifier: std::sync::OnceLock<crate::notify::Notifier>,
     /// Attainment of the pool's SLO (`slo`), when it has one.
     pub slo: Option<slo::SloTracker>,
+    /// The models the replicas list on their `/v1/models` (one entry per id, as a replica gave
+    /// it), read now and then by the scraper ([`crate::scrape::models`]); None until one
+    /// answered (servers without the endpoint never do).
+    pub listed_models: arc_swap::ArcSwapOption<Vec<serde_json::Value>>,
 }
 
 /// The scaler's latest decision about a pool, and its last changes of mind.
@@ -142,6 +146,7 @@ impl PoolState {
             prefix_index,
             queue: AdmissionQueue::new(priority_classes),
             scaler_status: arc_swap::ArcSwapOption::empty(),
+            listed_models: arc_swap::ArcSwapOption::empty(),
             api_health: std::sync::OnceLock::new(),
             placements: std::sync::OnceLock::new(),
             hold: Default::default(),

@@ -1,7 +1,8 @@
 //! Which pool serves which model name: every served name and alias of every pool, with the
 //! name an alias is rewritten to and the LoRA adapter a served name is, and the names split
 //! across versions ([`VersionSplit`]: which pool a request goes to). One lookup for the gateway
-//! and the fleet simulation alike.
+//! and the fleet simulation alike. Also the gateway's `GET /v1/models` ([`ModelIndex::listing`]),
+//! from what the replicas list.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -105,8 +106,18 @@ pub struct ModelIndex {
     /// Routes in config order (served names, then aliases, pool by pool).
     routes: Vec<ModelRoute>,
     by_name: HashMap<String, usize>,
-    /// `GET /v1/models`, rendered once.
-    pub models_json: Bytes,
+    /// `GET /v1/models` from the config: each entry, and what it lists.
+    listed: Vec<(Listed, serde_json::Value)>,
+}
+
+/// What a `/v1/models` entry of the config is.
+enum Listed {
+    /// A served name of the pool.
+    Served { pool: usize, name: String },
+    /// An alias in the pool of one of its served names.
+    Alias { pool: usize, target: String },
+    /// A name split across versions.
+    Split,
 }
 
 impl ModelIndex {
@@ -129,7 +140,12 @@ impl ModelIndex {
                     adapter: adapter(model),
                     split: None,
                 });
-                data.push(json!({"id": model, "object": "model", "created": created, "owned_by": pool.name}));
+                let entry = json!({"id": model, "object": "model", "created": created, "owned_by": pool.name});
+                let served = Listed::Served {
+                    pool: i,
+                    name: model.clone(),
+                };
+                data.push((served, entry));
             }
             for (alias, target) in &pool.aliases {
                 routes.push(ModelRoute {
@@ -139,7 +155,12 @@ impl ModelIndex {
                     adapter: adapter(target),
                     split: None,
                 });
-                data.push(json!({"id": alias, "object": "model", "created": created, "owned_by": pool.name, "root": target}));
+                let entry = json!({"id": alias, "object": "model", "created": created, "owned_by": pool.name, "root": target});
+                let alias = Listed::Alias {
+                    pool: i,
+                    target: target.clone(),
+                };
+                data.push((alias, entry));
             }
         }
         for split in versions {
@@ -177,21 +198,47 @@ impl ModelIndex {
                         .map(|plan| Arc::new(crate::rollout::RolloutControl::new(plan))),
                 })),
             });
-            data.push(json!({"id": split.model, "object": "model", "created": created, "owned_by": "infergate"}));
+            let entry = json!({"id": split.model, "object": "model", "created": created, "owned_by": "infergate"});
+            data.push((Listed::Split, entry));
         }
         let by_name = routes
             .iter()
             .enumerate()
             .map(|(i, r)| (r.model.clone(), i))
             .collect();
-        let models_json = Bytes::from(
-            serde_json::to_vec(&json!({"object": "list", "data": data})).expect("JSON"),
-        );
         Self {
             routes,
             by_name,
-            models_json,
+            listed: data,
         }
+    }
+
+    /// `GET /v1/models`, given what each pool's replicas list (`listed(pool)`, None when none
+    /// has said): a served name as its replicas list it (their entry: `max_model_len`, `root`,
+    /// `parent`), left out when they list it not (no replica would answer it); an alias when its
+    /// target is listed; a split name always. A pool whose replicas list nothing (none read yet,
+    /// or servers without the endpoint) is listed from the config.
+    pub fn listing(&self, listed: impl Fn(usize) -> Option<Arc<Vec<serde_json::Value>>>) -> Bytes {
+        let find = |pool: usize, name: &str| -> Option<Option<serde_json::Value>> {
+            let entries = listed(pool)?;
+            Some(entries.iter().find(|e| e["id"] == name).cloned())
+        };
+        let data: Vec<serde_json::Value> = self
+            .listed
+            .iter()
+            .filter_map(|(what, entry)| match what {
+                Listed::Served { pool, name } => match find(*pool, name) {
+                    None => Some(entry.clone()),
+                    Some(from_replica) => from_replica,
+                },
+                Listed::Alias { pool, target } => match find(*pool, target) {
+                    Some(None) => None,
+                    _ => Some(entry.clone()),
+                },
+                Listed::Split => Some(entry.clone()),
+            })
+            .collect();
+        Bytes::from(serde_json::to_vec(&json!({"object": "list", "data": data})).expect("JSON"))
     }
 
     /// The route of `model` and its position in [`Self::routes`].
@@ -239,7 +286,7 @@ mod tests {
         assert_eq!(alias.adapter, Some(crate::replica::adapter_id("sql-lora")));
         assert!(index.lookup("SQL").is_none(), "model names are exact");
         assert!(index.lookup("base").unwrap().1.split.is_none());
-        let listed: serde_json::Value = serde_json::from_slice(&index.models_json).unwrap();
+        let listed: serde_json::Value = serde_json::from_slice(&index.listing(|_| None)).unwrap();
         let ids: Vec<&str> = listed["data"]
             .as_array()
             .unwrap()

@@ -6,7 +6,7 @@
 //! scrape changes nothing but a failure count; stale stats age out on their own. With
 //! `metrics.gpu`, GPU use comes from the same replica pages, or from a DCGM exporter polled on
 //! its own interval by the same task (bounded the same way; a failed exporter scrape changes
-//! nothing).
+//! nothing). The same task reads what the replicas serve ([`models`]).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,6 +21,7 @@ use tokio::task::{JoinHandle, JoinSet};
 
 pub mod exposition;
 pub mod gpu;
+pub mod models;
 
 use crate::config::{GpuMetric, GpuMetrics};
 use crate::pool::PoolState;
@@ -39,9 +40,18 @@ pub fn spawn(pool: Arc<PoolState>) -> JoinHandle<()> {
                 ..
             }) => {
                 let exporter = scrape_exporter(&pool, &client, url, metric, scrape_interval);
-                tokio::join!(scrape_replicas(&pool, &client), exporter);
+                tokio::join!(
+                    scrape_replicas(&pool, &client),
+                    exporter,
+                    models::poll(&pool, &client)
+                );
             }
-            _ => scrape_replicas(&pool, &client).await,
+            _ => {
+                tokio::join!(
+                    scrape_replicas(&pool, &client),
+                    models::poll(&pool, &client)
+                );
+            }
         }
     })
 }

@@ -195,3 +195,76 @@ pools:
     assert_openai_error(&missing, 400, "`model` is required");
     gw.shutdown().await;
 }
+
+/// `/v1/models` lists what the replicas serve: a served name with the replica's own entry, an
+/// alias of it, not a configured name no replica serves (nor its alias); a pool whose replica
+/// has no model list is listed from the config.
+#[tokio::test]
+async fn the_model_list_is_what_the_replicas_serve_with_aliases() {
+    let mut opts = sim_options("llama-8b-h100");
+    opts.models = vec!["m".into(), "m-extra".into()];
+    opts.profile.max_model_len = 12345;
+    let replica = start_sim(opts).await;
+    // A server with no model list: it answers 404 to everything.
+    let foreign = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let foreign_addr = foreign.local_addr().unwrap();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut conn, _)) = foreign.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                while matches!(conn.read(&mut buf).await, Ok(n) if n > 0) {
+                    let answer = b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n";
+                    if conn.write_all(answer).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let gw = start_yaml(&format!(
+        "listeners: {{gateway: 127.0.0.1:0, admin: 127.0.0.1:0}}
+pools:
+  - name: a
+    models: [m, retired]
+    aliases: {{short: m, old: retired}}
+    discovery: {{static: {{endpoints: [\"http://{}\"]}}}}
+  - name: b
+    models: [elsewhere]
+    discovery: {{static: {{endpoints: [\"http://{}\"]}}}}
+",
+        replica.addr, foreign_addr
+    ))
+    .await;
+    let url = format!("http://{}/v1/models", gw.gateway_addr);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let list = loop {
+        let list = get(&url).await.json();
+        if list["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["max_model_len"].is_number())
+        {
+            break list;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the replica's list was never read: {list}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    let ids: Vec<&str> = list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["m", "short", "elsewhere"], "{list}");
+    assert_eq!(
+        list["data"][0]["max_model_len"], 12345,
+        "the replica's own entry"
+    );
+    assert_eq!(list["data"][1]["root"], "m");
+    gw.shutdown().await;
+}
