@@ -30,12 +30,16 @@ use crate::scaler::local::LocalProvider;
 pub struct App {
     pub gateway_addr: SocketAddr,
     pub admin_addr: SocketAddr,
+    /// KEDA's external scaler, when `listeners.keda` is set.
+    pub keda_addr: Option<SocketAddr>,
     pub state: Arc<GatewayState>,
     /// The listening sockets, kept to hand over to the next config on a reload.
     sockets: Sockets,
     options: Options,
     gateway: Server,
     admin: Server,
+    /// KEDA's external scaler (`listeners.keda`).
+    keda: Option<Server>,
     locals: Vec<Arc<LocalProvider>>,
     /// Scrapers, scalers, watchers and the lease, stopped at shutdown.
     background: Vec<JoinHandle<()>>,
@@ -70,7 +74,9 @@ pub struct Options {
 struct Sockets {
     gateway: Vec<std::net::TcpListener>,
     admin: Vec<std::net::TcpListener>,
-    configured: (SocketAddr, SocketAddr, usize),
+    /// Empty without `listeners.keda`.
+    keda: Vec<std::net::TcpListener>,
+    configured: (SocketAddr, SocketAddr, usize, Option<SocketAddr>),
 }
 
 impl Sockets {
@@ -80,7 +86,11 @@ impl Sockets {
         Ok(Self {
             gateway: bind(listeners.gateway, workers, "listeners.gateway")?,
             admin: bind(listeners.admin, 1, "listeners.admin")?,
-            configured: (listeners.gateway, listeners.admin, workers),
+            keda: match listeners.keda {
+                Some(addr) => bind(addr, 1, "listeners.keda")?,
+                None => Vec::new(),
+            },
+            configured: (listeners.gateway, listeners.admin, workers, listeners.keda),
         })
     }
 
@@ -92,6 +102,7 @@ impl Sockets {
         Ok(Self {
             gateway: clone(&self.gateway)?,
             admin: clone(&self.admin)?,
+            keda: clone(&self.keda)?,
             configured: self.configured,
         })
     }
@@ -115,9 +126,9 @@ pub async fn start_with(config: Config, options: Options) -> anyhow::Result<App>
 async fn start_on(config: Config, options: Options, sockets: Sockets) -> anyhow::Result<App> {
     let kube = kube_context(&config, options.kube.clone()).await?;
     let workers = config.listeners.worker_threads;
-    let (gateway_listeners, admin_listener) = {
+    let (gateway_listeners, admin_listener, keda_listener) = {
         let shared = sockets.share()?;
-        (shared.gateway, shared.admin)
+        (shared.gateway, shared.admin, shared.keda)
     };
     let metrics = options.metrics.clone().unwrap_or_default();
     let reloads = options.reloads.clone().unwrap_or_default();
@@ -205,6 +216,7 @@ async fn start_on(config: Config, options: Options, sockets: Sockets) -> anyhow:
     let live = state.pools.live().cloned().collect();
     background.push(crate::admin::history::spawn(state.history.clone(), live));
     let (gateway, admin) = serve(&state, gateway_listeners, admin_listener)?;
+    let keda = serve_keda(&state, keda_listener)?;
     let options = Options {
         kube,
         metrics: Some(state.metrics.clone()),
@@ -218,11 +230,13 @@ async fn start_on(config: Config, options: Options, sockets: Sockets) -> anyhow:
     Ok(App {
         gateway_addr: gateway.addr,
         admin_addr: admin.addr,
+        keda_addr: keda.as_ref().map(|k| k.addr),
         state,
         sockets,
         options,
         gateway,
         admin,
+        keda,
         locals,
         background,
         lease,
@@ -530,6 +544,32 @@ fn serve(
     Ok((gateway, admin))
 }
 
+/// Serves KEDA's external scaler (gRPC, h2c) on its listener, when there is one.
+fn serve_keda(
+    state: &Arc<GatewayState>,
+    listener: Vec<std::net::TcpListener>,
+) -> anyhow::Result<Option<Server>> {
+    if listener.is_empty() {
+        return Ok(None);
+    }
+    let service = crate::keda::Scaler::service(state.clone());
+    let (drain, small) = (Duration::from_secs(1), http_server::Limits::SMALL);
+    let server = http_server::serve("keda", listener, drain, small, move |_| {
+        let service = service.clone();
+        move |req, _peer| {
+            let mut service = service.clone();
+            async move {
+                use tonic::codegen::Service;
+                match service.call(req).await {
+                    Ok(response) => response,
+                    Err(never) => match never {},
+                }
+            }
+        }
+    })?;
+    Ok(Some(server))
+}
+
 /// How long before the drain timeout open answers are ended with an error event (time to
 /// write it and close).
 const CUT_NOTICE: Duration = Duration::from_millis(250);
@@ -544,10 +584,15 @@ impl App {
     /// back as errors with this app.
     pub async fn reload(self, config: Config) -> Result<App, (App, anyhow::Error)> {
         let listeners = &config.listeners;
-        let wanted = (listeners.gateway, listeners.admin, listeners.worker_threads);
+        let wanted = (
+            listeners.gateway,
+            listeners.admin,
+            listeners.worker_threads,
+            listeners.keda,
+        );
         if wanted != self.sockets.configured {
             let error = anyhow::anyhow!(
-                "listeners.gateway, listeners.admin or listeners.worker_threads changed: restart to apply"
+                "listeners.gateway, listeners.admin, listeners.keda or listeners.worker_threads changed: restart to apply"
             );
             return Err((self, error));
         }
@@ -561,6 +606,9 @@ impl App {
                 // open answers finish in the background.
                 self.gateway.stop_accepting().await;
                 self.admin.stop_accepting().await;
+                if let Some(keda) = &self.keda {
+                    keda.stop_accepting().await;
+                }
                 tokio::spawn(self.shutdown());
                 Ok(next)
             }
@@ -601,6 +649,9 @@ impl App {
         self.gateway.shutdown(drain).await;
         cutter.abort();
         self.admin.shutdown(Duration::from_millis(100)).await;
+        if let Some(keda) = self.keda {
+            keda.shutdown(Duration::from_millis(100)).await;
+        }
         for local in &self.locals {
             local.stop_all(drain).await;
         }

@@ -27,6 +27,7 @@ pub mod discovery;
 pub mod fleet_sim;
 pub mod gateway;
 pub mod http_server;
+pub mod keda;
 pub mod kubernetes;
 pub mod loadgen;
 pub mod metrics;

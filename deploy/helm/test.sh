@@ -79,6 +79,7 @@ variants=(
   "statefulset|ig $chart --namespace llm -f $tmp/values-statefulset.yaml"
   "set-flags|ig $chart --namespace llm --set replicaCount=1,config.leader_election.enabled=true,config.leader_election.lease_duration=10s,drainTimeoutSeconds=120,preStopSleepSeconds=0,podDisruptionBudget.enabled=false,metricsService.enabled=false"
   "sidecar|chat $chart --namespace app -f $here/examples/sidecar.yaml"
+  "keda|ig $chart --namespace llm -f $here/examples/keda.yaml"
   "sidecar-kubernetes|chat $chart --namespace app --set mode=sidecar,sidecar.native=false,sidecar.adminOnAllInterfaces=false"
 )
 configs=()
@@ -117,6 +118,8 @@ expect_in statefulset "- statefulsets/scale" "- vllm-qwen" "replicas: 1" "termin
 expect_in scaler "- leaderworkersets/scale" "namespace: llm-large" "lease_name: ig-infergate-leader" "kind: ServiceMonitor" "replicas: 3"
 expect_in set-flags "lease_duration: 10s" "drain_timeout: 120s" "terminationGracePeriodSeconds: 135"
 expect_in sidecar-kubernetes "serviceAccountName: chat-infergate" "admin: 127.0.0.1:9091"
+expect_in keda "keda: 0.0.0.0:9091" "name: ig-infergate-keda" "containerPort: 9091" "targetPort: keda" "provider: static"
+if grep -q 'infergate-keda' "$tmp/default.yaml"; then bad "default: a KEDA Service without keda.enabled"; fi
 # The admin token: a Secret the container reads, and the ServiceMonitor sends.
 expect_in default "kind: Secret" "name: ig-infergate-admin-token" "- name: INFERGATE_ADMIN_TOKEN"
 expect_in scaler "type: Bearer" "name: ig-infergate-admin-token"

@@ -146,6 +146,8 @@ pub struct Listeners {
     /// The gateway listener's certificate, loaded; None: plain HTTP.
     pub tls: Option<Arc<rustls::ServerConfig>>,
     pub access_log: bool,
+    /// KEDA's external scaler (gRPC); None: not served.
+    pub keda: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone)]
@@ -397,8 +399,12 @@ impl Config {
         } else {
             ""
         };
+        let keda = self
+            .listeners
+            .keda
+            .map_or(String::new(), |k| format!(", KEDA scaler {k}"));
         format!(
-            "ok: gateway {}{tls}, admin {}, {} pool(s): {}",
+            "ok: gateway {}{tls}, admin {}{keda}, {} pool(s): {}",
             self.listeners.gateway,
             self.listeners.admin,
             self.pools.len(),

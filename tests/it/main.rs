@@ -9,6 +9,7 @@ mod fake_kube;
 mod fleet;
 mod gateway;
 mod hardening;
+mod keda;
 mod kube;
 mod operations;
 mod scaler;

@@ -124,6 +124,12 @@ pub struct RawListeners {
     /// client, method, path, model, pool, version, replica, API key name, status, time to the
     /// first byte and in all, and the answer's prompt and completion tokens.
     pub access_log: bool,
+    /// Address (host:port) of KEDA's external scaler, gRPC over plain HTTP/2 (h2c): a
+    /// ScaledObject with `type: external` (or `external-push`) and `scalerAddress` pointing here
+    /// gets each pool's wanted replicas (metric `infergate-<pool>`, target 1) and whether it is
+    /// active; `scalerMetadata.pool` names the pool (default: the ScaledObject's name). Let
+    /// KEDA act and give the pool `scaler.provider: static`. Unset: not served.
+    pub keda: Option<String>,
 }
 
 /// A certificate and its private key, as PEM files. Relative paths are taken from the working
@@ -152,6 +158,7 @@ impl Default for RawListeners {
             max_connections: 0,
             tls: None,
             access_log: false,
+            keda: None,
         }
     }
 }

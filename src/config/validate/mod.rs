@@ -324,6 +324,19 @@ fn listeners(c: &mut Checker, raw: &RawListeners) -> Listeners {
             format!("must differ from listeners.gateway ({gateway})"),
         );
     }
+    let keda = raw
+        .keda
+        .as_ref()
+        .map(|keda| c.address("listeners.keda".into(), keda));
+    if let Some(keda) = keda
+        && keda.port() != 0
+        && (keda == gateway || keda == admin)
+    {
+        c.fail(
+            "listeners.keda",
+            format!("must differ from listeners.gateway and listeners.admin ({keda})"),
+        );
+    }
     let max_body_size = parse_bytes(&raw.max_body_size.0).unwrap_or_else(|e| {
         c.fail("listeners.max_body_size", e);
         0
@@ -344,6 +357,7 @@ fn listeners(c: &mut Checker, raw: &RawListeners) -> Listeners {
         max_connections: raw.max_connections as usize,
         tls: raw.tls.as_ref().and_then(|tls| listener_tls(c, tls)),
         access_log: raw.access_log,
+        keda,
     }
 }
 

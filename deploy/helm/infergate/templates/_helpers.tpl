@@ -60,7 +60,7 @@ ConfigMap, its checksum, the RBAC rules) renders it through this one definition.
 {{- $mode := include "infergate.mode" . -}}
 {{- $cfg := deepCopy (.Values.config | default dict) -}}
 {{- $listeners := get $cfg "listeners" | default dict -}}
-{{- range $key := list "gateway" "admin" -}}
+{{- range $key := list "gateway" "admin" "keda" -}}
 {{- if hasKey $listeners $key -}}
 {{- fail (printf "config.listeners.%s is set by the chart: use ports.%s (gateway mode) or sidecar.%sPort (sidecar mode)" $key $key $key) -}}
 {{- end -}}
@@ -71,6 +71,9 @@ ConfigMap, its checksum, the RBAC rules) renders it through this one definition.
 {{- else -}}
 {{- $_ := set $listeners "gateway" (printf "0.0.0.0:%d" (int .Values.ports.gateway)) -}}
 {{- $_ := set $listeners "admin" (printf "0.0.0.0:%d" (int .Values.ports.admin)) -}}
+{{- if .Values.keda.enabled -}}
+{{- $_ := set $listeners "keda" (printf "0.0.0.0:%d" (int .Values.keda.port)) -}}
+{{- end -}}
 {{- end -}}
 {{- if hasKey $listeners "drain_timeout" -}}
 {{- fail "config.listeners.drain_timeout is set by the chart: use drainTimeoutSeconds" -}}
@@ -229,6 +232,11 @@ ports:
   - name: admin
     containerPort: {{ $adminPort }}
     protocol: TCP
+  {{- if and (not .sidecar) $v.keda.enabled }}
+  - name: keda
+    containerPort: {{ int $v.keda.port }}
+    protocol: TCP
+  {{- end }}
 {{- if $probes }}
 livenessProbe:
   httpGet:
