@@ -312,9 +312,6 @@ pub struct Hpa {
     recommendations: Window,
 }
 
-/// HPA's fixed scale-down stabilisation window.
-const HPA_STABILIZATION: f64 = 300.0;
-
 impl Hpa {
     pub fn new(config: Scaler) -> Self {
         Self {
@@ -330,19 +327,21 @@ impl Policy for Hpa {
         let current = obs.capacity();
         let per_replica = obs.load() / f64::from(obs.ready.max(1));
         let ratio = per_replica / c.targets.concurrency;
+        // HPA's knobs, from the config: its tolerance and scale-down stabilisation window.
+        let stabilization = c.scale_down_stabilization.as_secs_f64();
         let raw = if current == 0 {
             u32::from(obs.load() > 0.0)
-        } else if (1.0 - ratio).abs() <= 0.1 {
+        } else if (1.0 - ratio).abs() <= c.tolerance {
             current
         } else {
             (f64::from(current) * ratio).ceil() as u32
         };
         let raw = clamp(c, raw);
         self.recommendations
-            .push(obs.now, f64::from(raw), HPA_STABILIZATION);
+            .push(obs.now, f64::from(raw), stabilization);
         let stabilized = self
             .recommendations
-            .max_since(obs.now - HPA_STABILIZATION)
+            .max_since(obs.now - stabilization)
             .unwrap_or(f64::from(raw)) as u32;
         let desired = if raw > current {
             raw
@@ -365,8 +364,8 @@ pub struct Kpa {
     panicking_until: Option<f64>,
 }
 
-const KPA_STABLE: f64 = 60.0;
-const KPA_PANIC: f64 = 6.0;
+/// Knative's panic window as a share of its stable window (`panic-window-percentage`, 10 %).
+const KPA_PANIC_SHARE: f64 = 0.1;
 
 impl Kpa {
     pub fn new(config: Scaler) -> Self {
@@ -381,14 +380,17 @@ impl Kpa {
 impl Policy for Kpa {
     fn recommend(&mut self, obs: &Observation) -> Recommendation {
         let c = &self.config;
-        self.load.push(obs.now, obs.load(), KPA_STABLE);
-        let stable = self.load.mean_since(obs.now - KPA_STABLE).unwrap_or(0.0);
-        let panic = self.load.mean_since(obs.now - KPA_PANIC).unwrap_or(0.0);
+        // Knative's stable window is the config's scale-down window.
+        let stable_window = c.scale_down_window.as_secs_f64();
+        let panic_window = stable_window * KPA_PANIC_SHARE;
+        self.load.push(obs.now, obs.load(), stable_window);
+        let stable = self.load.mean_since(obs.now - stable_window).unwrap_or(0.0);
+        let panic = self.load.mean_since(obs.now - panic_window).unwrap_or(0.0);
         let want_stable = ceil_div(stable, c.targets.concurrency);
         let want_panic = ceil_div(panic, c.targets.concurrency);
         if want_panic >= 2 * obs.ready.max(1) && want_panic > obs.capacity() {
             // Panic lasts at least a stable window after the last trigger.
-            self.panicking_until = Some(obs.now + KPA_STABLE);
+            self.panicking_until = Some(obs.now + stable_window);
         }
         let panicking = self.panicking_until.is_some_and(|t| obs.now < t);
         let desired = if panicking {
@@ -753,5 +755,37 @@ mod tests {
         let r = p.recommend(&obs(70.0, last, 0, 0));
         assert_eq!(r.desired, last, "{}", r.reason);
         assert!(r.reason.contains("panicking"));
+    }
+
+    #[test]
+    fn hpa_and_kpa_take_their_knobs_from_the_config() {
+        // HPA: tolerance 0.3 holds 4 replicas at 12.5 each (target 10); a 100 s stabilisation
+        // window keeps a scale-up's count for 100 s, not HPA's default 300.
+        let mut c = config();
+        c.policy = ScalerPolicy::Hpa;
+        c.tolerance = 0.3;
+        c.scale_down_stabilization = Duration::from_secs(100);
+        let mut p = Hpa::new(c);
+        assert_eq!(p.recommend(&obs(0.0, 4, 0, 50)).desired, 4);
+        assert_eq!(p.recommend(&obs(1.0, 4, 0, 80)).desired, 8);
+        assert_eq!(p.recommend(&obs(90.0, 8, 0, 10)).desired, 8);
+        assert_eq!(p.recommend(&obs(102.0, 8, 0, 10)).desired, 1);
+        // KPA: the stable window is the scale-down window (20 s here, Knative's 60 by
+        // default): 20 s after the load stops, its average is 0.
+        let mut c = config();
+        c.policy = ScalerPolicy::Kpa;
+        c.scale_down_window = Duration::from_secs(20);
+        let mut p = Kpa::new(c);
+        for t in 0..20 {
+            assert_eq!(p.recommend(&obs(f64::from(t), 5, 0, 50)).desired, 5);
+        }
+        let mut last = 5;
+        for t in 20..40 {
+            last = p.recommend(&obs(f64::from(t), 5, 0, 0)).desired;
+        }
+        assert_eq!(
+            last, 1,
+            "a 60 s window would still average 25 in flight (3 replicas)"
+        );
     }
 }

@@ -36,13 +36,16 @@ pub struct RawScaler {
     pub targets: RawScalerTargets,
     /// Window over which load is averaged for scaling up (duration).
     pub scale_up_window: Quantity,
-    /// Window over which load is averaged for scaling down (duration).
+    /// Window over which load is averaged for scaling down (duration). Under `kpa`, Knative's
+    /// stable window (its panic window is a tenth of it, as Knative's default 10 %).
     pub scale_down_window: Quantity,
     /// Scale down only to the highest count recommended during this window (duration). The
     /// default, 5 minutes as HPA's, keeps the replicas a burst needed for the next burst (a GPU
-    /// replica takes minutes to come back); shorten it for steady traffic to save cost.
+    /// replica takes minutes to come back); shorten it for steady traffic to save cost. Also
+    /// `hpa`'s scale-down stabilisation window.
     pub scale_down_stabilization: Quantity,
-    /// Changes smaller than this share of the current count are ignored (0–1).
+    /// Changes smaller than this share of the current count are ignored (0–1); also `hpa`'s
+    /// tolerance (HPA's default is 0.1).
     pub tolerance: f64,
     /// Most replicas removed by one decision.
     pub max_scale_down_step: u32,
