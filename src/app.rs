@@ -552,7 +552,7 @@ fn serve_keda(
     if listener.is_empty() {
         return Ok(None);
     }
-    let service = crate::keda::Scaler::service(state.clone());
+    let service = crate::keda::Scaler::service(state.pools.live().cloned().collect());
     let (drain, small) = (Duration::from_secs(1), http_server::Limits::SMALL);
     let server = http_server::serve("keda", listener, drain, small, move |_| {
         let service = service.clone();

@@ -21,7 +21,6 @@ use std::time::Duration;
 
 use tonic::{Request, Response, Status};
 
-use crate::gateway::proxy::GatewayState;
 use crate::pool::PoolState;
 
 #[allow(clippy::all, clippy::pedantic, missing_docs)]
@@ -33,15 +32,17 @@ use external_scaler_server::{ExternalScaler, ExternalScalerServer};
 /// How often a `StreamIsActive` stream looks whether the answer changed.
 const STREAM_EVERY: Duration = Duration::from_secs(1);
 
-/// The gRPC service over the gateway's state.
+/// The gRPC service over the pools' live state.
 #[derive(Clone)]
 pub struct Scaler {
-    state: Arc<GatewayState>,
+    pools: Arc<[Arc<PoolState>]>,
 }
 
 impl Scaler {
-    pub fn service(state: Arc<GatewayState>) -> ExternalScalerServer<Scaler> {
-        ExternalScalerServer::new(Scaler { state })
+    pub fn service(pools: Vec<Arc<PoolState>>) -> ExternalScalerServer<Scaler> {
+        ExternalScalerServer::new(Scaler {
+            pools: pools.into(),
+        })
     }
 
     /// The pool a ScaledObject means, or NOT_FOUND naming the pools there are.
@@ -52,9 +53,9 @@ impl Scaler {
             .get("pool")
             .unwrap_or(&object.name)
             .as_str();
-        let mut live = self.state.pools.live();
+        let mut live = self.pools.iter();
         live.find(|p| p.name() == name).cloned().ok_or_else(|| {
-            let names: Vec<&str> = self.state.pools.live().map(|p| p.name()).collect();
+            let names: Vec<&str> = self.pools.iter().map(|p| p.name()).collect();
             let shown: String = name.chars().take(64).collect();
             Status::not_found(format!(
                 "no pool named `{shown}` (scalerMetadata.pool, else the ScaledObject's name); pools: {}",
