@@ -303,9 +303,7 @@ impl Metrics {
     /// Quantiles of `pool`'s gaps between stream chunks (inter-token latency) so far; None
     /// without streams.
     pub fn itl_quantiles(&self, pool: &str, quantiles: &[f64]) -> Vec<Option<f64>> {
-        let h = self.inter_chunk.with_label_values(&[pool]);
-        let mut counts = cumulative_counts(&h);
-        counts.push(h.get_sample_count());
+        let counts = reading(&self.inter_chunk.with_label_values(&[pool]));
         quantiles
             .iter()
             .map(|q| quantile_in(CHUNK_BUCKETS, &counts, *q))
@@ -315,10 +313,7 @@ impl Metrics {
     /// `pool`'s streamed-TTFT histogram now: cumulative counts per bucket and the total (a
     /// later reading minus an earlier one is what happened in between).
     pub fn ttft_counts(&self, pool: &str) -> Vec<u64> {
-        let h = self.stream_ttft.with_label_values(&[pool]);
-        let mut counts = cumulative_counts(&h);
-        counts.push(h.get_sample_count());
-        counts
+        reading(&self.stream_ttft.with_label_values(&[pool]))
     }
 
     /// Answers of `pool` to requests for `model` so far: (200, any other status).
@@ -407,15 +402,19 @@ pub fn latency_counts(samples: &[f64]) -> Vec<u64> {
     counts
 }
 
-/// A histogram's cumulative bucket counts, in bound order.
-fn cumulative_counts(h: &Histogram) -> Vec<u64> {
+/// A histogram's cumulative bucket counts, in bound order, then its total: what
+/// [`quantile`] reads.
+fn reading(h: &Histogram) -> Vec<u64> {
     use prometheus::core::Collector;
-    h.collect()
+    let mut counts: Vec<u64> = h
+        .collect()
         .iter()
         .flat_map(|f| f.get_metric())
         .flat_map(|m| m.get_histogram().get_bucket())
         .map(|b| b.cumulative_count())
-        .collect()
+        .collect();
+    counts.push(h.get_sample_count());
+    counts
 }
 
 #[cfg(test)]

@@ -209,7 +209,14 @@ pub async fn handle(
 /// Each split model's versions side by side: weight, answers and errors so far (from
 /// `infergate_requests_total`), and TTFT quantiles of its streams (from its pool's histogram).
 fn versions(state: &GatewayState) -> serde_json::Value {
-    let counts = |pool: &str, model: &str| state.metrics.answers(pool, model);
+    // A version's (its pool's) answers to the model and its streams' TTFT and ITL.
+    let numbers = |pool: &str, model: &str| {
+        let (answers, errors) = state.metrics.answers(pool, model);
+        let ttft = state.metrics.ttft_quantiles(pool, &[0.5, 0.9]);
+        let itl = state.metrics.itl_quantiles(pool, &[0.5, 0.9]);
+        json!({"pool": pool, "answers": answers, "errors": errors,
+               "ttft_p50_s": ttft[0], "ttft_p90_s": ttft[1], "itl_p50_s": itl[0], "itl_p90_s": itl[1]})
+    };
     let splits: Vec<serde_json::Value> = state
         .pools
         .models
@@ -223,19 +230,16 @@ fn versions(state: &GatewayState) -> serde_json::Value {
                 .iter()
                 .zip(weights)
                 .map(|(v, weight)| {
-                    let (answers, errors) = counts(&v.name, &route.model);
-                    let ttft = state.metrics.ttft_quantiles(&v.name, &[0.5, 0.9]);
-                    let itl = state.metrics.itl_quantiles(&v.name, &[0.5, 0.9]);
-                    json!({"pool": v.name, "weight": weight, "configured_weight": v.weight, "answers": answers, "errors": errors,
-                           "ttft_p50_s": ttft[0], "ttft_p90_s": ttft[1], "itl_p50_s": itl[0], "itl_p90_s": itl[1]})
+                    let mut version = numbers(&v.name, &route.model);
+                    version["weight"] = json!(weight);
+                    version["configured_weight"] = json!(v.weight);
+                    version
                 })
                 .collect();
             let mirror = split.mirror.as_ref().map(|(v, share)| {
-                let (answers, errors) = counts(&v.name, &route.model);
-                let ttft = state.metrics.ttft_quantiles(&v.name, &[0.5, 0.9]);
-                let itl = state.metrics.itl_quantiles(&v.name, &[0.5, 0.9]);
-                json!({"pool": v.name, "share": share, "answers": answers, "errors": errors,
-                       "ttft_p50_s": ttft[0], "ttft_p90_s": ttft[1], "itl_p50_s": itl[0], "itl_p90_s": itl[1]})
+                let mut mirror = numbers(&v.name, &route.model);
+                mirror["share"] = json!(share);
+                mirror
             });
             let rollout = split.rollout.as_ref().map(|r| r.status());
             Some(json!({"model": route.model, "sticky_header": split.sticky_header.as_ref().map(|h| h.as_str()), "versions": versions, "mirror": mirror, "rollout": rollout}))

@@ -214,22 +214,17 @@ fn decode<B: AsRef<[u8]>>(members: &scan::Members, pieces: &[B]) -> Option<Read>
     let prompt_span = prompt(Field::Messages)
         .or_else(|| prompt(Field::Prompt))
         .or_else(|| prompt(Field::Input));
-    let in_prompt: Vec<Range<usize>> = members
-        .long_strings()
-        .iter()
-        .filter(|s| {
-            prompt_span
-                .as_ref()
-                .is_some_and(|p| p.start <= s.start && s.end <= p.end)
-        })
-        .cloned()
-        .collect();
+    let in_prompt = members.long_strings().iter().filter(|s| {
+        prompt_span
+            .as_ref()
+            .is_some_and(|p| p.start <= s.start && s.end <= p.end)
+    });
     Some(Read {
         model: value(members.get(Field::Model), pieces)?,
         stream: value(members.get(Field::Stream), pieces)?,
         max_tokens: value(members.get(Field::MaxTokens), pieces)?,
         max_completion_tokens: value(members.get(Field::MaxCompletionTokens), pieces)?,
-        media: media::inline_media(&in_prompt, pieces),
+        media: media::inline_media(in_prompt, pieces),
         prompt_span,
     })
 }

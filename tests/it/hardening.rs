@@ -549,13 +549,7 @@ async fn first_byte_and_idle_stream_timeouts_end_requests_and_count_as_failures(
 /// excess back at the key's rate; other keys go on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_over_its_token_budget_waits_for_it_to_refill() {
-    use sha2::{Digest, Sha256};
-    let hash = |key: &str| {
-        Sha256::digest(key.as_bytes())
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<String>()
-    };
+    let hash = key_sha256;
     let mut opts = sim_options("llama-8b-h100");
     opts.instant = true;
     let replica = start_sim(opts).await;
@@ -628,13 +622,7 @@ async fn a_key_over_its_token_budget_waits_for_it_to_refill() {
 /// models gets 403; a priority header is honoured only for the classes the key may use.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_keys_are_required_and_limit_models_and_priorities() {
-    use sha2::{Digest, Sha256};
-    let hash = |key: &str| {
-        Sha256::digest(key.as_bytes())
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<String>()
-    };
+    let hash = key_sha256;
     let mut opts = sim_options("llama-8b-h100");
     opts.speed = 0.5;
     let replica = start_sim(opts).await;

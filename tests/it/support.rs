@@ -527,6 +527,14 @@ pub fn spawn_sim(args: &[&str]) -> (ChildGuard, SocketAddr) {
     (ChildGuard(child), addr)
 }
 
+/// An API key's SHA-256 in hex, as `auth.keys[].sha256` takes it (the gateway's own digest).
+pub fn key_sha256(key: &str) -> String {
+    infergate::gateway::auth::digest(key)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// Reads one sample's value from Prometheus text, by exact series name and label subset.
 pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     text.lines().find_map(|line| {

@@ -172,12 +172,7 @@ async fn with_api_keys_only_a_key_allowed_to_may_pin_a_version() {
         replica("chat-v1", 50.0).await,
         replica("chat-v2", 50.0).await,
     );
-    let digest = |key: &str| -> String {
-        infergate::gateway::auth::digest(key)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
-    };
+    let digest = key_sha256;
     let keys = format!(
         "auth: {{keys: [{{name: app, sha256: \"{}\"}}, {{name: tester, sha256: \"{}\", pin_versions: true}}]}}",
         digest("app-key"),

@@ -22,9 +22,12 @@ pub const MIN_MEDIA_BYTES: usize = 256;
 
 /// Of `strings` (body offsets, between the quotes), those that are `data:` URLs: their bytes
 /// and how many.
-pub fn inline_media<B: AsRef<[u8]>>(strings: &[Range<usize>], pieces: &[B]) -> (usize, u32) {
+pub fn inline_media<'a, B: AsRef<[u8]>>(
+    strings: impl IntoIterator<Item = &'a Range<usize>>,
+    pieces: &[B],
+) -> (usize, u32) {
     strings
-        .iter()
+        .into_iter()
         .filter(|s| bytes(pieces, s.start..s.start + 5).as_ref() == b"data:")
         .fold((0, 0), |(n, count), s| (n + s.len(), count + 1))
 }
