@@ -3,6 +3,14 @@
 # A free loopback TCP port.
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
+# Waits (at most 10 s) until the gateway whose admin listener is on 127.0.0.1:PORT is ready.
+wait_ready() { # PORT
+  for _ in $(seq 100); do
+    curl -sf "http://127.0.0.1:$1/readyz" >/dev/null 2>&1 && return
+    sleep 0.1
+  done
+}
+
 # A scratch directory in $work, removed on exit after every process whose pid was added to the
 # array `pids` has been stopped.
 with_workdir() {

@@ -26,10 +26,7 @@ WORKLOAD="--generator diurnal --rate 6 --amplitude 0.9 --period $DURATION --dura
 RUST_LOG=info "$BIN" serve --config "$OUT/config.yaml" 2>"$OUT/serve.log" &
 SERVE=$!
 trap 'kill $SERVE 2>/dev/null || true' EXIT
-for _ in $(seq 100); do
-  curl -sf "http://127.0.0.1:$ADMIN/readyz" >/dev/null 2>&1 && break
-  sleep 0.1
-done
+wait_ready "$ADMIN"
 # shellcheck disable=SC2086
 "$BIN" loadgen --url "http://127.0.0.1:$GW" --model sim-llama-3.1-8b $WORKLOAD \
   --admin-url "http://127.0.0.1:$ADMIN" --out "$OUT/real.json" | tee "$OUT/real.txt"

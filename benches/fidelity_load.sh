@@ -79,10 +79,7 @@ serve() { # config-file log-file
   RUST_LOG=info "$BIN" serve --config "$1.real" 2>"$2" &
   pid=$!
   pids+=($pid)
-  for _ in $(seq 100); do
-    curl -sf "http://127.0.0.1:$admin/readyz" >/dev/null 2>&1 && break
-    sleep 0.1
-  done
+  wait_ready "$admin"
 }
 
 # Each replica's counters from its own /metrics page, as JSON (for the comparison).
@@ -181,7 +178,7 @@ run() { # name config-template workload-flags simulate-flags [gateways]
       servers+=($!)
     done
     for ap in $a1 $a2; do
-      for _ in $(seq 100); do curl -sf "http://127.0.0.1:$ap/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
+      wait_ready "$ap"
     done
     urls="http://127.0.0.1:$g1,http://127.0.0.1:$g2"
     admin=$a1

@@ -54,7 +54,7 @@ pools:
 YAML
   "$BIN" serve --config "$work/$1.yaml" >/dev/null 2>"$work/$1.log" &
   pids+=($!)
-  for _ in $(seq 100); do curl -sf "http://127.0.0.1:$admin/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
+  wait_ready "$admin"
   echo "127.0.0.1:$gw 127.0.0.1:$admin" >"$work/$1.addr"
 }
 start_gateway quiet ""

@@ -60,10 +60,7 @@ EOF
 RUST_LOG=warn "$BIN" serve --config "$OUT/config.yaml" 2>"$OUT/serve.log" &
 gateway=$!
 pids+=($gateway)
-for _ in $(seq 100); do
-  curl -sf "http://127.0.0.1:$ADMIN/readyz" >/dev/null 2>&1 && break
-  sleep 0.1
-done
+wait_ready "$ADMIN"
 
 "$BIN" loadgen --url "http://127.0.0.1:$GW" --model m --generator poisson --rate "$RATE" \
   --duration "$DURATION" --prompt-tokens 1000 --output-tokens 200 --seed 11 --timeout 120s \
