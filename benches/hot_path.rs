@@ -230,7 +230,7 @@ fn bench_scaler(c: &mut Criterion) {
             p.recommend(&obs(t));
         }
         let mut t = 600;
-        group.bench_function(infergate::fleet_sim::policy_name(&kind), |b| {
+        group.bench_function(infergate::config::yaml_name(&kind), |b| {
             b.iter(|| {
                 t += 1;
                 p.recommend(black_box(&obs(t)))
@@ -267,8 +267,42 @@ fn bench_api_key(c: &mut Criterion) {
     });
 }
 
+/// A request's span with tracing on: started from the client's headers, its context put in the
+/// replica's headers, ended. Unsampled (what `sample_ratio: 0` costs every request without a
+/// sampled `traceparent`) and sampled (handed to the exporter's queue; the collector is a closed
+/// port, so batches fail and are dropped off the measured thread).
+fn bench_trace(c: &mut Criterion) {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let _entered = runtime.enter();
+    let mut group = c.benchmark_group("request_span");
+    for (name, ratio) in [("unsampled", 0.0), ("sampled", 1.0)] {
+        let config = infergate::config::Tracing {
+            endpoint: "http://127.0.0.1:1/v1/traces".parse().unwrap(),
+            sample_ratio: ratio,
+            service_name: "bench".into(),
+            export_timeout: std::time::Duration::from_secs(1),
+        };
+        let counter =
+            prometheus::IntCounterVec::new(prometheus::Opts::new("x", "x"), &["result"]).unwrap();
+        let tracer = infergate::otel::Tracer::start(&config, counter).unwrap();
+        let client = HeaderMap::new();
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                let mut span = tracer.span(black_box(&client), "POST /v1/chat/completions");
+                let mut upstream = HeaderMap::new();
+                span.inject(&mut upstream);
+                span.set("infergate.pool", "p");
+                span.end(http::StatusCode::OK);
+                upstream
+            })
+        });
+    }
+    group.finish();
+}
+
 criterion_group!(
     benches,
+    bench_trace,
     bench_api_key,
     bench_classify,
     bench_pick,

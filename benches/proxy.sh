@@ -29,6 +29,12 @@
 # that has a tokens-per-minute budget far above what the run spends, so every request is
 # authenticated, rate-checked and metered); every path's requests carry the key (the others
 # ignore it). Its CPU per request less the plain gateway's is the cost of keys.
+#
+# TRACE=1 adds two gateways with OpenTelemetry tracing on (`tracing.otlp_endpoint` to a sink that
+# takes OTLP posts, an nginx `return 200`): `infergate-trace0` with `sample_ratio: 0` (every
+# request gets a span context and passes a `traceparent` on, none is recorded: sampling off) and
+# `infergate-trace1` with `sample_ratio: 1` (every request's span is recorded and exported). Their
+# CPU per request less the plain gateway's is the cost of tracing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-10}
@@ -40,6 +46,7 @@ conns=64
 threads=2
 tls=${TLS:-}
 keys=${KEYS:-}
+trace=${TRACE:-}
 command -v wrk >/dev/null && command -v nginx >/dev/null || { echo "needs wrk and nginx (apt-get install wrk nginx)"; exit 1; }
 [ -z "$tls" ] || command -v openssl >/dev/null || { echo "TLS=1 needs openssl"; exit 1; }
 cargo build --release --locked -q
@@ -64,33 +71,35 @@ pools:
     discovery: {static: {endpoints: ["http://$sim"]}}
 YAML
 }
-gw_port=$(free_port); admin_port=$(free_port)
-gateway_yaml "$gw_port" "$admin_port" >"$work/gw.yaml"
-RUST_LOG=warn "$bin" serve --config "$work/gw.yaml" 2>"$work/gw.log" &
-gw_pid=$!
-pids+=($gw_pid)
-
+# The gateways measured, by path name: their PIDs and gateway ports.
+declare -A gw_pid gw_port
+start_gateway() { # path [more listener settings] [more top-level YAML]
+  local port admin
+  port=$(free_port); admin=$(free_port)
+  gateway_yaml "$port" "$admin" "${2:-}" "${3:-}" >"$work/$1.yaml"
+  RUST_LOG=warn "$bin" serve --config "$work/$1.yaml" 2>"$work/$1.log" &
+  gw_pid[$1]=$!
+  gw_port[$1]=$port
+  pids+=($!)
+  [ "$1" != infergate ] || admin_port=$admin
+}
+start_gateway infergate
 if [ -n "$keys" ]; then
   key_hash=$(printf %s sk-bench | sha256sum | cut -d' ' -f1)
-  gw_keys_port=$(free_port); admin_keys_port=$(free_port)
-  gateway_yaml "$gw_keys_port" "$admin_keys_port" "" \
-    "auth: {keys: [{name: bench, sha256: $key_hash, tokens_per_minute: 1000000000000}]}" \
-    >"$work/gw-keys.yaml"
-  RUST_LOG=warn "$bin" serve --config "$work/gw-keys.yaml" 2>"$work/gw-keys.log" &
-  gw_keys_pid=$!
-  pids+=($gw_keys_pid)
+  start_gateway infergate-keys "" \
+    "auth: {keys: [{name: bench, sha256: $key_hash, tokens_per_minute: 1000000000000}]}"
+fi
+sink_port=$(free_port)
+if [ -n "$trace" ]; then
+  start_gateway infergate-trace0 "" "tracing: {otlp_endpoint: \"http://127.0.0.1:$sink_port\", sample_ratio: 0}"
+  start_gateway infergate-trace1 "" "tracing: {otlp_endpoint: \"http://127.0.0.1:$sink_port\", sample_ratio: 1}"
 fi
 
 nginx_tls=""
 if [ -n "$tls" ]; then
   openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 -subj /CN=localhost \
     -addext subjectAltName=IP:127.0.0.1 -keyout "$work/key.pem" -out "$work/cert.pem" 2>/dev/null
-  gw_tls_port=$(free_port); admin_tls_port=$(free_port)
-  gateway_yaml "$gw_tls_port" "$admin_tls_port" "tls: {cert: $work/cert.pem, key: $work/key.pem}" \
-    >"$work/gw-tls.yaml"
-  RUST_LOG=warn "$bin" serve --config "$work/gw-tls.yaml" 2>"$work/gw-tls.log" &
-  gw_tls_pid=$!
-  pids+=($gw_tls_pid)
+  start_gateway infergate-tls "tls: {cert: $work/cert.pem, key: $work/key.pem}"
   ng_tls_port=$(free_port)
   nginx_tls="server {
     listen 127.0.0.1:$ng_tls_port ssl;
@@ -127,6 +136,11 @@ http {
     }
   }
   $nginx_tls
+  # The traced gateways' OTLP collector: takes every post.
+  server {
+    listen 127.0.0.1:$sink_port;
+    location / { return 200; }
+  }
 }
 NGINX
 # In the foreground of this session like the gateway (a daemon gets a scheduler group of its
@@ -184,18 +198,19 @@ queued() { python3 -c 'import sys,urllib.request
 page = urllib.request.urlopen(sys.argv[1]).read().decode()
 print(sum(int(float(l.split()[-1])) for l in page.splitlines() if l.startswith("infergate_queue_wait_seconds_count")))' "http://127.0.0.1:$admin_port/metrics"; }
 
-declare -A url=([direct]="http://$sim" [infergate]="http://127.0.0.1:$gw_port" [nginx]="http://127.0.0.1:$ng_port")
+declare -A url=([direct]="http://$sim" [nginx]="http://127.0.0.1:$ng_port")
 paths=(direct infergate nginx)
+for path in "${!gw_port[@]}"; do
+  scheme=http
+  [ "$path" != infergate-tls ] || scheme=https
+  url[$path]="$scheme://127.0.0.1:${gw_port[$path]}"
+  [ "$path" = infergate ] || paths+=("$path")
+done
 if [ -n "$tls" ]; then
-  url[infergate-tls]="https://127.0.0.1:$gw_tls_port"
   url[nginx-tls]="https://127.0.0.1:$ng_tls_port"
-  paths+=(infergate-tls nginx-tls)
+  paths+=(nginx-tls)
 fi
-if [ -n "$keys" ]; then
-  url[infergate-keys]="http://127.0.0.1:$gw_keys_port"
-  paths+=(infergate-keys)
-fi
-proxy_pids() { case $1 in infergate) echo "$gw_pid" ;; infergate-tls) echo "$gw_tls_pid" ;; infergate-keys) echo "$gw_keys_pid" ;; nginx*) nginx_pids ;; esac; }
+proxy_pids() { case $1 in nginx*) nginx_pids ;; direct) ;; *) echo "${gw_pid[$1]}" ;; esac; }
 
 # One measured run: quantiles to $work/$case.$path.$round, CPU ticks of the proxy added to
 # $work/$case.$path.cpu, wrk's error lines to $work/$case.$path.errors.
@@ -276,10 +291,13 @@ for proxy in ("infergate", "nginx"):
         plain, over_tls = cpu_per_request[proxy], cpu_per_request[f"{proxy}-tls"]
         print(f"TLS costs {proxy} {over_tls - plain:.1f} µs CPU per request "
               f"({over_tls:.1f} vs {plain:.1f}, {over_tls / plain:.2f}x)")
-if "infergate-keys" in cpu_per_request:
-    plain, keyed = cpu_per_request["infergate"], cpu_per_request["infergate-keys"]
-    print(f"API keys cost infergate {keyed - plain:.1f} µs CPU per request "
-          f"({keyed:.1f} vs {plain:.1f}, {keyed / plain:.2f}x)")
+for path, what in (("infergate-keys", "API keys"),
+                   ("infergate-trace0", "Tracing with sampling off"),
+                   ("infergate-trace1", "Tracing every request")):
+    if path in cpu_per_request:
+        plain, other = cpu_per_request["infergate"], cpu_per_request[path]
+        print(f"{what} costs infergate {other - plain:.1f} µs CPU per request "
+              f"({other:.1f} vs {plain:.1f}, {other / plain:.2f}x)")
 PY
 }
 
@@ -298,9 +316,9 @@ for case in $cases; do
     done
   done
   queued_note="$case: $(( $(queued) - queued_before )) requests waited in infergate's admission queue"
-  echo $(( $(hwm_kb "$gw_pid") / 1024 )) >"$work/infergate.rss_mib"
-  [ -z "$tls" ] || echo $(( $(hwm_kb "$gw_tls_pid") / 1024 )) >"$work/infergate-tls.rss_mib"
-  [ -z "$keys" ] || echo $(( $(hwm_kb "$gw_keys_pid") / 1024 )) >"$work/infergate-keys.rss_mib"
+  for path in "${!gw_pid[@]}"; do
+    echo $(( $(hwm_kb "${gw_pid[$path]}") / 1024 )) >"$work/$path.rss_mib"
+  done
   # shellcheck disable=SC2046
   echo $(( $(hwm_kb $(nginx_pids)) / 1024 )) >"$work/nginx.rss_mib"
   echo

@@ -196,6 +196,13 @@ async fn start_on(config: Config, options: Options, sockets: Sockets) -> anyhow:
         }
     }
     let rate_limits = crate::gateway::auth::RateLimits::new(&config.auth);
+    let tracer = match &config.tracing {
+        Some(tracing) => Some(Arc::new(
+            crate::otel::Tracer::start(tracing, metrics.trace_exports.clone())
+                .context("tracing: cannot start the OTLP exporter")?,
+        )),
+        None => None,
+    };
     let state = Arc::new(GatewayState {
         config,
         pools,
@@ -212,6 +219,7 @@ async fn start_on(config: Config, options: Options, sockets: Sockets) -> anyhow:
         actions: options.actions.clone().unwrap_or_default(),
         notifier,
         history: options.history.clone().unwrap_or_default(),
+        tracer,
     });
     let live = state.pools.live().cloned().collect();
     background.push(crate::admin::history::spawn(state.history.clone(), live));
@@ -655,5 +663,13 @@ impl App {
         for local in &self.locals {
             local.stop_all(drain).await;
         }
+        // The last answers' spans go out before the process ends.
+        if let Some(tracer) = self.state.tracer.clone() {
+            let flush = move || tracer.shutdown(TRACE_FLUSH);
+            let _ = tokio::task::spawn_blocking(flush).await;
+        }
     }
 }
+
+/// How long a shutdown waits for the last spans to reach the collector.
+const TRACE_FLUSH: Duration = Duration::from_secs(5);

@@ -15,7 +15,7 @@
 //! - beside them: [`config`], [`metrics`], [`admin`] (status, operator actions, slash
 //!   commands from chat) and [`notify`] (events to chat), [`http_server`], [`tls`] (the
 //!   listener's certificate, verifying `https://` replicas), [`openai`] (wire formats),
-//!   [`telemetry`] (logs);
+//!   [`telemetry`] (logs), [`otel`] (request spans to an OTLP collector);
 //! - tools: [`vllm_sim`] (a simulated vLLM replica, `infergate sim`), [`fleet_sim`] (the
 //!   fleet simulation, `infergate simulate`), [`loadgen`] (`infergate load` and `loadgen`).
 
@@ -33,6 +33,7 @@ pub mod loadgen;
 pub mod metrics;
 pub mod notify;
 pub mod openai;
+pub mod otel;
 pub mod peers;
 pub mod pool;
 pub mod replica;

@@ -50,6 +50,8 @@ pub struct Metrics {
     pub version_weight: IntGaugeVec,
     /// Mirrored copies not sent because the shadow pool had no room at once.
     pub mirror_shed: IntCounterVec,
+    /// Batches of spans sent to the OTLP collector, by result.
+    pub trace_exports: IntCounterVec,
     ttfb: HistogramVec,
     duration: HistogramVec,
     stream_ttft: HistogramVec,
@@ -242,6 +244,11 @@ impl Metrics {
                 "infergate_mirror_shed_total",
                 "Mirrored copies not sent because the shadow version's pool had no room at once (a mirror never queues).",
                 &["pool"],
+            ),
+            trace_exports: counter(
+                "infergate_trace_exports_total",
+                "Batches of request spans sent to the OTLP collector (tracing.otlp_endpoint), by result: ok, or failed (the batch's spans are dropped).",
+                &["result"],
             ),
             ttfb: histogram(
                 "infergate_upstream_first_byte_seconds",

@@ -96,6 +96,14 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
     }
 }
 
+/// A unit variant's name as the YAML spells it (a policy's `predicted-ttft`).
+pub fn yaml_name<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_value(value)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
 /// The embedded default configuration, validated.
 pub fn embedded_default() -> Config {
     parse(EMBEDDED_DEFAULT, "<embedded default>").expect("the embedded default config is valid")

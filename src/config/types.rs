@@ -23,8 +23,20 @@ pub struct Config {
     pub cluster: Cluster,
     pub auth: Auth,
     pub chatops: Chatops,
+    /// None: no spans.
+    pub tracing: Option<Tracing>,
     pub versions: Vec<ModelVersions>,
     pub pools: Vec<Pool>,
+}
+
+/// Spans to an OTLP collector.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tracing {
+    /// The collector's traces URL (`.../v1/traces`).
+    pub endpoint: Uri,
+    pub sample_ratio: f64,
+    pub service_name: String,
+    pub export_timeout: Duration,
 }
 
 /// A served model name split across versions (pools).
@@ -339,6 +351,9 @@ pub struct Scaler {
     pub targets: ScalerTargets,
     pub scale_up_window: Duration,
     pub scale_down_window: Duration,
+    /// `kpa`'s panic window (None: a tenth of `scale_down_window`).
+    pub panic_window: Option<Duration>,
+    pub panic_threshold: f64,
     pub scale_down_stabilization: Duration,
     pub tolerance: f64,
     pub max_scale_down_step: u32,

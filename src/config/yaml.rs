@@ -52,6 +52,11 @@ impl Locations {
         }
     }
 
+    /// Whether the file itself sets `path` (not a default).
+    pub fn contains(&self, path: &str) -> bool {
+        self.0.contains_key(path)
+    }
+
     pub fn error(&self, path: impl Into<String>, message: impl Into<String>) -> ConfigError {
         let path = path.into();
         ConfigError {

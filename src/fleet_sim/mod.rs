@@ -20,14 +20,6 @@ pub use args::{SimulateArgs, WorkloadArgs};
 pub use report::{Report, WorkloadSummary, table, write_outputs};
 use stats::Slo;
 
-/// A policy's name as the YAML spells it.
-pub fn policy_name<T: serde::Serialize>(policy: &T) -> String {
-    serde_json::to_value(policy)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_default()
-}
-
 /// Runs `simulate` as the command line asked; the report on stdout, files in `--out`.
 pub fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
     let mut config = match &args.config {
@@ -103,10 +95,10 @@ pub fn compared_runs(routing: &[RoutingPolicy], scaler: &[ScalerPolicy]) -> Vec<
         for s in &scalers {
             let mut parts = Vec::new();
             if let Some(r) = r {
-                parts.push(policy_name(r));
+                parts.push(config::yaml_name(r));
             }
             if let Some(s) = s {
-                parts.push(format!("scaler={}", policy_name(s)));
+                parts.push(format!("scaler={}", config::yaml_name(s)));
             }
             runs.push(sim::RunSpec {
                 name: if parts.is_empty() {

@@ -47,10 +47,13 @@ pub struct GatewayState {
     pub notifier: crate::notify::Notifier,
     /// Each pool's replica count over the last hour, kept across reloads.
     pub history: Arc<crate::admin::history::History>,
+    /// Request spans to the OTLP collector (`tracing`).
+    pub tracer: Option<Arc<crate::otel::Tracer>>,
 }
 
 /// Answers one request on gateway worker thread `worker`. Every answer carries the request's
-/// id (`x-request-id`: the client's, else a new one), which the replica gets too.
+/// id (`x-request-id`: the client's, else a new one), which the replica gets too, as it gets
+/// the request's trace context when tracing is on.
 pub async fn handle(
     state: Arc<GatewayState>,
     worker: usize,
@@ -60,12 +63,28 @@ pub async fn handle(
     let received = Instant::now();
     let request_id = request_id(req.headers());
     let path = req.uri().path();
+    // Probes are not traced.
+    let span = match &state.tracer {
+        Some(tracer) if path != "/health" => {
+            let mut span = tracer.span(req.headers(), span_name(req.method(), path));
+            if span.recording() {
+                span.set("http.request.method", req.method().to_string());
+                span.set("url.path", echo(path));
+                span.set("client.address", peer.ip().to_string());
+                let id = String::from_utf8_lossy(request_id.as_bytes()).into_owned();
+                span.set("infergate.request_id", id);
+            }
+            Some(span)
+        }
+        _ => None,
+    };
     let access = state.config.listeners.access_log.then(|| {
         Box::new(Access {
             request_id: String::from_utf8_lossy(request_id.as_bytes()).into_owned(),
             client: Some(peer),
             method: req.method().to_string(),
             path: echo(path),
+            trace_id: span.as_ref().map_or(String::new(), |s| s.trace_id()),
             ..Access::default()
         })
     });
@@ -74,6 +93,7 @@ pub async fn handle(
         received,
         counted: false,
         access,
+        span,
     };
     let mut response = match (req.method(), path) {
         (&Method::POST, path) if PROXIED.contains(&path) => {
@@ -105,7 +125,25 @@ pub async fn handle(
         }
     };
     response.headers_mut().insert(REQUEST_ID, request_id);
+    // A proxied answer's span ends with its stream; any other ends here.
+    if let Some(span) = ctx.span {
+        span.end(response.status());
+    }
     response
+}
+
+/// A span's name: the method and, for the gateway's own paths, the path (a client's unknown
+/// paths would make names without end).
+fn span_name(method: &Method, path: &str) -> &'static str {
+    static PROXIED_NAMES: std::sync::LazyLock<Vec<String>> =
+        std::sync::LazyLock::new(|| PROXIED.iter().map(|p| format!("POST {p}")).collect());
+    match PROXIED.iter().position(|p| *p == path) {
+        Some(i) if method == Method::POST => &PROXIED_NAMES[i],
+        _ if method == Method::GET && path == "/v1/models" => "GET /v1/models",
+        _ if method == Method::GET => "GET",
+        _ if method == Method::POST => "POST",
+        _ => "HTTP",
+    }
 }
 
 /// The paths proxied to a replica of the request's model (each a POST): OpenAI's and vLLM's
@@ -153,6 +191,8 @@ struct RequestContext {
     counted: bool,
     /// The access-log line's fields so far (when the log is on).
     access: Option<Box<Access>>,
+    /// The request's span (when tracing is on) until its answer's record takes it.
+    span: Option<crate::otel::RequestSpan>,
 }
 
 /// A request answered with an error by the gateway itself: counted (with empty pool and model
@@ -191,8 +231,11 @@ async fn proxy(
         Some(key) => state.rate_limits.admit(key, received)?,
         None => None,
     };
-    // The replica logs the same id.
+    // The replica logs the same id, in the same trace.
     parts.headers.insert(REQUEST_ID, ctx.request_id.clone());
+    if let Some(span) = &ctx.span {
+        span.inject(&mut parts.headers);
+    }
     let listeners = &state.config.listeners;
     let limit = listeners.max_body_size;
     // A client waiting for `100 Continue` with a declared body over the limit gets 413 at once:
@@ -297,29 +340,48 @@ async fn proxy(
         access.version = version_name.to_string();
         access.key = key_name.to_string();
     }
+    if let Some(span) = ctx.span.as_mut().filter(|s| s.recording()) {
+        span.set("gen_ai.request.model", echo(&classified.model));
+        span.set("infergate.pool", pool.name().to_string());
+        span.set("infergate.version", version_name.to_string());
+        span.set("infergate.api_key", key_name.to_string());
+        span.set(
+            "infergate.policy",
+            crate::config::yaml_name(&pool.config.routing.policy),
+        );
+        span.set(
+            "infergate.prompt_tokens_estimate",
+            i64::from(classified.features.prompt_tokens),
+        );
+    }
     let tokens = |kind| {
         let labels = [pool.name(), &classified.model, version_name, key_name, kind];
         state.metrics.tokens.with_label_values(&labels)
     };
-    // The answer's record logs it when it ends; an error answered here is logged by `handle`.
-    let access = ctx.access.clone();
-    let record = AnswerRecord::new(
+    // The answer's record logs it and ends its span when it ends; when there is no answer
+    // from a replica, it comes back and `handle` does.
+    let mut record = Some(AnswerRecord::new(
         budget,
         u64::from(classified.features.prompt_tokens),
         [tokens("prompt"), tokens("completion")],
         ctx.access.take(),
-    );
+        ctx.span.take(),
+    ));
     let request = Outgoing {
         parts: &parts,
         body,
         peer,
         over_tls: state.config.listeners.tls.is_some(),
-        record: Some(record),
+        record: &mut record,
         features: &classified.features,
         blocks: &blocks,
         received,
     };
     let mut result = forward(&pool, worker, &state.config.classification, request).await;
+    if let Some(unanswered) = record {
+        ctx.access = unanswered.access;
+        ctx.span = unanswered.span;
+    }
     if let (Some(v), Ok(response)) = (version, &mut result) {
         // Which version answered, for A/B analysis on the client's side.
         if let Ok(name) = HeaderValue::from_str(&v.name) {
@@ -331,9 +393,6 @@ async fn proxy(
         Err(e) => e.status(),
     };
     ctx.counted = true;
-    if result.is_err() {
-        ctx.access = access;
-    }
     // The resolved counter names the route's own pool: a split's versions count by theirs.
     if status == http::StatusCode::OK && version.is_none() {
         route.ok_requests.inc();
@@ -410,7 +469,7 @@ fn mirror_request(
             received: Instant::now(),
             over_tls: state.config.listeners.tls.is_some(),
             // A shadow's answer goes to no client: it spends nobody's tokens.
-            record: None,
+            record: &mut None,
         };
         let result = forward(&pool, worker, &state.config.classification, request).await;
         let status = match result {
@@ -466,8 +525,9 @@ struct Outgoing<'a> {
     peer: SocketAddr,
     /// The client came over TLS (`X-Forwarded-Proto: https`).
     over_tls: bool,
-    /// What to record of the answer when it ends (tokens, budget, access log).
-    record: Option<AnswerRecord>,
+    /// What to record of the answer when it ends (tokens, budget, access log, span): taken
+    /// by the answer, left here when there is none.
+    record: &'a mut Option<AnswerRecord>,
     features: &'a router::RequestFeatures,
     /// The prompt's prefix blocks, recorded against the chosen replica.
     blocks: &'a [u64],
@@ -485,18 +545,21 @@ async fn forward(
         body,
         peer,
         over_tls,
-        mut record,
+        record,
         features,
         blocks,
         received,
     } = request;
-    admit(
+    let held = admit(
         pool,
         features.priority,
         classes.is_sheddable(features.priority),
         received,
     )
     .await?;
+    if let Some(span) = record.as_mut().and_then(AnswerRecord::span) {
+        span.set("infergate.queue_wait_ms", crate::otel::millis(held));
+    }
     let snapshot = pool.snapshot();
     let retries = &pool.config.retries;
     let mut tried: Vec<usize> = Vec::new();
@@ -515,6 +578,13 @@ async fn forward(
             break;
         };
         let replica = snapshot.replicas[index].clone();
+        if let Some(span) = record.as_mut().and_then(AnswerRecord::span) {
+            let routing = &pool.config.routing;
+            let predicted = router::predicted_ttft_secs(routing, &snapshot, features, ctx, index);
+            span.set("infergate.predicted_ttft_ms", predicted * 1000.0);
+            span.set("infergate.replica", replica.name.clone());
+            span.set("infergate.retries", attempt as i64);
+        }
         let prefill_tokens = router::own_prefill_tokens(features, replica.id);
         let guard = if features.stream {
             replica.start_request_with(prefill_tokens)
@@ -595,22 +665,25 @@ async fn forward(
 /// once while some replica has room. When every replica is saturated — or there is none yet
 /// and the scaler is starting one (scale from zero) — it waits in the pool's queue by priority
 /// class, bounded by `admission.max_queue` and `admission.max_queue_wait`; a sheddable class is
-/// refused at once instead. Every refusal is 429 with `Retry-After`.
+/// refused at once instead. Every refusal is 429 with `Retry-After`. Admitted: how long the
+/// request waited.
 async fn admit(
     pool: &GatewayPool,
     priority: usize,
     sheddable: bool,
     received: Instant,
-) -> Result<(), GatewayError> {
+) -> Result<std::time::Duration, GatewayError> {
     let (outcome, held) = pool.admit(priority, sheddable, received).await;
     if let Some(held) = held {
         pool.metrics.queue_wait.observe(held.as_secs_f64());
     }
-    outcome.map_err(|refused| match refused {
-        Refused::Shed => GatewayError::Shed,
-        Refused::Full => GatewayError::QueueFull,
-        Refused::Timeout => GatewayError::QueueTimeout,
-    })
+    outcome
+        .map(|()| held.unwrap_or_default())
+        .map_err(|refused| match refused {
+            Refused::Shed => GatewayError::Shed,
+            Refused::Full => GatewayError::QueueFull,
+            Refused::Timeout => GatewayError::QueueTimeout,
+        })
 }
 
 /// The request as sent to the replica: same method, path, query, body and end-to-end headers;

@@ -13,6 +13,7 @@ use http::StatusCode;
 use prometheus::IntCounter;
 
 use super::auth::TokenBudget;
+use crate::otel::RequestSpan;
 
 /// Bytes of an answer's end kept to find its `usage` (a usage event with details is ~300).
 const TAIL: usize = 2048;
@@ -34,6 +35,8 @@ pub struct AnswerRecord {
     pub counters: [IntCounter; 2],
     /// The access-log line's fields, when the log is on.
     pub access: Option<Box<Access>>,
+    /// The request's span, when tracing is on.
+    pub span: Option<RequestSpan>,
     tail: Vec<u8>,
 }
 
@@ -49,6 +52,8 @@ pub struct Access {
     pub version: String,
     pub key: String,
     pub replica: String,
+    /// The request's trace (32 hex digits), when tracing is on.
+    pub trace_id: String,
 }
 
 impl AnswerRecord {
@@ -57,12 +62,14 @@ impl AnswerRecord {
         prompt_estimate: u64,
         counters: [IntCounter; 2],
         access: Option<Box<Access>>,
+        span: Option<RequestSpan>,
     ) -> Self {
         Self {
             budget,
             prompt_estimate,
             counters,
             access,
+            span,
             tail: Vec::new(),
         }
     }
@@ -75,6 +82,11 @@ impl AnswerRecord {
         self
     }
 
+    /// The request's span while it records (sampled).
+    pub fn span(&mut self) -> Option<&mut RequestSpan> {
+        self.span.as_mut().filter(|s| s.recording())
+    }
+
     /// Keeps the last [`TAIL`] bytes of the answer so far.
     pub fn saw(&mut self, data: &[u8]) {
         let data = &data[data.len().saturating_sub(TAIL)..];
@@ -83,9 +95,10 @@ impl AnswerRecord {
         self.tail.extend_from_slice(data);
     }
 
-    /// The answer ended at `now` (whole or not): counts and charges its tokens and logs it.
-    pub fn ended(&self, now: Instant, answer: &Answer) {
-        let usage = self.usage(answer);
+    /// The answer ended at `now` (whole or not): counts and charges its tokens, logs it and
+    /// ends its span.
+    pub fn ended(mut self, now: Instant, answer: &Answer) {
+        let (usage, reported) = self.usage(answer);
         self.counters[0].inc_by(usage.prompt);
         self.counters[1].inc_by(usage.completion);
         if let Some(budget) = &self.budget {
@@ -100,17 +113,42 @@ impl AnswerRecord {
                 Some(usage),
             );
         }
+        if let Some(mut span) = self.span.take() {
+            // A stream's first chunk is its first token.
+            let first = if answer.sse {
+                "infergate.ttft_ms"
+            } else {
+                "infergate.first_byte_ms"
+            };
+            if let Some(at) = answer.first_byte {
+                span.set(first, crate::otel::millis(at));
+            }
+            span.set("gen_ai.usage.input_tokens", usage.prompt as i64);
+            span.set("gen_ai.usage.output_tokens", usage.completion as i64);
+            span.set("infergate.usage_reported", reported);
+            span.end(answer.status);
+        }
     }
 
-    fn usage(&self, answer: &Answer) -> Usage {
-        usage_in(&self.tail).unwrap_or_else(|| Usage {
+    /// The answer's tokens, and whether the replica reported them (else they are estimated).
+    fn usage(&self, answer: &Answer) -> (Usage, bool) {
+        match usage_in(&self.tail) {
+            Some(usage) => (usage, true),
+            None => (self.estimate(answer), false),
+        }
+    }
+
+    /// The tokens of an answer without `usage`: the prompt's estimate, and a token per streamed
+    /// chunk or one per ~4 bytes of a whole answer.
+    fn estimate(&self, answer: &Answer) -> Usage {
+        Usage {
             prompt: self.prompt_estimate,
             completion: if answer.sse {
                 u64::from(answer.chunks)
             } else {
                 u64::from(crate::openai::approx_tokens(answer.bytes as usize))
             },
-        })
+        }
     }
 }
 
@@ -146,6 +184,7 @@ pub fn log_access(
         version = %a.version,
         replica = %a.replica,
         key = %a.key,
+        trace_id = %a.trace_id,
         status = status.as_u16(),
         first_byte_ms = first_byte.map(ms),
         duration_ms = ms(total),
@@ -226,7 +265,7 @@ data: {"type":"response.completed","response":{"usage":{"input_tokens":30,"input
             IntCounter::new("c", "c").unwrap(),
         ];
         let budget = Arc::new(TokenBudget::new(Instant::now(), 60));
-        let mut record = AnswerRecord::new(Some(budget.clone()), 50, counters.clone(), None);
+        let mut record = AnswerRecord::new(Some(budget.clone()), 50, counters.clone(), None, None);
         record.saw(&[b'x'; 5000]);
         record.saw(b"\"usage\":{\"prompt_tokens\":7,\"completion_tokens\":3}}");
         assert_eq!(record.tail.len(), TAIL);
@@ -240,29 +279,38 @@ data: {"type":"response.completed","response":{"usage":{"input_tokens":30,"input
         };
         assert_eq!(
             record.usage(&answer(true, 40, 9000)),
-            Usage {
-                prompt: 7,
-                completion: 3
-            }
+            (
+                Usage {
+                    prompt: 7,
+                    completion: 3
+                },
+                true
+            )
         );
         record.ended(Instant::now(), &answer(true, 40, 9000));
         assert_eq!((counters[0].get(), counters[1].get()), (7, 3), "counted");
-        let mut plain = AnswerRecord::new(None, 50, counters.clone(), None);
+        let mut plain = AnswerRecord::new(None, 50, counters.clone(), None, None);
         plain.saw(b"data: {\"choices\":[]}\n\n");
         // No usage: 50 estimated prompt tokens, and one token an event or 4 bytes a token.
         assert_eq!(
             plain.usage(&answer(true, 40, 9000)),
-            Usage {
-                prompt: 50,
-                completion: 40
-            }
+            (
+                Usage {
+                    prompt: 50,
+                    completion: 40
+                },
+                false
+            )
         );
         assert_eq!(
             plain.usage(&answer(false, 1, 400)),
-            Usage {
-                prompt: 50,
-                completion: 100
-            }
+            (
+                Usage {
+                    prompt: 50,
+                    completion: 100
+                },
+                false
+            )
         );
     }
 }

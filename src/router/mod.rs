@@ -24,6 +24,7 @@ mod session;
 mod tie_break;
 mod ttft;
 
+pub use policy::predicted_ttft_secs;
 pub use saturation::{all_saturated, saturated};
 
 /// The replicas of one pool as the router sees them; replaced whole (behind an `ArcSwap`)

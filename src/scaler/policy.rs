@@ -364,7 +364,8 @@ pub struct Kpa {
     panicking_until: Option<f64>,
 }
 
-/// Knative's panic window as a share of its stable window (`panic-window-percentage`, 10 %).
+/// Knative's panic window as a share of its stable window (`panic-window-percentage`, 10 %),
+/// unless `panic_window` is set.
 const KPA_PANIC_SHARE: f64 = 0.1;
 
 impl Kpa {
@@ -382,13 +383,16 @@ impl Policy for Kpa {
         let c = &self.config;
         // Knative's stable window is the config's scale-down window.
         let stable_window = c.scale_down_window.as_secs_f64();
-        let panic_window = stable_window * KPA_PANIC_SHARE;
+        let panic_window = c
+            .panic_window
+            .map_or(stable_window * KPA_PANIC_SHARE, |w| w.as_secs_f64());
         self.load.push(obs.now, obs.load(), stable_window);
         let stable = self.load.mean_since(obs.now - stable_window).unwrap_or(0.0);
         let panic = self.load.mean_since(obs.now - panic_window).unwrap_or(0.0);
         let want_stable = ceil_div(stable, c.targets.concurrency);
         let want_panic = ceil_div(panic, c.targets.concurrency);
-        if want_panic >= 2 * obs.ready.max(1) && want_panic > obs.capacity() {
+        let threshold = c.panic_threshold * f64::from(obs.ready.max(1));
+        if f64::from(want_panic) >= threshold && want_panic > obs.capacity() {
             // Panic lasts at least a stable window after the last trigger.
             self.panicking_until = Some(obs.now + stable_window);
         }
@@ -786,6 +790,31 @@ mod tests {
         assert_eq!(
             last, 1,
             "a 60 s window would still average 25 in flight (3 replicas)"
+        );
+        // KPA's panic threshold and window: a burst to 1.6× the ready replicas' worth panics
+        // only with a threshold under 1.6 (Knative's 200 % waits for the stable window).
+        let burst = |threshold: f64| {
+            let mut c = config();
+            c.policy = ScalerPolicy::Kpa;
+            c.panic_threshold = threshold;
+            c.panic_window = Some(Duration::from_secs(1));
+            let mut p = Kpa::new(c);
+            for t in 0..60 {
+                p.recommend(&obs(f64::from(t), 5, 0, 50));
+            }
+            // 80 in flight wants 8 over the 1 s panic window, 1.6 × 5 ready.
+            p.recommend(&obs(60.0, 5, 0, 80));
+            p.recommend(&obs(61.0, 5, 0, 80))
+        };
+        let calm = burst(2.0);
+        assert!(
+            !calm.reason.contains("panicking") && calm.desired == 6,
+            "{calm:?}"
+        );
+        let panicked = burst(1.5);
+        assert!(
+            panicked.reason.contains("panicking") && panicked.desired == 8,
+            "{panicked:?}"
         );
     }
 }

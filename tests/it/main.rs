@@ -18,4 +18,5 @@ mod sim;
 mod status_page;
 mod support;
 mod tls;
+mod tracing;
 mod versions;

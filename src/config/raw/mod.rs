@@ -76,6 +76,9 @@ pub struct RawConfig {
     /// Chat: webhooks told about scaling, ejections, reloads and operator actions, and slash
     /// commands (`status`, `scale`, `drain`) from Slack or Mattermost.
     pub chatops: RawChatops,
+    /// OpenTelemetry: a span per request, exported to an OTLP collector, with the W3C trace
+    /// context continued from the client and passed on to the replica.
+    pub tracing: RawTracing,
     /// Model versions: a served name split by weight across pools (A/B tests, canaries).
     pub versions: Vec<RawVersions>,
     /// The model pools. Each serves a set of model names from a set of replicas. At least one.
@@ -159,6 +162,38 @@ impl Default for RawListeners {
             tls: None,
             access_log: false,
             keda: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawTracing {
+    /// URL of an OpenTelemetry collector's OTLP/HTTP receiver (protobuf), e.g.
+    /// `http://otel-collector:4318`; spans are posted to its `/v1/traces` (a URL whose path
+    /// already ends in `/v1/traces` is used as it is). `OTEL_EXPORTER_OTLP_HEADERS` adds headers
+    /// (e.g. a collector's token). Unset: no spans, and a client's `traceparent` passes to the
+    /// replica untouched.
+    pub otlp_endpoint: Option<String>,
+    /// Share of requests traced (0–1) among those whose client did not decide: a request with
+    /// a sampled `traceparent` is always traced and one marked not sampled never is (W3C
+    /// parent-based sampling). Either way the replica gets a `traceparent` of the request's
+    /// trace. 0: only the clients' sampled requests.
+    pub sample_ratio: f64,
+    /// The spans' `service.name`.
+    pub service_name: String,
+    /// Longest wait for the collector to take one batch of spans (duration); a batch it does not
+    /// take in time is dropped and counted (`infergate_trace_exports_total`).
+    pub export_timeout: Quantity,
+}
+
+impl Default for RawTracing {
+    fn default() -> Self {
+        Self {
+            otlp_endpoint: None,
+            sample_ratio: 1.0,
+            service_name: "infergate".into(),
+            export_timeout: "10s".into(),
         }
     }
 }

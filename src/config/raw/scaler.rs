@@ -21,7 +21,8 @@ pub enum ScalerPolicy {
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawScaler {
-    /// Resize this pool automatically.
+    /// Resize this pool automatically. A setting the chosen `policy` does not read (each says
+    /// which read it) is a configuration error, not silently ignored.
     pub enabled: bool,
     /// Scaling policy.
     pub policy: ScalerPolicy,
@@ -34,22 +35,30 @@ pub struct RawScaler {
     pub interval: Quantity,
     /// Per-replica load targets; the replica count is set so that each holds about this much.
     pub targets: RawScalerTargets,
-    /// Window over which load is averaged for scaling up (duration).
+    /// Window over which load is averaged for scaling up (duration). `infergate` only.
     pub scale_up_window: Quantity,
     /// Window over which load is averaged for scaling down (duration). Under `kpa`, Knative's
-    /// stable window (its panic window is a tenth of it, as Knative's default 10 %).
+    /// stable window. `infergate` and `kpa`.
     pub scale_down_window: Quantity,
+    /// `kpa` only: Knative's panic window (duration), over which a burst is seen; default a tenth
+    /// of `scale_down_window` (Knative's `panic-window-percentage`, 10 %).
+    pub panic_window: Option<Quantity>,
+    /// `kpa` only: panic (scale up at once, never down) when the load over the panic window
+    /// wants at least this many times the ready replicas (Knative's
+    /// `panic-threshold-percentage` / 100; its default 200 % is 2.0). At least 1.
+    pub panic_threshold: f64,
     /// Scale down only to the highest count recommended during this window (duration). The
     /// default, 5 minutes as HPA's, keeps the replicas a burst needed for the next burst (a GPU
     /// replica takes minutes to come back); shorten it for steady traffic to save cost. Also
-    /// `hpa`'s scale-down stabilisation window.
+    /// `hpa`'s scale-down stabilisation window. `infergate` and `hpa`.
     pub scale_down_stabilization: Quantity,
     /// Changes smaller than this share of the current count are ignored (0–1); also `hpa`'s
-    /// tolerance (HPA's default is 0.1).
+    /// tolerance (HPA's default is 0.1). `infergate` and `hpa`.
     pub tolerance: f64,
-    /// Most replicas removed by one decision.
+    /// Most replicas removed by one decision. `infergate` only.
     pub max_scale_down_step: u32,
     /// With `min_replicas: 0`, scale to zero after the pool has been idle this long (duration).
+    /// `infergate` only (`kpa` scales to zero once its stable window saw no load).
     pub scale_to_zero_after: Quantity,
     /// Expected time for a new replica to become ready (duration); used to judge whether the
     /// replicas already starting will be enough.
@@ -72,6 +81,8 @@ impl Default for RawScaler {
             targets: RawScalerTargets::default(),
             scale_up_window: "10s".into(),
             scale_down_window: "60s".into(),
+            panic_window: None,
+            panic_threshold: 2.0,
             scale_down_stabilization: "5m".into(),
             tolerance: 0.1,
             max_scale_down_step: 1,
@@ -86,13 +97,15 @@ impl Default for RawScaler {
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawScalerTargets {
-    /// Requests in flight plus queued per replica (requests).
+    /// Requests in flight plus queued per replica (requests). Every policy.
     pub concurrency: f64,
-    /// KV-cache use per replica (0–1); omit to ignore this signal.
+    /// KV-cache use per replica (0–1); omit to ignore this signal. `infergate` only.
     pub kv_cache_usage: Option<f64>,
     /// GPU use per replica (0–1), for pools with a GPU metrics source; omit to ignore.
+    /// `infergate` only.
     pub gpu_utilization: Option<f64>,
-    /// Longest acceptable wait in the gateway queue (duration); omit to ignore.
+    /// Longest acceptable wait in the gateway queue (duration); omit to ignore. `infergate`
+    /// only.
     pub queue_wait: Option<Quantity>,
 }
 

@@ -138,6 +138,7 @@ pub fn validate(raw: RawConfig, locations: &Locations) -> Result<Config, Vec<Con
     let cluster = cluster(&mut c, &raw.cluster);
     let auth = auth(&mut c, &raw.auth, &raw.classification, &raw.pools);
     let chatops = chatops::chatops(&mut c, &raw.chatops);
+    let tracing = tracing(&mut c, &raw.tracing);
     let versions = versions::versions(&mut c, &raw.versions, &raw.pools);
     if raw.pools.is_empty() {
         c.fail("pools", "at least one pool is required");
@@ -177,12 +178,35 @@ pub fn validate(raw: RawConfig, locations: &Locations) -> Result<Config, Vec<Con
             cluster,
             auth,
             chatops,
+            tracing,
             versions,
             pools,
         })
     } else {
         Err(c.errors)
     }
+}
+
+fn tracing(c: &mut Checker, raw: &RawTracing) -> Option<Tracing> {
+    let sample_ratio = c.fraction("tracing.sample_ratio".into(), raw.sample_ratio);
+    let export_timeout = c.positive_duration("tracing.export_timeout".into(), &raw.export_timeout);
+    if raw.service_name.is_empty() {
+        c.fail("tracing.service_name", "must not be empty");
+    }
+    let endpoint = raw.otlp_endpoint.as_ref()?;
+    let base = c.url("tracing.otlp_endpoint".into(), endpoint, &["http", "https"]);
+    let traces = if base.path().ends_with("/v1/traces") {
+        base
+    } else {
+        let url = format!("{}/v1/traces", endpoint.trim_end_matches('/'));
+        url.parse().unwrap_or(base)
+    };
+    Some(Tracing {
+        endpoint: traces,
+        sample_ratio,
+        service_name: raw.service_name.clone(),
+        export_timeout,
+    })
 }
 
 fn auth(c: &mut Checker, raw: &RawAuth, classes: &RawClassification, pools: &[RawPool]) -> Auth {

@@ -1,8 +1,46 @@
 //! Validation of a pool's `scaler` section: replica bounds, targets, windows and the provider.
 
 use super::Checker;
-use crate::config::raw::{RawProvider, RawScaler};
+use crate::config::raw::{RawProvider, RawScaler, ScalerPolicy};
 use crate::config::types::{Provider, ScaleTarget, Scaler, ScalerTargets};
+
+/// The settings only some policies read, with those policies (every policy reads the bounds,
+/// `interval`, `targets.concurrency`, `cold_start`, `drain_timeout` and the provider).
+const POLICY_SETTINGS: &[(&str, &[ScalerPolicy])] = {
+    use ScalerPolicy::{Hpa, Infergate, Kpa};
+    &[
+        ("scale_up_window", &[Infergate]),
+        ("scale_down_window", &[Infergate, Kpa]),
+        ("panic_window", &[Kpa]),
+        ("panic_threshold", &[Kpa]),
+        ("scale_down_stabilization", &[Infergate, Hpa]),
+        ("tolerance", &[Infergate, Hpa]),
+        ("max_scale_down_step", &[Infergate]),
+        ("scale_to_zero_after", &[Infergate]),
+        ("targets.kv_cache_usage", &[Infergate]),
+        ("targets.gpu_utilization", &[Infergate]),
+        ("targets.queue_wait", &[Infergate]),
+    ]
+};
+
+/// A setting written in the file that the pool's policy does not read is an error naming the
+/// policy (it would otherwise be silently ignored).
+fn settings_of_other_policies(c: &mut Checker, p: &str, policy: ScalerPolicy) {
+    let name = crate::config::yaml_name(&policy);
+    for (setting, readers) in POLICY_SETTINGS {
+        let path = format!("{p}.{setting}");
+        if !readers.contains(&policy) && c.locations.contains(&path) {
+            let readers: Vec<String> = readers.iter().map(crate::config::yaml_name).collect();
+            c.fail(
+                path,
+                format!(
+                    "not used by policy `{name}`: remove it, or choose a policy that reads it ({})",
+                    readers.join(", ")
+                ),
+            );
+        }
+    }
+}
 
 pub(super) fn scaler(c: &mut Checker, p: &str, raw: &RawScaler) -> Scaler {
     let p = format!("{p}.scaler");
@@ -14,6 +52,13 @@ pub(super) fn scaler(c: &mut Checker, p: &str, raw: &RawScaler) -> Scaler {
     }
     if raw.max_replicas == 0 {
         c.fail(format!("{p}.max_replicas"), "must be at least 1");
+    }
+    settings_of_other_policies(c, &p, raw.policy);
+    if raw.panic_threshold.is_nan() || raw.panic_threshold < 1.0 {
+        c.fail(
+            format!("{p}.panic_threshold"),
+            format!("must be at least 1 (got {})", raw.panic_threshold),
+        );
     }
     let t = &raw.targets;
     if t.concurrency.is_nan() || t.concurrency <= 0.0 {
@@ -63,6 +108,11 @@ pub(super) fn scaler(c: &mut Checker, p: &str, raw: &RawScaler) -> Scaler {
         scale_up_window: c.positive_duration(format!("{p}.scale_up_window"), &raw.scale_up_window),
         scale_down_window: c
             .positive_duration(format!("{p}.scale_down_window"), &raw.scale_down_window),
+        panic_window: raw
+            .panic_window
+            .as_ref()
+            .map(|w| c.positive_duration(format!("{p}.panic_window"), w)),
+        panic_threshold: raw.panic_threshold,
         scale_down_stabilization: c.duration(
             format!("{p}.scale_down_stabilization"),
             &raw.scale_down_stabilization,

@@ -59,10 +59,10 @@ impl Fleet<'_> {
         };
         RunReport {
             name: run.name.clone(),
-            routing: describe(&|p| crate::fleet_sim::policy_name(&p.routing.policy)),
+            routing: describe(&|p| crate::config::yaml_name(&p.routing.policy)),
             scaler: describe(&|p| {
                 if p.scaler.enabled {
-                    crate::fleet_sim::policy_name(&p.scaler.policy)
+                    crate::config::yaml_name(&p.scaler.policy)
                 } else {
                     "off".to_string()
                 }

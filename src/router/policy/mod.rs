@@ -12,7 +12,7 @@ mod weighted;
 
 pub use least_inflight::least_inflight;
 pub use power_of_two::power_of_two;
-pub use predicted_ttft::predicted_ttft;
+pub use predicted_ttft::{predicted_ttft, predicted_ttft_secs};
 pub use prefix_affinity::prefix_affinity;
 pub use round_robin::round_robin;
 pub use weighted::weighted;

@@ -32,60 +32,8 @@ pub fn predicted_ttft(
     ctx: PickContext,
     eligible: impl Fn(&usize) -> bool,
 ) -> Option<usize> {
-    // The pool's typical speed: the median of the candidates' learned ones (one replica's odd
-    // estimate does not move it), or the configured prior before any is learned.
-    let mut known = [0.0f64; KEEP];
-    let mut n = 0;
-    for speed in snapshot
-        .candidates(features, ctx.random)
-        .filter_map(|i| snapshot.replicas[i].secs_per_token())
-        .take(KEEP)
-    {
-        known[n] = speed;
-        n += 1;
-    }
-    let default_speed = if n == 0 {
-        1.0 / routing.prefill_tokens_per_second
-    } else {
-        let known = &mut known[..n];
-        known.sort_by(f64::total_cmp);
-        known[n / 2]
-    };
-    let lora_load = routing.lora_load_time.as_secs_f64();
-    let request = RequestLoad {
-        pool_secs_per_token: default_speed,
-        prompt_tokens: f64::from(features.prompt_tokens.max(1)),
-        // The least prefill any replica would need: what the best-placed holder of the prefix
-        // needs.
-        least_own_tokens: features
-            .prefix
-            .replicas
-            .first()
-            .map_or(u64::MAX, |(id, _)| own_prefill_tokens(features, *id)),
-    };
-    let predict = |r: &Replica| {
-        let load = ReplicaLoad {
-            learned_secs_per_token: r.secs_per_token(),
-            inflight: r.cluster_inflight(),
-            pending_prefill: r.cluster_pending_prefill(),
-            mean_prompt_tokens: r.mean_prompt_tokens(),
-            expected_step: r.expected_step(),
-            engine: r
-                .engine_view(ctx.now, ctx.stale_after)
-                .map(|view| EngineLoad {
-                    running: view.running,
-                    waiting: view.waiting,
-                    kv_usage: view.kv_usage,
-                }),
-            own_tokens: own_prefill_tokens(features, r.id),
-            // A replica without the requested adapter loads it before anything else.
-            adapter_load: match features.adapter {
-                Some(adapter) if !r.holds_adapter(adapter, ctx.now, ctx.stale_after) => lora_load,
-                _ => 0.0,
-            },
-        };
-        ttft::predicted_secs(&load, &request)
-    };
+    let predictor = Predictor::new(routing, snapshot, features, ctx);
+    let predict = |r: &Replica| predictor.secs(r);
     // Each candidate's numbers, kept for the near-tie pass (a large pool's candidates beyond
     // these are computed again there).
     let mut scored = [Scored {
@@ -143,6 +91,99 @@ pub fn predicted_ttft(
         |i| own_prefill_tokens(features, snapshot.replicas[i].id),
     )
     .or(Some(first))
+}
+
+/// This request's predicted seconds to its first token on a replica of the pool, from the
+/// moment it is sent (the gateway's queue wait is not in it).
+pub fn predicted_ttft_secs(
+    routing: &Routing,
+    snapshot: &Snapshot,
+    features: &RequestFeatures,
+    ctx: PickContext,
+    index: usize,
+) -> f64 {
+    Predictor::new(routing, snapshot, features, ctx).secs(&snapshot.replicas[index])
+}
+
+/// What a prediction reads once per request: the pool's typical speed and the request's size.
+struct Predictor<'a> {
+    request: RequestLoad,
+    features: &'a RequestFeatures,
+    ctx: PickContext,
+    lora_load: f64,
+}
+
+impl<'a> Predictor<'a> {
+    fn new(
+        routing: &Routing,
+        snapshot: &Snapshot,
+        features: &'a RequestFeatures,
+        ctx: PickContext,
+    ) -> Self {
+        // The pool's typical speed: the median of the candidates' learned ones (one replica's
+        // odd estimate does not move it), or the configured prior before any is learned.
+        let mut known = [0.0f64; KEEP];
+        let mut n = 0;
+        for speed in snapshot
+            .candidates(features, ctx.random)
+            .filter_map(|i| snapshot.replicas[i].secs_per_token())
+            .take(KEEP)
+        {
+            known[n] = speed;
+            n += 1;
+        }
+        let default_speed = if n == 0 {
+            1.0 / routing.prefill_tokens_per_second
+        } else {
+            let known = &mut known[..n];
+            known.sort_by(f64::total_cmp);
+            known[n / 2]
+        };
+        let request = RequestLoad {
+            pool_secs_per_token: default_speed,
+            prompt_tokens: f64::from(features.prompt_tokens.max(1)),
+            // The least prefill any replica would need: what the best-placed holder of the
+            // prefix needs.
+            least_own_tokens: features
+                .prefix
+                .replicas
+                .first()
+                .map_or(u64::MAX, |(id, _)| own_prefill_tokens(features, *id)),
+        };
+        Self {
+            request,
+            features,
+            ctx,
+            lora_load: routing.lora_load_time.as_secs_f64(),
+        }
+    }
+
+    fn secs(&self, r: &Replica) -> f64 {
+        let (features, ctx) = (self.features, self.ctx);
+        let load = ReplicaLoad {
+            learned_secs_per_token: r.secs_per_token(),
+            inflight: r.cluster_inflight(),
+            pending_prefill: r.cluster_pending_prefill(),
+            mean_prompt_tokens: r.mean_prompt_tokens(),
+            expected_step: r.expected_step(),
+            engine: r
+                .engine_view(ctx.now, ctx.stale_after)
+                .map(|view| EngineLoad {
+                    running: view.running,
+                    waiting: view.waiting,
+                    kv_usage: view.kv_usage,
+                }),
+            own_tokens: own_prefill_tokens(features, r.id),
+            // A replica without the requested adapter loads it before anything else.
+            adapter_load: match features.adapter {
+                Some(adapter) if !r.holds_adapter(adapter, ctx.now, ctx.stale_after) => {
+                    self.lora_load
+                }
+                _ => 0.0,
+            },
+        };
+        ttft::predicted_secs(&load, &self.request)
+    }
 }
 
 #[cfg(test)]
