@@ -58,6 +58,8 @@ pub struct PoolState {
     epoch: Instant,
     /// Requests waiting at the gateway for capacity.
     pub queue: AdmissionQueue,
+    /// Replicas starting (set by the scaler each tick): the queue holds requests for them.
+    coming: std::sync::Mutex<admission::Coming>,
     /// Which replica served which prompt blocks, for policies that use prefix affinity.
     pub prefix_index: Option<crate::router::prefix::PrefixIndex>,
     /// The scaler's latest decision, for `/admin/status` (written by the scaler only).
@@ -89,6 +91,10 @@ pub struct ScalerStatus {
     pub ready: u32,
     pub starting: u32,
     pub draining: u32,
+    /// The cold start expected of a new replica (seconds), and whether it was measured on
+    /// this pool (else it is `scaler.cold_start`).
+    pub cold_start: f64,
+    pub cold_start_learned: bool,
     pub reason: String,
     /// Whether this gateway replica acts on the decision (an enabled provider, and the leader
     /// lease when leader election is on).
@@ -145,6 +151,7 @@ impl PoolState {
             epoch,
             prefix_index,
             queue: AdmissionQueue::new(priority_classes),
+            coming: Default::default(),
             scaler_status: arc_swap::ArcSwapOption::empty(),
             listed_models: arc_swap::ArcSwapOption::empty(),
             api_health: std::sync::OnceLock::new(),
@@ -160,6 +167,16 @@ impl PoolState {
         if let Some((log, name)) = self.placements.get() {
             log.push(name, replica, blocks);
         }
+    }
+
+    /// The replicas starting for this pool, as the scaler saw them last.
+    pub fn coming(&self) -> admission::Coming {
+        *self.coming.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The scaler's latest view of the replicas starting.
+    pub fn set_coming(&self, coming: admission::Coming) {
+        *self.coming.lock().unwrap_or_else(|e| e.into_inner()) = coming;
     }
 
     /// Requests waiting at the gateway for this pool.
@@ -194,8 +211,8 @@ impl PoolState {
             .queue
             .wait(
                 priority,
-                u64::from(limits.max_queue),
-                received + limits.max_queue_wait,
+                admission::queue_bound(limits, self.coming()),
+                || admission::deadline(limits, received, self.coming()),
                 || admission::may_release(self.gate(Instant::now())),
             )
             .await;

@@ -142,12 +142,12 @@ impl AdmissionQueue {
 
     /// Waits until this request is first in line, no higher class waits and `can_take()`
     /// holds ([`admission::may_release`] on the pool's gate), or is refused when the queue is
-    /// full or `deadline` passes.
+    /// full or its deadline `due()` passes (read again when it comes: replicas starting move it).
     pub async fn wait(
         &self,
         class: usize,
         max_queue: u64,
-        deadline: Instant,
+        due: impl Fn() -> Instant,
         can_take: impl Fn() -> bool,
     ) -> Result<(), Refused> {
         let class = class.min(self.classes.len() - 1);
@@ -164,6 +164,7 @@ impl AdmissionQueue {
         };
         let me = &place.me;
         queue.queue().push_back(me.clone());
+        let mut deadline = due();
         loop {
             let first = queue.is_first(me);
             if first && !self.higher_class_waiting(class) && can_take() {
@@ -178,7 +179,10 @@ impl AdmissionQueue {
                 _ = me.notified() => {}
                 _ = tokio::time::sleep_until(until.into()) => {
                     if Instant::now() >= deadline {
-                        return Err(Refused::Timeout);
+                        deadline = due();
+                        if Instant::now() >= deadline {
+                            return Err(Refused::Timeout);
+                        }
                     }
                 }
             }
@@ -197,11 +201,11 @@ mod tests {
         let never = || false;
         let deadline = Instant::now() + Duration::from_millis(100);
         assert!(matches!(
-            a.wait(1, 0, deadline, never).await,
+            a.wait(1, 0, || deadline, never).await,
             Err(Refused::Full)
         ));
         assert!(matches!(
-            a.wait(1, 10, deadline, never).await,
+            a.wait(1, 10, || deadline, never).await,
             Err(Refused::Timeout)
         ));
         assert_eq!(a.waiting(), 0, "waiters leave the count when they go");
@@ -220,7 +224,7 @@ mod tests {
                 tokio::time::sleep(Duration::from_millis(10 * i)).await;
                 let deadline = Instant::now() + Duration::from_secs(5);
                 let room = || free.load(Ordering::Relaxed) > 0;
-                a.wait(0, 10, deadline, room).await.unwrap();
+                a.wait(0, 10, || deadline, room).await.unwrap();
                 free.fetch_sub(1, Ordering::Relaxed);
                 order.lock().unwrap().push(i);
             }));
@@ -256,7 +260,7 @@ mod tests {
                 tokio::time::sleep(Duration::from_millis(delay)).await;
                 let deadline = Instant::now() + Duration::from_secs(5);
                 let gate = || open.load(Ordering::Relaxed);
-                a.wait(class, 10, deadline, gate).await.unwrap();
+                a.wait(class, 10, || deadline, gate).await.unwrap();
                 order.lock().unwrap().push(class);
                 // Hold the capacity a moment, as a request would.
                 tokio::time::sleep(Duration::from_millis(30)).await;

@@ -52,6 +52,7 @@ pub fn spawn(
         let mut last_desired = None;
         let mut last_error: Option<String> = None;
         let mut decisions = std::collections::VecDeque::new();
+        let mut cold_starts = crate::pool::admission::ColdStarts::new(config.cold_start);
         loop {
             tick.tick().await;
             let supply = match &actuation.provider {
@@ -68,6 +69,7 @@ pub fn spawn(
                 queue_wait: pool.queue.take_max_wait().map(|d| d.as_secs_f64()),
             };
             let obs = observation::observe(&pool.snapshot(), &pool.config, now, beyond);
+            pool.set_coming(cold_starts.observe(now, obs.starting));
             let mut rec = policy.recommend(&obs);
             // An operator's pin replaces the recommendation (the policy still sees the load).
             if let Some(pinned) = pool.hold.pinned() {
@@ -135,6 +137,8 @@ pub fn spawn(
                 ready: obs.ready,
                 starting: obs.starting,
                 draining: supply.draining,
+                cold_start: cold_starts.expected().as_secs_f64(),
+                cold_start_learned: cold_starts.is_learned(),
                 reason: rec.reason.clone(),
                 acting,
                 error: last_error.clone().filter(|_| acting),

@@ -120,6 +120,52 @@ async fn from_zero_the_first_request_is_held_and_answered() {
     gw.shutdown().await;
 }
 
+/// Requests that arrive while a replica starts are held for it: from zero, with a 3 s cold
+/// start, a 1 s `max_queue_wait` and room for one waiter, three requests sent at once are all
+/// answered (the queue's bound and deadline stretch for the replica coming), and the pool's
+/// cold start is learned from the start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_are_held_through_a_cold_start_longer_than_the_queue_wait() {
+    let gw = GatewayConfig::local(0, &["--speed", "10", "--startup-delay", "3s"])
+        .listener("drain_timeout: 5s")
+        .pool("admission: {max_queue: 1, max_queue_wait: 1s, max_inflight_per_replica: 4}")
+        .pool(
+            "scaler:
+  enabled: true
+  min_replicas: 0
+  max_replicas: 1
+  interval: 200ms
+  cold_start: 3s
+  targets: {concurrency: 4, kv_cache_usage: null, queue_wait: null}",
+        )
+        .start()
+        .await;
+    let url = format!("http://{}/v1/chat/completions", gw.gateway_addr);
+    let body = json!({"model": "m", "messages": [{"role": "user", "content": "wake up"}], "max_tokens": 4});
+    // The first wakes the scaler; the other two come once the replica is starting.
+    let first = spawn_post(&url, body.clone());
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let (second, third) = (
+        spawn_post(&url, body.clone()),
+        spawn_post(&url, body.clone()),
+    );
+    for reply in [first, second, third] {
+        let reply = reply.await.unwrap();
+        assert_eq!(reply.status, 200, "{}", reply.text());
+    }
+    // The scaler's next tick sees the replica ready.
+    eventually(
+        Duration::from_secs(5),
+        "the cold start learned",
+        async || pool_status(&gw).await["scaler"]["cold_start_learned"] == true,
+    )
+    .await;
+    let status = pool_status(&gw).await;
+    let learned = status["scaler"]["cold_start"].as_f64().unwrap();
+    assert!((2.5..10.0).contains(&learned), "{learned} s: {status}");
+    gw.shutdown().await;
+}
+
 /// With the `static` provider the scaler only recommends: the desired count is exported and
 /// shown while the replica set stays as it is.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

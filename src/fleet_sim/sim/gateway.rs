@@ -102,8 +102,7 @@ impl Fleet<'_> {
             Admit::Queue => {}
         }
         let pool = &mut self.pools[p];
-        let max_queue = u64::from(pool.config.admission.max_queue);
-        let max_wait = pool.config.admission.max_queue_wait.as_secs_f64();
+        let max_queue = admission::queue_bound(&pool.config.admission, pool.coming);
         let gateway = &mut pool.gateways[g];
         if !admission::has_room(gateway.queued, max_queue) {
             self.fail(i, Failure::QueueFull);
@@ -113,7 +112,7 @@ impl Fleet<'_> {
         gateway.queue[class].push_back(i);
         gateway.queued += 1;
         self.queued_at[i] = self.now;
-        let deadline = self.workload[i].arrival + max_wait;
+        let deadline = self.queue_deadline(p, i);
         self.at(
             deadline,
             Ev::QueueDeadline {
@@ -121,6 +120,15 @@ impl Fleet<'_> {
                 request: i,
             },
         );
+    }
+
+    /// A queued request's deadline by the gateway's rule ([`admission::deadline`]), in
+    /// virtual seconds.
+    fn queue_deadline(&self, p: usize, i: usize) -> f64 {
+        let pool = &self.pools[p];
+        let received = self.instant(self.workload[i].arrival);
+        let due = admission::deadline(&pool.config.admission, received, pool.coming);
+        due.saturating_duration_since(self.epoch).as_secs_f64()
     }
 
     /// Lets queued requests go on every gateway, highest class first, while the pool has room
@@ -151,6 +159,23 @@ impl Fleet<'_> {
     }
 
     pub(super) fn expire(&mut self, p: usize, i: usize) {
+        let gateway = &self.pools[p].gateways[self.via[i] as usize];
+        if !gateway.queue.iter().any(|class| class.contains(&i)) {
+            return; // let in already
+        }
+        // Replicas that started since it queued move its deadline, as the gateway re-reads it
+        // (a microsecond's slack for the clock conversions).
+        let deadline = self.queue_deadline(p, i);
+        if deadline > self.now + 1e-6 {
+            self.at(
+                deadline,
+                Ev::QueueDeadline {
+                    pool: p,
+                    request: i,
+                },
+            );
+            return;
+        }
         let gateway = &mut self.pools[p].gateways[self.via[i] as usize];
         for class in &mut gateway.queue {
             if let Some(at) = class.iter().position(|&q| q == i) {

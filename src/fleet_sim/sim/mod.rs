@@ -114,7 +114,11 @@ struct SimPool {
     gateways: Vec<SimGateway>,
     policy: Option<Box<dyn Policy>>,
     starting: u32,
+    /// How long its replicas take to start (the simulation's truth).
     cold_start: f64,
+    /// What the scaler learns of that, and the replicas coming (as `scaler::spawn` keeps them).
+    cold_starts: crate::pool::admission::ColdStarts,
+    coming: crate::pool::admission::Coming,
 }
 
 /// One gateway's live state of a pool (`PoolState`).
@@ -324,6 +328,8 @@ impl<'w> Fleet<'w> {
                     .collect();
                 SimPool {
                     policy: pool.scaler.enabled.then(|| policy::build(&pool.scaler)),
+                    cold_starts: crate::pool::admission::ColdStarts::new(pool.scaler.cold_start),
+                    coming: Default::default(),
                     cold_start: spec
                         .cold_start
                         .unwrap_or(pool.scaler.cold_start.as_secs_f64()),

@@ -36,6 +36,7 @@ impl Fleet<'_> {
             peers,
         };
         let obs = observation::observe(&first.snapshot, &pool.config, now, beyond);
+        pool.coming = pool.cold_starts.observe(now, obs.starting);
         let Some(policy) = pool.policy.as_mut() else {
             return;
         };
