@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Summarises fleet-simulation reports (report.json in each subdirectory of OUT) as Markdown
 tables for BENCHMARKS.md: routing runs get predicted-ttft's p90 TTFT against round robin and
-against the best baseline; scaling runs get SLO attainment and cost against hpa and kpa.
+against the best baseline; scaling runs get SLO attainment and cost against hpa and kpa. A
+directory NAME-slo-T (a run with the pool's SLO stated at attainment target T) joins NAME's
+table as the row "infergate, slo T".
 
 Usage: benches/fleet_summary.py OUT_DIR
 """
@@ -48,20 +50,24 @@ def scaling_table(name, runs):
             f'| {r["replica_seconds"]:.0f} | {r["scale_ups"]}/{r["scale_downs"]} | {r["max_replicas"]} | {failed} |'
         )
     by = {r["name"].replace("scaler=", ""): r for r in runs}
-    if "infergate" in by and "hpa" in by:
-        print(
-            f'\ninfergate: {by["infergate"]["replica_seconds"] / by["hpa"]["replica_seconds"]:.2f}x the replica-seconds of hpa'
-            + (f', {by["infergate"]["replica_seconds"] / by["kpa"]["replica_seconds"]:.2f}x kpa\'s' if "kpa" in by else "")
-        )
+    for ours in (n for n in by if n.startswith("infergate")):
+        if "hpa" in by:
+            print(
+                f'\n{ours}: {by[ours]["replica_seconds"] / by["hpa"]["replica_seconds"]:.2f}x the replica-seconds of hpa'
+                + (f', {by[ours]["replica_seconds"] / by["kpa"]["replica_seconds"]:.2f}x kpa\'s' if "kpa" in by else "")
+            )
 
 
 def main():
     out = pathlib.Path(sys.argv[1])
     for report in sorted(out.glob("*/report.json")):
-        if report.parent.name.endswith("-capacity"):
+        if report.parent.name.endswith("-capacity") or "-slo-" in report.parent.name:
             continue
         data = json.loads(report.read_text())
         runs = data["runs"]
+        for slo in sorted(out.glob(f"{report.parent.name}-slo-*/report.json")):
+            target = slo.parent.name.rsplit("-slo-", 1)[1]
+            runs += [dict(json.loads(slo.read_text())["runs"][0], name=f"infergate, slo {target}")]
         w = data["workload"]
         title = f'{report.parent.name} ({w["requests"]} requests, {w["mean_rate"]:.2f}/s)'
         if any(r["name"].startswith("scaler=") for r in runs):

@@ -202,14 +202,23 @@ fn bench_metrics_page(c: &mut Criterion) {
 }
 
 /// One decision of each scaler policy with a full history behind it (ten minutes of
-/// observations once a second).
+/// observations once a second; `infergate-slo`: with the pool's SLO stated, a day of them, so
+/// the burst headroom's quantile is over a full history — it is recomputed every 10 s, so one
+/// decision in ten of those seen here pays for sorting a day of ratios).
 fn bench_scaler(c: &mut Criterion) {
     use infergate::scaler::policy::{self, Observation};
     let mut group = c.benchmark_group("scaler_recommend");
-    for kind in [
-        infergate::config::ScalerPolicy::Infergate,
-        infergate::config::ScalerPolicy::Hpa,
-        infergate::config::ScalerPolicy::Kpa,
+    let slo = infergate::config::SloTarget {
+        ttft: std::time::Duration::from_secs(2),
+        itl: std::time::Duration::from_millis(100),
+        target: 0.95,
+        window: std::time::Duration::from_secs(300),
+    };
+    for (kind, slo) in [
+        (infergate::config::ScalerPolicy::Infergate, None),
+        (infergate::config::ScalerPolicy::Infergate, Some(slo)),
+        (infergate::config::ScalerPolicy::Hpa, None),
+        (infergate::config::ScalerPolicy::Kpa, None),
     ] {
         let mut config = infergate::config::embedded_default().pools[0]
             .scaler
@@ -217,20 +226,24 @@ fn bench_scaler(c: &mut Criterion) {
         config.policy = kind;
         config.max_replicas = 64;
         config.targets.kv_cache_usage = Some(0.8);
-        let mut p = policy::build(&config);
+        let mut p = policy::build(&config, slo);
         let obs = |t: u32| Observation {
             now: f64::from(t),
             ready: 8,
             inflight: u64::from(40 + t % 30),
             queued: u64::from(t % 3),
             kv_cache_usage: Some(0.5 + f64::from(t % 10) * 0.03),
+            cold_start: 60.0,
+            arrivals: u64::from(10 + t % 7),
             ..Default::default()
         };
-        for t in 0..600 {
+        let history = if slo.is_some() { 86_400 } else { 600 };
+        for t in 0..history {
             p.recommend(&obs(t));
         }
-        let mut t = 600;
-        group.bench_function(infergate::config::yaml_name(&kind), |b| {
+        let mut t = history;
+        let name = infergate::config::yaml_name(&kind) + if slo.is_some() { "-slo" } else { "" };
+        group.bench_function(name, |b| {
             b.iter(|| {
                 t += 1;
                 p.recommend(black_box(&obs(t)))

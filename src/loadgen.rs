@@ -423,6 +423,7 @@ pub async fn replay(args: ReplayArgs) -> anyhow::Result<crate::fleet_sim::stats:
         prefix_cache_hit_rate: 0.0,
         preemptions: 0,
         replica_seconds,
+        cost: None,
         scale_ups: changes(true),
         scale_downs: changes(false),
         max_replicas: replicas.iter().map(|r| r.1).max().unwrap_or(0),

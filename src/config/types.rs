@@ -360,6 +360,7 @@ pub struct Scaler {
     pub scale_to_zero_after: Duration,
     pub cold_start: Duration,
     pub drain_timeout: Duration,
+    pub replica_cost_per_hour: Option<f64>,
     pub provider: Provider,
 }
 

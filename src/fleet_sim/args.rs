@@ -180,6 +180,10 @@ pub struct SimulateArgs {
     /// How many times slower the slow replicas are.
     #[arg(long, default_value_t = 2.0)]
     pub slow_factor: f64,
+    /// Share of each pool's replicas (every k-th, from the first) without a metrics page, as a
+    /// foreign OpenAI server: the gateway routes them on its own counts and learned speed.
+    #[arg(long, default_value_t = 0.0)]
+    pub unscraped_fraction: f64,
     /// Gateway replicas in front of the fleet, each with its own routing state, prefix index
     /// and queue, exchanged every --sync-interval; a request goes to one by its session (else
     /// in turn), and the first one scales on the load of all.

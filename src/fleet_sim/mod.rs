@@ -121,6 +121,10 @@ fn fleet_spec(config: &config::Config, args: &SimulateArgs) -> anyhow::Result<si
         "--slow-fraction must be between 0 and 1"
     );
     anyhow::ensure!(
+        (0.0..=1.0).contains(&args.unscraped_fraction),
+        "--unscraped-fraction must be between 0 and 1"
+    );
+    anyhow::ensure!(
         args.slow_factor > 0.0,
         "--slow-factor must be greater than 0"
     );
@@ -179,6 +183,7 @@ fn fleet_spec(config: &config::Config, args: &SimulateArgs) -> anyhow::Result<si
         initial,
         slow_fraction: args.slow_fraction,
         slow_factor: args.slow_factor,
+        unscraped_fraction: args.unscraped_fraction,
         cold_start: args.cold_start,
         slo: Slo {
             ttft: args.ttft_slo,

@@ -134,6 +134,8 @@ pub struct Sample {
     pub queued: u64,
     /// Arrivals per second since the previous point.
     pub arrival_rate: f64,
+    /// Requests completed per second since the previous point.
+    pub completion_rate: f64,
     /// TTFT percentiles of the first tokens since the previous point (None when there were none).
     pub ttft_p50: Option<f64>,
     pub ttft_p90: Option<f64>,
@@ -177,6 +179,9 @@ pub struct RunReport {
     pub preemptions: u64,
     /// Sum over replicas of the time from start (including cold start) to stop.
     pub replica_seconds: f64,
+    /// Replica-hours × each pool's `scaler.replica_cost_per_hour`, when every pool states it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cost: Option<f64>,
     pub scale_ups: u32,
     pub scale_downs: u32,
     pub max_replicas: u32,
@@ -214,6 +219,8 @@ pub struct ReplicaReport {
     pub index: usize,
     /// One of the `--slow-fraction` replicas.
     pub slow: bool,
+    /// Publishes metrics (false: one of the `--unscraped-fraction` replicas).
+    pub scraped: bool,
     pub requests: u64,
     /// Share of its lifetime the engine was running steps (the simulator's GPU-busy figure).
     pub busy: f64,
@@ -253,6 +260,7 @@ pub struct Recorder {
     /// First tokens since the last timeline point.
     pub window_ttft: Vec<f64>,
     pub window_arrivals: u64,
+    pub window_completions: u64,
 }
 
 impl Recorder {
@@ -276,6 +284,7 @@ impl Recorder {
         slo: Slo,
     ) {
         self.completed += 1;
+        self.window_completions += 1;
         self.e2e.push(e2e);
         self.output_tokens += u64::from(tokens);
         self.prompt_tokens += u64::from(prompt);

@@ -54,6 +54,8 @@ pub struct PoolState {
     snapshot: ArcSwap<Snapshot>,
     /// Request sequence number, for round robin.
     sequence: AtomicU64,
+    /// Requests that asked this gateway for the pool since the scaler last looked.
+    arrivals: AtomicU64,
     gauges: PoolGauges,
     epoch: Instant,
     /// Requests waiting at the gateway for capacity.
@@ -147,6 +149,7 @@ impl PoolState {
             gauges,
             snapshot: ArcSwap::from_pointee(Snapshot::default()),
             sequence: AtomicU64::new(0),
+            arrivals: AtomicU64::new(0),
             config,
             epoch,
             prefix_index,
@@ -179,6 +182,11 @@ impl PoolState {
         *self.coming.lock().unwrap_or_else(|e| e.into_inner()) = coming;
     }
 
+    /// Requests that arrived for the pool since the previous call (the scaler's demand).
+    pub fn take_arrivals(&self) -> u64 {
+        self.arrivals.swap(0, Ordering::Relaxed)
+    }
+
     /// Requests waiting at the gateway for this pool.
     pub fn queued(&self) -> u64 {
         self.queue.waiting()
@@ -199,6 +207,7 @@ impl PoolState {
         sheddable: bool,
         received: Instant,
     ) -> (Result<(), Refused>, Option<Duration>) {
+        self.arrivals.fetch_add(1, Ordering::Relaxed);
         // The request's arrival stands in for now (microseconds earlier: one clock read less).
         match admission::on_arrival(self.gate(received), sheddable) {
             Admit::Go => return (Ok(()), None),

@@ -7,6 +7,7 @@
 //! policy, observation and actuation code in virtual time.
 
 pub mod actuation;
+pub mod headroom;
 pub mod kubernetes;
 pub mod local;
 pub mod observation;
@@ -46,7 +47,7 @@ pub fn spawn(
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         let config = pool.config.scaler.clone();
-        let mut policy = policy::build(&config);
+        let mut policy = policy::build(&config, pool.config.slo);
         let mut tick = tokio::time::interval(config.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_desired = None;
@@ -67,6 +68,8 @@ pub fn spawn(
                 starting: supply.starting,
                 queued: pool.queued(),
                 queue_wait: pool.queue.take_max_wait().map(|d| d.as_secs_f64()),
+                cold_start: cold_starts.expected().as_secs_f64(),
+                arrivals: pool.take_arrivals(),
             };
             let obs = observation::observe(&pool.snapshot(), &pool.config, now, beyond);
             pool.set_coming(cold_starts.observe(now, obs.starting));

@@ -24,6 +24,10 @@ pub struct Beyond {
     pub queue_wait: Option<f64>,
     /// What the other gateways hold and have in flight on the pool.
     pub peers: PoolLoad,
+    /// Seconds a replica asked for now takes to be ready (measured, or configured until then).
+    pub cold_start: f64,
+    /// Requests that arrived at this gateway for the pool since the previous tick.
+    pub arrivals: u64,
 }
 
 /// The scaler's [`Observation`] of the pool's replica set at `now`.
@@ -52,6 +56,8 @@ pub fn observe(
         ),
         gpu_utilization: (gpu_n > 0).then(|| gpu_sum / f64::from(gpu_n)),
         queue_wait: beyond.queue_wait,
+        cold_start: beyond.cold_start,
+        arrivals: beyond.arrivals,
     }
 }
 
@@ -96,6 +102,8 @@ mod tests {
             queued: 7,
             queue_wait: Some(1.5),
             peers: PoolLoad::default(),
+            cold_start: 30.0,
+            arrivals: 12,
         };
         let obs = observe(&snapshot, &pool, now, beyond);
         assert_eq!(obs.ready, 2, "the ejected replica takes no traffic");
@@ -106,7 +114,7 @@ mod tests {
         );
         assert_eq!(obs.kv_cache_usage, Some(0.2), "b is ejected, c is stale");
         assert_eq!(obs.gpu_utilization, Some(0.5));
-        assert_eq!(obs.now, 10.0);
+        assert_eq!((obs.now, obs.cold_start, obs.arrivals), (10.0, 30.0, 12));
         // Other gateways' load adds to this gateway's own.
         let peers = PoolLoad {
             inflight: 10,

@@ -8,7 +8,10 @@
 //!   for scaling down. Replicas still starting count as capacity that is coming, so a slow model
 //!   load causes no overshoot; a growing gateway queue scales up at once; scaling down waits for
 //!   the stabilisation window and removes at most `max_scale_down_step` replicas per decision;
-//!   an idle pool with `min_replicas: 0` goes to zero after `scale_to_zero_after`.
+//!   an idle pool with `min_replicas: 0` goes to zero after `scale_to_zero_after`. With the
+//!   pool's `slo` stated, it also holds the headroom the load's past bursts within one cold
+//!   start call for at the SLO's attainment target ([`super::headroom`]), and that headroom,
+//!   not a longer stabilisation window, is what it keeps for the next burst.
 //! - `hpa`: Kubernetes HPA's rule `ceil(current × metric / target)` with its 10 % tolerance and
 //!   scale-down stabilisation (the highest recommendation within the window).
 //! - `kpa`: Knative's KPA: `ceil(average concurrency / target)` over a 60 s stable and a 6 s panic
@@ -17,7 +20,8 @@
 
 use std::collections::VecDeque;
 
-use crate::config::{Scaler, ScalerPolicy};
+use super::headroom::Burstiness;
+use crate::config::{Scaler, ScalerPolicy, SloTarget};
 
 /// What the control loop saw at one decision.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -38,6 +42,12 @@ pub struct Observation {
     pub gpu_utilization: Option<f64>,
     /// Longest current wait in the gateway queue (seconds).
     pub queue_wait: Option<f64>,
+    /// Seconds a replica asked for now takes to be ready: the pool's measured cold start, or
+    /// `scaler.cold_start` until one is measured.
+    pub cold_start: f64,
+    /// Requests that arrived at this gateway since the previous observation (the demand; a
+    /// share of the pool's with several gateways, which leaves its rises the same).
+    pub arrivals: u64,
 }
 
 impl Observation {
@@ -61,10 +71,10 @@ pub trait Policy: Send {
     fn recommend(&mut self, obs: &Observation) -> Recommendation;
 }
 
-/// Builds the configured policy.
-pub fn build(config: &Scaler) -> Box<dyn Policy> {
+/// Builds the configured policy; `slo`: the pool's, which `infergate` holds headroom for.
+pub fn build(config: &Scaler, slo: Option<SloTarget>) -> Box<dyn Policy> {
     match config.policy {
-        ScalerPolicy::Infergate => Box::new(Infergate::new(config.clone())),
+        ScalerPolicy::Infergate => Box::new(Infergate::new(config.clone()).with_slo(slo)),
         ScalerPolicy::Hpa => Box::new(Hpa::new(config.clone())),
         ScalerPolicy::Kpa => Box::new(Kpa::new(config.clone())),
     }
@@ -100,6 +110,13 @@ impl Window {
     }
 }
 
+/// How far ahead capacity must be asked for: a replica asked for now is ready after the cold
+/// start and the next decision, less what a request may wait within its TTFT bound.
+fn horizon(config: &Scaler, obs: &Observation, slo: &SloTarget) -> f64 {
+    let interval = config.interval.as_secs_f64();
+    (obs.cold_start + interval - slo.ttft.as_secs_f64()).max(interval)
+}
+
 fn clamp(config: &Scaler, desired: u32) -> u32 {
     desired.clamp(config.min_replicas, config.max_replicas)
 }
@@ -122,6 +139,10 @@ pub struct Infergate {
     /// Ready replicas at the previous observation: when new ones just became ready, the waits
     /// that just ended were spent waiting for them.
     previous_ready: u32,
+    /// The SLO to hold burst headroom for, and the bursts learned so far.
+    slo: Option<(SloTarget, Burstiness)>,
+    /// This decision's headroom: the factor on the load, and the horizon it was learned over.
+    headroom: (f64, f64),
 }
 
 impl Infergate {
@@ -135,6 +156,29 @@ impl Infergate {
             gpu: Window::default(),
             down: Window::default(),
             idle_since: None,
+            slo: None,
+            headroom: (1.0, 0.0),
+        }
+    }
+
+    /// Holds headroom for the bursts of the pool's load at `slo`'s attainment target.
+    pub fn with_slo(mut self, slo: Option<SloTarget>) -> Self {
+        let (floor, smoothing) = (
+            self.config.targets.concurrency,
+            self.config.scale_up_window.as_secs_f64(),
+        );
+        self.slo = slo.map(|slo| (slo, Burstiness::new(floor, smoothing)));
+        self
+    }
+
+    /// The scale-down stabilisation window: the configured one, or with an SLO at most the
+    /// burst horizon (the learned headroom, not a long memory, covers the next burst).
+    fn stabilization(&self) -> f64 {
+        let configured = self.config.scale_down_stabilization.as_secs_f64();
+        if self.slo.is_some() && self.headroom.1 > 0.0 {
+            configured.min(self.headroom.1)
+        } else {
+            configured
         }
     }
 
@@ -157,6 +201,17 @@ impl Infergate {
                     t.concurrency
                 ),
             );
+            let (factor, horizon) = self.headroom;
+            if factor > 1.0 {
+                consider(
+                    load * factor / t.concurrency,
+                    format!(
+                        "concurrency {load:.1} with burst headroom ×{factor:.2} (the load's \
+                         rise within {horizon:.0}s at the SLO's attainment) / target {}",
+                        t.concurrency
+                    ),
+                );
+            }
         }
         if let Some(need) = self.kv.mean_since(since) {
             consider(
@@ -206,6 +261,11 @@ impl Policy for Infergate {
             .max(up_window)
             .max(c.scale_down_stabilization.as_secs_f64());
         self.load.push(obs.now, obs.load(), keep);
+        if let Some((slo, burst)) = &mut self.slo {
+            let horizon = horizon(c, obs, slo);
+            burst.observe(obs.now, obs.arrivals, obs.load(), horizon);
+            self.headroom = (burst.factor(obs.now, slo.target), horizon);
+        }
         let just_ready = obs.ready > self.previous_ready;
         self.previous_ready = obs.ready;
         // Per-replica use becomes "replicas needed" when measured, on the replicas it was
@@ -225,6 +285,9 @@ impl Policy for Infergate {
         let capacity = obs.capacity();
         let floor = c.min_replicas.max(1);
         let started = *self.started.get_or_insert(obs.now);
+        let stabilization = self.stabilization();
+        // No scale-down before a whole configured window was seen (with an SLO too: the
+        // headroom needs a history, and the cold start may not be measured yet).
         let seen_a_window = obs.now - started >= c.scale_down_stabilization.as_secs_f64();
         // Every decision records its scale-down candidate, whichever way it goes, so the
         // stabilisation window sees the recent peaks.
@@ -270,7 +333,7 @@ impl Policy for Infergate {
         // Scale down: only to the highest need seen during the stabilisation window.
         let stable = self
             .down
-            .max_since(obs.now - c.scale_down_stabilization.as_secs_f64())
+            .max_since(obs.now - stabilization)
             .unwrap_or(f64::from(down)) as u32;
         let idle_long_enough = c.min_replicas == 0
             && self
@@ -294,8 +357,8 @@ impl Policy for Infergate {
             return Recommendation {
                 desired,
                 reason: format!(
-                    "scale down: {why_down} (highest need in the last {:.0}s: {stable})",
-                    c.scale_down_stabilization.as_secs_f64()
+                    "scale down: {why_down} (highest need in the last {stabilization:.0}s: \
+                     {stable})"
                 ),
             };
         }
@@ -725,6 +788,78 @@ mod tests {
             r.reason,
             "hold at 4: gpu use needs 1.7 replicas at target 80%"
         );
+    }
+
+    fn slo(target: f64) -> Option<SloTarget> {
+        Some(SloTarget {
+            ttft: Duration::from_secs(2),
+            itl: Duration::from_millis(100),
+            target,
+            window: Duration::from_secs(300),
+        })
+    }
+
+    /// Runs `policy` once a second with a 30 s cold start in the observation (decisions
+    /// applied at once) and returns the replica count after each step.
+    fn run_cold(policy: &mut Infergate, load: impl Fn(f64) -> u64, seconds: u32) -> Vec<u32> {
+        let mut ready = 1;
+        (0..seconds)
+            .map(|s| {
+                // Each request is in flight for a second: the arrivals are the load.
+                let mut o = obs(f64::from(s), ready, 0, load(f64::from(s)));
+                o.cold_start = 30.0;
+                o.arrivals = o.inflight;
+                ready = policy.recommend(&o).desired;
+                ready
+            })
+            .collect()
+    }
+
+    #[test]
+    fn with_an_slo_the_headroom_past_bursts_call_for_is_held() {
+        // 100 requests (10 replicas of 10) with a 4x crowd for 90 s at 1800 s. The crowd is
+        // ~9 % of the load: at a 99 % attainment target the scaler holds the crowd's rise on
+        // top of the load once it has seen one; at 80 % (or without an SLO) it does not.
+        let mut c = config();
+        c.max_replicas = 50;
+        let crowd = |t: f64| {
+            if (1800.0..1890.0).contains(&t) {
+                400
+            } else {
+                100
+            }
+        };
+        let mut strict = Infergate::new(c.clone()).with_slo(slo(0.99));
+        let counts = run_cold(&mut strict, crowd, 3600);
+        assert_eq!(counts[1700], 10, "no burst seen yet");
+        // 40, or up to 10 % more: scaling down from the crowd's count stops within tolerance.
+        assert!((40..=44).contains(&counts[3500]), "{}", counts[3500]);
+        let reason = strict.recommend(&obs(3600.0, 40, 0, 100)).reason;
+        assert!(reason.contains("burst headroom ×4.00"), "{reason}");
+        let mut lax = Infergate::new(c.clone()).with_slo(slo(0.8));
+        assert!((10..=11).contains(&run_cold(&mut lax, crowd, 3600)[3500]));
+        let mut none = Infergate::new(c);
+        assert!((10..=11).contains(&run_cold(&mut none, crowd, 3600)[3500]));
+    }
+
+    #[test]
+    fn with_an_slo_a_burst_is_kept_for_the_horizon_not_the_stabilisation_window() {
+        // A 10 s burst from 50 to 200 at 600 s, small enough to be under the 90 % target's
+        // quantile (no headroom); the stabilisation window is 300 s. With the SLO the burst's
+        // replicas are kept only for the 29 s horizon (30 s cold start + 1 s - 2 s TTFT).
+        let mut c = config();
+        c.max_replicas = 50;
+        c.scale_down_stabilization = Duration::from_secs(300);
+        let burst = |t: f64| if (600.0..610.0).contains(&t) { 200 } else { 50 };
+        let mut with_slo = Infergate::new(c.clone()).with_slo(slo(0.9));
+        let counts = run_cold(&mut with_slo, burst, 1200);
+        let peak = counts[615];
+        assert!(peak >= 15, "{:?}", &counts[600..620]);
+        assert!(counts[700] < 10, "{:?}", &counts[600..720]);
+        let mut without = Infergate::new(c);
+        let counts = run_cold(&mut without, burst, 1200);
+        assert_eq!(counts[615], peak);
+        assert_eq!(counts[700], peak, "held for the 300 s window");
     }
 
     #[test]

@@ -53,6 +53,7 @@ fn spec(initial: u32, cold_start: Option<f64>) -> FleetSpec {
         initial: vec![initial],
         slow_fraction: 0.0,
         slow_factor: 1.0,
+        unscraped_fraction: 0.0,
         cold_start,
         slo: Slo {
             ttft: 1.0,
@@ -151,6 +152,40 @@ fn two_replicas_under_round_robin_alternate() {
         assert_ne!(pair[0], pair[1], "{replicas:?}");
     }
     assert_eq!(report.completed, 8);
+    // Two replicas for the whole run; no price stated, no cost.
+    assert!((report.replica_seconds - 2.0 * report.duration).abs() < 1e-6);
+    assert_eq!(report.cost, None);
+    assert!(report.replicas.iter().all(|r| r.scraped));
+    let mut priced = config.clone();
+    priced.pools[0].scaler.replica_cost_per_hour = Some(4.0);
+    let report = run(&priced, &spec(2, None), &workload);
+    let hours = 2.0 * report.duration / 3600.0;
+    assert!(
+        (report.cost.unwrap() - 4.0 * hours).abs() < 1e-9,
+        "{:?}",
+        report.cost
+    );
+}
+
+#[test]
+fn replicas_without_metrics_are_every_kth_from_the_first_and_still_serve() {
+    let config = pool_config(4, "least-request", NO_SCALER);
+    let workload: Vec<Request> = (0..40u32)
+        .map(|k| request(f64::from(k) * 0.1, 200, 20, k.into()))
+        .collect();
+    let spec = FleetSpec {
+        unscraped_fraction: 0.5,
+        ..spec(4, None)
+    };
+    let report = run(&config, &spec, &workload);
+    let scraped: Vec<bool> = report.replicas.iter().map(|r| r.scraped).collect();
+    assert_eq!(scraped, [false, true, false, true]);
+    assert_eq!(report.completed, 40);
+    assert!(
+        report.replicas.iter().all(|r| r.requests > 0),
+        "a replica without metrics is routed on the gateway's own counts: {:?}",
+        report.replicas
+    );
 }
 
 #[test]

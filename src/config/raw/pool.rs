@@ -42,7 +42,9 @@ pub struct RawPool {
     /// The pool's service-level objective, for its streamed answers: the share of them whose
     /// first token comes within `ttft` and whose mean gap between chunks is within `itl`, over
     /// the last `window`. `/admin/status` and `infergate_slo_attainment` show it; chat is told
-    /// when it falls below `target` (and when it is back). Unset: none.
+    /// when it falls below `target` (and when it is back). The `infergate` scaler holds the
+    /// headroom the pool's past bursts within one cold start call for at `target` (and keeps a
+    /// burst's replicas only that long, not `scale_down_stabilization`). Unset: none.
     pub slo: Option<RawSlo>,
 }
 
@@ -179,9 +181,14 @@ pub enum UpstreamProtocol {
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawAdmission {
-    /// Most requests waiting at the gateway for this pool; beyond it requests get 429.
+    /// Most requests waiting at the gateway for this pool; beyond it requests get 429. While
+    /// the scaler starts replicas, the queue also holds what they will take once ready
+    /// (`max_inflight_per_replica` each).
     pub max_queue: u32,
     /// Longest a request waits at the gateway before it gets 429 with `Retry-After` (duration).
+    /// While replicas start, counted from when they are expected ready (the pool's cold start
+    /// as learned, `scaler.cold_start` until then) if that is later: a request is held through
+    /// a cold start rather than refused in the middle of it.
     pub max_queue_wait: Quantity,
     /// A replica is saturated when more than this many requests wait there: its engine queue
     /// as last scraped (less this gateway's requests that started since), or this gateway's

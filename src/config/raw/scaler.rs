@@ -60,12 +60,18 @@ pub struct RawScaler {
     /// With `min_replicas: 0`, scale to zero after the pool has been idle this long (duration).
     /// `infergate` only (`kpa` scales to zero once its stable window saw no load).
     pub scale_to_zero_after: Quantity,
-    /// Expected time for a new replica to become ready (duration); used to judge whether the
-    /// replicas already starting will be enough.
+    /// Expected time for a new replica to become ready (duration), until the pool's own is
+    /// measured (from the scaler first seeing replicas start to the first being ready; shown in
+    /// `/admin/status`): how long the gateway queue holds requests for replicas starting, and
+    /// the fleet simulation's cold start unless `--cold-start` is given.
     pub cold_start: Quantity,
     /// Longest wait for a scaled-down replica's in-flight answers before it is stopped anyway
     /// (duration).
     pub drain_timeout: Quantity,
+    /// Price of one of this pool's replicas for an hour (any currency, e.g. the GPU's hourly
+    /// price); the fleet simulation reports cost (replica-hours × price) when every pool states
+    /// one. At least 0.
+    pub replica_cost_per_hour: Option<f64>,
     /// What resizes the pool.
     pub provider: RawProvider,
 }
@@ -89,6 +95,7 @@ impl Default for RawScaler {
             scale_to_zero_after: "5m".into(),
             cold_start: "30s".into(),
             drain_timeout: "5m".into(),
+            replica_cost_per_hour: None,
             provider: RawProvider::default(),
         }
     }

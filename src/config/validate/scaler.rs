@@ -60,6 +60,14 @@ pub(super) fn scaler(c: &mut Checker, p: &str, raw: &RawScaler) -> Scaler {
             format!("must be at least 1 (got {})", raw.panic_threshold),
         );
     }
+    if let Some(price) = raw.replica_cost_per_hour
+        && !(price >= 0.0 && price.is_finite())
+    {
+        c.fail(
+            format!("{p}.replica_cost_per_hour"),
+            format!("must be a price of at least 0 (got {price})"),
+        );
+    }
     let t = &raw.targets;
     if t.concurrency.is_nan() || t.concurrency <= 0.0 {
         c.fail(
@@ -127,6 +135,7 @@ pub(super) fn scaler(c: &mut Checker, p: &str, raw: &RawScaler) -> Scaler {
             .duration(format!("{p}.scale_to_zero_after"), &raw.scale_to_zero_after),
         cold_start: c.duration(format!("{p}.cold_start"), &raw.cold_start),
         drain_timeout: c.duration(format!("{p}.drain_timeout"), &raw.drain_timeout),
+        replica_cost_per_hour: raw.replica_cost_per_hour,
         provider,
     }
 }

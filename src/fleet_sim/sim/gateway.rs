@@ -94,6 +94,7 @@ impl Fleet<'_> {
     pub(super) fn admit(&mut self, p: usize, i: usize, priority: usize) {
         let now = self.instant(self.now);
         let g = self.via[i] as usize;
+        self.pools[p].gateways[g].arrivals += 1;
         let gate = self.pools[p].gate(g, now);
         let sheddable = self.config.classification.is_sheddable(priority);
         match admission::on_arrival(gate, sheddable) {

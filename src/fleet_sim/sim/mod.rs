@@ -57,6 +57,8 @@ pub struct FleetSpec {
     /// Share of each pool's replicas (every k-th) that run `slow_factor` times slower.
     pub slow_fraction: f64,
     pub slow_factor: f64,
+    /// Share of each pool's replicas (every k-th, from the first) that publish no metrics.
+    pub unscraped_fraction: f64,
     /// Seconds a new replica takes to become ready (None: each pool's `scaler.cold_start`).
     pub cold_start: Option<f64>,
     pub slo: Slo,
@@ -102,6 +104,8 @@ struct SimReplica {
     served: u64,
     busy_seconds: f64,
     slow: bool,
+    /// Publishes engine metrics the gateways scrape (false: a server without `/metrics`).
+    scraped: bool,
 }
 
 struct SimPool {
@@ -131,6 +135,8 @@ struct SimGateway {
     sequence: u64,
     /// Longest wait of the requests that left the queue since the scaler's last look.
     max_wait: Option<f64>,
+    /// Requests that arrived since the scaler's last look.
+    arrivals: u64,
     /// Prompt prefixes it sent since the peers last read its routing state (`PlacementLog`).
     placed: Vec<(u64, Vec<u64>)>,
 }
@@ -323,11 +329,15 @@ impl<'w> Fleet<'w> {
                         queued: 0,
                         sequence: 0,
                         max_wait: None,
+                        arrivals: 0,
                         placed: Vec::new(),
                     })
                     .collect();
                 SimPool {
-                    policy: pool.scaler.enabled.then(|| policy::build(&pool.scaler)),
+                    policy: pool
+                        .scaler
+                        .enabled
+                        .then(|| policy::build(&pool.scaler, pool.slo)),
                     cold_starts: crate::pool::admission::ColdStarts::new(pool.scaler.cold_start),
                     coming: Default::default(),
                     cold_start: spec

@@ -151,6 +151,7 @@ fn fleet_spec(initial: u32) -> FleetSpec {
         initial: vec![initial],
         slow_fraction: 0.0,
         slow_factor: 1.0,
+        unscraped_fraction: 0.0,
         cold_start: Some(30.0),
         slo: Slo {
             ttft: 1.0,

@@ -42,6 +42,10 @@ impl Fleet<'_> {
                 profile.context_per_token *= f;
             }
         }
+        let scraped = self.spec.unscraped_fraction <= 0.0 || {
+            let every = (1.0 / self.spec.unscraped_fraction).round().max(1.0) as usize;
+            !n.is_multiple_of(every)
+        };
         pool.replicas.push(SimReplica {
             views,
             engine: Engine::new(profile),
@@ -53,6 +57,7 @@ impl Fleet<'_> {
             served: 0,
             busy_seconds: 0.0,
             slow,
+            scraped,
         });
         n
     }
@@ -182,7 +187,7 @@ impl Fleet<'_> {
     pub(super) fn scrape(&mut self, p: usize) {
         let at = self.instant(self.now);
         for replica in &self.pools[p].replicas {
-            if !matches!(replica.state, State::Ready | State::Draining) {
+            if !matches!(replica.state, State::Ready | State::Draining) || !replica.scraped {
                 continue;
             }
             let s = replica.engine.stats();

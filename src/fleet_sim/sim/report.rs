@@ -1,6 +1,6 @@
 //! What a run reports: the timeline samples and the summary at its end.
 
-use super::{Fleet, RunSpec, State};
+use super::{Fleet, RunSpec, SimPool, State};
 use crate::config;
 use crate::fleet_sim::stats::{ReplicaReport, RunReport, Sample, Summary};
 
@@ -34,21 +34,29 @@ impl Fleet<'_> {
                 .map(|g| g.queued)
                 .sum(),
             arrival_rate: self.rec.window_arrivals as f64 / self.spec.sample_every,
+            completion_rate: self.rec.window_completions as f64 / self.spec.sample_every,
             ttft_p50: (summary.count > 0).then_some(summary.p50),
             ttft_p90: (summary.count > 0).then_some(summary.p90),
             canary_weight: self.canary_weight(),
         };
         self.rec.window_arrivals = 0;
+        self.rec.window_completions = 0;
         self.timeline.push(sample);
     }
 
     pub(super) fn report(mut self, run: &RunSpec, end: f64, wall_seconds: f64) -> RunReport {
-        let replica_seconds = self
+        let seconds_of = |p: &SimPool| -> f64 {
+            p.replicas
+                .iter()
+                .map(|r| r.stopped.unwrap_or(end) - r.started)
+                .sum()
+        };
+        let replica_seconds = self.pools.iter().map(seconds_of).sum();
+        let cost = self
             .pools
             .iter()
-            .flat_map(|p| &p.replicas)
-            .map(|r| r.stopped.unwrap_or(end) - r.started)
-            .sum();
+            .map(|p| Some(seconds_of(p) / 3600.0 * p.config.scaler.replica_cost_per_hour?))
+            .sum::<Option<f64>>();
         let span = self.workload.last().map_or(0.0, |r| r.arrival).max(1e-9);
         let rec = &mut self.rec;
         let requests = self.workload.len();
@@ -85,6 +93,7 @@ impl Fleet<'_> {
                 .map(|r| r.engine.stats().preemptions)
                 .sum(),
             replica_seconds,
+            cost,
             scale_ups: self.scale_ups,
             scale_downs: self.scale_downs,
             max_replicas: self.max_replicas,
@@ -105,6 +114,7 @@ impl Fleet<'_> {
                             pool: p,
                             index: i,
                             slow: r.slow,
+                            scraped: r.scraped,
                             requests: r.served,
                             busy: r.busy_seconds / (r.stopped.unwrap_or(end) - r.started).max(1e-9),
                         })

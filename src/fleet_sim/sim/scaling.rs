@@ -34,6 +34,8 @@ impl Fleet<'_> {
             queued: first.queued,
             queue_wait: first.max_wait.take(),
             peers,
+            cold_start: pool.cold_starts.expected().as_secs_f64(),
+            arrivals: std::mem::take(&mut first.arrivals),
         };
         let obs = observation::observe(&first.snapshot, &pool.config, now, beyond);
         pool.coming = pool.cold_starts.observe(now, obs.starting);
