@@ -303,6 +303,7 @@ pub struct Routing {
     /// `predicted-ttft`: predictions within this fraction of the best are tied; the least busy
     /// GPU wins.
     pub tie_margin: f64,
+    pub load_bound: f64,
     /// Served names that are LoRA adapters.
     pub lora_adapters: Vec<String>,
     pub lora_load_time: Duration,

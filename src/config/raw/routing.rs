@@ -60,6 +60,12 @@ pub struct RawRouting {
     /// `metrics.gpu`), else the one with the least prompt to prefill (the best prefix-cache
     /// hit), then the one with fewest requests in flight (0 = exact ties only).
     pub tie_margin: f64,
+    /// `predicted-ttft`: a replica with more than this many times the candidates' mean
+    /// requests in flight (every gateway's), scaled by its learned speed against theirs, plus 2,
+    /// is left out while another is under its bound — a bounded load, so prefix affinity and a
+    /// fast replica's pull cannot pile a busy moment's sessions onto a few replicas whose decode
+    /// then slows. At least 1; 0 turns it off.
+    pub load_bound: f64,
     /// Names among the pool's `models` that are LoRA adapters. `predicted-ttft` adds
     /// `lora_load_time` to replicas that do not have the requested adapter loaded (as their
     /// scraped running and waiting adapters show, or as this gateway sent it there lately).
@@ -106,6 +112,7 @@ impl Default for RawRouting {
             imbalance_ratio: 1.5,
             prefill_tokens_per_second: 20_000.0,
             tie_margin: 0.1,
+            load_bound: 1.5,
             lora_adapters: Vec::new(),
             lora_load_time: "50ms".into(),
             weights: RawWeights::default(),

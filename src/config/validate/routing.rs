@@ -63,6 +63,16 @@ pub(super) fn routing(c: &mut Checker, p: &str, raw: &RawRouting) -> Routing {
             }
         },
         tie_margin: c.fraction(format!("{p}.tie_margin"), raw.tie_margin),
+        load_bound: {
+            let bound = raw.load_bound;
+            if !(bound == 0.0 || (1.0..f64::INFINITY).contains(&bound)) {
+                c.fail(
+                    format!("{p}.load_bound"),
+                    format!("must be 0 (off) or at least 1 (got {bound})"),
+                );
+            }
+            bound
+        },
         lora_adapters: raw.lora_adapters.clone(),
         lora_load_time: c.duration(format!("{p}.lora_load_time"), &raw.lora_load_time),
     }

@@ -24,7 +24,8 @@ const KEEP: usize = 2 * SAMPLE;
 /// speed, and prefix affinity holds exactly as long as it saves more than the queue costs.
 /// A request for a LoRA adapter adds `lora_load_time` on replicas that do not hold it, so it
 /// goes where the adapter is loaded unless the queue there costs more than loading it elsewhere.
-/// Where replicas have GPU readings, near-ties go to the least busy GPU.
+/// Where replicas have GPU readings, near-ties go to the least busy GPU. A replica over its
+/// load bound (`routing.load_bound`) is not a candidate while another is under its own.
 pub fn predicted_ttft(
     routing: &Routing,
     snapshot: &Snapshot,
@@ -34,6 +35,16 @@ pub fn predicted_ttft(
 ) -> Option<usize> {
     let predictor = Predictor::new(routing, snapshot, features, ctx);
     let predict = |r: &Replica| predictor.secs(r);
+    // Bounded load: a replica carrying far more than the candidates' mean sits out while
+    // another is under the bound, so affinity and a fast replica's pull cannot pile the
+    // sessions of a busy moment onto a few replicas whose decode then slows for all of them.
+    let bound = LoadBound::new(routing, snapshot, features, ctx, &eligible);
+    let under = |i: &usize| bound.admits(&snapshot.replicas[*i]);
+    let any_under = snapshot
+        .candidates(features, ctx.random)
+        .filter(&eligible)
+        .any(|i| under(&i));
+    let eligible = |i: &usize| eligible(i) && (!any_under || under(i));
     // Each candidate's numbers, kept for the near-tie pass (a large pool's candidates beyond
     // these are computed again there).
     let mut scored = [Scored {
@@ -92,6 +103,59 @@ pub fn predicted_ttft(
     )
     .or(Some(first))
 }
+
+/// The most requests in flight a candidate may carry: `routing.load_bound` times the eligible
+/// candidates' mean (every gateway's in flight), scaled by the candidate's speed against
+/// theirs (a replica twice as fast may carry twice as much), plus [`LOAD_SLACK`].
+struct LoadBound {
+    /// `load_bound` × mean in flight; infinite when off.
+    share: f64,
+    /// The candidates' mean prefill speed (tokens per second), where learned.
+    mean_speed: Option<f64>,
+}
+
+impl LoadBound {
+    fn new(
+        routing: &Routing,
+        snapshot: &Snapshot,
+        features: &RequestFeatures,
+        ctx: PickContext,
+        eligible: impl Fn(&usize) -> bool,
+    ) -> Self {
+        let (mut inflight, mut n, mut speed, mut known) = (0u64, 0u64, 0.0, 0u32);
+        for i in snapshot.candidates(features, ctx.random).filter(eligible) {
+            let r = &snapshot.replicas[i];
+            inflight += r.cluster_inflight();
+            n += 1;
+            if let Some(secs) = r.secs_per_token() {
+                speed += 1.0 / secs;
+                known += 1;
+            }
+        }
+        let share = if routing.load_bound > 0.0 && n > 0 {
+            routing.load_bound * inflight as f64 / n as f64
+        } else {
+            f64::INFINITY
+        };
+        Self {
+            share,
+            mean_speed: (known > 0).then(|| speed / f64::from(known)),
+        }
+    }
+
+    fn admits(&self, r: &Replica) -> bool {
+        // Relative speed, within 4x either way: one odd estimate does not free or bar a replica.
+        let relative = match (r.secs_per_token(), self.mean_speed) {
+            (Some(secs), Some(mean)) => (1.0 / secs / mean).clamp(0.25, 4.0),
+            _ => 1.0,
+        };
+        r.cluster_inflight() as f64 <= self.share * relative + LOAD_SLACK
+    }
+}
+
+/// Requests a replica may carry over the bound's share, so a lightly loaded pool (a mean of
+/// one or two) is not forced round robin.
+const LOAD_SLACK: f64 = 2.0;
 
 /// This request's predicted seconds to its first token on a replica of the pool, from the
 /// moment it is sent (the gateway's queue wait is not in it).
@@ -194,7 +258,7 @@ mod tests {
     use crate::config::{Routing, RoutingPolicy};
     use crate::router::candidates::SAMPLE;
     use crate::router::test_support::*;
-    use crate::router::{PickContext, RequestFeatures, pick};
+    use crate::router::{PickContext, RequestFeatures, Snapshot, pick};
 
     #[test]
     fn predicted_ttft_gives_a_slow_replica_proportionally_less() {
@@ -333,6 +397,74 @@ mod tests {
         // With nothing decoding on replica 1 the miss delays nobody else: replica 1.
         s.replicas[1].record_scrape(stats(0.0, 0.0), now);
         assert_eq!(pick(&r, &s, &f, c, &[]), Some(1));
+    }
+
+    #[test]
+    fn predicted_ttft_leaves_out_a_replica_over_the_load_bound() {
+        let s = snapshot(4);
+        // Replica 0 holds the whole 1000-token prompt and decodes 14 requests; the others 2
+        // each: a mean of 5, a bound of 1.5 × 5 + 2 = 9.5.
+        let mut f = prefix_on(&s, 0, 10, 10);
+        f.prompt_tokens = 1000;
+        let _held: Vec<_> = [14, 2, 2, 2]
+            .iter()
+            .enumerate()
+            .flat_map(|(i, &n)| (0..n).map(move |_| i))
+            .map(|i| s.replicas[i].start_request_with(0))
+            .collect();
+        let c = ctx(1, 1);
+        let mut r = routing(RoutingPolicy::PredictedTtft);
+        assert_eq!(r.load_bound, 1.5, "the default");
+        let picked = pick(&r, &s, &f, c, &[]).unwrap();
+        assert_ne!(picked, 0, "over the bound, its cache notwithstanding");
+        // Unbounded, the cached prefix wins.
+        r.load_bound = 0.0;
+        assert_eq!(pick(&r, &s, &f, c, &[]), Some(0));
+        // With 6 in flight there (a mean of 3, a bound of 6.5) it is under: the cache wins.
+        r.load_bound = 1.5;
+        drop(_held);
+        let _held: Vec<_> = [6, 2, 2, 2]
+            .iter()
+            .enumerate()
+            .flat_map(|(i, &n)| (0..n).map(move |_| i))
+            .map(|i| s.replicas[i].start_request_with(0))
+            .collect();
+        assert_eq!(pick(&r, &s, &f, c, &[]), Some(0));
+    }
+
+    #[test]
+    fn the_load_bound_lets_a_faster_replica_carry_more() {
+        // Replica 0 carries 15, replica 1 carries 2: a mean of 8.5, a bound of 1.5 × 8.5 + 2 =
+        // 14.75 at equal speeds, so replica 0 sits out and a 100-token prompt goes to 1.
+        let learn = |s: &Snapshot, ms: [u64; 2]| {
+            for (r, ms) in s.replicas.iter().zip(ms) {
+                r.start_request_with(1000)
+                    .first_byte(std::time::Duration::from_millis(ms));
+            }
+        };
+        let hold = |s: &Snapshot| -> Vec<_> {
+            [15, 2]
+                .iter()
+                .enumerate()
+                .flat_map(|(i, &n)| (0..n).map(move |_| i))
+                .map(|i| s.replicas[i].start_request_with(0))
+                .collect()
+        };
+        let f = RequestFeatures {
+            prompt_tokens: 100,
+            ..Default::default()
+        };
+        let r = routing(RoutingPolicy::PredictedTtft);
+        let same = snapshot(2);
+        learn(&same, [1000, 1000]);
+        let _held = hold(&same);
+        assert_eq!(pick(&r, &same, &f, ctx(1, 1), &[]), Some(1));
+        // Replica 0 prefills twice as fast (1 ms a token against 2): its bound is 4/3 of the
+        // share, 1.5 × 8.5 × 4/3 + 2 = 19, and its faster first token wins.
+        let mixed = snapshot(2);
+        learn(&mixed, [1000, 2000]);
+        let _held = hold(&mixed);
+        assert_eq!(pick(&r, &mixed, &f, ctx(1, 1), &[]), Some(0));
     }
 
     #[test]
