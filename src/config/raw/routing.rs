@@ -61,10 +61,10 @@ pub struct RawRouting {
     /// hit), then the one with fewest requests in flight (0 = exact ties only).
     pub tie_margin: f64,
     /// `predicted-ttft`: a replica with more than this many times the candidates' mean
-    /// requests in flight (every gateway's), scaled by its learned speed against theirs, plus 2,
-    /// is left out while another is under its bound — a bounded load, so prefix affinity and a
-    /// fast replica's pull cannot pile a busy moment's sessions onto a few replicas whose decode
-    /// then slows. At least 1; 0 turns it off.
+    /// requests in flight (every gateway's; scaled up by its learned speed against theirs when
+    /// it is faster), plus 2, is left out while another is under its bound — a bounded load, so
+    /// prefix affinity and a fast replica's pull cannot pile a busy moment's sessions onto a few
+    /// replicas whose decode then slows. At least 1; 0 turns it off.
     pub load_bound: f64,
     /// Names among the pool's `models` that are LoRA adapters. `predicted-ttft` adds
     /// `lora_load_time` to replicas that do not have the requested adapter loaded (as their

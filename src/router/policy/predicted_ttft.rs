@@ -105,8 +105,8 @@ pub fn predicted_ttft(
 }
 
 /// The most requests in flight a candidate may carry: `routing.load_bound` times the eligible
-/// candidates' mean (every gateway's in flight), scaled by the candidate's speed against
-/// theirs (a replica twice as fast may carry twice as much), plus [`LOAD_SLACK`].
+/// candidates' mean (every gateway's in flight), scaled up by the candidate's speed against
+/// theirs when faster (a replica twice as fast may carry twice as much), plus [`LOAD_SLACK`].
 struct LoadBound {
     /// `load_bound` × mean in flight; infinite when off.
     share: f64,
@@ -144,9 +144,11 @@ impl LoadBound {
     }
 
     fn admits(&self, r: &Replica) -> bool {
-        // Relative speed, within 4x either way: one odd estimate does not free or bar a replica.
+        // A faster replica may carry more (up to 4x, so one odd estimate does not free it); a
+        // slower one no less than the mean: each of its requests stays longer, so its count
+        // runs high at its fair share already, and a tighter bound would shut it out.
         let relative = match (r.secs_per_token(), self.mean_speed) {
-            (Some(secs), Some(mean)) => (1.0 / secs / mean).clamp(0.25, 4.0),
+            (Some(secs), Some(mean)) => (1.0 / secs / mean).clamp(1.0, 4.0),
             _ => 1.0,
         };
         r.cluster_inflight() as f64 <= self.share * relative + LOAD_SLACK
