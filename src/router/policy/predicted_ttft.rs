@@ -401,6 +401,16 @@ mod tests {
         assert_eq!(pick(&r, &s, &f, c, &[]), Some(1));
     }
 
+    /// Holds `counts[i]` requests in flight on replica `i` (decoding: no prefill pending).
+    fn hold_in_flight(s: &Snapshot, counts: &[usize]) -> Vec<crate::replica::InflightGuard> {
+        counts
+            .iter()
+            .enumerate()
+            .flat_map(|(i, &n)| (0..n).map(move |_| i))
+            .map(|i| s.replicas[i].start_request_with(0))
+            .collect()
+    }
+
     #[test]
     fn predicted_ttft_leaves_out_a_replica_over_the_load_bound() {
         let s = snapshot(4);
@@ -408,12 +418,7 @@ mod tests {
         // each: a mean of 5, a bound of 1.5 × 5 + 2 = 9.5.
         let mut f = prefix_on(&s, 0, 10, 10);
         f.prompt_tokens = 1000;
-        let _held: Vec<_> = [14, 2, 2, 2]
-            .iter()
-            .enumerate()
-            .flat_map(|(i, &n)| (0..n).map(move |_| i))
-            .map(|i| s.replicas[i].start_request_with(0))
-            .collect();
+        let held = hold_in_flight(&s, &[14, 2, 2, 2]);
         let c = ctx(1, 1);
         let mut r = routing(RoutingPolicy::PredictedTtft);
         assert_eq!(r.load_bound, 1.5, "the default");
@@ -424,13 +429,8 @@ mod tests {
         assert_eq!(pick(&r, &s, &f, c, &[]), Some(0));
         // With 6 in flight there (a mean of 3, a bound of 6.5) it is under: the cache wins.
         r.load_bound = 1.5;
-        drop(_held);
-        let _held: Vec<_> = [6, 2, 2, 2]
-            .iter()
-            .enumerate()
-            .flat_map(|(i, &n)| (0..n).map(move |_| i))
-            .map(|i| s.replicas[i].start_request_with(0))
-            .collect();
+        drop(held);
+        let _held = hold_in_flight(&s, &[6, 2, 2, 2]);
         assert_eq!(pick(&r, &s, &f, c, &[]), Some(0));
     }
 
@@ -444,14 +444,7 @@ mod tests {
                     .first_byte(std::time::Duration::from_millis(ms));
             }
         };
-        let hold = |s: &Snapshot| -> Vec<_> {
-            [15, 2]
-                .iter()
-                .enumerate()
-                .flat_map(|(i, &n)| (0..n).map(move |_| i))
-                .map(|i| s.replicas[i].start_request_with(0))
-                .collect()
-        };
+
         let f = RequestFeatures {
             prompt_tokens: 100,
             ..Default::default()
@@ -459,13 +452,13 @@ mod tests {
         let r = routing(RoutingPolicy::PredictedTtft);
         let same = snapshot(2);
         learn(&same, [1000, 1000]);
-        let _held = hold(&same);
+        let _held = hold_in_flight(&same, &[15, 2]);
         assert_eq!(pick(&r, &same, &f, ctx(1, 1), &[]), Some(1));
         // Replica 0 prefills twice as fast (1 ms a token against 2): its bound is 4/3 of the
         // share, 1.5 × 8.5 × 4/3 + 2 = 19, and its faster first token wins.
         let mixed = snapshot(2);
         learn(&mixed, [1000, 2000]);
-        let _held = hold(&mixed);
+        let _held = hold_in_flight(&mixed, &[15, 2]);
         assert_eq!(pick(&r, &mixed, &f, ctx(1, 1), &[]), Some(0));
     }
 
