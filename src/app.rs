@@ -68,6 +68,8 @@ pub struct Options {
     pub actions: Option<Arc<crate::admin::actions::ActionLog>>,
     /// The pools' replica counts so far, kept across reloads (None: none yet).
     pub history: Option<Arc<crate::admin::history::History>>,
+    /// What the scalers learned (cold starts), kept across reloads (None: nothing yet).
+    pub scaler_memory: Option<Arc<crate::scaler::memory::Memory>>,
 }
 
 /// The bound listening sockets and the addresses they were configured with.
@@ -167,6 +169,7 @@ async fn start_on(config: Config, options: Options, sockets: Sockets) -> anyhow:
     let lease = start_leader_election(&config, kube.as_ref(), &metrics, &notifier, &mut background);
     let leadership = lease.as_ref().map(|l| l.leadership.clone());
     let mut locals = Vec::new();
+    let scaler_memory = options.scaler_memory.clone().unwrap_or_default();
     for pool in pools.live() {
         let found =
             start_discovery(pool, kube.as_ref(), &peers, leadership.clone(), &metrics).await;
@@ -177,7 +180,10 @@ async fn start_on(config: Config, options: Options, sockets: Sockets) -> anyhow:
         background.extend(crate::pool::slo::watch(pool.clone(), attainment));
         if pool.config.scaler.enabled {
             let actuation = found.actuation;
-            background.push(start_scaler(pool, &peers, actuation, &metrics, epoch));
+            let memory = scaler_memory.clone();
+            background.push(start_scaler(
+                pool, &peers, actuation, &metrics, epoch, memory,
+            ));
         }
     }
     let placements =
@@ -234,6 +240,7 @@ async fn start_on(config: Config, options: Options, sockets: Sockets) -> anyhow:
         placements: state.placements.clone(),
         actions: Some(state.actions.clone()),
         history: Some(state.history.clone()),
+        scaler_memory: Some(scaler_memory),
     };
     Ok(App {
         gateway_addr: gateway.addr,
@@ -503,6 +510,7 @@ fn start_scaler(
     actuation: Actuation,
     metrics: &Metrics,
     epoch: Instant,
+    memory: Arc<crate::scaler::memory::Memory>,
 ) -> JoinHandle<()> {
     let gauge = metrics.scaler_desired.with_label_values(&[pool.name()]);
     crate::scaler::spawn(
@@ -512,6 +520,7 @@ fn start_scaler(
         gauge,
         metrics.scale_events.clone(),
         epoch,
+        memory,
     )
 }
 

@@ -118,6 +118,17 @@ impl ColdStarts {
         }
     }
 
+    /// Starts from a cold start learned earlier (under a previous config), if any.
+    pub fn with_learned(mut self, learned: Option<Duration>) -> Self {
+        self.learned = learned.or(self.learned);
+        self
+    }
+
+    /// The cold start measured on this pool, if one was.
+    pub fn learned(&self) -> Option<Duration> {
+        self.learned
+    }
+
     /// The cold start expected now: learned, else configured.
     pub fn expected(&self) -> Duration {
         self.learned.unwrap_or(self.configured)

@@ -4,12 +4,14 @@
 //! that feeds a policy the gateway's live view of its pool (exact in-flight and queued counts,
 //! its own and its peer gateways', ready and starting replicas) and acts on each recommendation — when this gateway replica
 //! holds the leader lease, if leader election is on. The fleet simulation runs the same
-//! policy, observation and actuation code in virtual time.
+//! policy, observation and actuation code in virtual time. What a scaler learned of its pool
+//! outlives a reload in [`memory`].
 
 pub mod actuation;
 pub mod headroom;
 pub mod kubernetes;
 pub mod local;
+pub mod memory;
 pub mod observation;
 pub mod policy;
 pub mod provider;
@@ -44,6 +46,7 @@ pub fn spawn(
     desired_gauge: prometheus::IntGauge,
     scale_events: prometheus::IntCounterVec,
     epoch: Instant,
+    memory: Arc<memory::Memory>,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         let config = pool.config.scaler.clone();
@@ -53,7 +56,9 @@ pub fn spawn(
         let mut last_desired = None;
         let mut last_error: Option<String> = None;
         let mut decisions = std::collections::VecDeque::new();
-        let mut cold_starts = crate::pool::admission::ColdStarts::new(config.cold_start);
+        // A cold start learned under the previous config is kept.
+        let mut cold_starts = crate::pool::admission::ColdStarts::new(config.cold_start)
+            .with_learned(memory.cold_start(pool.name()));
         loop {
             tick.tick().await;
             let supply = match &actuation.provider {
@@ -73,6 +78,9 @@ pub fn spawn(
             };
             let obs = observation::observe(&pool.snapshot(), &pool.config, now, beyond);
             pool.set_coming(cold_starts.observe(now, obs.starting));
+            if let Some(learned) = cold_starts.learned() {
+                memory.remember_cold_start(pool.name(), learned);
+            }
             let mut rec = policy.recommend(&obs);
             // An operator's pin replaces the recommendation (the policy still sees the load).
             if let Some(pinned) = pool.hold.pinned() {

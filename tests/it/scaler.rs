@@ -123,10 +123,11 @@ async fn from_zero_the_first_request_is_held_and_answered() {
 /// Requests that arrive while a replica starts are held for it: from zero, with a 3 s cold
 /// start, a 1 s `max_queue_wait` and room for one waiter, three requests sent at once are all
 /// answered (the queue's bound and deadline stretch for the replica coming), and the pool's
-/// cold start is learned from the start.
+/// cold start is learned from the start — and kept by a reload, whose scaler sees no replica
+/// start (none is wanted) yet expects the measured cold start, not the configured one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_are_held_through_a_cold_start_longer_than_the_queue_wait() {
-    let gw = GatewayConfig::local(0, &["--speed", "10", "--startup-delay", "3s"])
+    let config = GatewayConfig::local(0, &["--speed", "10", "--startup-delay", "3s"])
         .listener("drain_timeout: 5s")
         .pool("admission: {max_queue: 1, max_queue_wait: 1s, max_inflight_per_replica: 4}")
         .pool(
@@ -135,11 +136,10 @@ async fn requests_are_held_through_a_cold_start_longer_than_the_queue_wait() {
   min_replicas: 0
   max_replicas: 1
   interval: 200ms
-  cold_start: 3s
+  cold_start: 30s
   targets: {concurrency: 4, kv_cache_usage: null, queue_wait: null}",
-        )
-        .start()
-        .await;
+        );
+    let gw = config.start().await;
     let url = format!("http://{}/v1/chat/completions", gw.gateway_addr);
     let body = json!({"model": "m", "messages": [{"role": "user", "content": "wake up"}], "max_tokens": 4});
     // The first wakes the scaler; the other two come once the replica is starting.
@@ -163,6 +163,28 @@ async fn requests_are_held_through_a_cold_start_longer_than_the_queue_wait() {
     let status = pool_status(&gw).await;
     let learned = status["scaler"]["cold_start"].as_f64().unwrap();
     assert!((2.5..10.0).contains(&learned), "{learned} s: {status}");
+
+    let gw = gw
+        .reload(config.config())
+        .await
+        .map_err(|(_, e)| e)
+        .unwrap();
+    let status = poll_until(
+        Duration::from_secs(5),
+        async || pool_status(&gw).await,
+        |s| s["scaler"]["cold_start"].is_number(),
+    )
+    .await;
+    assert_eq!(
+        status["scaler"]["cold_start"].as_f64(),
+        Some(learned),
+        "{status}"
+    );
+    assert_eq!(status["scaler"]["cold_start_learned"], true, "{status}");
+    assert_eq!(
+        status["scaler"]["starting"], 0,
+        "nothing was measured anew: {status}"
+    );
     gw.shutdown().await;
 }
 

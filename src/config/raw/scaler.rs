@@ -62,8 +62,8 @@ pub struct RawScaler {
     pub scale_to_zero_after: Quantity,
     /// Expected time for a new replica to become ready (duration), until the pool's own is
     /// measured (from the scaler first seeing replicas start to the first being ready; shown in
-    /// `/admin/status`): how long the gateway queue holds requests for replicas starting, and
-    /// the fleet simulation's cold start unless `--cold-start` is given.
+    /// `/admin/status`; kept by a reload): how long the gateway queue holds requests for
+    /// replicas starting, and the fleet simulation's cold start unless `--cold-start` is given.
     pub cold_start: Quantity,
     /// Longest wait for a scaled-down replica's in-flight answers before it is stopped anyway
     /// (duration).
