@@ -226,7 +226,7 @@ fn bench_scaler(c: &mut Criterion) {
         config.policy = kind;
         config.max_replicas = 64;
         config.targets.kv_cache_usage = Some(0.8);
-        let mut p = policy::build(&config, slo);
+        let mut p = policy::build(&config, slo, None);
         let obs = |t: u32| Observation {
             now: f64::from(t),
             ready: 8,

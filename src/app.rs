@@ -68,8 +68,11 @@ pub struct Options {
     pub actions: Option<Arc<crate::admin::actions::ActionLog>>,
     /// The pools' replica counts so far, kept across reloads (None: none yet).
     pub history: Option<Arc<crate::admin::history::History>>,
-    /// What the scalers learned (cold starts), kept across reloads (None: nothing yet).
+    /// What the scalers learned (cold starts, bursts), kept across reloads (None: nothing
+    /// yet).
     pub scaler_memory: Option<Arc<crate::scaler::memory::Memory>>,
+    /// The clock the scalers' histories are kept on, kept across reloads (None: now).
+    pub epoch: Option<Instant>,
 }
 
 /// The bound listening sockets and the addresses they were configured with.
@@ -134,7 +137,7 @@ async fn start_on(config: Config, options: Options, sockets: Sockets) -> anyhow:
     };
     let metrics = options.metrics.clone().unwrap_or_default();
     let reloads = options.reloads.clone().unwrap_or_default();
-    let epoch = Instant::now();
+    let epoch = options.epoch.unwrap_or_else(Instant::now);
     let pools = Pools::new(
         &config.pools,
         &config.versions,
@@ -241,6 +244,7 @@ async fn start_on(config: Config, options: Options, sockets: Sockets) -> anyhow:
         actions: Some(state.actions.clone()),
         history: Some(state.history.clone()),
         scaler_memory: Some(scaler_memory),
+        epoch: Some(epoch),
     };
     Ok(App {
         gateway_addr: gateway.addr,

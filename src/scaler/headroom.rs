@@ -61,6 +61,12 @@ impl Burstiness {
         }
     }
 
+    /// Whether this history was learned for these settings (`new`'s): a reload that changes
+    /// them starts a new one.
+    pub fn tuned_for(&self, floor_load: f64, smoothing: f64) -> bool {
+        self.floor_load == floor_load && self.smoothing == smoothing.max(f64::MIN_POSITIVE)
+    }
+
     /// Records, at `now` (seconds), the requests that arrived since the previous call and the
     /// load; `horizon`: how far ahead capacity must be asked for.
     pub fn observe(&mut self, now: f64, arrivals: u64, load: f64, horizon: f64) {

@@ -1,32 +1,50 @@
-//! What the scalers learned that a reload keeps ([`Memory`]): each pool's measured cold start,
-//! by pool name. A reload starts every scaler anew on the new config; without this, a pool on
+//! What the scalers learned that a reload keeps ([`Memory`]), by pool name: each pool's
+//! measured cold start, and the bursts an SLO-targeted `infergate` policy learned (a day of
+//! history). A reload starts every scaler anew on the new config; without this, a pool on
 //! Kubernetes whose replicas take minutes to load would be sized on the configured guess again
-//! until its next scale-up was measured.
+//! until its next scale-up was measured, and hold no burst headroom until a new history grew.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
-/// The learned cold starts of the pools, shared by the configs a gateway reloads through.
-#[derive(Debug, Default)]
+use super::policy::SharedBursts;
+
+/// What the pools' scalers learned, shared by the configs a gateway reloads through.
+#[derive(Default)]
 pub struct Memory {
     cold_starts: Mutex<HashMap<String, Duration>>,
+    bursts: Mutex<HashMap<String, SharedBursts>>,
 }
 
 impl Memory {
+    /// The bursts `pool`'s policy learned under an earlier config, if any.
+    pub fn bursts(&self, pool: &str) -> Option<SharedBursts> {
+        lock(&self.bursts).get(pool).cloned()
+    }
+
+    /// Keeps `pool`'s policy's bursts (None: it learns none) for the configs that follow.
+    pub fn keep_bursts(&self, pool: &str, bursts: Option<SharedBursts>) {
+        let mut all = lock(&self.bursts);
+        match bursts {
+            Some(bursts) => all.insert(pool.to_string(), bursts),
+            None => all.remove(pool),
+        };
+    }
+
     /// The cold start learned for `pool` under an earlier config, if any.
     pub fn cold_start(&self, pool: &str) -> Option<Duration> {
-        self.lock().get(pool).copied()
+        lock(&self.cold_starts).get(pool).copied()
     }
 
     /// Keeps `learned` as `pool`'s cold start for the configs that follow.
     pub fn remember_cold_start(&self, pool: &str, learned: Duration) {
-        self.lock().insert(pool.to_string(), learned);
+        lock(&self.cold_starts).insert(pool.to_string(), learned);
     }
+}
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Duration>> {
-        self.cold_starts.lock().unwrap_or_else(|e| e.into_inner())
-    }
+fn lock<T>(map: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    map.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]

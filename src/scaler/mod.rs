@@ -5,7 +5,7 @@
 //! its own and its peer gateways', ready and starting replicas) and acts on each recommendation — when this gateway replica
 //! holds the leader lease, if leader election is on. The fleet simulation runs the same
 //! policy, observation and actuation code in virtual time. What a scaler learned of its pool
-//! outlives a reload in [`memory`].
+//! (its cold start, its bursts) outlives a reload in [`memory`].
 
 pub mod actuation;
 pub mod headroom;
@@ -50,7 +50,9 @@ pub fn spawn(
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         let config = pool.config.scaler.clone();
-        let mut policy = policy::build(&config, pool.config.slo);
+        // The bursts learned under the previous config go on being learned.
+        let mut policy = policy::build(&config, pool.config.slo, memory.bursts(pool.name()));
+        memory.keep_bursts(pool.name(), policy.bursts());
         let mut tick = tokio::time::interval(config.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_desired = None;

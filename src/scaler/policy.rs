@@ -19,6 +19,7 @@
 //!   down while panicking.
 
 use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
 
 use super::headroom::Burstiness;
 use crate::config::{Scaler, ScalerPolicy, SloTarget};
@@ -69,12 +70,26 @@ pub struct Recommendation {
 /// A scaling policy with its own history.
 pub trait Policy: Send {
     fn recommend(&mut self, obs: &Observation) -> Recommendation;
+
+    /// The bursts it learned, for a reload to go on from (only `infergate` with an SLO).
+    fn bursts(&self) -> Option<SharedBursts> {
+        None
+    }
 }
 
-/// Builds the configured policy; `slo`: the pool's, which `infergate` holds headroom for.
-pub fn build(config: &Scaler, slo: Option<SloTarget>) -> Box<dyn Policy> {
+/// The bursts an `infergate` policy learned, shared with what outlives a reload
+/// (`scaler::memory`).
+pub type SharedBursts = Arc<Mutex<Burstiness>>;
+
+/// Builds the configured policy; `slo`: the pool's, which `infergate` holds headroom for,
+/// learning on from `kept` (the bursts learned under a previous config) when given.
+pub fn build(
+    config: &Scaler,
+    slo: Option<SloTarget>,
+    kept: Option<SharedBursts>,
+) -> Box<dyn Policy> {
     match config.policy {
-        ScalerPolicy::Infergate => Box::new(Infergate::new(config.clone()).with_slo(slo)),
+        ScalerPolicy::Infergate => Box::new(Infergate::new(config.clone()).with_slo(slo, kept)),
         ScalerPolicy::Hpa => Box::new(Hpa::new(config.clone())),
         ScalerPolicy::Kpa => Box::new(Kpa::new(config.clone())),
     }
@@ -140,7 +155,7 @@ pub struct Infergate {
     /// that just ended were spent waiting for them.
     previous_ready: u32,
     /// The SLO to hold burst headroom for, and the bursts learned so far.
-    slo: Option<(SloTarget, Burstiness)>,
+    slo: Option<(SloTarget, SharedBursts)>,
     /// This decision's headroom: the factor on the load, and the horizon it was learned over.
     headroom: (f64, f64),
 }
@@ -161,13 +176,19 @@ impl Infergate {
         }
     }
 
-    /// Holds headroom for the bursts of the pool's load at `slo`'s attainment target.
-    pub fn with_slo(mut self, slo: Option<SloTarget>) -> Self {
+    /// Holds headroom for the bursts of the pool's load at `slo`'s attainment target, learning
+    /// on from `kept` when it was learned for the same concurrency target and window.
+    pub fn with_slo(mut self, slo: Option<SloTarget>, kept: Option<SharedBursts>) -> Self {
         let (floor, smoothing) = (
             self.config.targets.concurrency,
             self.config.scale_up_window.as_secs_f64(),
         );
-        self.slo = slo.map(|slo| (slo, Burstiness::new(floor, smoothing)));
+        let kept = kept.filter(|b| lock(b).tuned_for(floor, smoothing));
+        self.slo = slo.map(|slo| {
+            let bursts =
+                kept.unwrap_or_else(|| Arc::new(Mutex::new(Burstiness::new(floor, smoothing))));
+            (slo, bursts)
+        });
         self
     }
 
@@ -250,7 +271,15 @@ impl Infergate {
     }
 }
 
+fn lock(bursts: &SharedBursts) -> std::sync::MutexGuard<'_, Burstiness> {
+    bursts.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 impl Policy for Infergate {
+    fn bursts(&self) -> Option<SharedBursts> {
+        self.slo.as_ref().map(|(_, bursts)| bursts.clone())
+    }
+
     fn recommend(&mut self, obs: &Observation) -> Recommendation {
         let c = &self.config;
         let (up_window, down_window) = (
@@ -261,8 +290,9 @@ impl Policy for Infergate {
             .max(up_window)
             .max(c.scale_down_stabilization.as_secs_f64());
         self.load.push(obs.now, obs.load(), keep);
-        if let Some((slo, burst)) = &mut self.slo {
+        if let Some((slo, bursts)) = &self.slo {
             let horizon = horizon(c, obs, slo);
+            let mut burst = lock(bursts);
             burst.observe(obs.now, obs.arrivals, obs.load(), horizon);
             self.headroom = (burst.factor(obs.now, slo.target), horizon);
         }
@@ -829,17 +859,53 @@ mod tests {
                 100
             }
         };
-        let mut strict = Infergate::new(c.clone()).with_slo(slo(0.99));
+        let mut strict = Infergate::new(c.clone()).with_slo(slo(0.99), None);
         let counts = run_cold(&mut strict, crowd, 3600);
         assert_eq!(counts[1700], 10, "no burst seen yet");
         // 40, or up to 10 % more: scaling down from the crowd's count stops within tolerance.
         assert!((40..=44).contains(&counts[3500]), "{}", counts[3500]);
         let reason = strict.recommend(&obs(3600.0, 40, 0, 100)).reason;
         assert!(reason.contains("burst headroom ×4.00"), "{reason}");
-        let mut lax = Infergate::new(c.clone()).with_slo(slo(0.8));
+        let mut lax = Infergate::new(c.clone()).with_slo(slo(0.8), None);
         assert!((10..=11).contains(&run_cold(&mut lax, crowd, 3600)[3500]));
         let mut none = Infergate::new(c);
         assert!((10..=11).contains(&run_cold(&mut none, crowd, 3600)[3500]));
+    }
+
+    #[test]
+    fn a_rebuilt_policy_goes_on_from_the_bursts_learned_before_unless_retuned() {
+        // As above: the strict policy has seen the crowd. A policy built anew (a reload) from
+        // its bursts holds the same headroom at once; one built fresh, or for another
+        // concurrency target (the history's rises are measured against it), holds none.
+        let mut c = config();
+        c.max_replicas = 50;
+        let crowd = |t: f64| {
+            if (1800.0..1890.0).contains(&t) {
+                400
+            } else {
+                100
+            }
+        };
+        let mut before = Infergate::new(c.clone()).with_slo(slo(0.99), None);
+        run_cold(&mut before, crowd, 3600);
+        let at = |policy: &mut Infergate| {
+            let mut o = obs(3601.0, 10, 0, 100);
+            (o.cold_start, o.arrivals) = (30.0, 100);
+            policy.recommend(&o).desired
+        };
+        let mut kept = Infergate::new(c.clone()).with_slo(slo(0.99), before.bursts());
+        assert!(
+            at(&mut kept) >= 40,
+            "the crowd's headroom is held after the reload"
+        );
+        let mut fresh = Infergate::new(c.clone()).with_slo(slo(0.99), None);
+        assert_eq!(at(&mut fresh), 10);
+        c.targets.concurrency = 20.0;
+        let retuned = Infergate::new(c).with_slo(slo(0.99), before.bursts());
+        assert!(!Arc::ptr_eq(
+            &retuned.bursts().unwrap(),
+            &before.bursts().unwrap()
+        ));
     }
 
     #[test]
@@ -851,7 +917,7 @@ mod tests {
         c.max_replicas = 50;
         c.scale_down_stabilization = Duration::from_secs(300);
         let burst = |t: f64| if (600.0..610.0).contains(&t) { 200 } else { 50 };
-        let mut with_slo = Infergate::new(c.clone()).with_slo(slo(0.9));
+        let mut with_slo = Infergate::new(c.clone()).with_slo(slo(0.9), None);
         let counts = run_cold(&mut with_slo, burst, 1200);
         let peak = counts[615];
         assert!(peak >= 15, "{:?}", &counts[600..620]);

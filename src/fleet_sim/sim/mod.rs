@@ -337,7 +337,7 @@ impl<'w> Fleet<'w> {
                     policy: pool
                         .scaler
                         .enabled
-                        .then(|| policy::build(&pool.scaler, pool.slo)),
+                        .then(|| policy::build(&pool.scaler, pool.slo, None)),
                     cold_starts: crate::pool::admission::ColdStarts::new(pool.scaler.cold_start),
                     coming: Default::default(),
                     cold_start: spec
