@@ -154,6 +154,24 @@ if real["timeline"]:
 PY
 }
 
+# The real scaler's tick offset from the load's start (seconds, within one 1 s interval), read
+# off the first decision it logged after the start; nothing without one.
+scaler_phase() { # serve-log load-start-unix-seconds
+  [ -f "$1" ] || return 0
+  python3 - "$1" "$2" <<'PY'
+import datetime, re, sys
+start = float(sys.argv[2])
+for line in open(sys.argv[1]):
+    m = re.match(r"\S*?(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+)Z.*scaler decision", line)
+    if not m:
+        continue
+    at = datetime.datetime.fromisoformat(m.group(1)).replace(tzinfo=datetime.timezone.utc).timestamp()
+    if at >= start:
+        print(f"{(at - start) % 1.0:.3f}")
+        break
+PY
+}
+
 # One scenario both ways. The workload flags go to loadgen and simulate alike.
 run() { # name config-template workload-flags simulate-flags [gateways]
   local name=$1 config=$2 workload=$3 simflags=$4 gateways=${5:-1}
@@ -183,6 +201,8 @@ run() { # name config-template workload-flags simulate-flags [gateways]
     urls="http://127.0.0.1:$g1,http://127.0.0.1:$g2"
     admin=$a1
   fi
+  local started
+  started=$(date +%s.%N)
   # shellcheck disable=SC2086
   "$BIN" loadgen --url "$urls" --model m $workload --admin-url "http://127.0.0.1:$admin" \
     --out "$OUT/$name/real.json" >"$OUT/$name/real.txt"
@@ -190,6 +210,12 @@ run() { # name config-template workload-flags simulate-flags [gateways]
   for p in "${servers[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
   # The simulation's gateways exchange state by --gateways alone; the addresses are unused.
   sed -e "s/GATEWAY_PORT/0/" -e "s/ADMIN_PORT/0/" -e "/^cluster:/d" "$config" >"$config.sim"
+  # The simulated scaler ticks where the real one did, counted from the load's start: its
+  # decisions are 10 s means crossing thresholds, and on a ramp the instant a 1 s tick falls
+  # on moved a decision by up to 20 s (BENCHMARKS.md, session 9).
+  local phase
+  phase=$(scaler_phase "$OUT/$name/serve.log" "$started")
+  [ -n "$phase" ] && simflags="$simflags --scaler-phase ${phase}s"
   # shellcheck disable=SC2086
   "$BIN" simulate --config "$config.sim" $workload $simflags --gateways "$gateways" \
     --sample-every 1s --quiet --out "$OUT/$name/sim" >"$OUT/$name/sim.txt"

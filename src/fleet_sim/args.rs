@@ -196,6 +196,11 @@ pub struct SimulateArgs {
     /// Time for a new replica to become ready (default: each pool's `scaler.cold_start`).
     #[arg(long, value_parser = seconds_arg)]
     pub cold_start: Option<f64>,
+    /// Virtual time of each scaler's first tick, after which it ticks every `scaler.interval`
+    /// (default: one interval). A comparison with a real run gives the real scaler's tick
+    /// offset from the start of its load, so both decide on the same instants.
+    #[arg(long, value_parser = seconds_arg)]
+    pub scaler_phase: Option<f64>,
     /// TTFT target for SLO attainment and goodput.
     #[arg(long, value_parser = seconds_arg, default_value = "2s")]
     pub ttft_slo: f64,

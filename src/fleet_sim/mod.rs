@@ -129,6 +129,10 @@ fn fleet_spec(config: &config::Config, args: &SimulateArgs) -> anyhow::Result<si
         "--slow-factor must be greater than 0"
     );
     anyhow::ensure!(
+        args.scaler_phase.is_none_or(|p| p >= 0.0),
+        "--scaler-phase must not be negative"
+    );
+    anyhow::ensure!(
         args.sample_every > 0.0,
         "--sample-every must be greater than 0"
     );
@@ -185,6 +189,7 @@ fn fleet_spec(config: &config::Config, args: &SimulateArgs) -> anyhow::Result<si
         slow_factor: args.slow_factor,
         unscraped_fraction: args.unscraped_fraction,
         cold_start: args.cold_start,
+        scaler_phase: args.scaler_phase,
         slo: Slo {
             ttft: args.ttft_slo,
             itl: args.itl_slo,

@@ -55,6 +55,7 @@ fn spec(initial: u32, cold_start: Option<f64>) -> FleetSpec {
         slow_factor: 1.0,
         unscraped_fraction: 0.0,
         cold_start,
+        scaler_phase: None,
         slo: Slo {
             ttft: 1.0,
             itl: 0.1,
@@ -208,6 +209,16 @@ fn a_cold_start_delays_the_first_answer_by_exactly_the_start_time() {
         );
         assert_eq!(report.scale_ups, 1);
     }
+    // `--scaler-phase 0.5s`: the first tick, and so the start, comes at 0.5 s.
+    let phased = FleetSpec {
+        scaler_phase: Some(0.5),
+        ..spec(0, Some(7.0))
+    };
+    let ttft = run(&config, &phased, &workload).per_request[0]
+        .ttft
+        .unwrap();
+    let expected = 0.5 + 7.0 - 0.25 + engine;
+    assert!((ttft - expected).abs() < 1e-6, "{ttft} vs {expected}");
 }
 
 #[test]

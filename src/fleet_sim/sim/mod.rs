@@ -61,6 +61,8 @@ pub struct FleetSpec {
     pub unscraped_fraction: f64,
     /// Seconds a new replica takes to become ready (None: each pool's `scaler.cold_start`).
     pub cold_start: Option<f64>,
+    /// Virtual seconds of the scalers' first tick (None: one `scaler.interval`).
+    pub scaler_phase: Option<f64>,
     pub slo: Slo,
     pub seed: u64,
     /// Virtual seconds between timeline points.
@@ -403,7 +405,8 @@ impl<'w> Fleet<'w> {
                 fleet.at(every, Ev::PeerSync(p));
             }
             if fleet.pools[p].policy.is_some() {
-                fleet.at(interval.as_secs_f64(), Ev::ScalerTick(p));
+                let first = spec.scaler_phase.unwrap_or(interval.as_secs_f64());
+                fleet.at(first, Ev::ScalerTick(p));
             }
         }
         if let Some(first) = workload.first() {

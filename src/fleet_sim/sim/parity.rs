@@ -153,6 +153,7 @@ fn fleet_spec(initial: u32) -> FleetSpec {
         slow_factor: 1.0,
         unscraped_fraction: 0.0,
         cold_start: Some(30.0),
+        scaler_phase: None,
         slo: Slo {
             ttft: 1.0,
             itl: 0.1,
