@@ -845,6 +845,15 @@ mod tests {
             .collect()
     }
 
+    /// 100 requests, with a 4x crowd for 90 s at 1800 s.
+    fn crowd(t: f64) -> u64 {
+        if (1800.0..1890.0).contains(&t) {
+            400
+        } else {
+            100
+        }
+    }
+
     #[test]
     fn with_an_slo_the_headroom_past_bursts_call_for_is_held() {
         // 100 requests (10 replicas of 10) with a 4x crowd for 90 s at 1800 s. The crowd is
@@ -852,13 +861,6 @@ mod tests {
         // top of the load once it has seen one; at 80 % (or without an SLO) it does not.
         let mut c = config();
         c.max_replicas = 50;
-        let crowd = |t: f64| {
-            if (1800.0..1890.0).contains(&t) {
-                400
-            } else {
-                100
-            }
-        };
         let mut strict = Infergate::new(c.clone()).with_slo(slo(0.99), None);
         let counts = run_cold(&mut strict, crowd, 3600);
         assert_eq!(counts[1700], 10, "no burst seen yet");
@@ -879,13 +881,6 @@ mod tests {
         // concurrency target (the history's rises are measured against it), holds none.
         let mut c = config();
         c.max_replicas = 50;
-        let crowd = |t: f64| {
-            if (1800.0..1890.0).contains(&t) {
-                400
-            } else {
-                100
-            }
-        };
         let mut before = Infergate::new(c.clone()).with_slo(slo(0.99), None);
         run_cold(&mut before, crowd, 3600);
         let at = |policy: &mut Infergate| {
