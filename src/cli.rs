@@ -163,6 +163,9 @@ fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
                 .filter(|t| !t.trim().is_empty()),
             ..Default::default()
         };
+        // Before anything says it listens: a SIGHUP that finds no handler terminates the
+        // process (seen under load, a reload sent right after start killed the gateway).
+        let mut hangups = hangups();
         let mut gateway = crate::app::start_with(config, options).await?;
         let scheme = match gateway.state.config.listeners.tls {
             Some(_) => "https",
@@ -173,7 +176,6 @@ fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
             "admin listening on http://{} (/metrics, /healthz, /readyz, /admin/status, the status page /admin/page)",
             gateway.admin_addr
         );
-        let mut hangups = hangups();
         // Kept across reloads: an operator's reload action (`/admin/actions`) lands here too.
         let reloads = gateway.state.reloads.clone();
         loop {
@@ -189,19 +191,24 @@ fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
     })
 }
 
-/// SIGHUPs (what `systemctl reload` and most supervisors send), as a stream.
+/// SIGHUPs (what `systemctl reload` and most supervisors send), as a stream. The handler is
+/// installed by the time this returns (not when a task first runs), so a SIGHUP from then on
+/// is a reload, never the default action's termination.
 fn hangups() -> tokio::sync::mpsc::Receiver<()> {
     let (tx, rx) = tokio::sync::mpsc::channel(1);
     #[cfg(unix)]
-    tokio::spawn(async move {
+    {
         let kind = tokio::signal::unix::SignalKind::hangup();
         let Ok(mut hup) = tokio::signal::unix::signal(kind) else {
-            return;
+            tracing::warn!("cannot handle SIGHUP: reload through /admin/actions instead");
+            return rx;
         };
-        while hup.recv().await.is_some() {
-            let _ = tx.try_send(()); // one pending reload covers several signals
-        }
-    });
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                let _ = tx.try_send(()); // one pending reload covers several signals
+            }
+        });
+    }
     #[cfg(not(unix))]
     drop(tx);
     rx

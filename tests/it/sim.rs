@@ -125,8 +125,11 @@ async fn metrics_report_the_engine_queue_exactly() {
         })
         .collect();
     let page = async || metrics_page(sim.addr).await;
+    // Requests wait until the engine's next step admits them, so a page can show them all
+    // waiting and none running for a moment: wait for the settled state.
     let last = poll_until(Duration::from_secs(5), page, |text| {
         metric(text, "vllm:num_requests_waiting", &[]) == Some(3.0)
+            && metric(text, "vllm:num_requests_running", &[]) == Some(2.0)
     })
     .await;
     let labels = [("model_name", "m"), ("engine", "0")];
