@@ -8,9 +8,10 @@ lognormal around 1000 and 250 tokens. Seeded, so each seed is one reproducible t
     benches/flash_crowd.py SEED OUT.csv [--duration 3600] [--trough 2] [--peak 20]
 """
 import argparse
-import datetime
 import math
 import random
+
+import azure_trace
 
 
 def main():
@@ -33,22 +34,7 @@ def main():
         return day
 
     top = max(args.peak * 6.0, args.trough)
-    start = datetime.datetime(2023, 11, 16, 0, 0, 0)
-    t, n = 0.0, 0
-    with open(args.out, "w") as f:
-        f.write("TIMESTAMP,ContextTokens,GeneratedTokens\n")
-        while True:
-            # Thinning: candidate arrivals at the top rate, each kept with rate(t) / top.
-            t += rng.expovariate(top)
-            if t >= d:
-                break
-            if rng.random() * top > rate(t):
-                continue
-            prompt = max(16, min(16000, int(rng.lognormvariate(math.log(1000), 0.8))))
-            output = max(4, min(2000, int(rng.lognormvariate(math.log(250), 0.7))))
-            stamp = start + datetime.timedelta(seconds=t)
-            f.write(f"{stamp.strftime('%Y-%m-%d %H:%M:%S.%f')}0,{prompt},{output}\n")
-            n += 1
+    n = azure_trace.write(args.out, rng, rate, d, top)
     print(f"{args.out}: {n} requests over {d:.0f} s, crowds {crowds}")
 
 

@@ -113,6 +113,27 @@ impl Sockets {
     }
 }
 
+/// What the scalers learned: kept from the config before a reload, else read from the state
+/// file (a restart), else nothing yet.
+fn scaler_memory(config: &Config, options: &Options) -> Arc<crate::scaler::memory::Memory> {
+    use crate::scaler::memory::Memory;
+    if let Some(kept) = &options.scaler_memory {
+        return kept.clone();
+    }
+    let Some(path) = &config.state_file else {
+        return Arc::default();
+    };
+    let (memory, error) = Memory::load(path);
+    match error {
+        Some(e) => tracing::error!("state_file: {e:#}"),
+        None if !memory.is_empty() => {
+            tracing::info!(path = %path.display(), "what the scalers learned was read back");
+        }
+        None => {}
+    }
+    Arc::new(memory)
+}
+
 /// How long `start` waits for a Kubernetes pool's first list before serving without it.
 const FIRST_LIST_WAIT: Duration = Duration::from_secs(10);
 
@@ -172,7 +193,11 @@ async fn start_on(config: Config, options: Options, sockets: Sockets) -> anyhow:
     let lease = start_leader_election(&config, kube.as_ref(), &metrics, &notifier, &mut background);
     let leadership = lease.as_ref().map(|l| l.leadership.clone());
     let mut locals = Vec::new();
-    let scaler_memory = options.scaler_memory.clone().unwrap_or_default();
+    let scaler_memory = scaler_memory(&config, &options);
+    if let Some(path) = &config.state_file {
+        let memory = scaler_memory.clone();
+        background.push(crate::scaler::memory::spawn_saver(memory, path.clone()));
+    }
     for pool in pools.live() {
         let found =
             start_discovery(pool, kube.as_ref(), &peers, leadership.clone(), &metrics).await;
@@ -637,6 +662,22 @@ impl App {
         }
     }
 
+    /// Writes what the scalers learned to the state file, if there is one.
+    async fn save_scaler_memory(&self) {
+        let (Some(path), Some(memory)) = (
+            self.state.config.state_file.clone(),
+            self.options.scaler_memory.clone(),
+        ) else {
+            return;
+        };
+        let save = move || memory.save(&path);
+        match tokio::task::spawn_blocking(save).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!("scaler state not saved: {e:#}"),
+            Err(e) => tracing::warn!("scaler state not saved: {e}"),
+        }
+    }
+
     /// Addresses and PIDs of the running local replicas (for tests that kill one).
     pub async fn local_replica_pids(&self) -> Vec<(SocketAddr, u32)> {
         let mut all = Vec::new();
@@ -655,6 +696,7 @@ impl App {
         for task in &self.background {
             task.abort();
         }
+        self.save_scaler_memory().await;
         if let Some(lease) = &self.lease {
             let release = lease.elector.release(&lease.leadership);
             let _ = tokio::time::timeout(Duration::from_secs(2), release).await;

@@ -27,6 +27,8 @@ pub struct Config {
     pub tracing: Option<Tracing>,
     pub versions: Vec<ModelVersions>,
     pub pools: Vec<Pool>,
+    /// Where what the scalers learned outlives a restart (None: it does not).
+    pub state_file: Option<std::path::PathBuf>,
 }
 
 /// Spans to an OTLP collector.

@@ -5,7 +5,8 @@
 //! its own and its peer gateways', ready and starting replicas) and acts on each recommendation — when this gateway replica
 //! holds the leader lease, if leader election is on. The fleet simulation runs the same
 //! policy, observation and actuation code in virtual time. What a scaler learned of its pool
-//! (its cold start, its bursts) outlives a reload in [`memory`].
+//! (its cold start, its bursts) outlives a reload, and with a `state_file` a restart, in
+//! [`memory`].
 
 pub mod actuation;
 pub mod headroom;
@@ -61,6 +62,7 @@ pub fn spawn(
         // A cold start learned under the previous config is kept.
         let mut cold_starts = crate::pool::admission::ColdStarts::new(config.cold_start)
             .with_learned(memory.cold_start(pool.name()));
+        let clock_start = unix_time_at(epoch);
         loop {
             tick.tick().await;
             let supply = match &actuation.provider {
@@ -77,6 +79,7 @@ pub fn spawn(
                 queue_wait: pool.queue.take_max_wait().map(|d| d.as_secs_f64()),
                 cold_start: cold_starts.expected().as_secs_f64(),
                 arrivals: pool.take_arrivals(),
+                clock_start,
             };
             let obs = observation::observe(&pool.snapshot(), &pool.config, now, beyond);
             pool.set_coming(cold_starts.observe(now, obs.starting));
@@ -162,4 +165,12 @@ pub fn spawn(
             })));
         }
     })
+}
+
+/// The Unix time (seconds) at `epoch`.
+fn unix_time_at(epoch: Instant) -> f64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    now.as_secs_f64() - epoch.elapsed().as_secs_f64()
 }

@@ -28,6 +28,9 @@ pub struct Beyond {
     pub cold_start: f64,
     /// Requests that arrived at this gateway for the pool since the previous tick.
     pub arrivals: u64,
+    /// The Unix time (seconds) at which `now_secs` read zero; 0 in the fleet simulation, whose
+    /// days start with its workload.
+    pub clock_start: f64,
 }
 
 /// The scaler's [`Observation`] of the pool's replica set at `now`.
@@ -58,6 +61,7 @@ pub fn observe(
         queue_wait: beyond.queue_wait,
         cold_start: beyond.cold_start,
         arrivals: beyond.arrivals,
+        clock_start: beyond.clock_start,
     }
 }
 
@@ -104,6 +108,7 @@ mod tests {
             peers: PoolLoad::default(),
             cold_start: 30.0,
             arrivals: 12,
+            clock_start: 1.8e9,
         };
         let obs = observe(&snapshot, &pool, now, beyond);
         assert_eq!(obs.ready, 2, "the ejected replica takes no traffic");
@@ -115,6 +120,7 @@ mod tests {
         assert_eq!(obs.kv_cache_usage, Some(0.2), "b is ejected, c is stale");
         assert_eq!(obs.gpu_utilization, Some(0.5));
         assert_eq!((obs.now, obs.cold_start, obs.arrivals), (10.0, 30.0, 12));
+        assert_eq!(obs.clock_start, 1.8e9);
         // Other gateways' load adds to this gateway's own.
         let peers = PoolLoad {
             inflight: 10,

@@ -49,6 +49,9 @@ pub struct Observation {
     /// Requests that arrived at this gateway since the previous observation (the demand; a
     /// share of the pool's with several gateways, which leaves its rises the same).
     pub arrivals: u64,
+    /// The Unix time at which `now` read zero (0 in the fleet simulation): the burst history
+    /// keeps Unix time, so that it reads back after a restart and knows the time of day.
+    pub clock_start: f64,
 }
 
 impl Observation {
@@ -156,8 +159,9 @@ pub struct Infergate {
     previous_ready: u32,
     /// The SLO to hold burst headroom for, and the bursts learned so far.
     slo: Option<(SloTarget, SharedBursts)>,
-    /// This decision's headroom: the factor on the load, and the horizon it was learned over.
-    headroom: (f64, f64),
+    /// This decision's headroom: the factor on the load, the horizon it was learned over, and
+    /// the past days whose same hours it came from (None: the last day).
+    headroom: (f64, f64, Option<u32>),
 }
 
 impl Infergate {
@@ -172,7 +176,7 @@ impl Infergate {
             down: Window::default(),
             idle_since: None,
             slo: None,
-            headroom: (1.0, 0.0),
+            headroom: (1.0, 0.0, None),
         }
     }
 
@@ -222,13 +226,18 @@ impl Infergate {
                     t.concurrency
                 ),
             );
-            let (factor, horizon) = self.headroom;
+            let (factor, horizon, same_hours_of) = self.headroom;
             if factor > 1.0 {
+                let learned = match same_hours_of {
+                    Some(days) => format!("at this hour of the last {days} days"),
+                    None => "over the last day".to_string(),
+                };
                 consider(
                     load * factor / t.concurrency,
                     format!(
                         "concurrency {load:.1} with burst headroom ×{factor:.2} (the load's \
-                         rise within {horizon:.0}s at the SLO's attainment) / target {}",
+                         rise within {horizon:.0}s at the SLO's attainment, {learned}) / \
+                         target {}",
                         t.concurrency
                     ),
                 );
@@ -293,8 +302,10 @@ impl Policy for Infergate {
         if let Some((slo, bursts)) = &self.slo {
             let horizon = horizon(c, obs, slo);
             let mut burst = lock(bursts);
-            burst.observe(obs.now, obs.arrivals, obs.load(), horizon);
-            self.headroom = (burst.factor(obs.now, slo.target), horizon);
+            let unix = obs.now + obs.clock_start;
+            burst.observe(unix, obs.arrivals, obs.load(), horizon);
+            let factor = burst.factor(unix, slo.target);
+            self.headroom = (factor, horizon, burst.same_hours_of());
         }
         let just_ready = obs.ready > self.previous_ready;
         self.previous_ready = obs.ready;
@@ -868,6 +879,7 @@ mod tests {
         assert!((40..=44).contains(&counts[3500]), "{}", counts[3500]);
         let reason = strict.recommend(&obs(3600.0, 40, 0, 100)).reason;
         assert!(reason.contains("burst headroom ×4.00"), "{reason}");
+        assert!(reason.contains("over the last day"), "{reason}");
         let mut lax = Infergate::new(c.clone()).with_slo(slo(0.8), None);
         assert!((10..=11).contains(&run_cold(&mut lax, crowd, 3600)[3500]));
         let mut none = Infergate::new(c);

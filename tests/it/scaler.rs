@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use infergate::app::App;
 use infergate::loadgen::{self, LoadArgs};
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::support::*;
 
@@ -124,10 +124,15 @@ async fn from_zero_the_first_request_is_held_and_answered() {
 /// start, a 1 s `max_queue_wait` and room for one waiter, three requests sent at once are all
 /// answered (the queue's bound and deadline stretch for the replica coming), and the pool's
 /// cold start is learned from the start — and kept by a reload, whose scaler sees no replica
-/// start (none is wanted) yet expects the measured cold start, not the configured one.
+/// start (none is wanted) yet expects the measured cold start, not the configured one — and
+/// by a restart, through the `state_file` the shutdown wrote.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_are_held_through_a_cold_start_longer_than_the_queue_wait() {
+    let state = std::env::temp_dir().join(format!("infergate-it-state-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&state);
+    let state_file = state.join("scalers.json");
     let config = GatewayConfig::local(0, &["--speed", "10", "--startup-delay", "3s"])
+        .top(&format!("state_file: {}", state_file.display()))
         .listener("drain_timeout: 5s")
         .pool("admission: {max_queue: 1, max_queue_wait: 1s, max_inflight_per_replica: 4}")
         .pool(
@@ -169,9 +174,27 @@ async fn requests_are_held_through_a_cold_start_longer_than_the_queue_wait() {
         .await
         .map_err(|(_, e)| e)
         .unwrap();
+    let status = expects_cold_start(&gw, learned).await;
+    assert_eq!(
+        status["scaler"]["starting"], 0,
+        "nothing was measured anew: {status}"
+    );
+    // A restart (a new gateway with nothing kept in memory) reads it back from the state
+    // file its shutdown wrote.
+    gw.shutdown().await;
+    assert!(state_file.exists(), "the shutdown saved the state");
+    let gw = config.start().await;
+    expects_cold_start(&gw, learned).await;
+    gw.shutdown().await;
+    std::fs::remove_dir_all(&state).unwrap();
+}
+
+/// Waits for the pool's scaler status and checks that it expects the cold start `learned`, as
+/// learned (not configured); returns the status.
+async fn expects_cold_start(gw: &App, learned: f64) -> Value {
     let status = poll_until(
         Duration::from_secs(5),
-        async || pool_status(&gw).await,
+        async || pool_status(gw).await,
         |s| s["scaler"]["cold_start"].is_number(),
     )
     .await;
@@ -181,11 +204,7 @@ async fn requests_are_held_through_a_cold_start_longer_than_the_queue_wait() {
         "{status}"
     );
     assert_eq!(status["scaler"]["cold_start_learned"], true, "{status}");
-    assert_eq!(
-        status["scaler"]["starting"], 0,
-        "nothing was measured anew: {status}"
-    );
-    gw.shutdown().await;
+    status
 }
 
 /// With the `static` provider the scaler only recommends: the desired count is exported and

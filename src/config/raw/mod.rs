@@ -83,6 +83,14 @@ pub struct RawConfig {
     pub versions: Vec<RawVersions>,
     /// The model pools. Each serves a set of model names from a set of replicas. At least one.
     pub pools: Vec<RawPool>,
+    /// A file where the gateway keeps what its scalers learned — each pool's measured cold
+    /// start, and the bursts an SLO-targeted `infergate` policy learned (a week, in 15-minute
+    /// histograms) — so that a restart goes on from it: read at start, written every minute
+    /// (through a temporary file renamed over it) and at shutdown. A file that cannot be read
+    /// is moved aside to `<file>.unreadable` and reported; the gateway starts either way.
+    /// Relative paths are taken from the working directory; missing directories are made.
+    /// Unset: a restart learns anew (a reload always keeps it).
+    pub state_file: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]

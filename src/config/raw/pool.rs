@@ -44,7 +44,10 @@ pub struct RawPool {
     /// the last `window`. `/admin/status` and `infergate_slo_attainment` show it; chat is told
     /// when it falls below `target` (and when it is back). The `infergate` scaler holds the
     /// headroom the pool's past bursts within one cold start call for at `target` (and keeps a
-    /// burst's replicas only that long, not `scale_down_stabilization`). Unset: none.
+    /// burst's replicas only that long, not `scale_down_stabilization`): the bursts of the last
+    /// day, or, where two days or more show a daily shape (each past day's bursts were within
+    /// what the other days' same hours called for), those within an hour of now's time of day
+    /// (UTC) on the past week's days and today's last hour. Unset: none.
     pub slo: Option<RawSlo>,
 }
 

@@ -170,6 +170,13 @@ pub fn validate(raw: RawConfig, locations: &Locations) -> Result<Config, Vec<Con
         }
         pools.push(pool::pool(&mut c, &p, raw_pool));
     }
+    let state_file = raw.state_file.as_ref().map(std::path::PathBuf::from);
+    if raw.state_file.as_ref().is_some_and(|f| f.trim().is_empty()) {
+        c.fail(
+            "state_file",
+            "must not be empty (leave it unset to keep no state)",
+        );
+    }
     if c.errors.is_empty() {
         Ok(Config {
             listeners,
@@ -181,6 +188,7 @@ pub fn validate(raw: RawConfig, locations: &Locations) -> Result<Config, Vec<Con
             tracing,
             versions,
             pools,
+            state_file,
         })
     } else {
         Err(c.errors)

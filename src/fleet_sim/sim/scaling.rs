@@ -36,6 +36,8 @@ impl Fleet<'_> {
             peers,
             cold_start: pool.cold_starts.expected().as_secs_f64(),
             arrivals: std::mem::take(&mut first.arrivals),
+            // The history's days start with the workload.
+            clock_start: 0.0,
         };
         let obs = observation::observe(&first.snapshot, &pool.config, now, beyond);
         pool.coming = pool.cold_starts.observe(now, obs.starting);
