@@ -177,8 +177,16 @@ pub fn spawn_saver(memory: Arc<Memory>, path: PathBuf) -> JoinHandle<()> {
     })
 }
 
+/// A temporary file beside `path`, of this save alone: two saves at once (a reload's old and new
+/// config, two gateways given one file) never write into one another's.
 fn partial_path(path: &Path) -> PathBuf {
-    PathBuf::from(format!("{}.partial", path.display()))
+    static SAVES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = SAVES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    PathBuf::from(format!(
+        "{}.partial.{}.{n}",
+        path.display(),
+        std::process::id()
+    ))
 }
 
 fn lock<T>(map: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -229,7 +237,11 @@ mod tests {
         assert!(factor > 2.5, "{factor}");
         memory.keep_bursts("a", Some(bursts));
         memory.save(&path).unwrap();
-        assert!(!partial_path(&path).exists());
+        let beside: Vec<_> = std::fs::read_dir(path.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(beside, ["scalers.json"], "no temporary file is left");
 
         let (restored, error) = Memory::load(&path);
         assert!(error.is_none(), "{error:?}");
@@ -240,6 +252,33 @@ mod tests {
         let bursts = restored.bursts("a").expect("the bursts were saved");
         assert_eq!(lock(&bursts).factor(600.0, 0.99), factor);
         assert!(restored.cold_start("b").is_none() && restored.bursts("b").is_none());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn saves_at_once_to_one_file_leave_a_whole_one() {
+        let dir = scratch("at-once");
+        let path = dir.join("scalers.json");
+        let memory = Arc::new(Memory::default());
+        memory.remember_cold_start("a", Duration::from_secs(42));
+        memory.keep_bursts("a", Some(a_burst_history()));
+        let savers: Vec<_> = (0..4)
+            .map(|_| {
+                let (memory, path) = (memory.clone(), path.clone());
+                std::thread::spawn(move || {
+                    for _ in 0..20 {
+                        memory.save(&path).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for saver in savers {
+            saver.join().unwrap();
+        }
+        let (restored, error) = Memory::load(&path);
+        assert!(error.is_none(), "{error:?}");
+        assert_eq!(restored.cold_start("a"), Some(Duration::from_secs(42)));
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
         std::fs::remove_dir_all(dir).unwrap();
     }
 
