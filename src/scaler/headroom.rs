@@ -39,6 +39,10 @@ const SLOT_SECS: f64 = 900.0;
 /// one ratio, within 1 % otherwise).
 const BUCKET_BASE: f64 = 1.01;
 
+/// A moment this much (seconds) or a smoothing window older than a horizon ago is across a gap
+/// in the history: no rise is measured from it.
+const MAX_GAP: f64 = 60.0;
+
 /// The quantile is recomputed at most this often (seconds).
 const REFRESH_SECS: f64 = 10.0;
 
@@ -155,7 +159,11 @@ impl Burstiness {
                 / (now - oldest),
             load: self.recent.iter().map(|(_, _, l)| l).sum::<f64>() / n,
         };
-        let base = self.at_or_before(now - horizon);
+        // A rise is measured from a moment about a horizon ago, not from one before a gap in
+        // the history (a restart read it back from a state file hours later).
+        let base = self
+            .at_or_before(now - horizon)
+            .filter(|m| m.t >= now - horizon - self.smoothing.max(MAX_GAP));
         let floor = self.floor_load * self.sum_rate / self.sum_load.max(f64::MIN_POSITIVE);
         let slot = self.slot_at(now);
         if let Some(base) = base
@@ -441,6 +449,18 @@ mod tests {
             restored.observe(a_day_later + f64::from(s), 100, 100.0, 120.0);
         }
         assert_eq!(restored.factor(a_day_later + 200.0, 0.99), 1.0);
+    }
+
+    #[test]
+    fn no_rise_is_measured_across_a_gap_in_the_history() {
+        // 10 a second, then nothing seen for eight hours (a stopped gateway), then 100: the
+        // first horizon after the gap has no base, and then 100 is steady.
+        let mut b = learn(|_| 10.0, 600, 60.0);
+        let back = 600.0 + 8.0 * 3600.0;
+        for s in 0..600 {
+            b.observe(back + f64::from(s), 100, 100.0, 60.0);
+        }
+        assert_eq!(b.factor(back + 600.0, 0.99), 1.0);
     }
 
     /// Three days at 100 a second, one sample every 2 s with up to ±20 % noise, and a 4x
