@@ -1,8 +1,9 @@
 //! What the scalers learned that a reload keeps ([`Memory`]), by pool name: each pool's
 //! measured cold start, and the bursts an SLO-targeted `infergate` policy learned (a week of
-//! history, in 15-minute histograms). A reload starts every scaler anew on the new config; without this, a pool on
-//! Kubernetes whose replicas take minutes to load would be sized on the configured guess again
-//! until its next scale-up was measured, and hold no burst headroom until a new history grew.
+//! history, in 15-minute histograms). A reload starts every scaler anew on the new config;
+//! without this, a pool on Kubernetes whose replicas take minutes to load would be sized on the
+//! configured guess again until its next scale-up was measured, and hold no burst headroom
+//! until a new history grew.
 //! With a `state_file`, a restart keeps it too: [`Memory::load`] at start, [`spawn_saver`]
 //! every minute and [`Memory::save`] at shutdown.
 
@@ -76,9 +77,7 @@ impl Memory {
     pub fn remember_cold_start(&self, pool: &str, learned: Duration) {
         lock(&self.cold_starts).insert(pool.to_string(), learned);
     }
-}
 
-impl Memory {
     /// Writes what is learned to `path`, through a temporary file renamed over it (a crash
     /// mid-write leaves the previous file).
     pub fn save(&self, path: &Path) -> anyhow::Result<()> {
