@@ -162,6 +162,7 @@ async fn start_on(config: Config, options: Options, sockets: Sockets) -> anyhow:
     let pools = Pools::new(
         &config.pools,
         &config.versions,
+        &config.tiers,
         &metrics,
         epoch,
         workers,
@@ -198,6 +199,7 @@ async fn start_on(config: Config, options: Options, sockets: Sockets) -> anyhow:
         let memory = scaler_memory.clone();
         background.push(crate::scaler::memory::spawn_saver(memory, path.clone()));
     }
+    let mut actuations = Vec::new();
     for pool in pools.live() {
         let found =
             start_discovery(pool, kube.as_ref(), &peers, leadership.clone(), &metrics).await;
@@ -206,13 +208,21 @@ async fn start_on(config: Config, options: Options, sockets: Sockets) -> anyhow:
         background.push(crate::scrape::spawn(pool.clone()));
         let attainment = metrics.slo_attainment.with_label_values(&[pool.name()]);
         background.extend(crate::pool::slo::watch(pool.clone(), attainment));
-        if pool.config.scaler.enabled {
-            let actuation = found.actuation;
-            let memory = scaler_memory.clone();
-            background.push(start_scaler(
-                pool, &peers, actuation, &metrics, epoch, memory,
-            ));
-        }
+        actuations.push(found.actuation);
+    }
+    for unit in scaled_units(
+        &config,
+        pools.live().cloned().zip(actuations).collect(),
+        &metrics,
+    ) {
+        background.push(crate::scaler::spawn(
+            unit.members,
+            unit.tier,
+            peers.clone(),
+            metrics.scale_events.clone(),
+            epoch,
+            scaler_memory.clone(),
+        ));
     }
     let placements =
         start_routing_sync(&config, &pools, &peers, &options, &metrics, &mut background);
@@ -531,26 +541,46 @@ fn start_peers(
     peers
 }
 
-/// The pool's scaler loop, exporting its recommendation and acting through `actuation`, on
-/// the load of this gateway and its peers.
-fn start_scaler(
-    pool: &Arc<PoolState>,
-    peers: &Arc<Peers>,
-    actuation: Actuation,
+/// What one scaler loop sizes: a pool, or the pools of a tier as one.
+struct ScaledUnit {
+    members: Vec<crate::scaler::Scaled>,
+    tier: Option<String>,
+}
+
+/// The scaler loops to run: one per tier, and one per other pool with its scaler enabled
+/// (`pools`: every pool in config order, with how its scaler acts).
+fn scaled_units(
+    config: &Config,
+    pools: Vec<(Arc<PoolState>, Actuation)>,
     metrics: &Metrics,
-    epoch: Instant,
-    memory: Arc<crate::scaler::memory::Memory>,
-) -> JoinHandle<()> {
-    let gauge = metrics.scaler_desired.with_label_values(&[pool.name()]);
-    crate::scaler::spawn(
-        pool.clone(),
-        peers.clone(),
-        actuation,
-        gauge,
-        metrics.scale_events.clone(),
-        epoch,
-        memory,
-    )
+) -> Vec<ScaledUnit> {
+    let mut scaled: Vec<Option<crate::scaler::Scaled>> = pools
+        .into_iter()
+        .map(|(pool, actuation)| {
+            pool.config.scaler.enabled.then(|| crate::scaler::Scaled {
+                desired_gauge: metrics.scaler_desired.with_label_values(&[pool.name()]),
+                pool,
+                actuation,
+            })
+        })
+        .collect();
+    let mut units: Vec<ScaledUnit> = config
+        .tiers
+        .iter()
+        .map(|tier| ScaledUnit {
+            members: tier
+                .pools
+                .iter()
+                .filter_map(|&p| scaled[p].take())
+                .collect(),
+            tier: Some(tier.model.clone()),
+        })
+        .collect();
+    units.extend(scaled.into_iter().flatten().map(|member| ScaledUnit {
+        members: vec![member],
+        tier: None,
+    }));
+    units
 }
 
 /// Serves the gateway (one thread per worker) and the admin listener.

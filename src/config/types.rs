@@ -26,6 +26,7 @@ pub struct Config {
     /// None: no spans.
     pub tracing: Option<Tracing>,
     pub versions: Vec<ModelVersions>,
+    pub tiers: Vec<Tier>,
     pub pools: Vec<Pool>,
     /// Where what the scalers learned outlives a restart (None: it does not).
     pub state_file: Option<std::path::PathBuf>,
@@ -52,6 +53,14 @@ pub struct ModelVersions {
     /// (pool index, share 0–1) of the shadow version.
     pub mirror: Option<(usize, f64)>,
     pub rollout: Option<Rollout>,
+}
+
+/// A model served by several pools on different replica profiles, scaled as one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tier {
+    pub model: String,
+    /// Pool indexes, in config order of the tier (the first's policy decides).
+    pub pools: Vec<usize>,
 }
 
 /// A canary rollout plan of a split.
@@ -364,6 +373,8 @@ pub struct Scaler {
     pub cold_start: Duration,
     pub drain_timeout: Duration,
     pub replica_cost_per_hour: Option<f64>,
+    /// Relative speed within a tier (1: the reference).
+    pub speed: f64,
     pub provider: Provider,
 }
 

@@ -10,7 +10,7 @@ use super::upstream::UpstreamClient;
 use crate::config;
 use crate::metrics::{Metrics, PoolMetrics};
 use crate::pool::PoolState;
-use crate::pool::models::{ModelIndex, ModelRoute};
+use crate::pool::models::{ModelIndex, ModelRoute, TierRoute};
 
 /// One pool on the request path.
 pub struct GatewayPool {
@@ -60,12 +60,13 @@ impl Pools {
     pub fn new(
         configs: &[config::Pool],
         versions: &[config::ModelVersions],
+        tiers: &[config::Tier],
         metrics: &Metrics,
         epoch: Instant,
         workers: usize,
         priority_classes: usize,
     ) -> Self {
-        let models = ModelIndex::new(configs, versions);
+        let models = ModelIndex::new(configs, versions, tiers);
         let ok_requests = models
             .routes()
             .iter()
@@ -114,6 +115,26 @@ impl Pools {
             route,
             ok_requests: &self.ok_requests[i],
         })
+    }
+
+    /// The pool of a tier that takes a request with `features`, and the name it is rewritten
+    /// to ([`crate::pool::tiers::choose`]; the first pool when it fits none: its replicas
+    /// answer why).
+    pub fn tier_member<'a>(
+        &self,
+        tier: &'a TierRoute,
+        features: &crate::router::RequestFeatures,
+    ) -> (usize, &'a String) {
+        let now = Instant::now();
+        let tokens =
+            u64::from(features.prompt_tokens) + u64::from(features.max_tokens.unwrap_or(0));
+        let members: Vec<crate::pool::tiers::Member> = tier
+            .members
+            .iter()
+            .map(|(p, served)| self.pools[*p].live.as_tier_member(served, tokens, now))
+            .collect();
+        let (pool, served) = &tier.members[crate::pool::tiers::choose(&members).unwrap_or(0)];
+        (*pool, served)
     }
 
     /// Each pool's live state, for the parts below the gateway.

@@ -285,9 +285,13 @@ async fn proxy(
         Some(split) => Some(choose_version(split, &parts.headers, key)?),
         None => None,
     };
-    let (pool_index, rewrite_to) = match version {
-        Some(v) => (v.pool, Some(&v.served)),
-        None => (route.route.pool, route.route.rewrite_to.as_ref()),
+    let (pool_index, rewrite_to) = match (version, &route.route.tier) {
+        (Some(v), _) => (v.pool, Some(&v.served)),
+        (None, Some(tier)) => {
+            let (pool, served) = state.pools.tier_member(tier, &classified.features);
+            (pool, Some(served))
+        }
+        (None, None) => (route.route.pool, route.route.rewrite_to.as_ref()),
     };
     let pool = state.pools.pools[pool_index].clone();
     classified.features.adapter = route.route.adapter;
@@ -393,8 +397,9 @@ async fn proxy(
         Err(e) => e.status(),
     };
     ctx.counted = true;
-    // The resolved counter names the route's own pool: a split's versions count by theirs.
-    if status == http::StatusCode::OK && version.is_none() {
+    // The resolved counter names the route's own pool: a split's versions and a tier's
+    // pools count by theirs.
+    if status == http::StatusCode::OK && version.is_none() && route.route.tier.is_none() {
         route.ok_requests.inc();
     } else {
         state

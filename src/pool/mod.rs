@@ -20,6 +20,7 @@ pub mod admission;
 pub mod models;
 pub mod queue;
 pub mod slo;
+pub mod tiers;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -190,6 +191,25 @@ impl PoolState {
     /// Requests waiting at the gateway for this pool.
     pub fn queued(&self) -> u64 {
         self.queue.waiting()
+    }
+
+    /// The pool as one member of a tier sees it for a request of `tokens` (prompt and answer)
+    /// at `now`, the request rewritten to `served` ([`tiers::choose`]).
+    pub fn as_tier_member(&self, served: &str, tokens: u64, now: Instant) -> tiers::Member {
+        let snapshot = self.snapshot.load();
+        let replicas = &snapshot.replicas;
+        let context = self.listed_models.load().as_ref().and_then(|listed| {
+            let entry = listed.iter().find(|e| e["id"] == served)?;
+            entry["max_model_len"].as_u64()
+        });
+        tiers::Member {
+            load: replicas.iter().map(|r| r.inflight()).sum::<u64>() + self.queued(),
+            ready: replicas.iter().filter(|r| r.takes_traffic(now)).count() as u32,
+            starting: self.scaler_status.load().as_ref().map_or(0, |s| s.starting),
+            concurrency: self.config.scaler.targets.concurrency,
+            price: self.config.scaler.replica_cost_per_hour.unwrap_or(1.0),
+            fits: context.is_none_or(|limit| tokens <= limit),
+        }
     }
 
     /// What the pool looks like to a request at `now` ([`admission::gate`]).

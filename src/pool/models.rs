@@ -26,6 +26,15 @@ pub struct ModelRoute {
     /// For a name split across versions, the split; `pool` and `rewrite_to` are then the
     /// first version's, and each request draws its own ([`VersionSplit::choose`]).
     pub split: Option<Arc<VersionSplit>>,
+    /// For a name served by a tier of pools, its pools; `pool` and `rewrite_to` are then the
+    /// first's, and each request goes where [`crate::pool::tiers::choose`] says.
+    pub tier: Option<Arc<TierRoute>>,
+}
+
+/// The pools of a tier, each with the name a request is rewritten to (its first model).
+#[derive(Debug)]
+pub struct TierRoute {
+    pub members: Vec<(usize, String)>,
 }
 
 /// A served name's versions, each a pool, with their weights.
@@ -116,12 +125,16 @@ enum Listed {
     Served { pool: usize, name: String },
     /// An alias in the pool of one of its served names.
     Alias { pool: usize, target: String },
-    /// A name split across versions.
+    /// A name split across versions, or served by a tier of pools.
     Split,
 }
 
 impl ModelIndex {
-    pub fn new(pools: &[config::Pool], versions: &[config::ModelVersions]) -> Self {
+    pub fn new(
+        pools: &[config::Pool],
+        versions: &[config::ModelVersions],
+        tiers: &[config::Tier],
+    ) -> Self {
         let mut routes = Vec::new();
         let mut data = Vec::new();
         let created = crate::openai::unix_seconds();
@@ -139,6 +152,7 @@ impl ModelIndex {
                     rewrite_to: None,
                     adapter: adapter(model),
                     split: None,
+                    tier: None,
                 });
                 let entry = json!({"id": model, "object": "model", "created": created, "owned_by": pool.name});
                 let served = Listed::Served {
@@ -154,6 +168,7 @@ impl ModelIndex {
                     rewrite_to: Some(target.clone()),
                     adapter: adapter(target),
                     split: None,
+                    tier: None,
                 });
                 let entry = json!({"id": alias, "object": "model", "created": created, "owned_by": pool.name, "root": target});
                 let alias = Listed::Alias {
@@ -197,8 +212,29 @@ impl ModelIndex {
                         .clone()
                         .map(|plan| Arc::new(crate::rollout::RolloutControl::new(plan))),
                 })),
+                tier: None,
             });
             let entry = json!({"id": split.model, "object": "model", "created": created, "owned_by": "infergate"});
+            data.push((Listed::Split, entry));
+        }
+        for tier in tiers {
+            let members: Vec<(usize, String)> = tier
+                .pools
+                .iter()
+                .map(|&p| (p, pools[p].models.first().cloned().unwrap_or_default()))
+                .collect();
+            let Some((first, served)) = members.first().cloned() else {
+                continue;
+            };
+            routes.push(ModelRoute {
+                pool: first,
+                model: tier.model.clone(),
+                rewrite_to: Some(served),
+                adapter: None,
+                split: None,
+                tier: Some(Arc::new(TierRoute { members })),
+            });
+            let entry = json!({"id": tier.model, "object": "model", "created": created, "owned_by": "infergate"});
             data.push((Listed::Split, entry));
         }
         let by_name = routes
@@ -275,7 +311,7 @@ mod tests {
         second.aliases = [("sql".to_string(), "sql-lora".to_string())].into();
         second.routing.lora_adapters = vec!["sql-lora".into()];
         config.pools.push(second);
-        let index = ModelIndex::new(&config.pools, &[]);
+        let index = ModelIndex::new(&config.pools, &[], &[]);
         let first_model = config.pools[0].models[0].clone();
         assert_eq!(index.lookup(&first_model).unwrap().1.pool, 0);
         let (_, base) = index.lookup("base").unwrap();

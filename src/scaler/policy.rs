@@ -98,6 +98,20 @@ pub fn build(
     }
 }
 
+/// The `infergate` policy of a tier of pools ([`super::tiers`]), from its first pool's
+/// `config` and `slo`, in units of throughput; a rise of the load from below `floor` units is
+/// not a burst.
+pub fn build_tier(
+    config: &Scaler,
+    slo: Option<SloTarget>,
+    kept: Option<SharedBursts>,
+    floor: f64,
+) -> Box<dyn Policy> {
+    let mut policy = Infergate::new(super::tiers::unit_config(config));
+    policy.burst_floor = floor;
+    Box::new(policy.with_slo(slo, kept))
+}
+
 /// Samples of load over a sliding time window.
 #[derive(Debug, Default)]
 struct Window {
@@ -162,6 +176,8 @@ pub struct Infergate {
     /// This decision's headroom: the factor on the load, the horizon it was learned over, and
     /// the past days whose same hours it came from (None: the last day).
     headroom: (f64, f64, Option<u32>),
+    /// The load below which a rise is not a burst: what one replica is sized for.
+    burst_floor: f64,
 }
 
 impl Infergate {
@@ -169,7 +185,6 @@ impl Infergate {
         Self {
             started: None,
             previous_ready: 0,
-            config,
             load: Window::default(),
             kv: Window::default(),
             gpu: Window::default(),
@@ -177,16 +192,15 @@ impl Infergate {
             idle_since: None,
             slo: None,
             headroom: (1.0, 0.0, None),
+            burst_floor: config.targets.concurrency,
+            config,
         }
     }
 
     /// Holds headroom for the bursts of the pool's load at `slo`'s attainment target, learning
     /// on from `kept` when it was learned for the same concurrency target and window.
     pub fn with_slo(mut self, slo: Option<SloTarget>, kept: Option<SharedBursts>) -> Self {
-        let (floor, smoothing) = (
-            self.config.targets.concurrency,
-            self.config.scale_up_window.as_secs_f64(),
-        );
+        let (floor, smoothing) = (self.burst_floor, self.config.scale_up_window.as_secs_f64());
         let kept = kept.filter(|b| lock(b).tuned_for(floor, smoothing));
         self.slo = slo.map(|slo| {
             let bursts =

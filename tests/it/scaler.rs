@@ -253,3 +253,101 @@ async fn static_provider_exports_the_recommendation_only() {
     gw.shutdown().await;
     replica.shutdown(Duration::from_millis(100)).await;
 }
+
+/// The pool `name`'s entry of `/admin/status`.
+async fn named_pool_status(gw: &App, name: &str) -> Value {
+    let status = admin_status(gw).await;
+    let pools = status["pools"].as_array().expect("pools").clone();
+    pools
+        .into_iter()
+        .find(|p| p["name"] == name)
+        .unwrap_or_else(|| panic!("no pool {name} in {status}"))
+}
+
+/// Scaling up vs out: one model served by a tier of two local pools, both at zero — `small`
+/// ($1 a replica-hour, 2 in flight at speed 1) and `big` ($3, 8 in flight at speed 4). The
+/// first request is held and answered by a `small` replica started for it (the cheapest
+/// replica); a load of 16 concurrent streams needs more than the three `small` replicas allowed
+/// (and a `big` one costs less than four): the tier's scaler starts `big` replicas, the router
+/// sends them requests, and no request fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tier_starts_its_cheapest_replica_then_buys_capacity_where_it_costs_least() {
+    let bin = env!("CARGO_BIN_EXE_infergate");
+    let pool = |name: &str, price: u32, concurrency: u32, speed: u32| {
+        format!(
+            "  - name: {name}
+    models: [{name}-m]
+    discovery:
+      local: {{replicas: 0, startup_timeout: 20s, command: [\"{bin}\", \"sim\", \"--port\", \"0\", \"--model\", \"{name}-m\", \"--speed\", \"10\"]}}
+    metrics: {{scrape_interval: 100ms}}
+    admission: {{max_queue_wait: 20s}}
+    scaler:
+      enabled: true
+      min_replicas: 0
+      max_replicas: 3
+      interval: 200ms
+      targets: {{concurrency: {concurrency}, kv_cache_usage: null, queue_wait: null}}
+      scale_up_window: 1s
+      scale_down_window: 1s
+      scale_down_stabilization: 30s
+      replica_cost_per_hour: {price}
+      speed: {speed}
+"
+        )
+    };
+    let yaml = format!(
+        "listeners: {{gateway: 127.0.0.1:0, admin: 127.0.0.1:0, drain_timeout: 5s}}
+tiers:
+  - model: t
+    pools: [small, big]
+pools:
+{}{}",
+        pool("small", 1, 2, 1),
+        pool("big", 3, 8, 4)
+    );
+    let config = infergate::config::parse(&yaml, "test").unwrap_or_else(|e| panic!("{e}\n{yaml}"));
+    let gw = infergate::app::start(config).await.unwrap();
+    let url = format!("http://{}/v1/chat/completions", gw.gateway_addr);
+    let reply = post(
+        &url,
+        json!({"model": "t", "messages": [{"role": "user", "content": "wake up"}], "max_tokens": 4}),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    // Rewritten to, and answered by, the small pool's model.
+    assert_eq!(reply.json()["model"], "small-m", "{}", reply.text());
+    assert_eq!(replicas(&named_pool_status(&gw, "small").await).len(), 1);
+    let big = named_pool_status(&gw, "big").await;
+    assert_eq!(replicas(&big).len(), 0, "{big}");
+    let reason = named_pool_status(&gw, "small").await["scaler"]["reason"].clone();
+    assert!(
+        reason.as_str().is_some_and(|r| r.contains("tier `t`")),
+        "{reason}"
+    );
+    let args = LoadArgs {
+        requests: 160,
+        concurrency: 16,
+        prompt_tokens: 64,
+        max_tokens: 64,
+        model: "t".into(),
+        ..load_args(gw.gateway_addr)
+    };
+    let report = loadgen::run(args, |_, _| {}).await.unwrap();
+    assert_eq!(report.failed, 0, "{}", report.render());
+    assert_eq!(report.ok, 160, "{}", report.render());
+    // Once it is ready (it may still be starting when the load ends), the router sends it
+    // its share: the one least loaded for its capacity.
+    eventually(Duration::from_secs(20), "the big replica answers", async || {
+        let body = json!({"model": "t", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 16});
+        let sent: Vec<_> = (0..4).map(|_| spawn_post(&url, body.clone())).collect();
+        for reply in sent {
+            assert_eq!(reply.await.unwrap().status, 200);
+        }
+        let labels = [("pool", "big"), ("model", "t"), ("status", "200")];
+        gateway_metric(&gw, "infergate_requests_total", &labels)
+            .await
+            .is_some_and(|served| served > 0.0)
+    })
+    .await;
+    gw.shutdown().await;
+}

@@ -12,6 +12,7 @@ mod metrics;
 mod pool;
 mod routing;
 mod scaler;
+mod tiers;
 mod versions;
 
 use schemars::JsonSchema;
@@ -22,6 +23,7 @@ pub use metrics::*;
 pub use pool::*;
 pub use routing::*;
 pub use scaler::*;
+pub use tiers::*;
 pub use versions::*;
 
 /// A number with a unit (`250ms`, `32MiB`), kept as text until validation parses it. A bare
@@ -81,6 +83,9 @@ pub struct RawConfig {
     pub tracing: RawTracing,
     /// Model versions: a served name split by weight across pools (A/B tests, canaries).
     pub versions: Vec<RawVersions>,
+    /// Scaling up vs out: a model served by several pools on different replica profiles
+    /// (speeds, prices, cold starts), routed by their load and scaled as one at the least cost.
+    pub tiers: Vec<RawTier>,
     /// The model pools. Each serves a set of model names from a set of replicas. At least one.
     pub pools: Vec<RawPool>,
     /// A file where the gateway keeps what its scalers learned — each pool's measured cold

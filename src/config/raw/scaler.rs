@@ -72,6 +72,13 @@ pub struct RawScaler {
     /// price); the fleet simulation reports cost (replica-hours × price) when every pool states
     /// one. At least 0.
     pub replica_cost_per_hour: Option<f64>,
+    /// For a pool in a `tiers` entry: how many times faster a request completes on its
+    /// replicas than on the tier's reference (speed 1), e.g. 1 for L4s and 6 for H100s serving
+    /// the same model. A request in flight counts for `speed` units of the tier's load and a
+    /// replica for `speed × targets.concurrency` units of capacity, so that a slow pool's long
+    /// answers do not read as more demand. Measure it as the ratio of the pools' mean request
+    /// times at their concurrency targets. More than 0.
+    pub speed: f64,
     /// What resizes the pool.
     pub provider: RawProvider,
 }
@@ -96,6 +103,7 @@ impl Default for RawScaler {
             cold_start: "30s".into(),
             drain_timeout: "5m".into(),
             replica_cost_per_hour: None,
+            speed: 1.0,
             provider: RawProvider::default(),
         }
     }

@@ -14,6 +14,7 @@ mod metrics;
 mod pool;
 mod routing;
 mod scaler;
+mod tiers;
 mod versions;
 
 use std::collections::HashMap;
@@ -140,6 +141,7 @@ pub fn validate(raw: RawConfig, locations: &Locations) -> Result<Config, Vec<Con
     let chatops = chatops::chatops(&mut c, &raw.chatops);
     let tracing = tracing(&mut c, &raw.tracing);
     let versions = versions::versions(&mut c, &raw.versions, &raw.pools);
+    let tiers = tiers::tiers(&mut c, &raw.tiers, &raw.pools, &raw.versions);
     if raw.pools.is_empty() {
         c.fail("pools", "at least one pool is required");
     }
@@ -187,6 +189,7 @@ pub fn validate(raw: RawConfig, locations: &Locations) -> Result<Config, Vec<Con
             chatops,
             tracing,
             versions,
+            tiers,
             pools,
             state_file,
         })

@@ -60,6 +60,12 @@ pub(super) fn scaler(c: &mut Checker, p: &str, raw: &RawScaler) -> Scaler {
             format!("must be at least 1 (got {})", raw.panic_threshold),
         );
     }
+    if !(raw.speed > 0.0 && raw.speed.is_finite()) {
+        c.fail(
+            format!("{p}.speed"),
+            format!("must be more than 0 (got {})", raw.speed),
+        );
+    }
     if let Some(price) = raw.replica_cost_per_hour
         && !(price >= 0.0 && price.is_finite())
     {
@@ -136,6 +142,7 @@ pub(super) fn scaler(c: &mut Checker, p: &str, raw: &RawScaler) -> Scaler {
         cold_start: c.duration(format!("{p}.cold_start"), &raw.cold_start),
         drain_timeout: c.duration(format!("{p}.drain_timeout"), &raw.drain_timeout),
         replica_cost_per_hour: raw.replica_cost_per_hour,
+        speed: raw.speed,
         provider,
     }
 }

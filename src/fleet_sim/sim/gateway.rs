@@ -31,9 +31,15 @@ impl Fleet<'_> {
         self.active += 1;
         self.rec.window_arrivals += 1;
         let request = &self.workload[i];
-        let route = match &request.model {
+        let route = match request.model.as_ref().map(|m| self.models.lookup(m)) {
             None => Some((0, None)),
-            Some(model) => self.models.lookup(model).map(|(_, route)| {
+            Some(None) => None,
+            // A tier's pool as the gateway chooses it.
+            Some(Some((_, route))) if route.tier.is_some() => {
+                let tier = route.tier.as_ref().expect("matched");
+                Some((self.tier_member(tier, i), None))
+            }
+            Some(Some((_, route))) => {
                 let served = route.rewrite_to.as_ref().unwrap_or(&route.model);
                 // A split's version as the gateway draws it; a session stands in for the
                 // sticky header.
@@ -44,8 +50,8 @@ impl Fleet<'_> {
                         .choose(None, sticky.map(str::as_bytes), self.rng.next_u64())
                         .map_or(route.pool, |v| v.pool)
                 });
-                (pool, route.adapter.map(|a| (a, served.clone())))
-            }),
+                Some((pool, route.adapter.map(|a| (a, served.clone()))))
+            }
         };
         let Some((p, adapter)) = route else {
             self.fail(i, Failure::UnknownModel);
@@ -87,6 +93,32 @@ impl Fleet<'_> {
             lora: adapter.map(|(_, served)| served),
         });
         self.admit(p, i, priority);
+    }
+
+    /// The pool of a tier that takes request `i`, as its gateway sees the pools
+    /// (`Pools::tier_member`).
+    fn tier_member(&self, tier: &crate::pool::models::TierRoute, i: usize) -> usize {
+        let request = &self.workload[i];
+        let now = self.instant(self.now);
+        let members: Vec<crate::pool::tiers::Member> = tier
+            .members
+            .iter()
+            .map(|&(p, _)| {
+                let pool = &self.pools[p];
+                let gateway = &pool.gateways[request.gateway(i, pool.gateways.len())];
+                let replicas = &gateway.snapshot.replicas;
+                crate::pool::tiers::Member {
+                    load: replicas.iter().map(|r| r.inflight()).sum::<u64>() + gateway.queued,
+                    ready: replicas.iter().filter(|r| r.takes_traffic(now)).count() as u32,
+                    starting: pool.starting,
+                    concurrency: pool.config.scaler.targets.concurrency,
+                    price: pool.config.scaler.replica_cost_per_hour.unwrap_or(1.0),
+                    fits: request.prompt_tokens + request.output_tokens
+                        <= pool.profile.max_model_len,
+                }
+            })
+            .collect();
+        tier.members[crate::pool::tiers::choose(&members).unwrap_or(0)].0
     }
 
     /// Admission in virtual time on the request's gateway, by the gateway's rules

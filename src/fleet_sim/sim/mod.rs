@@ -119,6 +119,9 @@ struct SimPool {
     /// The pool's live state on each gateway.
     gateways: Vec<SimGateway>,
     policy: Option<Box<dyn Policy>>,
+    /// The pools (this one first) its policy sizes as one tier ([`crate::scaler::tiers`]),
+    /// and how fast each serves.
+    tier: Option<(Vec<usize>, crate::scaler::tiers::TierScaler)>,
     starting: u32,
     /// How long its replicas take to start (the simulation's truth).
     cold_start: f64,
@@ -164,6 +167,28 @@ impl SimPool {
     fn gate(&self, g: usize, now: Instant) -> Gate {
         let gateway = &self.gateways[g];
         admission::gate(&gateway.snapshot, &self.config, now, gateway.queued)
+    }
+}
+
+/// Each tier's pools are scaled as one by the first's `infergate` policy, as the control loop
+/// does (`scaler::spawn`); under another policy (a comparison's override) each pool alone.
+fn tier_policies(config: &config::Config, pools: &mut [SimPool]) {
+    for tier in &config.tiers {
+        let first = &pools[tier.pools[0]].config;
+        if first.scaler.policy != ScalerPolicy::Infergate {
+            continue;
+        }
+        let scalers: Vec<&config::Scaler> = tier
+            .pools
+            .iter()
+            .map(|&p| &pools[p].config.scaler)
+            .collect();
+        let scaler =
+            crate::scaler::tiers::TierScaler::new(&first.scaler, first.slo, None, &scalers);
+        for &p in &tier.pools {
+            pools[p].policy = None;
+        }
+        pools[tier.pools[0]].tier = Some((tier.pools.clone(), scaler));
     }
 }
 
@@ -340,6 +365,7 @@ impl<'w> Fleet<'w> {
                         .scaler
                         .enabled
                         .then(|| policy::build(&pool.scaler, pool.slo, None)),
+                    tier: None,
                     cold_starts: crate::pool::admission::ColdStarts::new(pool.scaler.cold_start),
                     coming: Default::default(),
                     cold_start: spec
@@ -353,11 +379,13 @@ impl<'w> Fleet<'w> {
                     starting: 0,
                 }
             })
-            .collect();
+            .collect::<Vec<SimPool>>();
+        let mut pools = pools;
+        tier_policies(config, &mut pools);
         let mut fleet = Self {
             workload,
             config,
-            models: ModelIndex::new(&config.pools, &config.versions),
+            models: ModelIndex::new(&config.pools, &config.versions, &config.tiers),
             spec,
             epoch: Instant::now(),
             now: 0.0,
@@ -404,7 +432,7 @@ impl<'w> Fleet<'w> {
             if let Some(every) = spec.sync_interval.filter(|_| spec.gateways > 1) {
                 fleet.at(every, Ev::PeerSync(p));
             }
-            if fleet.pools[p].policy.is_some() {
+            if fleet.pools[p].policy.is_some() || fleet.pools[p].tier.is_some() {
                 let first = spec.scaler_phase.unwrap_or(interval.as_secs_f64());
                 fleet.at(first, Ev::ScalerTick(p));
             }

@@ -10,8 +10,27 @@ use crate::scaler::policy::Observation;
 impl Fleet<'_> {
     /// One tick of the scaler's control loop (`scaler::spawn`) in virtual time, on the first
     /// gateway (the one acting), which reads its peers' own in-flight and queued counts as it
-    /// would from their pages.
+    /// would from their pages; for a tier, one decision for all its pools.
     pub(super) fn scale(&mut self, p: usize) {
+        let members = self.pools[p]
+            .tier
+            .as_ref()
+            .map_or_else(|| vec![p], |(members, _)| members.clone());
+        let observations: Vec<Observation> = members.iter().map(|&m| self.observe(m)).collect();
+        let pool = &mut self.pools[p];
+        let counts = match (&mut pool.tier, &mut pool.policy) {
+            (Some((_, scaler)), _) => scaler.decide(&observations).1,
+            (None, Some(policy)) => vec![policy.recommend(&observations[0]).desired],
+            (None, None) => return,
+        };
+        for ((&m, n), obs) in members.iter().zip(counts).zip(&observations) {
+            self.actuate(m, n, obs);
+        }
+    }
+
+    /// The scaler's observation of pool `p` (`scaler::spawn`'s), telling the pool what is
+    /// coming.
+    fn observe(&mut self, p: usize) -> Observation {
         let now = self.instant(self.now);
         let pool = &mut self.pools[p];
         let (first, others) = pool
@@ -41,11 +60,7 @@ impl Fleet<'_> {
         };
         let obs = observation::observe(&first.snapshot, &pool.config, now, beyond);
         pool.coming = pool.cold_starts.observe(now, obs.starting);
-        let Some(policy) = pool.policy.as_mut() else {
-            return;
-        };
-        let desired = policy.recommend(&obs).desired;
-        self.actuate(p, desired, &obs);
+        obs
     }
 
     /// Acts on `desired` as the local provider does ([`actuation::plan`]): starts replicas,
