@@ -3,10 +3,10 @@
 //! Load and capacity are counted in units of throughput: a request in flight on a pool counts
 //! for its pool's `scaler.speed` (relative to the tier's reference pool, so that a slow pool's
 //! long answers do not read as more demand), and a replica for `targets.concurrency` such
-//! requests. The pools' observations add up
-//! into one [`Observation`] that the first pool's `infergate` policy sizes ([`combine`],
-//! [`unit_config`]); [`allocate`] buys that capacity from the pools at the least cost per
-//! hour. Pure functions: the control loop and the fleet simulation call them alike.
+//! requests. The pools' observations add up into one [`Observation`] that the first pool's
+//! `infergate` policy sizes ([`combine`], [`unit_config`]); [`allocate`] buys that capacity
+//! from the pools at the least cost per hour. [`TierScaler`] holds the two together; the
+//! control loop and the fleet simulation call it alike.
 
 use super::policy::{self, Observation, Policy, Recommendation, SharedBursts};
 use crate::config::{Scaler, SloTarget};
