@@ -18,3 +18,12 @@ with_workdir() {
   pids=()
   trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"' EXIT
 }
+
+# Runs a command in the background, at most two at once (the machine's two cores): after the
+# second, waits for both. `wait` after the last call waits for the rest.
+running=()
+two_at_a_time() {
+  "$@" &
+  running+=($!)
+  if [ ${#running[@]} -ge 2 ]; then wait "${running[@]}"; running=(); fi
+}

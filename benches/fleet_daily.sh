@@ -14,6 +14,7 @@
 # ~2 min per run, two at a time: ~25 min on 2 cores with BEFORE)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. benches/common.sh
 OUT=${1:-target/fleet-daily}
 TARGET=${SLO_TARGET:-0.99}
 mkdir -p "$OUT"
@@ -35,12 +36,9 @@ run() { # crowds seed
     "$BEFORE" simulate "${args[@]}" --scaler infergate --out "$OUT/$1-$2-before" >/dev/null
   fi
 }
-pids=()
 for crowds in same random; do
   for seed in 1 2; do
-    run "$crowds" "$seed" &
-    pids+=($!)
-    if [ ${#pids[@]} -ge 2 ]; then wait "${pids[@]}"; pids=(); fi
+    two_at_a_time run "$crowds" "$seed"
   done
 done
 wait

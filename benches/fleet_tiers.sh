@@ -12,6 +12,7 @@
 # ~6 min on 2 cores)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. benches/common.sh
 OUT=${1:-target/fleet-tiers}
 mkdir -p "$OUT"
 if [ -z "${BIN:-}" ]; then
@@ -40,13 +41,10 @@ run() { # size trough peak seed
     "$BIN" simulate -c "$config" "${args[@]}" --out "$OUT/$1-$4-$setup" >/dev/null
   done
 }
-pids=()
 for seed in 1 2; do
   for size in "small 0.1 2" "medium 0.3 6" "large 2 30"; do
     # shellcheck disable=SC2086
-    run $size "$seed" &
-    pids+=($!)
-    if [ ${#pids[@]} -ge 2 ]; then wait "${pids[@]}"; pids=(); fi
+    two_at_a_time run $size "$seed"
   done
 done
 wait

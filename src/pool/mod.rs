@@ -197,19 +197,18 @@ impl PoolState {
     /// at `now`, the request rewritten to `served` ([`tiers::choose`]).
     pub fn as_tier_member(&self, served: &str, tokens: u64, now: Instant) -> tiers::Member {
         let snapshot = self.snapshot.load();
-        let replicas = &snapshot.replicas;
         let context = self.listed_models.load().as_ref().and_then(|listed| {
             let entry = listed.iter().find(|e| e["id"] == served)?;
             entry["max_model_len"].as_u64()
         });
-        tiers::Member {
-            load: replicas.iter().map(|r| r.inflight()).sum::<u64>() + self.queued(),
-            ready: replicas.iter().filter(|r| r.takes_traffic(now)).count() as u32,
-            starting: self.scaler_status.load().as_ref().map_or(0, |s| s.starting),
-            concurrency: self.config.scaler.targets.concurrency,
-            price: self.config.scaler.replica_cost_per_hour.unwrap_or(1.0),
-            fits: context.is_none_or(|limit| tokens <= limit),
-        }
+        tiers::Member::seen(
+            &snapshot.replicas,
+            self.queued(),
+            self.scaler_status.load().as_ref().map_or(0, |s| s.starting),
+            &self.config.scaler,
+            context.is_none_or(|limit| tokens <= limit),
+            now,
+        )
     }
 
     /// What the pool looks like to a request at `now` ([`admission::gate`]).

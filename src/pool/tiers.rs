@@ -20,6 +20,29 @@ pub struct Member {
     pub fits: bool,
 }
 
+impl Member {
+    /// A pool as one gateway sees it at `now`: its replica set (`replicas`), the requests it
+    /// holds in its queue (`queued`), the replicas starting, and its scaler's settings; `fits`:
+    /// whether the request fits its context.
+    pub fn seen(
+        replicas: &[std::sync::Arc<crate::replica::Replica>],
+        queued: u64,
+        starting: u32,
+        scaler: &crate::config::Scaler,
+        fits: bool,
+        now: std::time::Instant,
+    ) -> Self {
+        Self {
+            load: replicas.iter().map(|r| r.inflight()).sum::<u64>() + queued,
+            ready: replicas.iter().filter(|r| r.takes_traffic(now)).count() as u32,
+            starting,
+            concurrency: scaler.targets.concurrency,
+            price: scaler.replica_cost_per_hour.unwrap_or(1.0),
+            fits,
+        }
+    }
+}
+
 /// The member (its position) that takes the request: among those it fits, the lowest load
 /// per unit of ready capacity, counting this request; with none ready, the one whose
 /// starting capacity is least loaded (the request waits there for it); with nothing ready or

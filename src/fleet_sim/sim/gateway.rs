@@ -106,16 +106,14 @@ impl Fleet<'_> {
             .map(|&(p, _)| {
                 let pool = &self.pools[p];
                 let gateway = &pool.gateways[request.gateway(i, pool.gateways.len())];
-                let replicas = &gateway.snapshot.replicas;
-                crate::pool::tiers::Member {
-                    load: replicas.iter().map(|r| r.inflight()).sum::<u64>() + gateway.queued,
-                    ready: replicas.iter().filter(|r| r.takes_traffic(now)).count() as u32,
-                    starting: pool.starting,
-                    concurrency: pool.config.scaler.targets.concurrency,
-                    price: pool.config.scaler.replica_cost_per_hour.unwrap_or(1.0),
-                    fits: request.prompt_tokens + request.output_tokens
-                        <= pool.profile.max_model_len,
-                }
+                crate::pool::tiers::Member::seen(
+                    &gateway.snapshot.replicas,
+                    gateway.queued,
+                    pool.starting,
+                    &pool.config.scaler,
+                    request.prompt_tokens + request.output_tokens <= pool.profile.max_model_len,
+                    now,
+                )
             })
             .collect();
         tier.members[crate::pool::tiers::choose(&members).unwrap_or(0)].0
